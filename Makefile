@@ -1,0 +1,32 @@
+# `make demo` and `make test` work on a fresh clone: both create .venv first (make setup).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.thomas-installed
+
+.PHONY: setup test demo bench sz clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; the editable install picks up code edits.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,demo]'
+	@touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -n auto --durations=20
+
+demo: setup
+	$(BIN)/thomas demo
+
+bench: setup
+	$(BIN)/python benchmarks/ops.py
+
+# Line budget of the on-device agent (tinygrad's sz.py habit).
+sz:
+	@find device_agent -name '*.py' | xargs wc -l | sort -n | tail -15
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,16 @@
+"""The typed error tree. Every error a user can cause is a ThomasError with a one-line message;
+the CLIs print it and exit 1, never a traceback."""
+
+
+class ThomasError(Exception):
+    """Base of every user-facing error."""
+
+    exit_code = 1
+
+
+class PackageError(ThomasError, ValueError):
+    """A model package is malformed (message names node and field)."""
+
+
+class BackendError(ThomasError, ValueError):
+    """Bad call into a backend (wrong feed shape, backward before forward, ...)."""

@@ -1,0 +1,14 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _thomas_home(tmp_path, monkeypatch):
+    """Every test gets its own THOMAS_HOME, never the user's ~/.thomas."""
+    monkeypatch.setenv("THOMAS_HOME", str(tmp_path / "thomas_home"))
+    yield
