@@ -1,0 +1,154 @@
+"""Pointwise activations: Relu, Clip (ReLU6), HardSigmoid, HardSwish, Sigmoid, Identity.
+
+All map x (any shape) -> y (same shape).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from .base import Attr, OpDef, OpError
+
+
+def _same(attrs, shapes):
+    return [tuple(shapes[0])]
+
+
+# ----------------------------------------------------------------------------- Relu
+def relu_forward(attrs, xs, ctx):
+    """x (*) -> y (*)"""
+    (x,) = xs
+    y = np.maximum(x, 0).astype(x.dtype, copy=False)
+    return [y], (y,)
+
+
+def relu_backward(attrs, saved, gys, needs, ctx):
+    (y,) = saved
+    # undoes: y = max(x, 0)  (gradient 0 where x <= 0)
+    return [gys[0] * (y > 0)]
+
+
+register(OpDef("Relu", ("x",), {}, _same, relu_forward, relu_backward,
+               doc="y = max(x, 0)"))
+
+
+# ----------------------------------------------------------------------------- Clip
+def _clip_check(attrs):
+    lo, hi = attrs["min"], attrs["max"]
+    if lo is not None and hi is not None and lo > hi:
+        raise OpError("max", f"attribute 'max' ({hi}) must be >= 'min' ({lo})")
+
+
+def clip_infer(attrs, shapes):
+    _clip_check(attrs)
+    return _same(attrs, shapes)
+
+
+def clip_forward(attrs, xs, ctx):
+    """x (*) -> y (*) = min(max(x, min), max); a null bound is unbounded"""
+    _clip_check(attrs)
+    (x,) = xs
+    lo, hi = attrs["min"], attrs["max"]
+    y = x
+    if lo is not None:
+        y = np.maximum(y, x.dtype.type(lo))
+    if hi is not None:
+        y = np.minimum(y, x.dtype.type(hi))
+    return [np.asarray(y, dtype=x.dtype)], (x,)
+
+
+def clip_backward(attrs, saved, gys, needs, ctx):
+    (x,) = saved
+    if not needs[0]:
+        return [None]
+    lo, hi = attrs["min"], attrs["max"]
+    # undoes: y = min(max(x, min), max)
+    # Gradient passes only strictly inside (min, max), as docs/OPS.md says. That is torch's
+    # F.relu6 / F.hardtanh convention (relu6'(0) = relu6'(6) = 0, consistent with Relu'(0) = 0);
+    # NOTE torch.clamp differs: it passes the gradient at x == min and x == max too.
+    mask = np.ones(x.shape, dtype=bool)
+    if lo is not None:
+        mask &= x > lo
+    if hi is not None:
+        mask &= x < hi
+    return [gys[0] * mask]
+
+
+# ----------------------------------------------------------------------------- HardSigmoid
+def hardsigmoid_forward(attrs, xs, ctx):
+    """x (*) -> y (*) = clip(alpha*x + beta, 0, 1)"""
+    (x,) = xs
+    t = x.dtype.type(attrs["alpha"]) * x + x.dtype.type(attrs["beta"])
+    y = np.clip(t, 0, 1).astype(x.dtype, copy=False)
+    return [y], (t,)
+
+
+def hardsigmoid_backward(attrs, saved, gys, needs, ctx):
+    (t,) = saved
+    if not needs[0]:
+        return [None]
+    # undoes: y = clip(t, 0, 1), t = alpha*x + beta
+    # Gradient alpha strictly inside 0 < t < 1, 0 at the kinks (torch hardsigmoid: -3 < x < 3).
+    g = gys[0]
+    return [(g * ((t > 0) & (t < 1))) * g.dtype.type(attrs["alpha"])]
+
+
+# ----------------------------------------------------------------------------- HardSwish
+def hardswish_forward(attrs, xs, ctx):
+    """x (*) -> y (*) = x * relu6(x + 3) / 6"""
+    (x,) = xs
+    y = x * np.clip(x + 3, 0, 6) / 6
+    return [y.astype(x.dtype, copy=False)], (x,)
+
+
+def hardswish_backward(attrs, saved, gys, needs, ctx):
+    (x,) = saved
+    if not needs[0]:
+        return [None]
+    g = gys[0]
+    # undoes: y = x * relu6(x + 3) / 6
+    # dy/dx = 0 for x <= -3, x/3 + 1/2 for -3 < x < 3, 1 for x >= 3. At the kinks this is
+    # torch's hardswish_backward: grad(-3) = 0, grad(3) = 1 (checked against torch 2.13).
+    d = np.where(x <= -3, 0, np.where(x < 3, x / 3 + 0.5, 1)).astype(g.dtype, copy=False)
+    return [g * d]
+
+
+# ----------------------------------------------------------------------------- Sigmoid
+def sigmoid_forward(attrs, xs, ctx):
+    """x (*) -> y (*) = 1 / (1 + exp(-x))"""
+    (x,) = xs
+    # stable: z = exp(-|x|) never overflows; x >= 0: 1/(1+z), x < 0: z/(1+z)
+    z = np.exp(-np.abs(x))
+    y = np.where(x >= 0, 1 / (1 + z), z / (1 + z)).astype(x.dtype, copy=False)
+    return [y], (y,)
+
+
+def sigmoid_backward(attrs, saved, gys, needs, ctx):
+    (y,) = saved
+    # undoes: y = sigmoid(x)  (dy/dx = y (1 - y))
+    return [gys[0] * y * (1 - y) if needs[0] else None]
+
+
+# ----------------------------------------------------------------------------- Identity
+def identity_forward(attrs, xs, ctx):
+    """x (*) -> y (*) = x  (the same array: ops never write their inputs)"""
+    return [xs[0]], ()
+
+
+def identity_backward(attrs, saved, gys, needs, ctx):
+    # undoes: y = x
+    return [gys[0] if needs[0] else None]
+
+
+register(
+    OpDef("Clip", ("x",), {"min": Attr("float", None), "max": Attr("float", None)},
+          clip_infer, clip_forward, clip_backward,
+          doc="y = min(max(x, min), max); null bound = unbounded; ReLU6 = Clip(0, 6)"),
+    OpDef("HardSigmoid", ("x",), {"alpha": Attr("float", 1 / 6), "beta": Attr("float", 0.5)},
+          _same, hardsigmoid_forward, hardsigmoid_backward, doc="y = clip(alpha*x + beta, 0, 1)"),
+    OpDef("HardSwish", ("x",), {}, _same, hardswish_forward, hardswish_backward,
+          doc="y = x * relu6(x + 3) / 6"),
+    OpDef("Sigmoid", ("x",), {}, _same, sigmoid_forward, sigmoid_backward,
+          doc="y = 1 / (1 + exp(-x)), stable for large |x|"),
+    OpDef("Identity", ("x",), {}, _same, identity_forward, identity_backward, doc="y = x"),
+)

@@ -1,0 +1,109 @@
+"""BatchNorm (torch `BatchNorm1d`/`BatchNorm2d` semantics, PyTorch momentum convention).
+
+    x (N,C,H,W) or (N,C), weight (C,), bias (C,), running_mean (C,), running_var (C,) -> y (same as x)
+
+ctx.bn_batch_stats: normalise with the batch mean and the biased batch variance over
+(N,H,W), and record the new running statistics through ctx.update:
+    running_mean <- (1-m) running_mean + m mean
+    running_var  <- (1-m) running_var  + m var * n/(n-1)      (unbiased, n = N*H*W)
+otherwise: frozen, y = (x - running_mean)/sqrt(running_var + eps) * weight + bias.
+The running statistics are buffers and never get a gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from .base import Attr, OpDef, OpError, ShapeError, expect_rank, expect_shape
+
+SLOTS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _check_attrs(attrs):
+    if not attrs["momentum"] <= 1:
+        raise OpError("momentum", f"attribute 'momentum' must be in [0, 1], got {attrs['momentum']!r}")
+
+
+def bn_param_shapes(attrs, x_shape):
+    """x (N,C,...) -> {weight, bias, running_mean, running_var: (C,)}"""
+    expect_rank("x", x_shape, (2, 4))
+    return {s: (x_shape[1],) for s in SLOTS}
+
+
+def bn_infer(attrs, shapes):
+    """x (N,C,H,W) or (N,C), weight/bias/running_mean/running_var (C,) -> [x shape]"""
+    _check_attrs(attrs)
+    x = tuple(shapes[0])
+    expect_rank("x", x, (2, 4))
+    for slot, s in zip(SLOTS, shapes[1:]):
+        expect_shape(slot, s, (x[1],))
+    return [x]
+
+
+def _bshape(x):
+    """shape that broadcasts a (C,) vector against x: (1,C,1,1) or (1,C)"""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def bn_forward(attrs, xs, ctx):
+    """x (N,C,H,W)|(N,C), w (C,), b (C,), rm (C,), rv (C,) -> y (like x)"""
+    bn_infer(attrs, [np.shape(a) for a in xs])
+    x, w, b, rm, rv = xs
+    dt = x.dtype
+    eps, m = dt.type(attrs["eps"]), attrs["momentum"]
+    axes = (0,) + tuple(range(2, x.ndim))         # reduce over N (and H, W)
+    bs = _bshape(x)
+    if ctx.bn_batch_stats:
+        n = x.size // x.shape[1]                  # values per channel: N*H*W
+        if n < 2:
+            raise ShapeError("x", f"BatchNorm with batch statistics needs more than 1 value per "
+                                  f"channel, got input shape {x.shape}")
+        mean = x.mean(axis=axes)                  # (C,)
+        xc = x - mean.reshape(bs)                 # (N,C,H,W)
+        var = (xc * xc).mean(axis=axes)           # (C,) biased
+        invstd = (1 / np.sqrt(var + eps)).astype(dt, copy=False)  # (C,)
+        xhat = xc * invstd.reshape(bs)
+        y = xhat * w.reshape(bs) + b.reshape(bs)
+        unbiased = var * (n / (n - 1))
+        ctx.update("running_mean", ((1 - m) * rm + m * mean).astype(rm.dtype, copy=False))
+        ctx.update("running_var", ((1 - m) * rv + m * unbiased).astype(rv.dtype, copy=False))
+        saved = (True, xhat, invstd, w, n)
+    else:
+        invstd = (1 / np.sqrt(rv + eps)).astype(dt, copy=False)   # (C,)
+        xhat = (x - rm.reshape(bs)) * invstd.reshape(bs)
+        y = xhat * w.reshape(bs) + b.reshape(bs)
+        saved = (False, xhat, invstd, w, None)
+    return [y.astype(dt, copy=False)], saved
+
+
+def bn_backward(attrs, saved, gys, needs, ctx):
+    """g (like x) -> dx (like x), dw (C,), db (C,), None, None"""
+    batch, xhat, invstd, w, n = saved
+    (g,) = gys
+    axes = (0,) + tuple(range(2, g.ndim))
+    bs = _bshape(g)
+    grads = [None] * 5
+    # undoes: y = xhat * w + b
+    if needs[1]:
+        grads[1] = (g * xhat).sum(axis=axes)
+    if needs[2]:
+        grads[2] = g.sum(axis=axes)
+    if needs[0]:
+        dxhat = g * w.reshape(bs)
+        if batch:
+            # undoes: xhat = (x - mean(x)) / sqrt(var(x) + eps), mean and biased var over n values:
+            # dx = invstd/n * (n dxhat - Σ dxhat - xhat Σ (dxhat xhat))
+            s1 = dxhat.sum(axis=axes).reshape(bs)
+            s2 = (dxhat * xhat).sum(axis=axes).reshape(bs)
+            grads[0] = (invstd.reshape(bs) / n) * (n * dxhat - s1 - xhat * s2)
+        else:
+            # undoes: xhat = (x - running_mean) * invstd  (running stats are constants)
+            grads[0] = dxhat * invstd.reshape(bs)
+    return grads
+
+
+register(OpDef("BatchNorm", ("x", "weight", "bias", "running_mean", "running_var"),
+               {"eps": Attr("float", 1e-5, min=0.0), "momentum": Attr("float", 0.1, min=0.0)},
+               bn_infer, bn_forward, bn_backward, params=("weight", "bias"),
+               buffers=("running_mean", "running_var"), param_shapes=bn_param_shapes,
+               doc="batch norm over channel axis 1; batch or frozen running statistics"))

@@ -1,0 +1,190 @@
+"""Shape ops: Flatten, Reshape, Concat, Pad.
+
+    Flatten  x (d0..d_{r-1})            -> y (d0*..*d_{axis-1}, d_axis*..*d_{r-1})
+    Reshape  x (*)                      -> y (shape; 0 copies x's dim, one -1 is inferred)
+    Concat   x0 (..,A0,..), x1 (..,A1,..), ... -> y (..,A0+A1+..,..) along axis
+    Pad      x (d0..d_{r-1})            -> y (d_i + pads[i] + pads[r+i]) with np.pad semantics
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from .base import Attr, OpDef, ShapeError
+
+
+def _prod(dims):
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def _axis(attrs, rank, allow_end=False):
+    """attrs['axis'] in [-rank, rank) (Flatten: [-rank, rank]) -> non-negative; else ShapeError 'axis'"""
+    a = attrs["axis"]
+    if not -rank <= a < rank + (1 if allow_end else 0):
+        raise ShapeError("axis", f"attribute 'axis' = {a} is out of range for an input of rank {rank}")
+    return a + rank if a < 0 else a
+
+
+# ----------------------------------------------------------------------------- Flatten
+def flatten_infer(attrs, shapes):
+    """x (d0..d_{r-1}) -> [(prod(d[:axis]), prod(d[axis:]))]; axis in [-r, r]"""
+    x = tuple(shapes[0])
+    a = _axis(attrs, len(x), allow_end=True)
+    return [(_prod(x[:a]), _prod(x[a:]))]
+
+
+def flatten_forward(attrs, xs, ctx):
+    """x (d0..d_{r-1}) -> y (prod(d[:axis]), prod(d[axis:]))"""
+    (x,) = xs
+    (out,) = flatten_infer(attrs, [x.shape])
+    return [x.reshape(out)], (x.shape,)
+
+
+# ----------------------------------------------------------------------------- Reshape
+def reshape_infer(attrs, shapes):
+    """x (*) -> [shape with 0 = copy x's dim there, -1 = whatever is left]"""
+    x, want = tuple(shapes[0]), attrs["shape"]
+    if sum(1 for d in want if d == -1) > 1:
+        raise ShapeError("shape", f"attribute 'shape' {list(want)} has more than one -1")
+    out = []
+    for i, d in enumerate(want):
+        if d == 0:
+            if i >= len(x):
+                raise ShapeError("shape", f"attribute 'shape' {list(want)} copies dimension {i} (0), "
+                                          f"but input 'x' has shape {x}")
+            d = x[i]
+        out.append(d)
+    total = _prod(x)
+    if -1 in out:
+        rest = _prod([d for d in out if d != -1])
+        if rest == 0 or total % rest:
+            raise ShapeError("shape", f"cannot reshape input 'x' of shape {x} ({total} elements) "
+                                      f"to {list(want)}")
+        out[out.index(-1)] = total // rest
+    if _prod(out) != total:
+        raise ShapeError("shape", f"cannot reshape input 'x' of shape {x} ({total} elements) to "
+                                  f"{list(want)} ({_prod(out)} elements)")
+    return [tuple(out)]
+
+
+def reshape_forward(attrs, xs, ctx):
+    """x (*) -> y (shape)"""
+    (x,) = xs
+    (out,) = reshape_infer(attrs, [x.shape])
+    return [x.reshape(out)], (x.shape,)
+
+
+def reshape_backward(attrs, saved, gys, needs, ctx):
+    (shape,) = saved
+    # undoes: y = x.reshape(...)  (Flatten and Reshape alike)
+    return [gys[0].reshape(shape) if needs[0] else None]
+
+
+# ----------------------------------------------------------------------------- Concat
+def concat_infer(attrs, shapes):
+    """x_i (.., A_i, ..) -> [(.., Σ A_i, ..)]; every other dimension must agree with input0"""
+    shapes = [tuple(s) for s in shapes]
+    first = shapes[0]
+    a = _axis(attrs, len(first))
+    for i, s in enumerate(shapes[1:], 1):
+        if len(s) != len(first) or any(d != e for k, (d, e) in enumerate(zip(s, first)) if k != a):
+            raise ShapeError(f"input{i}", f"input 'input{i}' has shape {s}, which does not match "
+                                          f"'input0' {first} outside axis {a}")
+    out = list(first)
+    out[a] = sum(s[a] for s in shapes)
+    return [tuple(out)]
+
+
+def concat_forward(attrs, xs, ctx):
+    """x_i (.., A_i, ..) -> y (.., Σ A_i, ..)"""
+    concat_infer(attrs, [np.shape(x) for x in xs])
+    a = _axis(attrs, np.ndim(xs[0]))
+    y = np.concatenate(xs, axis=a)
+    return [y.astype(xs[0].dtype, copy=False)], (a, [x.shape[a] for x in xs])
+
+
+def concat_backward(attrs, saved, gys, needs, ctx):
+    a, sizes = saved
+    (g,) = gys
+    # undoes: y = concatenate(xs, axis)  (each input gets its slice of g)
+    parts = np.split(g, np.cumsum(sizes)[:-1], axis=a)
+    return [p if need else None for p, need in zip(parts, needs)]
+
+
+# ----------------------------------------------------------------------------- Pad
+def pad_infer(attrs, shapes):
+    """x (d_i) -> [(d_i + begin_i + end_i)]; pads = [begins..., ends...] (ONNX order)"""
+    x, pads, mode = tuple(shapes[0]), attrs["pads"], attrs["mode"]
+    r = len(x)
+    if len(pads) != 2 * r:
+        raise ShapeError("pads", f"attribute 'pads' needs 2*rank = {2 * r} entries for input 'x' "
+                                 f"of shape {x}, got {len(pads)}")
+    for i, d in enumerate(x):
+        lo, hi = pads[i], pads[r + i]
+        if mode == "reflect" and max(lo, hi) >= d:
+            raise ShapeError("pads", f"reflect padding of axis {i} needs pads < the size {d} of "
+                                     f"input 'x' (shape {x}), got {lo} and {hi}")
+        if mode == "edge" and d == 0 and max(lo, hi) > 0:
+            raise ShapeError("pads", f"edge padding of axis {i} needs a non-empty input 'x', got shape {x}")
+    return [tuple(d + pads[i] + pads[r + i] for i, d in enumerate(x))]
+
+
+def pad_forward(attrs, xs, ctx):
+    """x (d_i) -> y (d_i + begin_i + end_i)"""
+    (x,) = xs
+    pad_infer(attrs, [x.shape])
+    r, pads, mode = x.ndim, attrs["pads"], attrs["mode"]
+    width = [(pads[i], pads[r + i]) for i in range(r)]
+    if mode == "constant":
+        y = np.pad(x, width, mode="constant", constant_values=x.dtype.type(attrs["value"]))
+    else:
+        y = np.pad(x, width, mode=mode)
+    return [y.astype(x.dtype, copy=False)], (x.shape,)
+
+
+def _source_index(d, lo, hi, mode):
+    """(d + lo + hi,) int: the index of x along this axis each output position copies; -1 = constant"""
+    idx = np.arange(d)
+    if mode == "constant":
+        return np.pad(idx, (lo, hi), mode="constant", constant_values=-1)
+    return np.pad(idx, (lo, hi), mode=mode)
+
+
+def pad_backward(attrs, saved, gys, needs, ctx):
+    """g (d_i + begin_i + end_i) -> dx (d_i)"""
+    (shape,) = saved
+    r, pads, mode = len(shape), attrs["pads"], attrs["mode"]
+    g = gys[0]
+    if not needs[0]:
+        return [None]
+    if mode == "constant":
+        # undoes: y = np.pad(x, ..., constant): x sits in the middle block; the padding is constant
+        return [np.ascontiguousarray(g[tuple(slice(pads[i], pads[i] + d) for i, d in enumerate(shape))])]
+    # undoes: y = np.pad(x, ...), one axis at a time: every output position adds its gradient
+    # to the input position it copied (reflect/edge copy an input position several times).
+    # (_source_index marks constant padding -1: it copies nothing and gets no gradient.)
+    for ax, d in enumerate(shape):
+        lo, hi = pads[ax], pads[r + ax]
+        if lo == 0 and hi == 0:
+            continue
+        src = _source_index(d, lo, hi, mode)       # (d + lo + hi,)
+        keep = src >= 0
+        gm = np.moveaxis(g, ax, 0)                 # (d+lo+hi, ...)
+        acc = np.zeros((d,) + gm.shape[1:], dtype=g.dtype)
+        np.add.at(acc, src[keep], gm[keep])
+        g = np.moveaxis(acc, 0, ax)
+    return [np.ascontiguousarray(g)]
+
+
+register(
+    OpDef("Flatten", ("x",), {"axis": Attr("int", 1)}, flatten_infer, flatten_forward,
+          reshape_backward, doc="(d0..d_{axis-1}, prod(rest))"),
+    OpDef("Reshape", ("x",), {"shape": Attr("ints", min=-1)}, reshape_infer, reshape_forward,
+          reshape_backward, doc="0 copies that dim, one -1 is inferred"),
+    OpDef("Concat", ("*",), {"axis": Attr("int", 1)}, concat_infer, concat_forward,
+          concat_backward, doc="concatenate along axis (may be negative)"),
+    OpDef("Pad", ("x",), {"pads": Attr("ints", min=0),
+                          "mode": Attr("str", "constant", choices=("constant", "reflect", "edge")),
+                          "value": Attr("float", 0.0)},
+          pad_infer, pad_forward, pad_backward, doc="np.pad semantics, pads in ONNX order"),
+)
