@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/thomas demo
 
 bench: setup
-	$(BIN)/python benchmarks/ops.py
+	set -e; for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f; done
 
 # Line budget of the on-device agent (tinygrad's sz.py habit).
 sz:

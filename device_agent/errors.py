@@ -14,3 +14,7 @@ class PackageError(ThomasError, ValueError):
 
 class BackendError(ThomasError, ValueError):
     """Bad call into a backend (wrong feed shape, backward before forward, ...)."""
+
+
+class ModelError(ThomasError, ValueError):
+    """A model cannot be built as asked (unknown zoo name, size too small, bad head)."""

@@ -170,7 +170,7 @@ def test_npz_members_are_never_unpickled(pkg, tmp_path):
 
 def test_cli_inspect_reports_one_line_error(pkg):
     edit_json(pkg, lambda d: node(d, "relu").update(op="Swishy"))
-    r = subprocess.run([sys.executable, "-m", "thomas_cli.main", "inspect", str(pkg)],
+    r = subprocess.run([sys.executable, "-m", "thomas_cli", "inspect", str(pkg)],
                        capture_output=True, text=True)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
@@ -179,7 +179,7 @@ def test_cli_inspect_reports_one_line_error(pkg):
 
 
 def test_cli_inspect_table(pkg):
-    r = subprocess.run([sys.executable, "-m", "thomas_cli.main", "inspect", str(pkg), "--json", "--batch", "2"],
+    r = subprocess.run([sys.executable, "-m", "thomas_cli", "inspect", str(pkg), "--json", "--batch", "2"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)

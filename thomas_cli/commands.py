@@ -86,7 +86,7 @@ def inspect(
 @app.command()
 @guarded
 def demo(
-    steps: int = typer.Option(5, "--steps", min=1, help="Training steps to run."),
+    steps: int = typer.Option(20, "--steps", min=1, help="Training steps to run."),
     batch: int = typer.Option(32, "--batch", min=1, help="Batch size."),
 ):
     """The main job on the local machine: a MobileNetV2 on scikit-learn's digits."""

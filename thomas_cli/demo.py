@@ -46,7 +46,7 @@ def preprocess(g: Graph, images: np.ndarray) -> np.ndarray:
     return x
 
 
-def run_demo(steps: int = 5, batch: int = 32, lr: float = 0.05, momentum: float = 0.9) -> dict:
+def run_demo(steps: int = 30, batch: int = 32, lr: float = 2e-3, betas=(0.9, 0.999), eps=1e-8) -> dict:
     g = zoo.build("mobilenet_v2", num_classes=10, size=SIZE, width=0.5, seed=0)
     images, labels = digits_dataset()
     out.print(f"[bold]THOMAS demo[/]: {g.name} (width 0.5, {SIZE}x{SIZE}, {g.num_params():,} parameters) "
@@ -60,8 +60,9 @@ def run_demo(steps: int = 5, batch: int = 32, lr: float = 0.05, momentum: float 
     logits = be.forward(x0)[g.outputs[0]]
     infer_ms = (time.perf_counter() - t0) * 1e3
 
-    table = Table("step", "loss", "batch top-1", "forward ms", "backward ms", title="training all layers (SGD momentum)")
-    velocity = {k: np.zeros_like(v) for k, v in be.weights.items() if k in be.trainable}
+    table = Table("step", "loss", "batch top-1", "forward ms", "backward ms", title="training all layers from scratch (Adam)")
+    m = {k: np.zeros_like(be.weights[k]) for k in be.trainable}
+    v = {k: np.zeros_like(be.weights[k]) for k in be.trainable}
     losses = []
     for step in range(steps):
         idx = order[(step * batch) % len(order):][:batch]
@@ -72,9 +73,11 @@ def run_demo(steps: int = 5, batch: int = 32, lr: float = 0.05, momentum: float 
         t1 = time.perf_counter()
         grads = be.backward()
         t2 = time.perf_counter()
-        for k, gk in grads.items():
-            velocity[k] = momentum * velocity[k] + gk
-            be.weights[k] -= lr * velocity[k]
+        for k, gk in grads.items():  # Adam (optim.py will own this)
+            m[k] = betas[0] * m[k] + (1 - betas[0]) * gk
+            v[k] = betas[1] * v[k] + (1 - betas[1]) * gk * gk
+            mhat, vhat = m[k] / (1 - betas[0] ** (step + 1)), v[k] / (1 - betas[1] ** (step + 1))
+            be.weights[k] -= lr * mhat / (np.sqrt(vhat) + eps)
         losses.append(loss)
         acc = float(np.mean(np.argmax(logits, 1) == y))
         table.add_row(str(step + 1), f"{loss:.4f}", f"{acc:.2%}", f"{(t1 - t0) * 1e3:.0f}", f"{(t2 - t1) * 1e3:.0f}")

@@ -56,7 +56,3 @@ from . import commands  # noqa: E402,F401  (registers the commands on `app`)
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -57,6 +57,7 @@ class NumpyRef:
         self._dloss: dict[str, np.ndarray] | None = None
         self._outputs: dict[str, np.ndarray] | None = None
         self._ctx = Ctx()
+        self.tape_nodes: list[str] = []
 
     # ------------------------------------------------------------------ forward
     def _requires_grad(self, input_grad: bool) -> set[str]:
@@ -121,6 +122,7 @@ class NumpyRef:
                 if self._last_use.get(t) == i and t not in keep and t not in self.weights:
                     env.pop(t, None)
         self._tape = tape if grad else None
+        self.tape_nodes = [s.node.name for s, *_ in tape]   # nodes whose backward state is kept
         self._ctx = ctx
         self._dloss = None
         self._outputs = {o: env[o] for o in self.graph.outputs}
