@@ -52,18 +52,17 @@ def measure(engine: str, model: str, size: int, batch: int, reps: int) -> dict:
         from torch_twin import TorchTwin
 
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        twins = {"infer": TorchTwin(g), "last": TorchTwin(g), "full": TorchTwin(g)}
-        for name, p in twins["last"].params.items():
-            p.requires_grad_(name in last)
+        twins = {"infer": TorchTwin(g), "last": TorchTwin(g, trainable=last), "full": TorchTwin(g)}
+        inp = g.inputs[0].name
 
         def step(stage):
             tw = twins[stage]
             if stage == "infer":
                 with torch.no_grad():
-                    tw.forward(xt, training=False)
+                    tw.forward({inp: xt}, training=False)
             else:
-                out = tw.forward(xt, training=False, bn_batch_stats=stage == "full")
-                torch.nn.functional.cross_entropy(out, yt).backward()
+                out = tw.forward({inp: xt}, training=False, bn_batch_stats=stage == "full")["logits"]
+                tw.grads(tw.loss(out, yt))
 
     for stage in ("infer", "last", "full"):
         step(stage)
