@@ -4,6 +4,8 @@
 (d) error cases, (e) infer() shapes == forward shapes.
 """
 import numpy as np
+
+from device_agent.ops.dropout import draw_seed, hash_uniform
 import pytest
 
 from device_agent.ops import Ctx, OpError, ShapeError, get_op, normalize_attrs
@@ -255,7 +257,8 @@ def test_dropout_fd(ratio, shape):
 def test_dropout_vs_mask_formula(ratio):
     torch = pytest.importorskip("torch")
     x = rnd((2, 3, 5, 5), 2, np.float32)
-    mask = np.random.default_rng(7).random(x.shape) >= ratio       # the mask our op draws
+    seed = draw_seed(np.random.default_rng(7))
+    mask = (hash_uniform(seed, x.size) >= ratio).reshape(x.shape)   # the mask our op draws
     m = torch.from_numpy(mask)
     torch_check("Dropout", {"ratio": ratio}, [x], lambda t: t * m / (1 - ratio), ctx_factory=train_ctx())
     torch_check("Dropout", {"ratio": ratio}, [x], lambda t: t * 1)  # not training: identity
@@ -284,6 +287,20 @@ def test_dropout_mask_statistics_and_determinism():
     y = run_forward("Dropout", {"ratio": 0.9}, [x], ctx)[2][0]
     np.testing.assert_array_equal(y, x)
     assert ctx.rng.random() == np.random.default_rng(7).random()
+
+
+def test_hash_uniform_is_uniform_and_seeded():
+    u = hash_uniform(123, 1 << 20)
+    assert u.dtype == np.float32 and u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.002 and abs(u.var() - 1 / 12) < 0.001
+    hist = np.bincount((u * 16).astype(int), minlength=16) / u.size
+    assert np.abs(hist - 1 / 16).max() < 0.002
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.005              # neighbours uncorrelated
+    assert not np.array_equal(hash_uniform(124, 100), hash_uniform(123, 100))
+    # pinned values: the OpenCL kernel must reproduce exactly these
+    np.testing.assert_array_equal(hash_uniform(0, 3), hash_uniform(0, 5)[:3])
+    assert (hash_uniform(0, 3) * 2 ** 24).astype(int).tolist() == [3194371, 15280721, 7999372]
+    assert (hash_uniform(12345, 3) * 2 ** 24).astype(int).tolist() == [11756266, 1338, 8886360]
 
 
 def test_dropout_attr_errors():

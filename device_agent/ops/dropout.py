@@ -1,6 +1,10 @@
 """Dropout (inverted): active only when ctx.training.
 
-    x (*) -> y (*) = x * mask / (1 - ratio),  mask = ctx.rng.random(x.shape) >= ratio
+    x (*) -> y (*) = x * mask / (1 - ratio),  mask[i] = hash_uniform(seed, i) >= ratio
+
+The mask comes from a counter-based hash of (seed, element index) rather than from numpy's
+generator, so the OpenCL kernel (kernels/eltwise.cl, `dropout_uniform`) draws bit-identical masks:
+one 32-bit seed per call is drawn from ctx.rng, the rest is arithmetic.
 """
 from __future__ import annotations
 
@@ -8,6 +12,25 @@ import numpy as np
 
 from . import register
 from .base import Attr, OpDef, OpError
+
+
+def _pcg(v: np.ndarray) -> np.ndarray:
+    """PCG-RXS-M-XS 32-bit hash (uint32 in, uint32 out); the same arithmetic as the kernel."""
+    state = v * np.uint32(747796405) + np.uint32(2891336453)
+    word = ((state >> ((state >> np.uint32(28)) + np.uint32(4))) ^ state) * np.uint32(277803737)
+    return (word >> np.uint32(22)) ^ word
+
+
+def hash_uniform(seed: int, n: int) -> np.ndarray:
+    """n uniforms in [0, 1) (float32 grid of 2^-24) from a 32-bit seed: u[i] = pcg(seed ^ pcg(i))."""
+    with np.errstate(over="ignore"):
+        idx = np.arange(n, dtype=np.uint32)
+        bits = _pcg(np.uint32(seed) ^ _pcg(idx))
+    return (bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
+
+
+def draw_seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2 ** 32, dtype=np.uint64))
 
 
 def _check_ratio(attrs):
@@ -28,9 +51,9 @@ def dropout_forward(attrs, xs, ctx):
     if not ctx.training:
         return [x], (None,)
     r = attrs["ratio"]
-    # One uniform draw per element whenever training (even for ratio 0), so the generator's
-    # stream does not depend on the ratio: same seed -> same mask.
-    mask = ctx.rng.random(x.shape) >= r           # keep with probability 1 - ratio
+    # One seed drawn whenever training (even for ratio 0), so the generator's stream does not
+    # depend on the ratio: same seed -> same mask.
+    mask = (hash_uniform(draw_seed(ctx.rng), x.size) >= r).reshape(x.shape)  # keep w.p. 1 - ratio
     y = (x * mask) / x.dtype.type(1 - r)
     return [y.astype(x.dtype, copy=False)], (mask,)
 
