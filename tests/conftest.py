@@ -6,6 +6,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Compiled OpenCL programs are cached per checkout, never in the user's ~/.cache.
+os.environ.setdefault("THOMAS_CL_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "thomas-cl"))
+
 
 @pytest.fixture(autouse=True)
 def _thomas_home(tmp_path, monkeypatch):

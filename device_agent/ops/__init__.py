@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from .base import REQUIRED, Attr, Ctx, OpDef, OpError, ShapeError, normalize_attrs  # noqa: F401
+from .base import REQUIRED, Attr, ClSpec, Ctx, OpDef, OpError, ShapeError, normalize_attrs  # noqa: F401
 
 REGISTRY: dict[str, OpDef] = {}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import Attr, OpDef, OpError
+from .base import Attr, ClSpec, OpDef, OpError
 
 
 def _same(attrs, shapes):
@@ -28,8 +28,18 @@ def relu_backward(attrs, saved, gys, needs, ctx):
     return [gys[0] * (y > 0)]
 
 
+def cl_relu_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    b.launch("eltwise.cl", "relu_fwd", (x.size,), None, x, y, x.size)
+
+
+def cl_relu_backward(b, io):
+    if io.gx[0] is not None:
+        b.launch("eltwise.cl", "relu_bwd", (io.y[0].size,), None, io.y[0], io.gy[0], io.gx[0], io.y[0].size)
+
+
 register(OpDef("Relu", ("x",), {}, _same, relu_forward, relu_backward,
-               doc="y = max(x, 0)"))
+               doc="y = max(x, 0)", cl=ClSpec(cl_relu_forward, cl_relu_backward, saves=("y0",))))
 
 
 # ----------------------------------------------------------------------------- Clip

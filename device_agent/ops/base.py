@@ -75,6 +75,30 @@ def _default_flops(attrs: dict, in_shapes: list, out_shapes: list) -> int:
 
 
 @dataclass(frozen=True)
+class ClSpec:
+    """How the OpenCL Plan runs an op (see device_agent/backends/opencl/runtime.py).
+
+    forward(b, io)   enqueue the forward launches: read io.x, write io.y (and io.state)
+    backward(b, io)  enqueue the backward launches: read io.gy (+ saved tensors, io.state),
+                     OVERWRITE io.gx[i] wherever it is not None (the Plan sums branches itself)
+    saves            forward tensors the backward reads: "x0", "x1", ..., "y0"; they stay alive
+                     until the node's backward has run
+    state(attrs, in_shapes, out_shapes, training) -> {name: (shape, dtype)}: per-node buffers that
+                     live from forward to backward (BN batch statistics, max-pool argmax, ...)
+    workspace(attrs, in_shapes, out_shapes) -> bytes of scratch one launch sequence needs
+                     (shared by all nodes; im2col columns)
+    alias            output 0 is input 0 reinterpreted (Flatten, Reshape, Identity): no launch
+    """
+
+    forward: Callable | None = None
+    backward: Callable | None = None
+    saves: tuple[str, ...] = ()
+    state: Callable | None = None
+    workspace: Callable | None = None
+    alias: bool = False
+
+
+@dataclass(frozen=True)
 class OpDef:
     name: str
     inputs: tuple[str, ...]          # slot names; "bias?" = optional; "*" = variadic (Concat)
@@ -88,6 +112,7 @@ class OpDef:
     flops: Callable = _default_flops
     nondiff: tuple[str, ...] = ()    # slots that never get a gradient (labels)
     doc: str = ""
+    cl: ClSpec | None = None         # the OpenCL launchers; None = no OpenCL implementation yet
 
     @property
     def variadic(self) -> bool:

@@ -1,0 +1,186 @@
+"""The pieces op launchers use: a Runtime (context, in-order queue, tuning), TensorRef, NodeIO,
+and the LaunchBuilder that records pre-bound kernel launches for a Plan.
+
+A launcher (ClSpec.forward/backward in an op module) looks like:
+
+    def cl_forward(b, io):
+        (x,), (y,) = io.x, io.y
+        b.launch("eltwise.cl", "relu_fwd", (x.size,), None, x, y, np.int32(x.size))
+
+Each `launch` creates its own cl.Kernel with its arguments bound once, so replaying a step is
+just enqueueing; arguments that change per step (learning rate, dropout seed) are named in `dyn`
+and set from the step's values right before the enqueue.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyopencl as cl
+
+from ...resources import configs_dir
+from .device import describe, kind_of, select_device
+from .loader import load_program
+
+
+def round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+class Tuning:
+    """Kernel parameters per op family: configs/tuning/*.json, vendor -> device -> op -> params,
+    falling back to vendor 'default', then the 'default' section for the device kind (gpu/cpu)."""
+
+    def __init__(self, device: cl.Device, extra: dict | None = None):
+        self.vendor = device.vendor.strip()
+        self.device = device.name.strip()
+        self.kind = kind_of(device)
+        self.db: dict = {}
+        root = configs_dir() / "tuning"
+        for path in sorted(root.glob("*.json")):
+            self._merge(json.loads(path.read_text()))
+        if extra:
+            self._merge(extra)
+
+    def _merge(self, doc: dict) -> None:
+        for k, v in doc.items():
+            if k.startswith("_"):
+                continue
+            if isinstance(v, dict) and isinstance(self.db.get(k), dict):
+                _deep_merge(self.db[k], v)
+            else:
+                self.db[k] = v
+
+    def get(self, op: str) -> dict:
+        out: dict = {}
+        out.update(self.db.get("default", {}).get(self.kind, {}).get(op, {}))
+        vendor = next((v for k, v in self.db.get("vendors", {}).items() if k.lower() in self.vendor.lower()), {})
+        out.update(vendor.get("default", {}).get(op, {}))
+        for dev_key, dev_params in vendor.items():
+            if dev_key != "default" and dev_key.lower() in self.device.lower():
+                out.update(dev_params.get(op, {}))
+        return out
+
+
+def _deep_merge(a: dict, b: dict) -> None:
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            _deep_merge(a[k], v)
+        else:
+            a[k] = v
+
+
+class Runtime:
+    """One device, one context, one in-order queue."""
+
+    def __init__(self, device: cl.Device | str | None = None):
+        self.device = device if isinstance(device, cl.Device) else select_device(device)
+        self.ctx = cl.Context([self.device])
+        self.queue = cl.CommandQueue(self.ctx)
+        self.kind = kind_of(self.device)
+        self.tuning = Tuning(self.device)
+        self.align = max(256, self.device.mem_base_addr_align // 8)
+        self.info = describe(self.device)
+
+    def program(self, name: str, defines: dict | None = None) -> cl.Program:
+        return load_program(self.ctx, self.device, name, defines)
+
+    def kernel(self, name: str, kernel: str, defines: dict | None = None) -> cl.Kernel:
+        return cl.Kernel(self.program(name, defines), kernel)
+
+    def alloc(self, nbytes: int) -> cl.Buffer:
+        return cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(int(nbytes), 4))
+
+
+@dataclass
+class TensorRef:
+    """A tensor living in a device buffer (a sub-buffer of an arena, or a whole buffer)."""
+
+    name: str
+    shape: tuple
+    buf: cl.Buffer
+    dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+
+@dataclass
+class NodeIO:
+    """What a launcher sees of one node. gx[i] is None where no gradient is wanted."""
+
+    name: str
+    op: str
+    attrs: dict
+    x: list[TensorRef]
+    y: list[TensorRef]
+    gx: list[TensorRef | None] = field(default_factory=list)
+    gy: list[TensorRef] = field(default_factory=list)
+    state: dict[str, TensorRef] = field(default_factory=dict)
+    workspace: TensorRef | None = None
+    training: bool = False          # dropout active
+    bn_batch_stats: bool = False    # BatchNorm normalises with batch statistics (and updates running stats)
+
+
+@dataclass
+class Launch:
+    kernel: cl.Kernel
+    gsize: tuple
+    lsize: tuple | None
+    label: str
+    dyn: dict[int, str] = field(default_factory=dict)   # arg index -> name of a per-step value
+    flops: int = 0
+
+
+def _arg(a):
+    if isinstance(a, TensorRef):
+        return a.buf
+    if isinstance(a, (bool, np.bool_)):
+        return np.int32(a)
+    if isinstance(a, (int, np.integer)) and not isinstance(a, (np.int32, np.uint32, np.int64, np.uint64)):
+        return np.int32(a)
+    if isinstance(a, float) and not isinstance(a, np.floating):
+        return np.float32(a)
+    return a
+
+
+class LaunchBuilder:
+    """Records launches into `self.launches`; used by the Plan while it builds a launch list."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.kind = rt.kind
+        self.launches: list[Launch] = []
+        self.label = ""
+
+    def tuning(self, op: str) -> dict:
+        return self.rt.tuning.get(op)
+
+    def launch(self, file: str, kernel: str, gsize, lsize, *args, defines: dict | None = None,
+               dyn: dict[int, str] | None = None, flops: int = 0) -> Launch:
+        """Bind args once; gsize is rounded up to a multiple of lsize (kernels bound-check)."""
+        k = self.rt.kernel(file, kernel, defines)
+        for i, a in enumerate(args):
+            k.set_arg(i, _arg(a))
+        gsize = tuple(int(g) for g in gsize)
+        if lsize is not None:
+            lsize = tuple(int(v) for v in lsize)
+            gsize = tuple(round_up(g, v) for g, v in zip(gsize, lsize))
+        rec = Launch(k, gsize, lsize, self.label or kernel, dict(dyn or {}), flops)
+        self.launches.append(rec)
+        return rec
+
+
+def replay(queue: cl.CommandQueue, launches: list[Launch], values: dict | None = None) -> None:
+    """Enqueue a launch list; no host synchronisation."""
+    for ln in launches:
+        if ln.dyn:
+            for idx, key in ln.dyn.items():
+                ln.kernel.set_arg(idx, values[key])
+        cl.enqueue_nd_range_kernel(queue, ln.kernel, ln.gsize, ln.lsize)
