@@ -1,0 +1,526 @@
+"""The Plan: one model, stage, batch size and OpenCL device turned into a fixed launch list over
+buffers allocated once.
+
+    plan = Plan(graph, batch=8, trainable=None, optimizer=OptimConfig("sgd", momentum=0.9))
+    loss, correct = plan.train_step(x, labels, lr=0.01, seed=step)   # only x, labels go up; 2 scalars come back
+    logits = Plan(graph, batch=8, trainable=set()).infer(x)           # inference plan: BN folded into conv
+    plan.memory()                                                      # bytes by category, peak, reuse savings
+
+What the Plan owns (llm.c's "malloc all parameters at once"):
+  params      one buffer, trainable parameters first (so the optimizer is ONE launch over a flat
+              range), then frozen ones and BN buffers; each tensor a sub-buffer
+  grads       the same layout for the trainable range; each backward OVERWRITES its gradient, so
+              nothing is zeroed per step; a tensor consumed twice gets its second contribution in
+              a temporary that one `acc_add` launch folds in
+  optimizer   momentum / Adam moments, flat, same layout
+  arena       activations, activation gradients and per-node state, placed by liveness: two
+              tensors share bytes when their lifetimes [produced, last read] do not overlap
+  workspace   one scratch buffer, the largest any node asks for (im2col columns)
+
+A step is `replay(queue, launches)`: no allocation, no host round trip between ops, no finish()
+until the two scalars are read back. Frozen nodes record no backward launches at all.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import BackendError
+from .graph import Graph, Node
+from .ops import get_op, normalize_attrs
+from .ops.dropout import draw_seed
+
+try:
+    import pyopencl as cl
+
+    from .backends.opencl.runtime import LaunchBuilder, NodeIO, Runtime, TensorRef, replay, round_up
+except ImportError:  # pragma: no cover - the Plan needs pyopencl; numpy_ref does not
+    cl = None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """torch.optim semantics: kind 'sgd' (momentum, dampening 0, nesterov, weight_decay),
+    'adam' (L2 weight decay added to the gradient) or 'adamw' (decoupled weight decay)."""
+
+    kind: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad_norm: float = 0.0   # 0 = off
+
+
+@dataclass
+class _Storage:
+    """A region of the arena shared by aliased tensors."""
+
+    nbytes: int
+    start: int
+    end: int
+    offset: int = -1
+
+
+@dataclass
+class _Slot:
+    name: str
+    shape: tuple
+    storage: _Storage
+    dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    """Inference graph with every Conv2d -> BatchNorm pair (conv output read only by the BN)
+    folded into the conv's weight and bias: w' = w·γ/σ, b' = (b − μ)·γ/σ + β."""
+    g = copy.copy(graph)
+    g.nodes = [copy.copy(n) for n in graph.nodes]
+    g.params = dict(graph.params)
+    g.weights = dict(graph.weights)
+    consumers = g.consumers()
+    producers = g.producers()
+    drop: set[str] = set()
+    rename: dict[str, str] = {}
+    for bn in g.nodes:
+        if bn.op != "BatchNorm":
+            continue
+        conv = producers.get(bn.inputs[0])
+        if conv is None or conv.op != "Conv2d" or len(consumers[bn.inputs[0]]) != 1 \
+                or bn.inputs[0] in g.outputs:
+            continue
+        a = normalize_attrs(get_op("BatchNorm"), bn.attrs)
+        gamma, beta, mean, var = (g.weights[t].astype(np.float64) for t in bn.inputs[1:5])
+        scale = gamma / np.sqrt(var + a["eps"])
+        wname = conv.inputs[1]
+        w = g.weights[wname].astype(np.float64) * scale[:, None, None, None]
+        b0 = g.weights[conv.inputs[2]].astype(np.float64) if len(conv.inputs) > 2 else 0.0
+        bname = conv.inputs[2] if len(conv.inputs) > 2 else f"{conv.name}.folded_bias"
+        g.weights[wname] = w.astype(np.float32)
+        g.weights[bname] = ((b0 - mean) * scale + beta).astype(np.float32)
+        g.params[bname] = copy.copy(g.params[wname])
+        g.params[bname].shape = (w.shape[0],)
+        conv.inputs = list(conv.inputs[:2]) + [bname]
+        rename[bn.outputs[0]] = conv.outputs[0]
+        drop.add(bn.name)
+        for t in bn.inputs[1:5]:
+            g.params.pop(t, None)
+            g.weights.pop(t, None)
+    g.nodes = [n for n in g.nodes if n.name not in drop]
+    for n in g.nodes:
+        n.inputs = [rename.get(t, t) for t in n.inputs]
+    g.outputs = [rename.get(t, t) for t in g.outputs]
+    return g
+
+
+class Plan:
+    def __init__(self, graph: Graph, batch: int, *, trainable=None, optimizer: OptimConfig | None = None,
+                 training: bool = True, bn_batch_stats: bool | None = None, label_smoothing: float = 0.0,
+                 runtime: "Runtime | None" = None, reuse: bool = True, fold_bn: bool = True):
+        if cl is None:
+            raise BackendError("the OpenCL backend needs pyopencl (pip install pyopencl)")
+        self.rt = runtime or Runtime()
+        self.batch = int(batch)
+        all_trainable = [k for k, p in graph.params.items() if p.trainable]
+        self.trainable = set(all_trainable if trainable is None else trainable)
+        bad = sorted(self.trainable - set(all_trainable))
+        if bad:
+            raise BackendError(f"'{bad[0]}' is not a trainable parameter of model '{graph.name}'")
+        self.inference = not self.trainable
+        self.graph = fold_batchnorm(graph) if (self.inference and fold_bn) else graph
+        self.optimizer = optimizer or OptimConfig()
+        self.training = training and not self.inference
+        self.bn_batch_stats = self.training if bn_batch_stats is None else (bn_batch_stats and not self.inference)
+        self.label_smoothing = float(label_smoothing)
+        self.reuse = reuse
+        self.step_count = 0
+        self._build()
+
+    # ================================================================== building
+    def _build(self) -> None:
+        g, rt = self.graph, self.rt
+        shapes = g.infer_shapes(self.batch)
+        self.shapes = shapes
+        nodes = g.nodes
+        self.specs = {}
+        for n in nodes:
+            op = get_op(n.op)
+            if op.cl is None:
+                raise BackendError(f"node '{n.name}': op {n.op} has no OpenCL kernels yet")
+            self.specs[n.name] = (op, normalize_attrs(op, n.attrs))
+        consumers = g.consumers()
+
+        # ---------------------------------------------------------- which tensors need gradients
+        req = set(self.trainable)
+        bw_nodes: list[Node] = []
+        if not self.inference:
+            for n in nodes:
+                if any(t in req for t in n.inputs):
+                    req.update(n.outputs)
+                    bw_nodes.append(n)
+            bw_nodes.reverse()
+        self.req = req
+        F = len(nodes)                                   # the loss runs at time F
+        t_fw = {n.name: i for i, n in enumerate(nodes)}
+        t_bw = {n.name: F + 1 + k for k, n in enumerate(bw_nodes)}
+        END = F + 2 + len(bw_nodes)
+
+        # ---------------------------------------------------------- parameters: one flat buffer
+        align = rt.align // 4                              # in floats
+        order = [k for k in g.params if k in self.trainable] + [k for k in g.params if k not in self.trainable]
+        self.param_offset: dict[str, int] = {}
+        off = 0
+        self.n_trainable = 0
+        for k in order:
+            self.param_offset[k] = off
+            off = round_up(off + max(1, int(np.prod(g.params[k].shape))), align)
+            if k in self.trainable:
+                self.n_trainable = off
+        self.n_params = off
+        flat = np.zeros(self.n_params, np.float32)
+        for k in order:
+            o = self.param_offset[k]
+            flat[o:o + g.weights[k].size] = g.weights[k].reshape(-1)
+        self.params_buf = rt.alloc(flat.nbytes)
+        cl.enqueue_copy(rt.queue, self.params_buf, flat)
+        self.param_ref = {k: self._sub(self.params_buf, self.param_offset[k], k, g.params[k].shape) for k in order}
+        self.grads_buf = None
+        self.grad_ref: dict[str, TensorRef] = {}
+        if self.n_trainable:
+            self.grads_buf = rt.alloc(self.n_trainable * 4)
+            cl.enqueue_copy(rt.queue, self.grads_buf, np.zeros(self.n_trainable, np.float32))
+            self.grad_ref = {k: self._sub(self.grads_buf, self.param_offset[k], f"d{k}", g.params[k].shape)
+                             for k in order if k in self.trainable}
+
+        # ---------------------------------------------------------- activations: lifetimes
+        storage_of: dict[str, _Storage] = {}
+        slots: dict[str, _Slot] = {}
+
+        def new_slot(name, shape, start, end, dtype=np.float32):
+            st = _Storage(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize, start, end)
+            slots[name] = _Slot(name, tuple(shape), st, np.dtype(dtype))
+            storage_of[name] = st
+            return slots[name]
+
+        def touch(name, t):
+            st = storage_of[name]
+            st.start, st.end = min(st.start, t), max(st.end, t)
+
+        input_names = {s.name for s in g.inputs}
+        for n in nodes:
+            op, a = self.specs[n.name]
+            i = t_fw[n.name]
+            for k, t in enumerate(n.outputs):
+                if op.cl.alias and k == 0 and n.inputs[0] not in g.params:
+                    storage_of[t] = storage_of[n.inputs[0]] if n.inputs[0] in storage_of else None
+                    if storage_of[t] is None:   # alias of a graph input: give it its own slot
+                        new_slot(t, shapes[t], i, i)
+                    else:
+                        slots[t] = _Slot(t, shapes[t], storage_of[t])
+                else:
+                    new_slot(t, shapes[t], i, i)
+            for t in n.inputs:
+                if t in storage_of:
+                    touch(t, i)
+        for t in g.outputs:
+            touch(t, END if self.inference else F)
+        for n in bw_nodes:
+            op, a = self.specs[n.name]
+            for s in op.cl.saves:
+                kind, idx = s[0], int(s[1:])
+                t = n.inputs[idx] if kind == "x" else n.outputs[idx]
+                if t in storage_of:
+                    touch(t, t_bw[n.name])
+
+        # per-node state: forward -> backward (or just the forward in inference)
+        self.state_ref: dict[str, dict[str, str]] = {}
+        for n in nodes:
+            op, a = self.specs[n.name]
+            if op.cl.state is None:
+                continue
+            ins = [shapes[t] for t in n.inputs]
+            outs = [shapes[t] for t in n.outputs]
+            names = {}
+            for k, (shape, dtype) in op.cl.state(a, ins, outs, self.training or self.bn_batch_stats).items():
+                sname = f"{n.name}::{k}"
+                new_slot(sname, shape, t_fw[n.name], t_bw.get(n.name, t_fw[n.name]), dtype)
+                names[k] = sname
+            self.state_ref[n.name] = names
+
+        # gradients of activations: produced by the first backward that writes them, read until
+        # the producer's backward; a second writer gets a temporary folded in by acc_add
+        self.grad_slot: dict[str, str] = {}
+        grad_writers: dict[str, list[str]] = {}
+        if not self.inference:
+            producers = g.producers()
+            logits = g.outputs[0]
+            for t in req - set(g.params):
+                if t in input_names:
+                    continue
+                writers = sorted({c.name for c in consumers.get(t, []) if c.name in t_bw}, key=t_bw.get)
+                if t == logits:
+                    writers = ["<loss>"] + writers
+                if not writers:
+                    continue
+                p = producers[t]
+                first = F if t == logits else t_bw[writers[0]]
+                grad_writers[t] = writers
+                new_slot(f"d:{t}", shapes[t], first, t_bw[p.name])
+                self.grad_slot[t] = f"d:{t}"
+            # alias nodes pass their gradient through: share the storage when safe
+            for n in bw_nodes:
+                op, a = self.specs[n.name]
+                x = n.inputs[0]
+                if op.cl.alias and x in self.grad_slot and n.outputs[0] in self.grad_slot \
+                        and len(consumers[x]) == 1:
+                    so, si = storage_of[f"d:{n.outputs[0]}"], storage_of[f"d:{x}"]
+                    so.start, so.end = min(so.start, si.start), max(so.end, si.end)
+                    storage_of[f"d:{x}"] = so
+                    slots[f"d:{x}"].storage = so
+            self.grad_writers = grad_writers
+            temp_need = [(t, w) for t, ws in grad_writers.items() for w in ws[1:]]
+            for t, w in temp_need:
+                tt = t_bw[w]
+                new_slot(f"d:{t}@{w}", shapes[t], tt, tt)
+            for k in self.trainable:
+                users = sorted({c.name for c in consumers.get(k, []) if c.name in t_bw}, key=t_bw.get)
+                for w in users[1:]:
+                    new_slot(f"d:{k}@{w}", g.params[k].shape, t_bw[w], t_bw[w])
+
+        self._storage_of = storage_of
+
+        # ---------------------------------------------------------- place storages in the arena
+        uniq = list({id(s): s for s in storage_of.values()}.values())
+        self.arena_bytes = self._place(uniq, rt.align)
+        self.no_reuse_bytes = sum(round_up(s.nbytes, rt.align) for s in uniq)
+        self.arena = rt.alloc(self.arena_bytes)
+        self.refs: dict[str, TensorRef] = {}
+        for name, sl in slots.items():
+            self.refs[name] = self._sub(self.arena, sl.storage.offset // 4, name, sl.shape, sl.dtype)
+        for s in g.inputs:
+            shape = tuple(self.batch if d is None else d for d in s.shape)
+            buf = rt.alloc(int(np.prod(shape)) * 4)
+            self.refs[s.name] = TensorRef(s.name, shape, buf)
+        self.input_name = g.inputs[0].name
+
+        # workspace
+        ws = 0
+        for n in nodes:
+            op, a = self.specs[n.name]
+            if op.cl.workspace is not None:
+                ws = max(ws, int(op.cl.workspace(a, [shapes[t] for t in n.inputs], [shapes[t] for t in n.outputs])))
+        self.workspace_bytes = ws
+        self.workspace = TensorRef("workspace", (max(1, ws // 4),), rt.alloc(ws)) if ws else None
+
+        # loss scalars + labels
+        self.labels = TensorRef("labels", (self.batch,), rt.alloc(self.batch * 4), np.dtype(np.int32))
+        self.scalars = TensorRef("scalars", (2,), rt.alloc(8))
+
+        # ---------------------------------------------------------- record the launches
+        b = LaunchBuilder(rt)
+        self.dropout_nodes = [n.name for n in nodes if n.op == "Dropout"] if self.training else []
+        for n in nodes:
+            io = self._io(n)
+            b.label = n.name
+            first = len(b.launches)
+            op = self.specs[n.name][0]
+            if op.cl.alias:
+                if not self._shared(n.inputs[0], n.outputs[0]):
+                    b.launch("plan.cl", "copy", (io.y[0].size,), None, io.x[0], io.y[0], io.y[0].size)
+            else:
+                op.cl.forward(b, io)
+            self._scope_dyn(b.launches[first:], n.name)
+        self.fw_launches = list(b.launches)
+        self.bw_launches = []
+        self.opt_launches = []
+        if not self.inference:
+            b.launches = []
+            b.label = "<loss>"
+            self._loss_launch(b)
+            for n in bw_nodes:
+                self._backward_launches(b, n)
+            self.bw_launches = list(b.launches)
+            b.launches = []
+            b.label = "<optimizer>"
+            self._optimizer_launches(b)
+            self.opt_launches = list(b.launches)
+
+    def _sub(self, buf, off_floats: int, name: str, shape, dtype=np.float32) -> "TensorRef":
+        dtype = np.dtype(dtype)
+        n = max(1, int(np.prod(shape, dtype=np.int64))) * dtype.itemsize
+        sub = buf.get_sub_region(int(off_floats) * 4, n)
+        return TensorRef(name, tuple(shape), sub, dtype)
+
+    def _place(self, storages: list[_Storage], align: int) -> int:
+        """Greedy best-fit by size: each storage takes the lowest offset not overlapping any
+        already-placed storage whose lifetime intersects its own."""
+        if not self.reuse:
+            off = 0
+            for s in storages:
+                s.offset = off
+                off += round_up(max(s.nbytes, 4), align)
+            return max(off, 4)
+        placed: list[_Storage] = []
+        top = 0
+        for s in sorted(storages, key=lambda s: (-s.nbytes, s.start)):
+            size = round_up(max(s.nbytes, 4), align)
+            busy = sorted((p.offset, p.offset + round_up(max(p.nbytes, 4), align)) for p in placed
+                          if not (p.end < s.start or s.end < p.start))
+            off = 0
+            for lo, hi in busy:
+                if off + size <= lo:
+                    break
+                off = max(off, hi)
+            s.offset = off
+            placed.append(s)
+            top = max(top, off + size)
+        return max(top, 4)
+
+    def _shared(self, a: str, b: str) -> bool:
+        sa, sb = self._storage_of.get(a), self._storage_of.get(b)
+        return sa is not None and sa is sb
+
+    def _ref(self, t: str) -> "TensorRef":
+        return self.param_ref[t] if t in self.param_ref else self.refs[t]
+
+    def _io(self, n: Node) -> "NodeIO":
+        op, a = self.specs[n.name]
+        st = {k: self.refs[v] for k, v in self.state_ref.get(n.name, {}).items()}
+        return NodeIO(n.name, n.op, a, [self._ref(t) for t in n.inputs], [self.refs[t] for t in n.outputs],
+                      state=st, workspace=self.workspace, training=self.training,
+                      bn_batch_stats=self.bn_batch_stats)
+
+    @staticmethod
+    def _scope_dyn(launches, node: str) -> None:
+        for ln in launches:
+            ln.dyn = {i: (f"{node}:{k}" if k == "seed" else k) for i, k in ln.dyn.items()}
+
+    def _grad_target(self, t: str, writer: str) -> "TensorRef | None":
+        """Where `writer`'s backward puts its contribution to dL/dt: the gradient itself for the
+        first writer, a temporary for later ones (folded in afterwards)."""
+        if t in self.grad_ref:
+            key = f"d:{t}@{writer}"
+            return self.refs[key] if key in self.refs else self.grad_ref[t]
+        if t not in self.grad_slot:
+            return None
+        ws = self.grad_writers[t]
+        return self.refs[self.grad_slot[t]] if ws[0] == writer else self.refs[f"d:{t}@{writer}"]
+
+    def _backward_launches(self, b, n: Node) -> None:
+        op, a = self.specs[n.name]
+        io = self._io(n)
+        io.gy = [self.refs[self.grad_slot[t]] if t in self.grad_slot else None for t in n.outputs]
+        if any(g is None for g in io.gy):
+            raise BackendError(f"node '{n.name}': an output gradient has no writer")
+        io.gx = [self._grad_target(t, n.name) if t in self.req else None for t in n.inputs]
+        b.label = f"{n.name}:backward"
+        if op.cl.alias:
+            gx, gy = io.gx[0], io.gy[0]
+            x, y = n.inputs[0], n.outputs[0]
+            if gx is not None and not (gx is self.refs.get(self.grad_slot.get(x, "")) and
+                                       self._shared(f"d:{x}", f"d:{y}")):
+                b.launch("plan.cl", "copy", (gy.size,), None, gy, gx, gy.size)
+        else:
+            op.cl.backward(b, io)
+        for t, gx in zip(n.inputs, io.gx):
+            if gx is None:
+                continue
+            main = self.grad_ref.get(t) or self.refs.get(self.grad_slot.get(t, ""))
+            if main is not None and gx is not main:
+                b.launch("plan.cl", "acc_add", (gx.size,), None, main, gx, gx.size)
+
+    def _loss_launch(self, b) -> None:
+        from .backends.opencl.optim import loss_launch
+
+        logits = self.refs[self.graph.outputs[0]]
+        loss_launch(b, logits, self.labels, self.scalars, self.refs[self.grad_slot[self.graph.outputs[0]]],
+                    self.label_smoothing)
+
+    def _optimizer_launches(self, b) -> None:
+        from .backends.opencl.optim import optimizer_launches
+
+        self.opt_state = optimizer_launches(b, self.optimizer, self.params_buf, self.grads_buf, self.n_trainable)
+
+    # ================================================================== running
+    def _upload(self, x: np.ndarray) -> None:
+        ref = self.refs[self.input_name]
+        x = np.ascontiguousarray(x, np.float32)
+        if tuple(x.shape) != ref.shape:
+            raise BackendError(f"input has shape {tuple(x.shape)}, the plan was built for {ref.shape}")
+        cl.enqueue_copy(self.rt.queue, ref.buf, x, is_blocking=False)
+        self._keep = x   # the copy is asynchronous: keep the host array alive until the step ends
+
+    def _values(self, seed: int, lr: float = 0.0) -> dict:
+        rng = np.random.default_rng(seed)
+        vals = {f"{n}:seed": np.uint32(draw_seed(rng)) for n in self.dropout_nodes}
+        vals["lr"] = np.float32(lr)
+        vals["step"] = np.int32(self.step_count)
+        return vals
+
+    def forward(self, x: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Forward only; returns the first output (logits)."""
+        self._upload(x)
+        replay(self.rt.queue, self.fw_launches, self._values(seed))
+        out = self.refs[self.graph.outputs[0]]
+        host = np.empty(out.shape, np.float32)
+        cl.enqueue_copy(self.rt.queue, host, out.buf)
+        return host
+
+    infer = forward
+
+    def train_step(self, x: np.ndarray, labels: np.ndarray, lr: float, seed: int = 0) -> tuple[float, int]:
+        """forward + loss + backward + optimizer update; returns (mean loss, correct count)."""
+        if self.inference:
+            raise BackendError("this plan was built for inference (no trainable parameters)")
+        labels = np.ascontiguousarray(labels, np.int32)
+        if labels.shape != (self.batch,):
+            raise BackendError(f"labels have shape {labels.shape}, the plan was built for ({self.batch},)")
+        self._upload(x)
+        cl.enqueue_copy(self.rt.queue, self.labels.buf, labels, is_blocking=False)
+        self.step_count += 1
+        vals = self._values(seed, lr)
+        replay(self.rt.queue, self.fw_launches, vals)
+        replay(self.rt.queue, self.bw_launches, vals)
+        replay(self.rt.queue, self.opt_launches, vals)
+        out = np.empty(2, np.float32)
+        cl.enqueue_copy(self.rt.queue, out, self.scalars.buf)   # blocking: the one sync per step
+        self._keep = None
+        return float(out[0]), int(round(out[1]))
+
+    def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, dict]:
+        """forward + loss + backward without the update; gradients copied back (tests, bench)."""
+        labels = np.ascontiguousarray(labels, np.int32)
+        self._upload(x)
+        cl.enqueue_copy(self.rt.queue, self.labels.buf, labels, is_blocking=False)
+        vals = self._values(seed)
+        replay(self.rt.queue, self.fw_launches, vals)
+        replay(self.rt.queue, self.bw_launches, vals)
+        out = np.empty(2, np.float32)
+        cl.enqueue_copy(self.rt.queue, out, self.scalars.buf)
+        return float(out[0]), {k: self._read(r) for k, r in self.grad_ref.items()}
+
+    def _read(self, ref: "TensorRef") -> np.ndarray:
+        host = np.empty(ref.shape, ref.dtype)
+        cl.enqueue_copy(self.rt.queue, host, ref.buf)
+        return host
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: self._read(r) for k, r in self.param_ref.items()}
+
+    def load_params(self, weights: dict[str, np.ndarray]) -> None:
+        for k, v in weights.items():
+            if k in self.param_ref:
+                cl.enqueue_copy(self.rt.queue, self.param_ref[k].buf, np.ascontiguousarray(v, np.float32))
+        self.rt.queue.finish()
+
+    def memory(self) -> dict:
+        opt = sum(getattr(s, "size", 0) for s in getattr(self, "opt_state", {}).values())
+        return {"params": self.n_params * 4, "grads": self.n_trainable * 4, "optimizer": opt,
+                "activations": self.arena_bytes, "activations_without_reuse": self.no_reuse_bytes,
+                "saved_by_reuse": self.no_reuse_bytes - self.arena_bytes,
+                "workspace": self.workspace_bytes,
+                "peak": self.n_params * 4 + self.n_trainable * 4 + opt + self.arena_bytes + self.workspace_bytes}
+
+    def launch_labels(self) -> list[str]:
+        return [ln.label for ln in self.fw_launches + self.bw_launches + self.opt_launches]
