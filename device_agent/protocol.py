@@ -1,0 +1,338 @@
+"""The wire between the host and a running agent: PROTOCOL_VERSION, the job schema, the events.
+
+Standard library only (the host imports it too).
+
+    job = TrainJob.from_dict(json.load(f))     # JobError naming the field on any bad value
+    print(Step(step=3, epoch=1, batch=3, loss=0.41, acc=0.88, lr=0.01, ms=83).to_json())
+    # {"ev": "step", "step": 3, "epoch": 1, ..., "t": 1764000000.123}
+
+Events go to stdout one JSON object a line, `ev` + `t` (unix seconds) + fields; the last line of a
+run is `done` or `error`. `parse_event(line)` turns a line back into its dataclass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .errors import JobError
+
+PROTOCOL_VERSION = 1
+
+LAYERS = ("last", "all")
+INITS = ("pretrained", "scratch")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+BN_MODES = ("auto", "frozen", "train")
+BACKENDS = ("auto", "numpy", "opencl")
+DTYPES = ("float32", "float64")
+
+
+# ============================================================================ the job
+@dataclass(frozen=True)
+class TrainJob:
+    """One training run. Paths are used as given (relative ones against the agent's cwd)."""
+
+    model: str                        # model package directory
+    data: str                         # dataset directory (data.write_dataset's format)
+    out: str                          # run directory: events.jsonl, metrics.jsonl, ckpt/, final/
+    layers: str | int = "last"        # "last" | "all" | N >= 1 (last N entries of graph.param_groups())
+    init: str = "pretrained"          # "pretrained" | "scratch" (re-initialised; needs layers "all")
+    num_classes: int | None = None    # None: keep the head; else a fresh head of this width
+    epochs: int = 10
+    batch: int = 32
+    lr: float = 0.01
+    optimizer: str = "sgd"            # "sgd" | "adam" | "adamw" (torch.optim semantics)
+    momentum: float = 0.9             # sgd
+    nesterov: bool = False            # sgd, needs momentum > 0
+    weight_decay: float | None = None  # None: 0 for sgd/adam, 0.01 for adamw (torch's defaults)
+    betas: tuple = (0.9, 0.999)       # adam/adamw
+    eps: float = 1e-8                 # adam/adamw
+    schedule: str = "constant"        # "constant" | "step" | "cosine" (over all steps after warm-up)
+    step_size: int = 10               # step schedule: epochs between decays
+    gamma: float = 0.1                # step schedule: decay factor
+    warmup_epochs: int = 0            # linear warm-up: lr·(s+1)/W for the first W steps
+    clip_grad_norm: float | None = None   # global L2 norm, as torch.nn.utils.clip_grad_norm_
+    label_smoothing: float = 0.0
+    bn: str = "auto"                  # "auto" (frozen when fine-tuning, batch stats from scratch) | "frozen" | "train"
+    augment: bool = False             # random crop (zero padding size/8) + horizontal flip
+    feature_cache: bool = True        # cache the frozen prefix's outputs (last/N without augment)
+    cache_dir: str | None = None      # None: <device root>/cache next to the data (see docs/TRAINING.md)
+    seed: int = 0
+    backend: str = "auto"             # "auto" | "numpy" | "opencl"
+    dtype: str = "float32"            # "float32" | "float64" (parity tests)
+    keep_checkpoints: int = 3
+    checkpoint_every: int = 0         # steps; 0 = at each epoch end
+    drop_last: bool = False
+    resume: bool = False              # continue `out` from its last good checkpoint
+
+    @classmethod
+    def from_dict(cls, d) -> "TrainJob":
+        if not isinstance(d, dict):
+            raise JobError(f"a job must be a JSON object, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for k in d:
+            if k not in names:
+                near = difflib.get_close_matches(str(k), names, 1)
+                raise JobError(f"unknown job field '{k}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+        for k in ("model", "data", "out"):
+            if k not in d:
+                raise JobError(f"job field '{k}' is required")
+        v = {f.name: d.get(f.name, f.default) for f in dataclasses.fields(cls)}
+        for k in ("model", "data", "out"):
+            _str(k, v[k])
+            if not v[k]:
+                raise JobError(f"job field '{k}' must not be empty")
+        if v["cache_dir"] is not None:
+            _str("cache_dir", v["cache_dir"])
+        lay = v["layers"]
+        if isinstance(lay, str) and lay.isdigit():
+            lay = int(lay)
+        if isinstance(lay, str):
+            _choice("layers", lay, LAYERS)
+        else:
+            _int("layers", lay, 1, what="'last', 'all' or an integer >= 1")
+        v["layers"] = lay
+        _choice("init", v["init"], INITS)
+        _choice("optimizer", v["optimizer"], OPTIMIZERS)
+        _choice("schedule", v["schedule"], SCHEDULES)
+        _choice("bn", v["bn"], BN_MODES)
+        _choice("backend", v["backend"], BACKENDS)
+        _choice("dtype", v["dtype"], DTYPES)
+        if v["num_classes"] is not None:
+            _int("num_classes", v["num_classes"], 1)
+        for k, lo in (("epochs", 1), ("batch", 1), ("step_size", 1), ("warmup_epochs", 0), ("seed", 0),
+                      ("keep_checkpoints", 1), ("checkpoint_every", 0)):
+            _int(k, v[k], lo)
+        _float("lr", v["lr"], gt=0)
+        _float("momentum", v["momentum"], ge=0, lt=1)
+        _float("eps", v["eps"], gt=0)
+        _float("gamma", v["gamma"], gt=0)
+        _float("label_smoothing", v["label_smoothing"], ge=0, lt=1)
+        if v["clip_grad_norm"] is not None:
+            _float("clip_grad_norm", v["clip_grad_norm"], gt=0)
+        if v["weight_decay"] is None:
+            v["weight_decay"] = 0.01 if v["optimizer"] == "adamw" else 0.0
+        _float("weight_decay", v["weight_decay"], ge=0)
+        b = v["betas"]
+        if not isinstance(b, (list, tuple)) or len(b) != 2:
+            raise JobError(f"job field 'betas' must be a pair of numbers, got {b!r}")
+        for x in b:
+            _float("betas", x, ge=0, lt=1)
+        v["betas"] = (float(b[0]), float(b[1]))
+        for k in ("nesterov", "augment", "feature_cache", "drop_last", "resume"):
+            if not isinstance(v[k], bool):
+                raise JobError(f"job field '{k}' must be true or false, got {v[k]!r}")
+        if v["nesterov"] and (v["optimizer"] != "sgd" or v["momentum"] == 0):
+            raise JobError("job field 'nesterov' needs optimizer 'sgd' with momentum > 0")
+        if v["init"] == "scratch" and v["layers"] != "all":
+            raise JobError(f"job field 'layers' must be 'all' when init is 'scratch', got {v['layers']!r}")
+        if v["warmup_epochs"] >= v["epochs"]:
+            raise JobError(f"job field 'warmup_epochs' must be < epochs ({v['epochs']}), got {v['warmup_epochs']}")
+        for k in ("lr", "momentum", "eps", "gamma", "label_smoothing", "weight_decay"):
+            v[k] = float(v[k])
+        if v["clip_grad_norm"] is not None:
+            v["clip_grad_norm"] = float(v["clip_grad_norm"])
+        return cls(**v)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @property
+    def bn_batch_stats(self) -> bool:
+        """BN layers of the trainable part use batch statistics (and update their running ones)."""
+        if self.bn == "auto":
+            return self.init == "scratch"
+        return self.bn == "train"
+
+
+def _str(k, x):
+    if not isinstance(x, str):
+        raise JobError(f"job field '{k}' must be a string, got {x!r}")
+
+
+def _choice(k, x, choices):
+    if x not in choices:
+        raise JobError(f"job field '{k}' must be one of {', '.join(map(repr, choices))}, got {x!r}")
+
+
+def _int(k, x, lo, what=None):
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise JobError(f"job field '{k}' must be {what or 'an integer'}, got {x!r}")
+    if x < lo:
+        raise JobError(f"job field '{k}' must be {what or f'>= {lo}'}, got {x!r}")
+
+
+def _float(k, x, gt=None, ge=None, lt=None):
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise JobError(f"job field '{k}' must be a finite number, got {x!r}")
+    if gt is not None and not x > gt:
+        raise JobError(f"job field '{k}' must be > {gt}, got {x!r}")
+    if ge is not None and not x >= ge:
+        raise JobError(f"job field '{k}' must be >= {ge}, got {x!r}")
+    if lt is not None and not x < lt:
+        raise JobError(f"job field '{k}' must be < {lt}, got {x!r}")
+
+
+# ============================================================================ events
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None                       # JSON has no NaN/Inf
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+@dataclass
+class Event:
+    ev: ClassVar[str] = ""
+
+    def to_json(self) -> str:
+        d = {"ev": self.ev}
+        d.update({f.name: _clean(getattr(self, f.name)) for f in dataclasses.fields(self)})
+        return json.dumps(d, separators=(", ", ": "))
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+@dataclass
+class Plan(Event):
+    """What the run will do, before the first step."""
+    ev: ClassVar[str] = "plan"
+    backend: str
+    dtype: str
+    stage: str                    # "last" | "N=3" | "all" | "scratch"
+    trainable_params: int
+    frozen_params: int
+    groups: list                  # trainable layer groups, graph order
+    cut: list                     # tensors the trainable part starts from ([] = the model input)
+    feature_cache: bool           # the frozen prefix's outputs come from the cache
+    train: int                    # images
+    val: int
+    classes: int
+    batch: int
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    start_step: int               # > 0 when resumed
+    memory: dict                  # bytes by category + "peak"
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Progress(Event):
+    ev: ClassVar[str] = "progress"
+    phase: str                    # "features" (filling the cache), "eval"
+    done: int
+    total: int
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Step(Event):
+    ev: ClassVar[str] = "step"
+    step: int                     # global, 1-based
+    epoch: int                    # 1-based
+    batch: int                    # 1-based within the epoch
+    loss: float
+    acc: float                    # top-1 on this batch
+    lr: float
+    ms: float
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Epoch(Event):
+    ev: ClassVar[str] = "epoch"
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    lr: float
+    ms: float                     # training time of the epoch (no eval)
+    img_s: float
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Eval(Event):
+    ev: ClassVar[str] = "eval"
+    epoch: int
+    split: str
+    loss: float
+    acc: float
+    count: int
+    ms: float
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Checkpoint(Event):
+    ev: ClassVar[str] = "checkpoint"
+    step: int
+    epoch: int
+    path: str
+    bytes: int
+    ms: float
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Cache(Event):
+    """Feature cache use for one split: hit = read from the cache, miss = the prefix ran now."""
+    ev: ClassVar[str] = "cache"
+    hit: bool
+    split: str
+    epoch: int
+    key: str
+    rows: int
+    bytes: int
+    ms: float
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Done(Event):
+    ev: ClassVar[str] = "done"
+    out: str
+    final: str                    # the trained model package
+    epochs: int
+    steps: int
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    ms: float
+    memory: dict = field(default_factory=dict)   # measured bytes by category + "peak"
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Error(Event):
+    ev: ClassVar[str] = "error"
+    code: str
+    message: str
+    t: float = field(default_factory=_now)
+
+
+EVENTS = {c.ev: c for c in (Plan, Progress, Step, Epoch, Eval, Checkpoint, Cache, Done, Error)}
+
+
+def parse_event(line: str) -> Event:
+    """One JSONL line back into its event dataclass (ValueError if it is not one)."""
+    d = json.loads(line)
+    cls = EVENTS.get(d.pop("ev", None)) if isinstance(d, dict) else None
+    if cls is None:
+        raise ValueError(f"not a THOMAS event: {line[:80]!r}")
+    return cls(**d)

@@ -1,0 +1,194 @@
+"""data.py: the dataset writer and the memory-mapped reader, batches, augmentation, bad data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from device_agent.data import augment_batch, normalize, open_dataset, write_dataset
+from device_agent.errors import DataError
+
+
+def _data(n=50, k=5, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % k
+
+
+def test_round_trip_split_and_shards(tmp_path):
+    imgs, labels = _data(103, 4)
+    write_dataset(tmp_path / "d", imgs, labels, ["a", "b", "c", "d"], val_fraction=0.2, seed=3, shard_size=16)
+    ds = open_dataset(tmp_path / "d")
+    doc = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert doc["count"] == 103 and (doc["height"], doc["width"], doc["channels"]) == (8, 8, 3)
+    assert len(ds.train) + len(ds.val) == 103 and len(doc["splits"]["train"]["shards"]) == -(-len(ds.train) // 16)
+    assert ds.classes == ["a", "b", "c", "d"]
+    for c in range(4):                                   # stratified: 20 % of every class
+        n_c = int((labels == c).sum())
+        assert int((ds.val.labels == c).sum()) == round(n_c * 0.2)
+    # every image is in exactly one split, with its label, in input order
+    got = np.concatenate([ds.train.rows(np.arange(len(ds.train))), ds.val.rows(np.arange(len(ds.val)))])
+    lab = np.concatenate([ds.train.labels, ds.val.labels])
+    assert sorted(map(bytes, got.reshape(103, -1))) == sorted(map(bytes, imgs.reshape(103, -1)))
+    assert isinstance(ds.train.images[0], np.memmap)
+    # arbitrary row order across shards
+    idx = np.array([40, 3, 17, 16, 0, 79])
+    idx = idx[idx < len(ds.train)]
+    full = np.concatenate([np.asarray(m) for m in ds.train.images])
+    assert np.array_equal(ds.train.rows(idx), full[idx])
+    assert sorted(lab.tolist()) == sorted(labels.tolist())
+
+
+def test_rewrite_replaces_the_dataset_whole(tmp_path):
+    imgs, labels = _data(30, 3)
+    write_dataset(tmp_path / "d", imgs, labels, ["a", "b", "c"])
+    d1 = open_dataset(tmp_path / "d").digest
+    write_dataset(tmp_path / "d", imgs[:20], labels[:20], ["a", "b", "c"])
+    ds = open_dataset(tmp_path / "d")
+    assert ds.digest != d1 and len(ds.train) + len(ds.val) == 20
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]        # no temp or old directories left
+
+
+def test_batches_order_partial_and_drop_last(tmp_path):
+    imgs, labels = _data(50, 5)
+    write_dataset(tmp_path / "d", imgs, labels, list("abcde"), val_fraction=0.0)
+    tr = open_dataset(tmp_path / "d").train
+    bs = list(tr.batches(16, epoch=0, seed=1))
+    assert [len(y) for _, y, _ in bs] == [16, 16, 16, 2]           # the last partial batch is kept
+    assert [len(y) for _, y, _ in tr.batches(16, epoch=0, seed=1, drop_last=True)] == [16, 16, 16]
+    rows = np.concatenate([r for _, _, r in bs])
+    assert sorted(rows.tolist()) == list(range(50))
+    again = np.concatenate([r for _, _, r in tr.batches(16, epoch=0, seed=1)])
+    other = np.concatenate([r for _, _, r in tr.batches(16, epoch=1, seed=1)])
+    assert np.array_equal(rows, again) and not np.array_equal(rows, other)
+    later = list(tr.batches(16, epoch=0, seed=1, start=2))           # resume inside an epoch
+    assert np.array_equal(later[0][2], bs[2][2])
+    x, y, r = bs[0]
+    assert x.shape == (16, 3, 8, 8) and x.dtype == np.float32 and np.array_equal(y, tr.labels[r])
+
+
+def test_normalize_uses_the_preprocess_spec():
+    u8 = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    spec = {"scale": 1 / 255, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.5]}
+    x = normalize(u8, spec, np.float64)
+    want = (u8.transpose(0, 3, 1, 2) / 255 - np.array(spec["mean"])[:, None, None]) / np.array(spec["std"])[:, None, None]
+    np.testing.assert_allclose(x, want, rtol=1e-12)
+    assert x.shape == (2, 3, 4, 4)
+
+
+def test_augment_is_a_padded_crop_and_flip():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(1, 256, (64, 32, 32, 3), dtype=np.uint8)
+    out = augment_batch(u8, np.random.default_rng(5))
+    assert out.shape == u8.shape and out.dtype == np.uint8
+    assert np.array_equal(out, augment_batch(u8, np.random.default_rng(5)))       # seeded
+    pad = 4
+    found = 0
+    for i in range(64):                            # every output is a window of the padded (maybe flipped) image
+        p = np.zeros((32 + 2 * pad, 32 + 2 * pad, 3), np.uint8)
+        p[pad:-pad, pad:-pad] = u8[i]
+        for flip in (False, True):
+            src = p[:, ::-1] if flip else p
+            hits = [(a, b) for a in range(2 * pad + 1) for b in range(2 * pad + 1)
+                    if np.array_equal(src[a:a + 32, b:b + 32], out[i])]
+            found += bool(hits)
+    assert found >= 64
+    assert not np.array_equal(out, u8)
+
+
+# ------------------------------------------------------------------------------ bad data
+def _write(tmp_path, **kw):
+    imgs, labels = _data(40, 4)
+    write_dataset(tmp_path / "d", imgs, labels, list("abcd"), **kw)
+    return tmp_path / "d"
+
+
+def _one_line(excinfo, *words):
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_truncated_shard(tmp_path):
+    d = _write(tmp_path)
+    f = d / "train-00000.images.npy"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(DataError) as e:
+        open_dataset(d)
+    _one_line(e, "train-00000.images.npy")
+    with pytest.raises(DataError) as e:               # without the sha256 check: the mmap length fails
+        open_dataset(d, verify=False)
+    _one_line(e, "train-00000.images.npy", "truncated")
+
+
+def test_corrupt_shard(tmp_path):
+    d = _write(tmp_path)
+    f = d / "val-00000.images.npy"
+    b = bytearray(f.read_bytes())
+    b[-5] ^= 0xFF
+    f.write_bytes(bytes(b))
+    with pytest.raises(DataError) as e:
+        open_dataset(d)
+    _one_line(e, "val-00000.images.npy", "corrupt")
+    (d / "train-00000.labels.npy").write_bytes(b"garbage, not npy")
+    with pytest.raises(DataError) as e:
+        open_dataset(d, verify=False)
+    _one_line(e, "train-00000.labels.npy")
+
+
+def test_labels_out_of_range(tmp_path):
+    d = _write(tmp_path)
+    (d / "classes.json").write_text('["a", "b", "c"]')           # labels go up to 3
+    with pytest.raises(DataError) as e:
+        open_dataset(d)
+    _one_line(e, "labels.npy", "label 3", "3 classes")
+
+
+def test_single_class_and_empty(tmp_path):
+    imgs, _ = _data(20)
+    write_dataset(tmp_path / "one", imgs, np.zeros(20, int), ["a", "b"])
+    with pytest.raises(DataError) as e:
+        open_dataset(tmp_path / "one")
+    _one_line(e, "single class", "dataset.json")
+    write_dataset(tmp_path / "k1", imgs, np.zeros(20, int), ["a"])
+    with pytest.raises(DataError) as e:
+        open_dataset(tmp_path / "k1")
+    _one_line(e, "classes.json", "at least 2")
+    d = _write(tmp_path)
+    doc = json.loads((d / "dataset.json").read_text())
+    doc["splits"]["train"] = {"count": 0, "shards": []}
+    (d / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError) as e:
+        open_dataset(d)
+    _one_line(e, "no training images")
+    with pytest.raises(DataError):
+        write_dataset(tmp_path / "e", imgs[:0], np.zeros(0, int), ["a", "b"])
+
+
+def test_missing_files_and_size_mismatch(tmp_path):
+    with pytest.raises(DataError) as e:
+        open_dataset(tmp_path / "nope")
+    _one_line(e, "nope")
+    d = _write(tmp_path)
+    (d / "train-00000.labels.npy").unlink()
+    with pytest.raises(DataError) as e:
+        open_dataset(d)
+    _one_line(e, "train-00000.labels.npy", "missing")
+    d2 = tmp_path / "ok"
+    imgs, labels = _data(40, 4)
+    write_dataset(d2, imgs, labels, list("abcd"))
+    ds = open_dataset(d2)
+    ds.check_input((1, 3, 8, 8))
+    with pytest.raises(DataError) as e:
+        ds.check_input((1, 3, 32, 32), "model 'm'")
+    _one_line(e, "8x8", "32x32")
+
+
+def test_writer_rejects_bad_arrays(tmp_path):
+    imgs, labels = _data(10, 2)
+    with pytest.raises(DataError, match="uint8"):
+        write_dataset(tmp_path / "x", imgs.astype(np.float32), labels, ["a", "b"])
+    with pytest.raises(DataError, match="outside"):
+        write_dataset(tmp_path / "x", imgs, labels + 5, ["a", "b"])
+    assert not (tmp_path / "x").exists()
