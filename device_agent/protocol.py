@@ -6,8 +6,9 @@ Standard library only (the host imports it too).
     print(Step(step=3, epoch=1, batch=3, loss=0.41, acc=0.88, lr=0.01, ms=83).to_json())
     # {"ev": "step", "step": 3, "epoch": 1, ..., "t": 1764000000.123}
 
-Events go to stdout one JSON object a line, `ev` + `t` (unix seconds) + fields; the last line of a
-run is `done` or `error`. `parse_event(line)` turns a line back into its dataclass.
+Events go to stdout one JSON object a line, `ev` + `t` (unix seconds) + fields; the first line of
+every agent command is `hello` (the handshake), the last line of a run is `done` or `error`.
+`parse_event(line)` turns a line back into its dataclass.
 """
 from __future__ import annotations
 
@@ -326,7 +327,39 @@ class Error(Event):
     t: float = field(default_factory=_now)
 
 
-EVENTS = {c.ev: c for c in (Plan, Progress, Step, Epoch, Eval, Checkpoint, Cache, Done, Error)}
+# ============================================================================ handshake and doctor
+@dataclass
+class Hello(Event):
+    """The first line of every agent command, before anything else runs: the host compares
+    `protocol` with its own PROTOCOL_VERSION and stops (exit 3) when they differ."""
+    ev: ClassVar[str] = "hello"
+    protocol: int
+    agent: str                    # device_agent.__version__
+    payload: str | None           # hash of the pushed payload (None: run from a source tree)
+    python: str                   # "3.11.7"
+    pid: int                      # the agent process, for cancelling it
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Device(Event):
+    """`python -m device_agent doctor`: what this device offers the agent."""
+    ev: ClassVar[str] = "device"
+    os: str                       # platform.platform()
+    machine: str                  # "aarch64"
+    cpus: int
+    python: str
+    numpy: str | None             # version, None when missing
+    pyopencl: str | None
+    opencl: list                  # one dict per device: platform, device, kind, global_mem, max_alloc, fp16, ...
+    opencl_error: str | None      # why the OpenCL list is empty (no pyopencl, no ICD, ...)
+    root: str                     # the agent's working directory (the device root)
+    free_bytes: int | None
+    t: float = field(default_factory=_now)
+
+
+EVENTS = {c.ev: c for c in (Hello, Device, Plan, Progress, Step, Epoch, Eval, Checkpoint, Cache, Done,
+                          Error)}
 
 
 def parse_event(line: str) -> Event:
