@@ -358,8 +358,20 @@ class Device(Event):
     t: float = field(default_factory=_now)
 
 
+@dataclass
+class Infer(Event):
+    """`infer`: the model ran on a batch; its first output was saved as .npy on the device."""
+    ev: ClassVar[str] = "infer"
+    model: str
+    count: int                    # samples
+    output: str                   # the .npy written
+    shape: list
+    ms: float
+    t: float = field(default_factory=_now)
+
+
 EVENTS = {c.ev: c for c in (Hello, Device, Plan, Progress, Step, Epoch, Eval, Checkpoint, Cache, Done,
-                          Error)}
+                          Infer, Error)}
 
 
 def parse_event(line: str) -> Event:

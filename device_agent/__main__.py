@@ -1,0 +1,131 @@
+"""`python -m device_agent COMMAND`: the agent's CLI. JSONL events on stdout, human logs on stderr.
+
+    python -m device_agent hello                      # hello
+    python -m device_agent doctor                     # hello, device
+    python -m device_agent run JOB.json               # hello, plan, step..., epoch..., done | error
+    python -m device_agent infer MODEL X.npy OUT.npy [--batch N]    # hello, infer | error
+
+The first line is always `hello` (protocol and agent versions, the payload hash, the pid), written
+before anything heavy is imported, so the host can check versions in milliseconds. The last line of
+`run` and `infer` is `done`/`infer` or `error`. Exit status: 0 ok, 1 error, 2 usage.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ThomasError
+from .errors import InputError
+from .protocol import PROTOCOL_VERSION, Device, Error, Event, Hello, Infer
+
+USAGE = "usage: python -m device_agent hello | doctor | run JOB.json | infer MODEL X.npy OUT.npy [--batch N]"
+
+
+def emit(ev: Event) -> None:
+    sys.stdout.write(ev.to_json() + "\n")
+    sys.stdout.flush()
+
+
+def payload_hash() -> str | None:
+    """The hash the host wrote into PAYLOAD when it built this agent (None in a source tree)."""
+    try:
+        return json.loads((Path(__file__).resolve().parent.parent / "PAYLOAD").read_text())["hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def hello() -> None:
+    emit(Hello(PROTOCOL_VERSION, __version__, payload_hash(), platform.python_version(), os.getpid()))
+
+
+def doctor() -> int:
+    try:
+        import numpy
+        np_version = numpy.__version__
+    except ImportError:
+        np_version = None
+    cl_version, devices, cl_error = None, [], None
+    try:
+        import pyopencl
+        cl_version = pyopencl.VERSION_TEXT
+    except ImportError as e:
+        cl_error = f"pyopencl is not installed ({e})"
+    except Exception as e:  # noqa: BLE001  (a broken ICD loader can raise anything; doctor reports it)
+        cl_error = f"pyopencl fails to import: {type(e).__name__}: {e}"
+    if cl_version is not None:
+        from .backends.opencl.device import all_devices, describe
+
+        try:
+            devices = [dict(describe(d), index=f"{p}:{i}") for p, i, d in all_devices()]
+        except Exception as e:  # noqa: BLE001  (vendor drivers fail in creative ways)
+            cl_error = f"listing OpenCL devices failed: {type(e).__name__}: {e}"
+        if not devices and cl_error is None:
+            cl_error = "no OpenCL platform found (no ICD for the vendor driver, or no libOpenCL.so)"
+    try:
+        free = shutil.disk_usage(os.getcwd()).free
+    except OSError:
+        free = None
+    emit(Device(platform.platform(), platform.machine(), os.cpu_count() or 1, platform.python_version(),
+                np_version, cl_version, devices, cl_error, os.getcwd(), free))
+    return 0
+
+
+def infer(args: list[str]) -> int:
+    """infer MODEL X.npy OUT.npy [--batch N]: x (N,C,H,W) preprocessed float32 -> OUT.npy (N,K)."""
+    import time
+
+    import numpy as np
+
+    from .graph import load_package
+    from .infer import infer_package
+
+    batch = 32
+    if len(args) == 5 and args[3] == "--batch" and args[4].isdigit() and int(args[4]) > 0:
+        args, batch = args[:3], int(args[4])
+    if len(args) != 3:
+        raise InputError(USAGE)
+    model, src, dst = args
+    g = load_package(model)
+    try:
+        x = np.load(src, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{src}: not a readable .npy array ({e})") from None
+    t0 = time.perf_counter()
+    y = infer_package(g, x, batch_size=batch)
+    ms = (time.perf_counter() - t0) * 1e3
+    tmp = f"{dst}.tmp.npy"
+    np.save(tmp, y)
+    os.replace(tmp, dst)
+    emit(Infer(model, int(y.shape[0]), dst, list(y.shape), round(ms, 1)))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    hello()
+    cmd, args = (argv[0], argv[1:]) if argv else ("", [])
+    if cmd == "hello" and not args:
+        return 0
+    if cmd == "doctor" and not args:
+        return doctor()
+    if cmd == "run" and len(args) == 1:
+        from . import train
+
+        return train.main(args)
+    if cmd == "infer":
+        return infer(args)
+    emit(Error("usage", USAGE))
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except ThomasError as e:
+        emit(Error(e.code, str(e)))
+        sys.exit(e.exit_code)
