@@ -1,0 +1,137 @@
+"""Whole-model step times of the OpenCL Plan beside PyTorch running the same graph and weights in
+the same process (CPU threads here; CUDA with TF32 off on the accelerator machine).
+
+    python benchmarks/plan_models.py [--models mobilenet_v2,alexnet] [--size 224] [--batch 8]
+                                     [--steps 5] [--torch cpu|cuda|none]
+
+Stages: infer (inference plan, BN folded), last (classifier only, SGD momentum), full (all layers,
+BN batch statistics, SGD momentum). Medians after two warm-up steps; each step ends with the
+Plan's single sync (the loss read-back), torch steps with torch.cuda.synchronize() on CUDA.
+Writes benchmarks/results/plan_models.json and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+def median_ms(fn, steps: int) -> float:
+    fn()
+    fn()
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ts))
+
+
+def bench_plan(g, stage, x, y, steps):
+    from device_agent.plan import OptimConfig, Plan
+
+    if stage == "infer":
+        plan = Plan(g, batch=len(x), trainable=set())
+        fn = lambda: plan.infer(x)  # noqa: E731
+    else:
+        last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
+        plan = Plan(g, batch=len(x), trainable=last if stage == "last" else None,
+                    optimizer=OptimConfig("sgd", momentum=0.9), bn_batch_stats=stage == "full")
+        fn = lambda: plan.train_step(x, y, lr=1e-4)  # noqa: E731
+    ms = median_ms(fn, steps)
+    return ms, plan.memory()["peak"], plan.rt.info["device"]
+
+
+def bench_torch(g, stage, x, y, steps, device):
+    import torch
+    from torch_twin import TorchTwin
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
+    tw = TorchTwin(g, trainable=last if stage == "last" else None)
+    for k, p in tw.params.items():
+        tw.params[k] = p.detach().to(device).requires_grad_(k in tw.trainable)
+    xt = torch.from_numpy(x).to(device)
+    yt = torch.from_numpy(y).to(device)
+    inp = g.inputs[0].name
+    opt = torch.optim.SGD([tw.params[k] for k in tw.trainable], lr=1e-4, momentum=0.9)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        if stage == "infer":
+            with torch.no_grad():
+                tw.forward({inp: xt}, training=False)
+        else:
+            opt.zero_grad(set_to_none=True)
+            out = tw.forward({inp: xt}, training=True, bn_batch_stats=stage == "full")["logits"]
+            torch.nn.functional.cross_entropy(out, yt).backward()
+            opt.step()
+        sync()
+
+    ms = median_ms(step, steps)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return ms, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mobilenet_v2,alexnet")
+    ap.add_argument("--stages", default="infer,last,full")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--torch", default="cpu", choices=["cpu", "cuda", "none"])
+    ap.add_argument("--out", default=str(HERE / "results" / "plan_models.json"))
+    a = ap.parse_args()
+    from thomas_cli import zoo
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for model in a.models.split(","):
+        g = zoo.build(model, num_classes=1000, size=a.size, seed=0)
+        x = rng.standard_normal((a.batch, 3, a.size, a.size)).astype(np.float32)
+        y = rng.integers(0, 1000, a.batch)
+        for stage in a.stages.split(","):
+            ms, peak, dev = bench_plan(g, stage, x, y, a.steps)
+            row = {"model": model, "stage": stage, "thomas_ms": ms, "thomas_peak": peak, "device": dev}
+            if a.torch != "none":
+                tms, tpeak = bench_torch(g, stage, x, y, a.steps, a.torch)
+                row.update(torch_ms=tms, torch_peak=tpeak, ratio=ms / tms)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "python": platform.python_version(),
+            "numpy": np.__version__, "size": a.size, "batch": a.batch, "steps": a.steps, "torch": a.torch,
+            "threads": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        import torch
+        meta["torch_version"] = torch.__version__
+        if a.torch == "cuda":
+            meta["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(f"| model | stage | THOMAS OpenCL ms | torch {a.torch} ms | ratio | THOMAS peak MB | torch peak MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        tp = r.get("torch_peak")
+        print(f"| {r['model']} | {r['stage']} | {r['thomas_ms']:.1f} | {r.get('torch_ms', float('nan')):.1f} | "
+              f"{r.get('ratio', float('nan')):.2f} | {r['thomas_peak'] / 2**20:.0f} | "
+              f"{'' if tp is None else f'{tp / 2**20:.0f}'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The OpenCL Plan against the numpy reference: whole training steps, memory reuse, BN folding,
+frozen prefixes, gradient accumulation at branches, and kernel build errors."""
+import numpy as np
+import pytest
+
+from clcheck import needs_cl, runtime
+from device_agent.backends.numpy_ref import NumpyRef
+from test_numpy_ref import branchy_graph
+
+pytestmark = needs_cl
+
+torch = pytest.importorskip("torch")
+
+
+def _plan(*args, **kw):
+    from device_agent.plan import Plan
+
+    return Plan(*args, runtime=runtime(), **kw)
+
+
+def _zoo(name, size, classes=10, width=1.0):
+    from thomas_cli import zoo
+
+    g = zoo.build(name, num_classes=classes, size=size, width=width, seed=0)
+    # non-trivial BN statistics so frozen-statistics paths are exercised
+    rng = np.random.default_rng(1)
+    for k, p in g.params.items():
+        if k.endswith("running_var"):
+            g.weights[k] = (rng.random(p.shape) + 0.5).astype(np.float32)
+        elif k.endswith("running_mean"):
+            g.weights[k] = (rng.standard_normal(p.shape) * 0.1).astype(np.float32)
+    return g
+
+
+def _close(a, b, what, rtol=1e-4):
+    scale = max(float(np.abs(b).max()), 1e-6)
+    err = float(np.abs(a - b).max()) / scale
+    assert err <= rtol, f"{what}: max |diff| / max |ref| = {err:.2e}"
+    return err
+
+
+def _torch_update(weights, grads, kind, lr, **opt):
+    params = {k: torch.tensor(weights[k], requires_grad=True) for k in grads}
+    if kind == "sgd":
+        o = torch.optim.SGD(params.values(), lr=lr, momentum=opt.get("momentum", 0.0),
+                            nesterov=opt.get("nesterov", False), weight_decay=opt.get("weight_decay", 0.0))
+    else:
+        cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+        o = cls(params.values(), lr=lr, weight_decay=opt.get("weight_decay", 0.0))
+    for k, p in params.items():
+        p.grad = torch.tensor(grads[k])
+    o.step()
+    return {k: p.detach().numpy() for k, p in params.items()}
+
+
+CASES = [("alexnet", 63, "sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
+         ("mobilenet_v2", 32, "adam", {}),
+         ("mobilenet_v3_small", 32, "adamw", {"weight_decay": 0.01}),
+         ("alexnet_bvlc", 67, "adam", {})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size,kind,opt", CASES, ids=[c[0] + "-" + c[2] for c in CASES])
+def test_full_training_step_matches_numpy_ref(name, size, kind, opt):
+    from device_agent.plan import OptimConfig
+
+    g = _zoo(name, size)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+    y = np.array([3, 7])
+    ref = NumpyRef(g)
+    ref.forward(x, training=True, grad=True, seed=11)
+    ref_loss = ref.loss(y)
+    grads = ref.backward()
+    expect = _torch_update(g.weights, grads, kind, 0.01, **opt)
+
+    plan = _plan(g, batch=2, optimizer=OptimConfig(kind, momentum=opt.get("momentum", 0.0),
+                                                 weight_decay=opt.get("weight_decay", 0.0)))
+    loss, correct = plan.train_step(x, y, lr=0.01, seed=11)
+    assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss)
+    got = plan.params()
+    for k in expect:
+        _close(got[k] - g.weights[k], expect[k] - g.weights[k], f"{name} update of {k}", rtol=2e-3)
+        _close(got[k], expect[k], f"{name} {k}", rtol=1e-4)
+    for k, v in ref.state_updates.items():          # BN running statistics updated in place
+        _close(got[k], v, f"{name} {k}")
+
+
+def test_branch_gradients_accumulate():
+    g = branchy_graph()
+    x = np.random.default_rng(0).standard_normal((2, 2, 7, 6)).astype(np.float32)
+    y = np.array([0, 2])
+    ref = NumpyRef(g)
+    ref.forward(x, grad=True)
+    ref_loss = ref.loss(y)
+    ref_grads = ref.backward()
+    plan = _plan(g, batch=2, training=False)
+    loss, grads = plan.loss_and_grads(x, y)
+    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
+    for k in ref_grads:
+        _close(grads[k], ref_grads[k], k)
+    # a second step gives the same gradients: nothing accumulates across steps
+    loss2, grads2 = plan.loss_and_grads(x, y)
+    for k in grads:
+        np.testing.assert_array_equal(grads[k], grads2[k])
+
+
+def test_memory_reuse_changes_bytes_not_results():
+    g = _zoo("mobilenet_v2", 32, width=0.35)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y = np.array([1, 2])
+    a = _plan(g, batch=2, reuse=True, training=False)
+    b = _plan(g, batch=2, reuse=False, training=False)
+    la, ga = a.loss_and_grads(x, y)
+    lb, gb = b.loss_and_grads(x, y)
+    assert la == lb
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k])
+    ma, mb = a.memory(), b.memory()
+    assert ma["activations"] < 0.6 * mb["activations"], (ma, mb)
+    assert ma["saved_by_reuse"] > 0 and mb["saved_by_reuse"] == 0
+
+
+def test_inference_plan_folds_bn_and_matches():
+    g = _zoo("mobilenet_v3_small", 32)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    ref = NumpyRef(g).forward(x)["logits"]
+    plan = _plan(g, batch=3, trainable=set())
+    assert sum(n.op == "BatchNorm" for n in g.nodes) == 34
+    assert not [n for n in plan.graph.nodes if n.op == "BatchNorm"]     # every BN follows a conv: all folded
+    assert not [n for n in g.nodes if n.op == "BatchNorm" and n.name in plan.launch_labels()]
+    assert not plan.bw_launches and plan.memory()["grads"] == 0
+    _close(plan.infer(x), ref, "inference logits")
+
+
+def test_frozen_prefix_records_no_backward_work():
+    g = _zoo("mobilenet_v2", 32, width=0.35)
+    last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
+    plan = _plan(g, batch=2, trainable=last)
+    bw = [lbl for lbl in plan.launch_labels()[len(plan.fw_launches):] if lbl.endswith(":backward")]
+    assert bw and all(lbl.startswith("classifier") for lbl in bw), bw
+    assert plan.memory()["grads"] < 4 * 1300 * 10 + 4096
+
+
+def test_kernel_build_error_carries_the_log():
+    from device_agent.backends.opencl.loader import KernelBuildError
+
+    rt = runtime()
+    with pytest.raises(KernelBuildError) as e:
+        rt.kernel("eltwise.cl", "relu_fwd", defines={"REAL": "flaot"})
+    msg = str(e.value)
+    assert "eltwise.cl failed to build" in msg and "-DREAL=flaot" in msg
+    assert "flaot" in msg.split("\n", 1)[1]   # the compiler's own log follows verbatim
