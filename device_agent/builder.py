@@ -403,3 +403,45 @@ def replace_head(graph: Graph, num_classes: int, seed: int = 0, labels: list[str
     except PackageError as e:
         raise ValueError(f"replace_head: the new graph is invalid: {e}") from None
     return g
+
+
+# ------------------------------------------------------------------------------- re-initialisation
+def reinit(graph: Graph, seed: int = 0, conv_init: str | None = None, linear_init: str | None = None) -> Graph:
+    """A copy of `graph` with every parameter freshly initialised (the `--init scratch` stage).
+
+    Nodes are visited in graph order with default_rng(seed), drawing exactly what GraphBuilder
+    draws, so reinit(zoo.build(name, seed=s1), s2) has the weights of zoo.build(name, seed=s2).
+    Conv2d -> conv_init, Gemm -> linear_init, BatchNorm -> weight 1, bias 0, running_mean 0,
+    running_var 1. The defaults are the zoo's: "torch"/"torch" for AlexNets (meta.arch), else
+    "fan_out"/"normal"; meta["init"] = {"conv": ..., "linear": ...} overrides them."""
+    arch = str(graph.meta.get("arch", ""))
+    given = graph.meta.get("init") if isinstance(graph.meta.get("init"), dict) else {}
+    conv_init = conv_init or given.get("conv") or ("torch" if arch.startswith("alexnet") else "fan_out")
+    linear_init = linear_init or given.get("linear") or ("torch" if arch.startswith("alexnet") else "normal")
+    rng = np.random.default_rng(seed)
+    weights = {k: np.array(v, copy=True) for k, v in graph.weights.items()}
+    for n in graph.nodes:
+        slots = dict(zip(get_op(n.op).slot_names(len(n.inputs)), n.inputs))
+        w, b = slots.get("weight"), slots.get("bias")
+        if n.op == "Conv2d":
+            k, cg, kh, kw = graph.params[w].shape
+            nw, nb = init_conv(rng, k, cg, kh, kw, b is not None, conv_init)
+        elif n.op == "Gemm":
+            out_f, in_f = graph.params[w].shape
+            nw, nb = init_linear(rng, out_f, in_f, b is not None, linear_init)
+        elif n.op == "BatchNorm":
+            c = graph.params[w].shape[0]
+            nw, nb = np.ones(c, np.float32), np.zeros(c, np.float32)
+            weights[slots["running_mean"]] = np.zeros(c, np.float32)
+            weights[slots["running_var"]] = np.ones(c, np.float32)
+        else:
+            continue
+        weights[w] = nw
+        if b is not None:
+            weights[b] = nb
+    g = Graph(graph.name, copy.deepcopy(graph.inputs), list(graph.outputs),
+              [Node(n.op, n.name, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs)) for n in graph.nodes],
+              {k: ParamSpec(tuple(p.shape), p.dtype, p.group, p.trainable) for k, p in graph.params.items()},
+              weights, graph.labels, copy.deepcopy(graph.meta), graph.format)
+    g.validate()
+    return g

@@ -48,7 +48,7 @@ class CheckpointError(ThomasError):
 class TrainError(ThomasError):
     """Training cannot go on (non-finite loss, ...); the last good checkpoint is kept."""
 
-    code = "train"
+    code = "diverged"
 
 
 class OnnxError(ThomasError, ValueError):
