@@ -52,6 +52,7 @@ def version():
 
 
 from . import commands  # noqa: E402,F401  (registers the commands on `app`)
+from . import onnx_cmd  # noqa: E402,F401  (thomas import / export / infer)
 
 
 def main() -> None:
