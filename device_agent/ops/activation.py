@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
+from ._cl import alias_backward, alias_forward, elt
 from .base import Attr, ClSpec, OpDef, OpError
 
 
@@ -30,12 +31,13 @@ def relu_backward(attrs, saved, gys, needs, ctx):
 
 def cl_relu_forward(b, io):
     (x,), (y,) = io.x, io.y
-    b.launch("eltwise.cl", "relu_fwd", (x.size,), None, x, y, x.size)
+    b.launch("eltwise.cl", "relu_fwd", (x.size,), elt(b), x, y, x.size)
 
 
 def cl_relu_backward(b, io):
     if io.gx[0] is not None:
-        b.launch("eltwise.cl", "relu_bwd", (io.y[0].size,), None, io.y[0], io.gy[0], io.gx[0], io.y[0].size)
+        y = io.y[0]
+        b.launch("eltwise.cl", "relu_bwd", (y.size,), elt(b), y, io.gy[0], io.gx[0], y.size)
 
 
 register(OpDef("Relu", ("x",), {}, _same, relu_forward, relu_backward,
@@ -150,15 +152,46 @@ def identity_backward(attrs, saved, gys, needs, ctx):
     return [gys[0] if needs[0] else None]
 
 
+# ----------------------------------------------------------------------------- OpenCL launchers
+# kernels/eltwise.cl; one work-item per element. Backward reads what the numpy backward saves:
+# x for Clip/HardSigmoid/HardSwish (HardSigmoid recomputes t = alpha*x + beta), y for Sigmoid.
+def _unary(fwd, bwd, args=lambda a: (), from_y=False):
+    def forward(b, io):
+        (x,), (y,) = io.x, io.y
+        b.launch("eltwise.cl", fwd, (x.size,), elt(b), x, y, x.size, *args(io.attrs))
+
+    def backward(b, io):
+        if io.gx[0] is None:
+            return
+        src = io.y[0] if from_y else io.x[0]
+        b.launch("eltwise.cl", bwd, (src.size,), elt(b), src, io.gy[0], io.gx[0], src.size, *args(io.attrs))
+
+    return ClSpec(forward, backward, saves=("y0",) if from_y else ("x0",))
+
+
+def _clip_args(a):
+    lo, hi = a["min"], a["max"]
+    return (np.float32(0 if lo is None else lo), np.float32(0 if hi is None else hi),
+            lo is not None, hi is not None)
+
+
+def _hsig_args(a):
+    return np.float32(a["alpha"]), np.float32(a["beta"])
+
+
 register(
     OpDef("Clip", ("x",), {"min": Attr("float", None), "max": Attr("float", None)},
           clip_infer, clip_forward, clip_backward,
-          doc="y = min(max(x, min), max); null bound = unbounded; ReLU6 = Clip(0, 6)"),
+          doc="y = min(max(x, min), max); null bound = unbounded; ReLU6 = Clip(0, 6)",
+          cl=_unary("clip_fwd", "clip_bwd", _clip_args)),
     OpDef("HardSigmoid", ("x",), {"alpha": Attr("float", 1 / 6), "beta": Attr("float", 0.5)},
-          _same, hardsigmoid_forward, hardsigmoid_backward, doc="y = clip(alpha*x + beta, 0, 1)"),
+          _same, hardsigmoid_forward, hardsigmoid_backward, doc="y = clip(alpha*x + beta, 0, 1)",
+          cl=_unary("hardsigmoid_fwd", "hardsigmoid_bwd", _hsig_args)),
     OpDef("HardSwish", ("x",), {}, _same, hardswish_forward, hardswish_backward,
-          doc="y = x * relu6(x + 3) / 6"),
+          doc="y = x * relu6(x + 3) / 6", cl=_unary("hardswish_fwd", "hardswish_bwd")),
     OpDef("Sigmoid", ("x",), {}, _same, sigmoid_forward, sigmoid_backward,
-          doc="y = 1 / (1 + exp(-x)), stable for large |x|"),
-    OpDef("Identity", ("x",), {}, _same, identity_forward, identity_backward, doc="y = x"),
+          doc="y = 1 / (1 + exp(-x)), stable for large |x|",
+          cl=_unary("sigmoid_fwd", "sigmoid_bwd", from_y=True)),
+    OpDef("Identity", ("x",), {}, _same, identity_forward, identity_backward, doc="y = x",
+          cl=ClSpec(alias_forward, alias_backward, alias=True)),
 )

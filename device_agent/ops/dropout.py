@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import Attr, OpDef, OpError
+from ._cl import copy, elt
+from .base import Attr, ClSpec, OpDef, OpError
 
 
 def _pcg(v: np.ndarray) -> np.ndarray:
@@ -70,6 +71,53 @@ def dropout_backward(attrs, saved, gys, needs, ctx):
     return [(g * mask) / g.dtype.type(1 - attrs["ratio"])]
 
 
+# ----------------------------------------------------------------------------- OpenCL launchers
+# kernels/eltwise.cl. The seed is a per-step argument (dyn "seed", np.uint32, drawn like
+# draw_seed(ctx.rng)); the forward also stores it in state "seed" (uint32[1]) and the backward
+# redraws the mask from there, so no mask buffer exists. Not training: y = x (a copy, or nothing
+# when the Plan gives y the buffer of x).
+def keep_threshold(ratio: float) -> int:
+    """The integer form of `hash_uniform(...) >= ratio`: the first 24-bit draw k whose float
+    k * 2^-24 compares >= ratio exactly as the reference compares it."""
+    k0 = int(np.floor(ratio * 2.0 ** 24))
+    cand = np.arange(max(k0 - 2, 0), min(k0 + 3, 1 << 24), dtype=np.uint32)
+    u = cand.astype(np.float32) * np.float32(2.0 ** -24)      # hash_uniform's own expression
+    ok = np.flatnonzero(u >= ratio)
+    assert ok.size == 0 or ok[0] > 0 or cand[0] == 0, "threshold window too narrow"
+    return int(cand[ok[0]]) if ok.size else 1 << 24
+
+
+def dropout_cl_state(attrs, in_shapes, out_shapes, training):
+    return {"seed": ((1,), np.uint32)} if training else {}
+
+
+def _cl_args(attrs):
+    r = attrs["ratio"]
+    return np.uint32(keep_threshold(r)), np.float32(1 - r)
+
+
+def cl_dropout_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    if not io.training:
+        copy(b, x, y)
+        return
+    b.launch("eltwise.cl", "dropout_fwd", (x.size,), elt(b), x, y, io.state["seed"], x.size,
+             *_cl_args(io.attrs), np.uint32(0), dyn={6: "seed"})
+
+
+def cl_dropout_backward(b, io):
+    if io.gx[0] is None:
+        return
+    if not io.training:
+        copy(b, io.gy[0], io.gx[0])    # undoes: y = x
+        return
+    g = io.gy[0]
+    # undoes: y = x * mask / (1 - ratio)
+    b.launch("eltwise.cl", "dropout_bwd", (g.size,), elt(b), g, io.gx[0], io.state["seed"], g.size,
+             *_cl_args(io.attrs))
+
+
 register(OpDef("Dropout", ("x",), {"ratio": Attr("float", 0.5, min=0.0)},
                dropout_infer, dropout_forward, dropout_backward,
-               doc="training: y = x * mask / (1 - ratio), mask ~ Bernoulli(1 - ratio) from ctx.rng"))
+               doc="training: y = x * mask / (1 - ratio), mask ~ Bernoulli(1 - ratio) from ctx.rng",
+               cl=ClSpec(cl_dropout_forward, cl_dropout_backward, state=dropout_cl_state)))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import OpDef, ShapeError
+from ._cl import elt, int4, local_floats, pad4, reduce_wg, strides4
+from .base import ClSpec, OpDef, ShapeError
 
 
 def unbroadcast(g, shape):
@@ -81,9 +82,55 @@ def div_backward(attrs, saved, gys, needs, ctx):
             unbroadcast(-gb * a / b, sb) if needs[1] else None]
 
 
+# ----------------------------------------------------------------------------- OpenCL launchers
+# kernels/eltwise.cl. Shapes are padded to rank 4; a stride of 0 reads a stretched axis.
+# Backward: each input's gradient is the per-output-element term (bcast_term's modes) summed over
+# the axes broadcasting stretched that input along: one work-group per gradient element.
+_GRAD_MODES = {"add": (0, 0), "sub": (0, 1), "mul": (2, 3), "div": (4, 5)}
+
+
+def _cl_binary(name):
+    def forward(b, io):
+        (xa, xb), (y,) = io.x, io.y
+        out = pad4(y.shape, name, "a")
+        pa, pb = pad4(xa.shape, name, "a"), pad4(xb.shape, name, "b")
+        if pa == pb == out:
+            b.launch("eltwise.cl", f"{name}_flat", (y.size,), elt(b), xa, xb, y, y.size)
+        else:
+            b.launch("eltwise.cl", f"{name}_fwd", (y.size,), elt(b), xa, xb, y, y.size, int4(out),
+                     int4(strides4(pa, out)), int4(strides4(pb, out)))
+
+    def backward(b, io):
+        g = io.gy[0]
+        out = pad4(g.shape, name, "a")
+        # Add/Sub read neither input (gy stands in for the unused pointers)
+        xa, xb = io.x if name in ("mul", "div") else (g, g)
+        pa, pb = pad4(io.x[0].shape, name, "a"), pad4(io.x[1].shape, name, "b")
+        sa, sb = int4(strides4(pa, out)), int4(strides4(pb, out))
+        for gx, shape, mode in zip(io.gx, (pa, pb), _GRAD_MODES[name]):
+            if gx is None:
+                continue
+            if shape == out:
+                b.launch("eltwise.cl", "bcast_grad_elem", (g.size,), elt(b), g, xa, xb, gx, g.size, mode,
+                         int4(out), sa, sb)
+                continue
+            rdims = tuple(o if d == 1 else 1 for d, o in zip(shape, out))
+            r = int(np.prod(rdims))
+            wg = reduce_wg(b, "eltwise.cl", "bcast_grad", r)
+            b.launch("eltwise.cl", "bcast_grad", (gx.size * wg,), (wg,), g, xa, xb, gx, gx.size, r, mode,
+                     int4(shape), int4(rdims), int4(strides4(out)), sa, sb, local_floats(wg))
+
+    saves = ("x0", "x1") if name in ("mul", "div") else ()
+    return ClSpec(forward, backward, saves=saves)
+
+
 register(
-    OpDef("Add", ("a", "b"), {}, binary_infer, _forward(np.add, False), add_backward, doc="y = a + b"),
-    OpDef("Sub", ("a", "b"), {}, binary_infer, _forward(np.subtract, False), sub_backward, doc="y = a - b"),
-    OpDef("Mul", ("a", "b"), {}, binary_infer, _forward(np.multiply, True), mul_backward, doc="y = a * b"),
-    OpDef("Div", ("a", "b"), {}, binary_infer, _forward(np.divide, True), div_backward, doc="y = a / b"),
+    OpDef("Add", ("a", "b"), {}, binary_infer, _forward(np.add, False), add_backward, doc="y = a + b",
+          cl=_cl_binary("add")),
+    OpDef("Sub", ("a", "b"), {}, binary_infer, _forward(np.subtract, False), sub_backward, doc="y = a - b",
+          cl=_cl_binary("sub")),
+    OpDef("Mul", ("a", "b"), {}, binary_infer, _forward(np.multiply, True), mul_backward, doc="y = a * b",
+          cl=_cl_binary("mul")),
+    OpDef("Div", ("a", "b"), {}, binary_infer, _forward(np.divide, True), div_backward, doc="y = a / b",
+          cl=_cl_binary("div")),
 )

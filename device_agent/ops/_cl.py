@@ -1,0 +1,99 @@
+"""Small helpers the ops' OpenCL launchers share (work-group sizes, local memory, int4, copies).
+
+Pure Python at import time: pyopencl is imported only inside the helpers, so an op module (and
+the numpy reference) imports on a phone without OpenCL.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import ShapeError
+
+# Work-group size of the reduction kernels (a power of two): 256 fits every GPU work-group limit
+# the agent targets (Mali's is 256 or more) and gives an 8-level tree; tuning data may lower it.
+REDUCE_WG = 256
+# Short reductions (<= this many values per group) get groups of this size instead. Only these
+# two sizes are used: drivers such as PoCL compile a kernel once per work-group size.
+SMALL_WG = 64
+
+# Work-group size of the one-work-item-per-element kernels. Set explicitly (LaunchBuilder rounds
+# the global size up; the kernels bound-check): a driver left to choose may pick 1 for odd sizes,
+# and PoCL compiles a kernel once per work-group size it meets.
+ELT_WG = 64
+
+
+def elt(b) -> tuple:
+    """lsize for elementwise launches: tuning "pointwise" -> "wg", default ELT_WG."""
+    return (int(b.tuning("pointwise").get("wg", ELT_WG)),)
+
+
+def pow2_floor(n: int) -> int:
+    return 1 << (max(int(n), 1).bit_length() - 1)
+
+
+def reduce_wg(b, file: str, kernel: str, length: int, defines: dict | None = None) -> int:
+    """Work-group size (a power of two) for a kernel that tree-reduces `length` values per group:
+    tuning "reduce" -> "wg" (default REDUCE_WG), or SMALL_WG for short reductions, capped by the
+    kernel's own limit on this device."""
+    import pyopencl as cl
+    want = int(b.tuning("reduce").get("wg", REDUCE_WG))
+    if length <= SMALL_WG:
+        want = min(want, SMALL_WG)
+    k = b.rt.kernel(file, kernel, defines)
+    limit = k.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, b.rt.device)
+    return pow2_floor(min(want, limit))
+
+
+def local_floats(n: int):
+    """A __local REAL[n] kernel argument."""
+    import pyopencl as cl
+    return cl.LocalMemory(4 * max(int(n), 1))
+
+
+def int4(v) -> np.ndarray:
+    """(a, b, c, d) -> an OpenCL int4 argument."""
+    import pyopencl.cltypes as ct
+    return ct.make_int4(*(int(e) for e in v))
+
+
+def pad4(shape, op: str, slot: str) -> tuple:
+    """shape (rank <= 4) -> the same shape with leading 1s to rank 4."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) > 4:
+        raise ShapeError(slot, f"the OpenCL {op} handles rank <= 4, input '{slot}' has shape {shape}")
+    return (1,) * (4 - len(shape)) + shape
+
+
+def strides4(shape4: tuple, broadcast_to: tuple | None = None) -> tuple:
+    """Element strides of a contiguous rank-4 shape; 0 along axes of size 1 stretched to
+    `broadcast_to` (numpy broadcasting)."""
+    st, acc = [0] * 4, 1
+    for i in (3, 2, 1, 0):
+        st[i] = acc
+        acc *= shape4[i]
+    if broadcast_to is not None:
+        st = [0 if d == 1 and t != 1 else s for d, t, s in zip(shape4, broadcast_to, st)]
+    return tuple(st)
+
+
+def same_buffer(a, b) -> bool:
+    return a.buf == b.buf
+
+
+def copy(b, src, dst) -> None:
+    """dst <- src (flat, same size); nothing when both are the same buffer (an aliased tensor)."""
+    if same_buffer(src, dst) or src.size == 0:
+        return
+    b.launch("eltwise.cl", "copy_f", (src.size,), elt(b), src, dst, src.size)
+
+
+def alias_forward(b, io) -> None:
+    """Flatten/Reshape/Identity: y is x reinterpreted. The Plan hands both the same buffer (no
+    launch); given separate buffers, copy."""
+    copy(b, io.x[0], io.y[0])
+
+
+def alias_backward(b, io) -> None:
+    """undoes: y = x reinterpreted; gx is gy (no launch), or a copy of it."""
+    if io.gx[0] is not None:
+        copy(b, io.gy[0], io.gx[0])
