@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import Attr, OpDef, ShapeError
+from ._cl import alias_backward, alias_forward, elt, int4
+from .base import Attr, ClSpec, OpDef, ShapeError
 
 
 def _prod(dims):
@@ -176,15 +177,90 @@ def pad_backward(attrs, saved, gys, needs, ctx):
     return [np.ascontiguousarray(g)]
 
 
+# ----------------------------------------------------------------------------- OpenCL launchers
+# kernels/shape.cl. Flatten/Reshape: aliases (ClSpec.alias, no launch).
+# Concat: viewed as (outer, A_i * inner) blocks, one strided copy per input each way.
+def _concat_blocks(io, shapes):
+    a = _axis(io.attrs, len(shapes[0]))
+    outer, inner = _prod(shapes[0][:a]), _prod(shapes[0][a + 1:])
+    total = sum(sh[a] for sh in shapes) * inner
+    off = 0
+    for i, sh in enumerate(shapes):
+        cols = sh[a] * inner
+        yield i, outer, cols, total, off
+        off += cols
+
+
+def cl_concat_forward(b, io):
+    (y,) = io.y
+    for i, rows, cols, total, off in _concat_blocks(io, [x.shape for x in io.x]):
+        if rows * cols:
+            b.launch("shape.cl", "copy2d", (rows * cols,), elt(b), io.x[i], y, rows, cols,
+                     cols, total, 0, off)
+
+
+def cl_concat_backward(b, io):
+    g = io.gy[0]
+    for i, rows, cols, total, off in _concat_blocks(io, [x.shape for x in io.x]):
+        # undoes: y = concatenate(xs, axis)  (gx_i = its slice of gy)
+        if io.gx[i] is not None and rows * cols:
+            b.launch("shape.cl", "copy2d", (rows * cols,), elt(b), g, io.gx[i], rows, cols,
+                     total, cols, off, 0)
+
+
+_PAD_MODES = {"constant": 0, "reflect": 1, "edge": 2}
+
+
+def _pad_axes(attrs, shape):
+    """x shape + ONNX pads -> (xd, yd, lo) as rank-4 tuples: adjacent unpadded axes merged,
+    leading 1s added; ShapeError when more than 4 axes remain."""
+    r, pads = len(shape), attrs["pads"]
+    axes = []                                            # [d, lo, hi]
+    for i, d in enumerate(shape):
+        lo, hi = pads[i], pads[r + i]
+        if axes and lo == hi == 0 and axes[-1][1] == axes[-1][2] == 0:
+            axes[-1][0] *= d
+        else:
+            axes.append([d, lo, hi])
+    if len(axes) > 4:
+        raise ShapeError("pads", f"the OpenCL Pad handles at most 4 padded/unpadded axis groups, "
+                                 f"input 'x' of shape {tuple(shape)} with pads {list(pads)} has {len(axes)}")
+    axes = [[1, 0, 0]] * (4 - len(axes)) + axes
+    xd = tuple(d for d, _, _ in axes)
+    return xd, tuple(d + lo + hi for d, lo, hi in axes), tuple(lo for _, lo, _ in axes)
+
+
+def cl_pad_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    if y.size == 0:
+        return
+    xd, yd, lo = _pad_axes(io.attrs, x.shape)
+    b.launch("shape.cl", "pad_fwd", (y.size,), elt(b), x, y, y.size, int4(xd), int4(yd), int4(lo),
+             _PAD_MODES[io.attrs["mode"]], np.float32(io.attrs["value"]))
+
+
+def cl_pad_backward(b, io):
+    gx = io.gx[0]
+    if gx is None or gx.size == 0:
+        return
+    xd, yd, lo = _pad_axes(io.attrs, gx.shape)
+    b.launch("shape.cl", "pad_bwd", (gx.size,), elt(b), io.gy[0], gx, gx.size, int4(xd), int4(yd), int4(lo),
+             _PAD_MODES[io.attrs["mode"]])
+
+
+_ALIAS = ClSpec(alias_forward, alias_backward, alias=True)
+
 register(
     OpDef("Flatten", ("x",), {"axis": Attr("int", 1)}, flatten_infer, flatten_forward,
-          reshape_backward, doc="(d0..d_{axis-1}, prod(rest))"),
+          reshape_backward, doc="(d0..d_{axis-1}, prod(rest))", cl=_ALIAS),
     OpDef("Reshape", ("x",), {"shape": Attr("ints", min=-1)}, reshape_infer, reshape_forward,
-          reshape_backward, doc="0 copies that dim, one -1 is inferred"),
+          reshape_backward, doc="0 copies that dim, one -1 is inferred", cl=_ALIAS),
     OpDef("Concat", ("*",), {"axis": Attr("int", 1)}, concat_infer, concat_forward,
-          concat_backward, doc="concatenate along axis (may be negative)"),
+          concat_backward, doc="concatenate along axis (may be negative)",
+          cl=ClSpec(cl_concat_forward, cl_concat_backward)),
     OpDef("Pad", ("x",), {"pads": Attr("ints", min=0),
                           "mode": Attr("str", "constant", choices=("constant", "reflect", "edge")),
                           "value": Attr("float", 0.0)},
-          pad_infer, pad_forward, pad_backward, doc="np.pad semantics, pads in ONNX order"),
+          pad_infer, pad_forward, pad_backward, doc="np.pad semantics, pads in ONNX order",
+          cl=ClSpec(cl_pad_forward, cl_pad_backward)),
 )
