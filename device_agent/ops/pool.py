@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import Attr, OpDef, OpError, ShapeError, expect_rank
+from ._cl import elt, local_floats, reduce_wg
+from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank
 from .conv2d import pad_nchw, tap, window_view
 
 
@@ -181,6 +182,67 @@ def gap_backward(attrs, saved, gys, needs, ctx):
     return [dx]
 
 
+# ----------------------------------------------------------------------------- OpenCL launchers
+# kernels/pool.cl: one work-item per output element forward, one per input pixel backward (a
+# gather over the windows containing it). MaxPool keeps its argmax tap per output in state
+# "argmax" (int32, y's shape), allocated whether or not dropout trains: any backward needs it.
+def _cl_geom(attrs, x_shape):
+    """(N*C, H, W, OH, OW, KH, KW, SH, SW, PT, PL) and (PB, PR)"""
+    kh, kw, sh, sw, pt, pl, pb, pr, oh, ow = _geometry(attrs, x_shape)
+    n, c, h, w = x_shape
+    return (n * c, h, w, oh, ow, kh, kw, sh, sw, pt, pl), (pb, pr)
+
+
+def maxpool_cl_state(attrs, in_shapes, out_shapes, training):
+    return {"argmax": (tuple(out_shapes[0]), np.int32)}
+
+
+def cl_maxpool_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    g, _ = _cl_geom(io.attrs, x.shape)
+    b.launch("pool.cl", "maxpool_fwd", (y.size,), elt(b), x, y, io.state["argmax"], *g)
+
+
+def cl_maxpool_backward(b, io):
+    gx = io.gx[0]
+    if gx is None:
+        return
+    g, _ = _cl_geom(io.attrs, gx.shape)
+    # undoes: y = window[argmax]
+    b.launch("pool.cl", "maxpool_bwd", (gx.size,), elt(b), io.gy[0], io.state["argmax"], gx, *g)
+
+
+def cl_avgpool_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    g, pads = _cl_geom(io.attrs, x.shape)
+    b.launch("pool.cl", "avgpool_fwd", (y.size,), elt(b), x, y, *g, *pads, io.attrs["count_include_pad"])
+
+
+def cl_avgpool_backward(b, io):
+    gx = io.gx[0]
+    if gx is None:
+        return
+    g, pads = _cl_geom(io.attrs, gx.shape)
+    # undoes: y = Σ_taps xp[tap] / divisor
+    b.launch("pool.cl", "avgpool_bwd", (gx.size,), elt(b), io.gy[0], gx, *g, *pads,
+             io.attrs["count_include_pad"])
+
+
+def cl_gap_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    nc, plane = y.size, x.shape[2] * x.shape[3]
+    wg = reduce_wg(b, "pool.cl", "gap_fwd", plane)
+    b.launch("pool.cl", "gap_fwd", (nc * wg,), (wg,), x, y, nc, plane, local_floats(wg))
+
+
+def cl_gap_backward(b, io):
+    gx = io.gx[0]
+    if gx is None:
+        return
+    # undoes: y = mean over (H, W)
+    b.launch("pool.cl", "gap_bwd", (gx.size,), elt(b), io.gy[0], gx, gx.size, gx.shape[2] * gx.shape[3])
+
+
 _POOL_ATTRS = {
     "kernel": Attr("ints", length=2, min=1),
     "stride": Attr("ints", None, length=2, min=1),
@@ -190,10 +252,12 @@ _POOL_ATTRS = {
 
 register(
     OpDef("MaxPool", ("x",), dict(_POOL_ATTRS), pool_infer, maxpool_forward, maxpool_backward,
-          doc="max over kernel windows (torch max_pool2d); pads [top,left,bottom,right] are -inf"),
+          doc="max over kernel windows (torch max_pool2d); pads [top,left,bottom,right] are -inf",
+          cl=ClSpec(cl_maxpool_forward, cl_maxpool_backward, state=maxpool_cl_state)),
     OpDef("AveragePool", ("x",), dict(_POOL_ATTRS, count_include_pad=Attr("bool", False)),
           pool_infer, avgpool_forward, avgpool_backward,
-          doc="mean over kernel windows (torch avg_pool2d); pads [top,left,bottom,right]"),
+          doc="mean over kernel windows (torch avg_pool2d); pads [top,left,bottom,right]",
+          cl=ClSpec(cl_avgpool_forward, cl_avgpool_backward)),
     OpDef("GlobalAveragePool", ("x",), {}, gap_infer, gap_forward, gap_backward,
-          doc="mean over H and W -> (N,C,1,1)"),
+          doc="mean over H and W -> (N,C,1,1)", cl=ClSpec(cl_gap_forward, cl_gap_backward)),
 )

@@ -1,0 +1,125 @@
+// Pooling: MaxPool, AveragePool (torch max_pool2d / avg_pool2d semantics, asymmetric pads,
+// ceil mode), GlobalAveragePool.
+//   x (N,C,H,W) -> y (N,C,OH,OW); NC = N*C planes, one work-item per output (forward) or per input
+//   pixel (backward: a gather over the windows that contain it, no atomics).
+// Window (oh, ow) covers rows oh*SH - PT .. + KH-1 and cols ow*SW - PL .. + KW-1; taps outside the
+// input are padding (-inf for max, 0 for average).
+
+// First window index o with o*S - P + K - 1 >= i (the first window reaching pixel i).
+int first_window(const int i, const int S, const int P, const int K) {
+    const int t = i + P - K + 1;
+    return t <= 0 ? 0 : (t + S - 1) / S;
+}
+
+// y = the max over the window; arg = its tap (row-major, kh*KW + kw) chosen like numpy argmax over
+// the -inf-padded window: the FIRST maximum, and NaN beats everything (first NaN).
+__kernel void maxpool_fwd(__global const REAL* x, __global REAL* y, __global int* arg, const int NC,
+                          const int H, const int W, const int OH, const int OW, const int KH, const int KW,
+                          const int SH, const int SW, const int PT, const int PL) {
+    const int i = get_global_id(0);
+    if (i >= NC * OH * OW) return;
+    const int ow = i % OW, oh = (i / OW) % OH, p = i / (OW * OH);
+    __global const REAL* xp = x + p * H * W;
+    const int h0 = oh * SH - PT, w0 = ow * SW - PL;
+    REAL best = -INFINITY;
+    int tap = 0;
+    for (int kh = 0; kh < KH; kh++) {
+        const int h = h0 + kh;
+        for (int kw = 0; kw < KW; kw++) {
+            const int w = w0 + kw;
+            const REAL v = (h >= 0 && h < H && w >= 0 && w < W) ? xp[h * W + w] : -INFINITY;
+            if (v > best || (isnan(v) && !isnan(best))) {
+                best = v;
+                tap = kh * KW + kw;
+            }
+        }
+    }
+    y[i] = best;
+    arg[i] = tap;
+}
+
+// undoes: y = window[arg]: each input pixel sums gy over the windows whose argmax tap is it.
+__kernel void maxpool_bwd(__global const REAL* gy, __global const int* arg, __global REAL* gx, const int NC,
+                          const int H, const int W, const int OH, const int OW, const int KH, const int KW,
+                          const int SH, const int SW, const int PT, const int PL) {
+    const int i = get_global_id(0);
+    if (i >= NC * H * W) return;
+    const int w = i % W, h = (i / W) % H, p = i / (W * H);
+    const int oh1 = min(OH - 1, (h + PT) / SH), ow1 = min(OW - 1, (w + PL) / SW);
+    const int ow0 = first_window(w, SW, PL, KW);
+    REAL acc = (REAL)0;
+    for (int oh = first_window(h, SH, PT, KH); oh <= oh1; oh++) {
+        const int row = (p * OH + oh) * OW;
+        const int th = (h + PT - oh * SH) * KW;
+        for (int ow = ow0; ow <= ow1; ow++) {
+            if (arg[row + ow] == th + (w + PL - ow * SW)) acc += gy[row + ow];
+        }
+    }
+    gx[i] = acc;
+}
+
+// The window size avg_pool2d divides by along one axis, for window o:
+//   count_include_pad: the window clipped to the padded input, min(s + K, N + P1) - s
+//   else:              the real input elements in it, min(s + K, N) - max(s, 0)      (s = o*S - P0)
+int avg_count(const int o, const int S, const int K, const int P0, const int P1, const int N, const int cip) {
+    const int s = o * S - P0;
+    return cip ? min(s + K, N + P1) - s : min(s + K, N) - max(s, 0);
+}
+
+// y = Σ_window x / divisor
+__kernel void avgpool_fwd(__global const REAL* x, __global REAL* y, const int NC,
+                          const int H, const int W, const int OH, const int OW, const int KH, const int KW,
+                          const int SH, const int SW, const int PT, const int PL, const int PB, const int PR,
+                          const int cip) {
+    const int i = get_global_id(0);
+    if (i >= NC * OH * OW) return;
+    const int ow = i % OW, oh = (i / OW) % OH, p = i / (OW * OH);
+    __global const REAL* xp = x + p * H * W;
+    const int h0 = oh * SH - PT, w0 = ow * SW - PL;
+    REAL acc = (REAL)0;
+    for (int h = max(h0, 0); h < min(h0 + KH, H); h++)
+        for (int w = max(w0, 0); w < min(w0 + KW, W); w++) acc += xp[h * W + w];
+    const int div = avg_count(oh, SH, KH, PT, PB, H, cip) * avg_count(ow, SW, KW, PL, PR, W, cip);
+    y[i] = acc / (REAL)div;
+}
+
+// undoes: y = Σ_window x / divisor: each input pixel sums gy / divisor over its windows.
+__kernel void avgpool_bwd(__global const REAL* gy, __global REAL* gx, const int NC,
+                          const int H, const int W, const int OH, const int OW, const int KH, const int KW,
+                          const int SH, const int SW, const int PT, const int PL, const int PB, const int PR,
+                          const int cip) {
+    const int i = get_global_id(0);
+    if (i >= NC * H * W) return;
+    const int w = i % W, h = (i / W) % H, p = i / (W * H);
+    const int oh1 = min(OH - 1, (h + PT) / SH), ow1 = min(OW - 1, (w + PL) / SW);
+    const int ow0 = first_window(w, SW, PL, KW);
+    REAL acc = (REAL)0;
+    for (int oh = first_window(h, SH, PT, KH); oh <= oh1; oh++) {
+        const int dh = avg_count(oh, SH, KH, PT, PB, H, cip);
+        const int row = (p * OH + oh) * OW;
+        for (int ow = ow0; ow <= ow1; ow++)
+            acc += gy[row + ow] / (REAL)(dh * avg_count(ow, SW, KW, PL, PR, W, cip));
+    }
+    gx[i] = acc;
+}
+
+// y (N,C,1,1) = mean over H*W = L: one work-group (power-of-two size) per plane, tree sum.
+__kernel void gap_fwd(__global const REAL* x, __global REAL* y, const int NC, const int L,
+                      __local REAL* s) {
+    const int p = get_group_id(0), l = get_local_id(0);
+    REAL acc = (REAL)0;
+    for (int k = l; k < L; k += get_local_size(0)) acc += x[p * L + k];
+    s[l] = acc;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int h = (int)get_local_size(0) >> 1; h > 0; h >>= 1) {
+        if (l < h) s[l] += s[l + h];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (l == 0 && p < NC) y[p] = s[0] / (REAL)L;
+}
+
+// undoes: y = mean over (H, W): dx = gy / (H*W) broadcast over the plane
+__kernel void gap_bwd(__global const REAL* gy, __global REAL* gx, const int n, const int L) {
+    const int i = get_global_id(0);
+    if (i < n) gx[i] = gy[i / L] / (REAL)L;
+}
