@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import Attr, OpDef, OpError, ShapeError, expect_rank, expect_shape
+from ._cl import elt, local_floats, reduce_wg
+from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 SLOTS = ("weight", "bias", "running_mean", "running_var")
 
@@ -102,8 +103,69 @@ def bn_backward(attrs, saved, gys, needs, ctx):
     return grads
 
 
+# ----------------------------------------------------------------------------- OpenCL launchers
+# kernels/bn.cl; x viewed as (N, C, L), L = H*W or 1.
+#   state "mean", "invstd" (C,) float32: the batch statistics the forward normalised with
+#   (written only with bn_batch_stats; allocated either way, 8*C bytes).
+#   batch statistics: x[3] running_mean and x[4] running_var are updated IN PLACE by the forward.
+#   workspace: 2*C floats for the backward's per-channel sums (Σ g, Σ g xhat).
+#   backward reads x (saved), weight, and the statistics (state, or the running buffers if frozen).
+def bn_cl_state(attrs, in_shapes, out_shapes, training):
+    c = in_shapes[0][1]
+    return {"mean": ((c,), np.float32), "invstd": ((c,), np.float32)}
+
+
+def bn_cl_workspace(attrs, in_shapes, out_shapes):
+    return 2 * in_shapes[0][1] * 4
+
+
+def _ncl(shape):
+    return shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))
+
+
+def cl_bn_forward(b, io):
+    (x, w, bias, rm, rv), (y,) = io.x, io.y
+    n, c, length = _ncl(x.shape)
+    eps = np.float32(io.attrs["eps"])
+    if not io.bn_batch_stats:
+        b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, rm, rv, y, x.size, c, length, 1, eps)
+        return
+    cnt = n * length
+    if cnt < 2:
+        raise ShapeError("x", f"BatchNorm with batch statistics needs more than 1 value per channel, "
+                              f"got input shape {x.shape}")
+    m = io.attrs["momentum"]
+    mean, invstd = io.state["mean"], io.state["invstd"]
+    wg = reduce_wg(b, "bn.cl", "bn_stats", cnt)
+    b.launch("bn.cl", "bn_stats", (c * wg,), (wg,), x, rm, rv, mean, invstd, n, c, length, eps,
+             np.float32(1 - m), np.float32(m), np.float32(cnt / (cnt - 1)), local_floats(wg))
+    b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, invstd, y, x.size, c, length, 0, eps)
+
+
+def cl_bn_backward(b, io):
+    x, w, _, rm, rv = io.x
+    g = io.gy[0]
+    gx, gw, gb = io.gx[:3]
+    n, c, length = _ncl(x.shape)
+    eps = np.float32(io.attrs["eps"])
+    frozen = not io.bn_batch_stats
+    mean, vi = (rm, rv) if frozen else (io.state["mean"], io.state["invstd"])
+    sums = io.workspace
+    if not frozen or gw is not None or gb is not None:
+        # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
+        wg = reduce_wg(b, "bn.cl", "bn_bwd_sums", n * length)
+        b.launch("bn.cl", "bn_bwd_sums", (c * wg,), (wg,), x, g, mean, vi, sums, gw or sums, gb or sums,
+                 n, c, length, frozen, eps, gw is not None, gb is not None, local_floats(wg))
+    if gx is not None:
+        # undoes: xhat = (x - mean) * invstd  (frozen: constants; batch: statistics of x)
+        b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, w, mean, vi, sums, gx, x.size, c, length,
+                 frozen, eps, n * length)
+
+
 register(OpDef("BatchNorm", ("x", "weight", "bias", "running_mean", "running_var"),
                {"eps": Attr("float", 1e-5, min=0.0), "momentum": Attr("float", 0.1, min=0.0)},
                bn_infer, bn_forward, bn_backward, params=("weight", "bias"),
                buffers=("running_mean", "running_var"), param_shapes=bn_param_shapes,
-               doc="batch norm over channel axis 1; batch or frozen running statistics"))
+               doc="batch norm over channel axis 1; batch or frozen running statistics",
+               cl=ClSpec(cl_bn_forward, cl_bn_backward, saves=("x0",), state=bn_cl_state,
+                         workspace=bn_cl_workspace)))
