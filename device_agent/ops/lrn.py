@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import Attr, OpDef, expect_rank
+from ._cl import elt
+from .base import Attr, ClSpec, OpDef, expect_rank
 
 
 def _window_sum(v: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -67,6 +68,36 @@ def lrn_backward(attrs, saved, gys, needs, ctx):
     return [dx.astype(x.dtype, copy=False)]
 
 
+# ----------------------------------------------------------------------------- OpenCL launchers
+# kernels/lrn.cl, one work-item per element. State "scale" (x's shape, float32) holds d; the
+# backward reads x (saved), gy and d, recomputing d^-beta.
+def lrn_cl_state(attrs, in_shapes, out_shapes, training):
+    return {"scale": (tuple(in_shapes[0]), np.float32)}
+
+
+def _lrn_geom(attrs, shape):
+    size = attrs["size"]
+    return shape[1], shape[2] * shape[3], (size - 1) // 2, size // 2
+
+
+def cl_lrn_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    a = io.attrs
+    b.launch("lrn.cl", "lrn_fwd", (x.size,), elt(b), x, y, io.state["scale"], x.size, *_lrn_geom(a, x.shape),
+             np.float32(a["alpha"] / a["size"]), np.float32(a["beta"]), np.float32(a["bias"]))
+
+
+def cl_lrn_backward(b, io):
+    gx = io.gx[0]
+    if gx is None:
+        return
+    a = io.attrs
+    # undoes: y[c] = x[c] · d[c]^-beta
+    b.launch("lrn.cl", "lrn_bwd", (gx.size,), elt(b), io.x[0], io.gy[0], io.state["scale"], gx, gx.size,
+             *_lrn_geom(a, gx.shape), np.float32(a["beta"]),
+             np.float32(2.0 * a["beta"] * a["alpha"] / a["size"]))
+
+
 register(OpDef(
     "LRN", ("x",),
     {
@@ -77,4 +108,5 @@ register(OpDef(
     },
     lrn_infer, lrn_forward, lrn_backward,
     doc="local response norm across channels; window c-floor((size-1)/2) .. c+ceil((size-1)/2) (ONNX)",
+    cl=ClSpec(cl_lrn_forward, cl_lrn_backward, saves=("x0",), state=lrn_cl_state),
 ))
