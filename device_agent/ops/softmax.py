@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import Attr, OpDef, OpError, ShapeError, expect_rank, expect_shape
+from ._cl import elt, local_floats, reduce_wg
+from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 
 # ----------------------------------------------------------------------------- Softmax
@@ -94,10 +95,103 @@ def sce_backward(attrs, saved, gys, needs, ctx):
     return [dx, None]
 
 
+# ----------------------------------------------------------------------------- OpenCL launchers
+# kernels/softmax.cl: one work-group per row, tree reductions (deterministic).
+def _rows(attrs, shape):
+    """x shape -> (rows, K, inner): x viewed as (outer, K, inner) around the softmax axis"""
+    a = _axis(attrs, len(shape))
+    inner = int(np.prod(shape[a + 1:], dtype=np.int64))
+    return int(np.prod(shape[:a], dtype=np.int64)) * inner, shape[a], inner
+
+
+def cl_softmax_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    rows, k, inner = _rows(io.attrs, x.shape)
+    wg = reduce_wg(b, "softmax.cl", "softmax_fwd", k)
+    b.launch("softmax.cl", "softmax_fwd", (rows * wg,), (wg,), x, y, rows, k, inner, local_floats(wg))
+
+
+def cl_softmax_backward(b, io):
+    gx = io.gx[0]
+    if gx is None:
+        return
+    rows, k, inner = _rows(io.attrs, gx.shape)
+    wg = reduce_wg(b, "softmax.cl", "softmax_bwd", k)
+    # undoes: y = softmax(x)
+    b.launch("softmax.cl", "softmax_bwd", (rows * wg,), (wg,), io.y[0], io.gy[0], gx, rows, k, inner,
+             local_floats(wg))
+
+
+_LABEL_T = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int", "u4": "uint",
+            "i8": "long", "u8": "ulong"}
+
+
+def _label_defines(labels) -> dict | None:
+    """kernels/softmax.cl reads labels as LABEL_T: int32 needs no define (one program build)."""
+    key = f"{labels.dtype.kind}{labels.dtype.itemsize}"
+    if key not in _LABEL_T:
+        raise ShapeError("labels", f"input 'labels' must hold integers, got dtype {labels.dtype}")
+    return None if key == "i4" else {"LABEL_T": _LABEL_T[key]}
+
+
+def _sce_consts(eps, k):
+    """q = (1-ε) onehot + ε/K in float32 as the reference builds it: (ε/K, 1-ε)"""
+    return np.float32(eps / k), np.float32(1 - eps)
+
+
+def _sce_launch(b, logits, labels, rows, dx, loss, correct, eps):
+    """rows (N,4) scratch; dx None: loss only; correct None: no accuracy count"""
+    n, k = logits.shape
+    defs = _label_defines(labels)
+    wg = reduce_wg(b, "softmax.cl", "sce_rows", k, defs)
+    b.launch("softmax.cl", "sce_rows", (n * wg,), (wg,), logits, labels, rows, dx or rows, n, k,
+             *_sce_consts(eps, k), np.float32(1) / np.float32(n), dx is not None, local_floats(wg),
+             local_floats(wg), defines=defs)
+    wg = reduce_wg(b, "softmax.cl", "sce_finish", n, defs)
+    b.launch("softmax.cl", "sce_finish", (wg,), (wg,), rows, loss, correct or loss, n, correct is not None,
+             local_floats(wg), defines=defs)
+
+
+def sce_cl_state(attrs, in_shapes, out_shapes, training):
+    return {"rows": ((in_shapes[0][0], 4), np.float32)}
+
+
+def cl_sce_forward(b, io):
+    (logits, labels), (loss,) = io.x, io.y
+    _sce_launch(b, logits, labels, io.state["rows"], None, loss, None, io.attrs["label_smoothing"])
+
+
+def cl_sce_backward(b, io):
+    gx = io.gx[0]
+    if gx is None:
+        return
+    logits, labels = io.x
+    n, k = logits.shape
+    defs = _label_defines(labels)
+    # undoes: loss = mean_n -Σ_k q log softmax(logits)
+    b.launch("softmax.cl", "sce_bwd", (n * k,), elt(b), logits, labels, io.state["rows"], io.gy[0], gx, n, k,
+             *_sce_consts(io.attrs["label_smoothing"], k), defines=defs)
+
+
+def ce_scratch_bytes(n: int) -> int:
+    """Scratch cl_ce_fwd_bwd needs for a batch of n rows."""
+    return 16 * n
+
+
+def cl_ce_fwd_bwd(b, logits, labels, loss, correct, dlogits, scratch, label_smoothing: float = 0.0):
+    """The training step's loss head in one go (no SoftmaxCrossEntropy node, no gy):
+    logits (N,K) float32, labels (N,) int32 -> loss (1,) = mean cross-entropy, correct (1,) float32 =
+    #(argmax == label) (numpy argmax: first max wins ties), dlogits (N,K) = (softmax - q) / N, i.e.
+    d loss / d logits. scratch: >= ce_scratch_bytes(N) bytes. `correct` may be None."""
+    _sce_launch(b, logits, labels, scratch, dlogits, loss, correct, label_smoothing)
+
+
 register(
     OpDef("Softmax", ("x",), {"axis": Attr("int", -1)}, softmax_infer, softmax_forward,
-          softmax_backward, doc="stable softmax along axis"),
+          softmax_backward, doc="stable softmax along axis",
+          cl=ClSpec(cl_softmax_forward, cl_softmax_backward, saves=("y0",))),
     OpDef("SoftmaxCrossEntropy", ("logits", "labels"), {"label_smoothing": Attr("float", 0.0, min=0.0)},
           sce_infer, sce_forward, sce_backward, nondiff=("labels",),
-          doc="mean over batch of -Σ q log softmax, q = (1-ε) onehot + ε/K"),
+          doc="mean over batch of -Σ q log softmax, q = (1-ε) onehot + ε/K",
+          cl=ClSpec(cl_sce_forward, cl_sce_backward, saves=("x0", "x1"), state=sce_cl_state)),
 )
