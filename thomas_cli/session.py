@@ -1,0 +1,389 @@
+"""One conversation with a device: pick the transport, deploy the agent payload, handshake, run.
+
+    t = open_transport()                          # from the global options (-s, --device, ...)
+    s = Session(t)
+    s.ensure_agent()                              # pushes the payload only when its hash differs
+    events = s.call(["doctor"])                   # [hello, device, ...]: JSONL events as dicts
+    done = s.run_job(job, run_id, on_event=ui.update, timeout=300)
+
+The payload is one zip: device_agent/ (the .py files), kernels/, configs/, and PAYLOAD (its hash,
+agent version and protocol). It lands as <root>/agent; the agent runs with that folder first on
+sys.path, so what runs on the phone is exactly what this host shipped.
+
+Handshake: the first line of every agent call is {"ev":"hello","protocol":N,"agent":"x.y",...}.
+A protocol other than ours means the payload on the device is not the one we think: it is pushed
+again once; if the agent still disagrees, ProtocolMismatch (exit 3) says what to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import device_agent
+from device_agent.errors import ThomasError
+from device_agent.protocol import PROTOCOL_VERSION
+from device_agent.resources import configs_dir, kernels_dir
+
+from . import store
+from .transport.base import (DeviceError, DeviceLost, ProtocolMismatch, Transport, WatchdogTimeout,
+                             check_rel, confined)
+
+PAYLOAD = "PAYLOAD"
+DEFAULT_TIMEOUT = 300.0
+
+
+class RunFailed(ThomasError):
+    """The agent reported an `error` event; `code` is the agent's."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+# ============================================================================ choosing the device
+@dataclass
+class Target:
+    """The global options: which device, where on it, which Python runs the agent."""
+    serial: str | None = None     # -s / THOMAS_SERIAL
+    device: str = "auto"          # --device auto|local|adb
+    root: str | None = None       # --device-root
+    python: str | None = None     # --python / THOMAS_DEVICE_PYTHON
+    su: bool = False              # --su: run the agent through `su -c` (rooted phones)
+
+
+TARGET = Target()
+
+
+def local_root() -> Path:
+    return store.home() / "device"
+
+
+def open_transport(target: Target | None = None, note: Callable[[str], None] | None = None) -> Transport:
+    """The device the global options name; with none named: the one attached phone, else local."""
+    from .transport import adb
+    from .transport.local import LocalTransport
+
+    t = target or TARGET
+    if t.device not in ("auto", "local", "adb"):
+        raise ThomasError(f"--device must be auto, local or adb, got '{t.device}'")
+    if t.device == "local":
+        return LocalTransport(Path(t.root) if t.root else local_root(), t.python)
+    if not t.serial:
+        rows = [r for r in adb.list_devices() if r.state == "device"]
+        if len(rows) > 1:
+            raise DeviceError("more than one device attached (" + ", ".join(r.serial for r in rows) +
+                              "); pick one with -s SERIAL or THOMAS_SERIAL")
+        if not rows:
+            if t.device == "adb":
+                raise DeviceError("no phone attached (see `thomas devices`; enable USB debugging)")
+            if note:
+                note(f"no phone attached: using the local device ({t.root or local_root()})")
+            return LocalTransport(Path(t.root) if t.root else local_root(), t.python)
+        serial = rows[0].serial
+    else:
+        serial = t.serial
+    return adb.AdbTransport(serial, t.root or adb.DEFAULT_ROOT, t.python or adb.DEFAULT_PYTHON, su=t.su)
+
+
+# ============================================================================ the payload
+def payload_files() -> list[tuple[str, Path]]:
+    """(archive name, source file) for everything the agent needs, sorted."""
+    pkg = Path(device_agent.__file__).resolve().parent
+    files = [(f"device_agent/{p.relative_to(pkg).as_posix()}", p) for p in pkg.rglob("*.py")
+             if "__pycache__" not in p.parts]
+    for name, d in (("kernels", kernels_dir()), ("configs", configs_dir())):
+        files += [(f"{name}/{p.relative_to(d).as_posix()}", p) for p in d.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts]
+    return sorted(files)
+
+
+def build_payload(dest: Path) -> tuple[Path, str]:
+    """Write the agent zip into `dest`; returns (path, hash). Same sources -> same bytes and hash."""
+    files = payload_files()
+    h = hashlib.sha256()
+    blobs = []
+    for name, p in files:
+        data = p.read_bytes()
+        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+        blobs.append((name, data))
+    digest = h.hexdigest()
+    meta = {"hash": digest, "agent": device_agent.__version__, "protocol": PROTOCOL_VERSION, "files": len(files)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in blobs + [(PAYLOAD, (json.dumps(meta) + "\n").encode())]:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"thomas-agent-{digest[:12]}.zip"
+    path.write_bytes(buf.getvalue())
+    return path, digest
+
+
+# ============================================================================ events
+def parse_line(line: str) -> dict | None:
+    """An event dict when the line is one (a JSON object with "ev"), else None (a log line)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) and isinstance(d.get("ev"), str) else None
+
+
+@dataclass
+class CallResult:
+    hello: dict
+    events: list[dict]
+    logs: list[str]
+    returncode: int | None
+
+
+class Session:
+    def __init__(self, transport: Transport, note: Callable[[str], None] | None = None):
+        self.t = transport
+        self.note = note or (lambda msg: None)
+        self._installed = False       # pushed during this session (then never again)
+        self._state: dict | None = None
+
+    # ------------------------------------------------------------------ deploy
+    def device_payload(self) -> dict | None:
+        """The PAYLOAD record of the agent on the device (None when there is none or it is unreadable)."""
+        if not self.t.exists(f"agent/{PAYLOAD}"):
+            return None
+        try:
+            return json.loads(self.t.read_bytes(f"agent/{PAYLOAD}"))
+        except ValueError:
+            return None
+
+    def ensure_agent(self, force: bool = False) -> dict:
+        """Push the payload when the device's hash differs (or `force`); checked once per session.
+        Returns {"hash", "agent", "pushed": bool, "bytes"}."""
+        import tempfile
+
+        if self._state is not None and not force:
+            return self._state
+        with tempfile.TemporaryDirectory(prefix="thomas-payload-") as d:
+            path, digest = build_payload(Path(d))
+            size = path.stat().st_size
+            have = None if force else self.device_payload()
+            pushed = not (have and have.get("hash") == digest)
+            if pushed:
+                self.note(f"pushing the agent {device_agent.__version__} ({digest[:12]}, {size / 1024:.0f} KiB) "
+                          f"to {self.t.serial}:{self.t.root}/agent")
+                self.t.install_payload(path)
+                self._installed = True
+        self._state = {"hash": digest, "agent": device_agent.__version__, "pushed": pushed, "bytes": size}
+        return self._state
+
+    # ------------------------------------------------------------------ calls
+    def call(self, args: list[str], on_event: Callable[[dict], None] | None = None,
+             on_log: Callable[[str], None] | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> CallResult:
+        """Run the agent with `args`, streaming events to on_event (hello included) until it exits.
+
+        `timeout` is the watchdog: seconds allowed without an event (None: wait forever).
+        Raises DeviceLost / WatchdogTimeout / ProtocolMismatch / DeviceError."""
+        self.ensure_agent()
+        for attempt in (0, 1):
+            proc = self.t.start_agent(args)
+            try:
+                return self._stream(proc, on_event, on_log, timeout)
+            except _Mismatch as m:
+                proc.cancel()
+                if attempt == 0 and not self._installed:
+                    self.note(f"the agent on {self.t.serial} speaks protocol {m.hello.get('protocol')}; "
+                              f"pushing it again")
+                    self.ensure_agent(force=True)
+                    continue
+                raise ProtocolMismatch(
+                    f"the agent on {self.t.serial} speaks protocol {m.hello.get('protocol')} "
+                    f"(agent {m.hello.get('agent')}), this thomas speaks protocol {PROTOCOL_VERSION} "
+                    f"(agent {device_agent.__version__}), even after pushing it again; check that "
+                    f"{self.t.root}/agent is writable and that --python runs it, or update thomas") from None
+            except BaseException:
+                proc.cancel()
+                raise
+        raise AssertionError("unreachable")
+
+    def _stream(self, proc, on_event, on_log, timeout) -> CallResult:
+        hello, events, logs = None, [], []
+        last_event = time.monotonic()
+        while True:
+            # the watchdog counts from the last event: log lines alone do not prove progress
+            left = None if timeout is None else max(0.05, timeout - (time.monotonic() - last_event))
+            try:
+                line = proc.next_line(left)
+            except WatchdogTimeout:
+                raise WatchdogTimeout(f"no event from {self.t.serial} for {timeout:.0f} s (--timeout); "
+                                      f"the agent was stopped") from None
+            if line is None:
+                break
+            ev = parse_line(line)
+            if ev is None:
+                logs.append(line)
+                if on_log:
+                    on_log(line)
+                continue
+            last_event = time.monotonic()
+            if hello is None:
+                if ev["ev"] != "hello":
+                    raise DeviceError(f"the agent on {self.t.serial} did not start with a hello "
+                                      f"(got '{ev['ev']}'); its payload is broken: `thomas doctor --repush`")
+                hello = ev
+                if ev.get("protocol") != PROTOCOL_VERSION:
+                    raise _Mismatch(ev)
+            events.append(ev)
+            if on_event:
+                on_event(ev)
+        if hello is None:
+            if proc.lost:
+                raise DeviceLost(f"lost device {self.t.serial} before the agent started ({proc.outcome()})")
+            tail = " | ".join(logs[-3:]) or "no output"
+            raise DeviceError(f"the agent did not start on {self.t.serial} with python '{self.t.python}' "
+                              f"({proc.outcome()}: {tail}); run `thomas doctor`, or pass --python")
+        if proc.returncode is None:
+            raise DeviceLost(f"lost device {self.t.serial} mid-run after {len(events)} events ({proc.outcome()})")
+        if proc.returncode < 0:
+            raise DeviceLost(f"lost the agent on {self.t.serial}: killed by {proc.outcome()} after {len(events)} events")
+        return CallResult(hello, events, logs, proc.returncode)
+
+    def handshake(self) -> dict:
+        """Deploy if needed and check that the agent starts and speaks our protocol (its hello)."""
+        return self.call(["hello"], timeout=120).hello
+
+    def agent_json(self, args: list[str], ev: str, timeout: float | None = 120) -> dict:
+        """The one `ev` record an agent command answers with (e.g. doctor -> "device")."""
+        r = self.call(args, timeout=timeout)
+        for e in r.events:
+            if e["ev"] == "error":
+                raise RunFailed(e.get("code", "error"), f"agent: {e.get('message')}")
+        for e in r.events:
+            if e["ev"] == ev:
+                return e
+        raise DeviceError(f"the agent answered no '{ev}' record ({r.returncode=}; {' | '.join(r.logs[-3:])})")
+
+    # ------------------------------------------------------------------ publishing trees
+    def publish_tree(self, local: Path, rel: str, on_file=None) -> int:
+        """Push a directory to `rel` whole: into a temp name first, then one rename."""
+        rel = check_rel(rel)
+        parent, _, name = rel.rpartition("/")
+        tmp = f"{parent + '/' if parent else ''}.push-{name}-{os.getpid()}"
+        self.t.remove(tmp)
+        n = self.t.push_tree(local, tmp, on_file)
+        self.t.move(tmp, rel)
+        return n
+
+
+class _Mismatch(Exception):
+    def __init__(self, hello: dict):
+        self.hello = hello
+
+
+def console_note(msg: str) -> None:
+    from .main import err
+
+    err.print(f"[dim]{msg}[/]", highlight=False, soft_wrap=True)
+
+
+def python_hint(transport: Transport) -> str:
+    if transport.kind == "local":
+        return f"pass --python PATH to a Python with numpy (this one is {sys.executable})"
+    return ("the adb shell user needs a Python with numpy: on a rooted phone pass --su and --python, or push "
+            "a runtime under /data/local/tmp (docs/ANDROID.md); unrooted phones use the Termux daemon")
+
+
+# ============================================================================ runs
+RUN_FILES = ("job.json", "metrics.jsonl", "confusion.json")
+
+
+def run_job(s: Session, rec: dict, on_event: Callable[[dict], None] | None = None,
+            timeout: float | None = DEFAULT_TIMEOUT) -> dict:
+    """Run rec["job"] (a TrainJob dict whose out is runs/<id>) on the device; mirror every event to
+    $THOMAS_HOME/runs/<id>/events.jsonl as it arrives; pull the final model and metrics.
+    Returns the `done` event; every failure updates run.json and keeps the events received."""
+    run_id = rec["id"]
+    host = store.run_dir(run_id)
+    host.mkdir(parents=True, exist_ok=True)
+    store.write_json(host / "job.json", rec["job"])
+    job_rel = f"jobs/{run_id}.json"
+    s.t.write_bytes(job_rel, (json.dumps(rec["job"], indent=1) + "\n").encode())
+    rec.update(status="running", error=None)
+    store.save_run(rec)
+    count = 0
+    with open(host / "events.jsonl", "a") as evf, open(host / "agent.log", "a") as logf:
+        def event(ev: dict) -> None:
+            nonlocal count
+            count += 1
+            evf.write(json.dumps(ev) + "\n")
+            evf.flush()
+            if on_event:
+                on_event(ev)
+
+        def log(line: str) -> None:
+            logf.write(line + "\n")
+            logf.flush()
+
+        try:
+            res = s.call(["run", job_rel], on_event=event, on_log=log, timeout=timeout)
+        except (DeviceLost, WatchdogTimeout) as e:
+            kept = f"{count} events so far are kept in {host / 'events.jsonl'}"
+            rec.update(status="lost" if isinstance(e, DeviceLost) else "timeout", error=str(e))
+            store.save_run(rec)
+            raise type(e)(f"{e}; {kept}; `thomas finetune --resume {run_id}` continues from the last "
+                          f"checkpoint") from None
+        except KeyboardInterrupt:
+            rec.update(status="interrupted", error="interrupted on the host")
+            store.save_run(rec)
+            raise
+        except ThomasError as e:
+            rec.update(status="error", error=str(e))
+            store.save_run(rec)
+            raise
+    last = res.events[-1] if res.events else {}
+    rec["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    if last.get("ev") == "error":
+        rec.update(status="error", error=f"{last.get('code')}: {last.get('message')}")
+        store.save_run(rec)
+        raise RunFailed(last.get("code", "error"), f"run {run_id} failed on {s.t.serial}: {last.get('message')}")
+    if last.get("ev") != "done":
+        tail = " | ".join(res.logs[-3:]) or "no output"
+        rec.update(status="error", error=f"agent ended ({res.returncode}) without done/error")
+        store.save_run(rec)
+        raise DeviceError(f"the agent on {s.t.serial} ended ({proc_outcome(res.returncode)}) without a "
+                          f"done or error event: {tail}; {count} events so far are kept in {host / 'events.jsonl'}")
+    pull_run(s.t, run_id, ["final", *RUN_FILES])
+    rec.update(status="done", summary={k: last.get(k) for k in ("epochs", "steps", "train_loss", "train_acc",
+                                                                 "val_loss", "val_acc", "ms")})
+    store.save_run(rec)
+    return last
+
+
+def proc_outcome(rc: int | None) -> str:
+    return "no exit status" if rc is None else (f"exit status {rc}" if rc >= 0 else f"signal {-rc}")
+
+
+def pull_run(t: Transport, run_id: str, paths: list[str] | None = None) -> list[Path]:
+    """Pull runs/<id>/<path> for each path (all of it when None) into the host's run folder.
+    Paths may not leave the run folder; the host's events.jsonl (the mirror) is never replaced."""
+    host = store.run_dir(run_id)
+    remote = f"runs/{run_id}"
+    if not t.exists(remote):
+        raise DeviceError(f"run {run_id} is not on {t.serial} (under {t.root}/runs)")
+    if paths is None:
+        paths = [e.name for e in t.listdir(remote) if e.name != "events.jsonl"]
+    written: list[Path] = []
+    for p in paths:
+        dest = confined(host, p, "run path")
+        if t.exists(f"{remote}/{check_rel(p, 'run path')}"):
+            written += t.pull_tree(f"{remote}/{p}", dest)
+    return written
