@@ -52,6 +52,10 @@ def version():
 
 
 from . import commands  # noqa: E402,F401  (registers the commands on `app`)
+from . import device_cmd  # noqa: E402,F401  (global device options, thomas devices / doctor)
+from . import push_cmd  # noqa: E402,F401  (thomas push-model / models / push-data)
+from . import finetune_cmd  # noqa: E402,F401  (thomas finetune)
+from . import runs_cmd  # noqa: E402,F401  (thomas runs list / show / pull / rm)
 from . import onnx_cmd  # noqa: E402,F401  (thomas import / export / infer)
 
 

@@ -1,0 +1,146 @@
+"""The global device options and `thomas devices`, `thomas doctor`.
+
+    thomas devices                        # attached phones (adb) and the local device
+    thomas -s R58M123 doctor              # what the phone offers, and how to fix what is missing
+    thomas --device local doctor --json
+"""
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from . import session
+from .main import app, err, guarded, out, print_json
+from .session import Session, Target, console_note, open_transport
+from .transport.base import DeviceRow
+
+
+@app.callback()
+def device_options(
+    serial: str = typer.Option(None, "-s", "--serial", envvar="THOMAS_SERIAL",
+                               help="The phone to use, as `thomas devices` lists it (also THOMAS_SERIAL)."),
+    device: str = typer.Option("auto", "--device", envvar="THOMAS_DEVICE",
+                               help="auto: the attached phone, else the local device; local: this computer "
+                                    "(a folder + subprocess); adb: a phone or fail."),
+    device_root: str = typer.Option(None, "--device-root", envvar="THOMAS_DEVICE_ROOT",
+                                    help="THOMAS folder on the device (default: /data/local/tmp/thomas on a phone, "
+                                         "$THOMAS_HOME/device for local)."),
+    python: str = typer.Option(None, "--python", envvar="THOMAS_DEVICE_PYTHON",
+                               help="Python on the device that runs the agent (default: python3 on a phone, this one for local)."),
+    su: bool = typer.Option(False, "--su", envvar="THOMAS_SU", help="Run the agent through `su -c` (rooted phones)."),
+):
+    """Fine-tune pretrained CNNs on an Android phone's GPU, driven from this laptop."""
+    session.TARGET = Target(serial=None if device == "local" else serial, device=device, root=device_root,
+                            python=python, su=su)
+
+
+def device_rows() -> list[DeviceRow]:
+    """The adb server's devices (it is started if needed, as `adb devices` does), then the local one.
+    With --device local, adb is left alone."""
+    from .transport.adb import list_devices
+
+    tgt = session.TARGET
+    local = DeviceRow("local", "device", "local", "this computer", str(tgt.root if tgt.device == "local" and tgt.root
+                                                                      else session.local_root()))
+    return ([] if tgt.device == "local" else list_devices()) + [local]
+
+
+@app.command()
+@guarded
+def devices(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List attached phones (through adb) with model and state, and the local device."""
+    rows = device_rows()
+    if as_json:
+        print_json([r.to_json() for r in rows])
+        return
+    t = Table("serial", "state", "transport", "model", "detail", title="devices")
+    for r in rows:
+        state = r.state if r.state == "device" else f"[yellow]{r.state}[/]"
+        t.add_row(r.serial, state, r.transport, r.model, r.detail)
+    out.print(t)
+    if len(rows) == 1 and session.TARGET.device != "local":
+        err.print("[dim]no phone attached: enable USB debugging and accept the prompt on the phone "
+                  "(see docs/ANDROID.md); commands use the local device meanwhile[/]")
+
+
+# ============================================================================ doctor
+def _gib(n) -> str:
+    return "?" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+def run_doctor(s: Session, repush: bool = False) -> dict:
+    """Every check with its state (ok / warn / fail), value and fix; `ok` False if one fails."""
+    t = s.t
+    facts = t.probe()
+    checks: list[dict] = []
+
+    def add(name, state, value, fix=""):
+        checks.append({"check": name, "state": state, "value": value, "fix": fix})
+
+    desc = t.describe()
+    props = facts.get("props") or {}
+    if t.kind == "adb":
+        model = props.get("ro.product.model", "?")
+        add("device", "ok", f"{t.serial}: {model}, Android {props.get('ro.build.version.release', '?')} "
+                            f"(SDK {props.get('ro.build.version.sdk', '?')}, {props.get('ro.product.cpu.abi', '?')})")
+    else:
+        add("device", "ok", f"local: this computer ({facts.get('os')})")
+    add("device root", "ok" if facts.get("root_writable") else "fail", t.root,
+        "" if facts.get("root_writable") else "pass a writable --device-root")
+    py_ok = bool(facts.get("python") and facts.get("python_version"))
+    add("python", "ok" if py_ok else "fail",
+        f"{facts.get('python')} ({facts.get('python_version')})" if py_ok else f"'{t.python}' not runnable",
+        "" if py_ok else session.python_hint(t))
+    if t.kind == "adb":
+        modes = "shell (adb shell runs the agent)" if py_ok else "none yet"
+        add("modes", "ok" if py_ok else "fail", modes + ("; su available" if facts.get("su") else ""),
+            "" if py_ok else "daemon mode (Termux) for unrooted phones: see docs/ANDROID.md")
+    report, agent = None, None
+    if py_ok and facts.get("root_writable"):
+        agent = s.ensure_agent(force=repush)
+        report = s.agent_json(["doctor"], "device")
+        add("agent", "ok", f"{agent['agent']} ({agent['hash'][:12]}, "
+                           f"{'pushed now' if agent['pushed'] else 'up to date'}), protocol {session.PROTOCOL_VERSION}")
+        add("numpy", "ok" if report["numpy"] else "fail", report["numpy"] or "missing",
+            "" if report["numpy"] else "install numpy for that Python (pip install numpy; Termux: pkg install python-numpy)")
+        add("pyopencl", "ok" if report["pyopencl"] else "warn", report["pyopencl"] or "missing",
+            "" if report["pyopencl"] else "pip install pyopencl (without it training runs on the CPU: --backend cpu)")
+        cl = report["opencl"]
+        for d in cl:
+            add(f"OpenCL {d.get('index', '')}", "ok",
+                f"{d['device']} [{d['kind']}] on {d['platform']}, {_gib(d.get('global_mem'))} memory, "
+                f"max buffer {_gib(d.get('max_alloc'))}, fp16 {'yes' if d.get('fp16') else 'no'}")
+        if not cl:
+            libs = facts.get("opencl_libs") or []
+            fix = "install the vendor OpenCL driver (or pocl-binary-distribution for a CPU device)"
+            if libs:
+                fix = (f"the vendor driver is at {libs[0]}: make it visible to that Python "
+                       f"(LD_LIBRARY_PATH / an ICD file, docs/ANDROID.md)")
+            add("OpenCL", "warn", report.get("opencl_error") or "no device", fix)
+        free = report.get("free_bytes")
+        add("free space", "ok" if free is None or free > 500 * 2**20 else "warn", _gib(free),
+            "" if free is None or free > 500 * 2**20 else "free some space at the device root")
+    ok = all(c["state"] != "fail" for c in checks)
+    return {"device": desc, "ok": ok, "checks": checks, "report": report, "agent": agent}
+
+
+@app.command()
+@guarded
+def doctor(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    repush: bool = typer.Option(False, "--repush", help="Push the agent again even if its version matches."),
+):
+    """Check the device: Python, numpy, pyopencl, OpenCL devices (memory, fp16), free space, agent;
+    for each missing piece, how to fix it. Exit status 1 when something essential is missing."""
+    t = open_transport(note=console_note)
+    res = run_doctor(Session(t, note=console_note), repush=repush)
+    if as_json:
+        print_json(res)
+    else:
+        tb = Table("", "check", "value", "fix", title=f"thomas doctor: {t.serial} ({t.kind})")
+        marks = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+        for c in res["checks"]:
+            tb.add_row(marks[c["state"]], c["check"], c["value"], c["fix"])
+        out.print(tb)
+    if not res["ok"]:
+        raise typer.Exit(1)

@@ -1,0 +1,132 @@
+"""`thomas runs list|show|pull|rm`: the runs this host started, mirrored under $THOMAS_HOME/runs.
+
+    thomas runs list --json
+    thomas runs show RUN                 # job, status, the epoch table
+    thomas runs pull RUN [PATH ...]      # everything (checkpoints too), or some paths of the run
+    thomas runs rm RUN [--keep-device]
+"""
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from . import store
+from .main import app, err, guarded, out, print_json
+from .session import Target, console_note, open_transport, pull_run
+from .transport.base import DeviceError, check_rel
+
+runs_app = typer.Typer(no_args_is_help=True, help="Runs started from this computer.")
+app.add_typer(runs_app, name="runs")
+
+
+def _row(rec: dict) -> dict:
+    s = rec.get("summary") or {}
+    d = rec.get("device", {})
+    return {"id": rec["id"], "created": rec.get("created"), "status": rec.get("status"), "model": rec.get("model"),
+            "data": rec.get("data"), "stage": rec.get("stage"), "epochs": s.get("epochs"), "val_acc": s.get("val_acc"),
+            "train_acc": s.get("train_acc"), "device": f"{d.get('transport')}:{d.get('serial')}",
+            "error": rec.get("error")}
+
+
+def _fmt(v, f):
+    return "" if v is None else format(v, f)
+
+
+@runs_app.command("list")
+@guarded
+def runs_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List runs, newest last."""
+    rows = [_row(r) for r in store.list_runs()]
+    if as_json:
+        print_json(rows)
+        return
+    t = Table("run", "created", "status", "model", "data", "stage", "epochs", "val acc", "device",
+              title=f"runs in {store.runs_dir()}")
+    colors = {"done": "green", "running": "cyan", "error": "red", "lost": "red", "timeout": "red"}
+    for r in rows:
+        c = colors.get(r["status"], "yellow")
+        t.add_row(r["id"], r["created"], f"[{c}]{r['status']}[/]", r["model"], r["data"], r["stage"],
+                  _fmt(r["epochs"], "d"), _fmt(r["val_acc"], ".3f"), r["device"])
+    out.print(t)
+
+
+@runs_app.command("show")
+@guarded
+def runs_show(run: str = typer.Argument(..., help="Run id (see `thomas runs list`)."),
+              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Show a run: its job, status, and per-epoch metrics."""
+    rec = store.load_run(run)
+    events = store.read_events(run)
+    epochs = [e for e in events if e.get("ev") == "epoch"]
+    if as_json:
+        print_json(dict(rec, epochs=epochs, events=len(events)))
+        return
+    row = _row(rec)
+    out.print(f"[bold]run {run}[/]: {row['status']}  {row['model']} on {row['data']} ({row['stage']}), "
+              f"device {row['device']} {rec.get('device', {}).get('root', '')}", highlight=False)
+    if rec.get("error"):
+        out.print(f"[red]error:[/] {rec['error']}", highlight=False, soft_wrap=True)
+    job = rec.get("job", {})
+    out.print("job: " + ", ".join(f"{k}={job[k]}" for k in ("layers", "init", "epochs", "batch", "lr", "optimizer",
+                                                              "backend", "seed") if k in job), highlight=False)
+    t = Table("epoch", "train loss", "train acc", "val loss", "val acc", "img/s", "time")
+    for e in epochs:
+        t.add_row(str(e["epoch"]), _fmt(e.get("train_loss"), ".4f"), _fmt(e.get("train_acc"), ".3f"),
+                  _fmt(e.get("val_loss"), ".4f"), _fmt(e.get("val_acc"), ".3f"), _fmt(e.get("img_s"), ".0f"),
+                  f"{e.get('ms', 0) / 1000:.1f} s")
+    out.print(t)
+    out.print(f"{len(events)} events in {store.run_dir(run) / 'events.jsonl'}", highlight=False)
+
+
+def _transport_for(rec: dict):
+    """The device the run lives on (the global options may name another root or device)."""
+    from . import session
+
+    d = rec["device"]
+    tgt = session.TARGET
+    if d["transport"] == "local":
+        return open_transport(Target(device="local", root=d["root"], python=tgt.python or d.get("python")))
+    return open_transport(Target(serial=d["serial"], device="adb", root=d["root"], python=tgt.python or d.get("python"),
+                                 su=d.get("su", False)))
+
+
+@runs_app.command("pull")
+@guarded
+def runs_pull(
+    run: str = typer.Argument(..., help="Run id."),
+    paths: list[str] = typer.Argument(None, help="Paths inside the run folder (default: all of it)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Pull a run's files from the device into $THOMAS_HOME/runs/RUN (checkpoints included)."""
+    rec = store.load_run(run)
+    for p in paths or []:
+        check_rel(p, "run path")
+    t = _transport_for(rec)
+    files = pull_run(t, run, list(paths) if paths else None)
+    host = store.run_dir(run)
+    if as_json:
+        print_json({"run": run, "dir": str(host), "files": [str(f.relative_to(host)) for f in files]})
+        return
+    total = sum(f.stat().st_size for f in files)
+    out.print(f"pulled {len(files)} files ({total / 2**20:.1f} MiB) from {t.serial}:{t.root}/runs/{run} "
+              f"into {host}", highlight=False, soft_wrap=True)
+
+
+@runs_app.command("rm")
+@guarded
+def runs_rm(
+    run: str = typer.Argument(..., help="Run id."),
+    keep_device: bool = typer.Option(False, "--keep-device", help="Remove only the host's copy."),
+):
+    """Remove a run: the host's folder and the device's run folder."""
+    rec = store.load_run(run)
+    if not keep_device:
+        try:
+            t = _transport_for(rec)
+            t.remove(f"runs/{run}")
+            t.remove(f"jobs/{run}.json")
+        except DeviceError as e:
+            err.print(f"[yellow]warning:[/] the device copy stays ({e}); the host copy is removed",
+                      highlight=False, soft_wrap=True)
+    store.remove_run(run)
+    out.print(f"removed run {run}", highlight=False)
