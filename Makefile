@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.thomas-installed
 
-.PHONY: setup test demo bench sz clean
+.PHONY: setup adb test demo bench sz clean
 
-setup: $(STAMP)
+setup: $(STAMP) adb
 
 # Re-installs only when pyproject.toml changes; the editable install picks up code edits.
 $(STAMP): pyproject.toml
@@ -14,6 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,demo]'
 	@touch $(STAMP)
+
+# The virtual adb device of the tests drives a real `adb` server (Debian package `adb`). Installed
+# once when missing; without apt-get the adb tests skip and say why.
+adb:
+	@command -v adb >/dev/null 2>&1 || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "adb is missing and apt-get is not here: install Android platform-tools for the adb tests"; \
+	  elif [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq adb >/dev/null; \
+	  else \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq adb >/dev/null; \
+	  fi; }
 
 test: setup
 	$(BIN)/python -m pytest -n auto --durations=20
