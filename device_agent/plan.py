@@ -315,7 +315,9 @@ class Plan:
 
         # loss scalars + labels
         self.labels = TensorRef("labels", (self.batch,), rt.alloc(self.batch * 4), np.dtype(np.int32))
-        self.scalars = TensorRef("scalars", (2,), rt.alloc(8))
+        self.loss_ref = TensorRef("loss", (1,), rt.alloc(4))
+        self.correct_ref = TensorRef("correct", (1,), rt.alloc(4))
+        self.opt_bytes = 0
 
         # ---------------------------------------------------------- record the launches
         b = LaunchBuilder(rt)
@@ -431,16 +433,46 @@ class Plan:
                 b.launch("plan.cl", "acc_add", (gx.size,), None, main, gx, gx.size)
 
     def _loss_launch(self, b) -> None:
-        from .backends.opencl.optim import loss_launch
+        from .ops.softmax import ce_scratch_bytes, cl_ce_fwd_bwd
 
-        logits = self.refs[self.graph.outputs[0]]
-        loss_launch(b, logits, self.labels, self.scalars, self.refs[self.grad_slot[self.graph.outputs[0]]],
-                    self.label_smoothing)
+        out = self.graph.outputs[0]
+        scratch = TensorRef("ce_scratch", (ce_scratch_bytes(self.batch) // 4,),
+                            self.rt.alloc(ce_scratch_bytes(self.batch)))
+        cl_ce_fwd_bwd(b, self.refs[out], self.labels, self.loss_ref, self.correct_ref,
+                      self.refs[self.grad_slot[out]], scratch, self.label_smoothing)
+
+    def _zeros(self, name: str, n: int) -> "TensorRef":
+        buf = self.rt.alloc(n * 4)
+        cl.enqueue_copy(self.rt.queue, buf, np.zeros(n, np.float32))
+        self.opt_bytes += n * 4
+        return TensorRef(name, (n,), buf)
 
     def _optimizer_launches(self, b) -> None:
-        from .backends.opencl.optim import optimizer_launches
+        """One update launch over the flat trainable range (clipping: two more, no host sync)."""
+        from .backends.opencl import optim as clopt
 
-        self.opt_state = optimizer_launches(b, self.optimizer, self.params_buf, self.grads_buf, self.n_trainable)
+        o, n = self.optimizer, self.n_trainable
+        p = TensorRef("params", (n,), self.params_buf.get_sub_region(0, n * 4))
+        g = TensorRef("grads", (n,), self.grads_buf)
+        self.opt_state: dict[str, TensorRef] = {}
+        scale = None
+        if o.clip_grad_norm > 0:
+            partial = self._zeros("clip_partial", clopt.clip_partials([n]))
+            scale = self._zeros("clip_scale", 2)
+            clopt.clip_grad_norm(b, [g], partial, scale, o.clip_grad_norm)
+        if o.kind == "sgd":
+            mom = None
+            if o.momentum:
+                mom = self.opt_state["momentum"] = self._zeros("momentum", n)
+            clopt.sgd_step(b, p, g, mom, momentum=o.momentum, nesterov=o.nesterov,
+                           weight_decay=o.weight_decay, scale=scale)
+        elif o.kind in ("adam", "adamw"):
+            m = self.opt_state["exp_avg"] = self._zeros("exp_avg", n)
+            v = self.opt_state["exp_avg_sq"] = self._zeros("exp_avg_sq", n)
+            clopt.adam_step(b, p, g, m, v, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                            decoupled=o.kind == "adamw", scale=scale)
+        else:
+            raise BackendError(f"unknown optimizer '{o.kind}' (sgd, adam, adamw)")
 
     # ================================================================== running
     def _upload(self, x: np.ndarray) -> None:
@@ -483,10 +515,9 @@ class Plan:
         replay(self.rt.queue, self.fw_launches, vals)
         replay(self.rt.queue, self.bw_launches, vals)
         replay(self.rt.queue, self.opt_launches, vals)
-        out = np.empty(2, np.float32)
-        cl.enqueue_copy(self.rt.queue, out, self.scalars.buf)   # blocking: the one sync per step
+        loss, correct = self._scalars()
         self._keep = None
-        return float(out[0]), int(round(out[1]))
+        return loss, int(round(correct))
 
     def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, dict]:
         """forward + loss + backward without the update; gradients copied back (tests, bench)."""
@@ -496,9 +527,15 @@ class Plan:
         vals = self._values(seed)
         replay(self.rt.queue, self.fw_launches, vals)
         replay(self.rt.queue, self.bw_launches, vals)
-        out = np.empty(2, np.float32)
-        cl.enqueue_copy(self.rt.queue, out, self.scalars.buf)
-        return float(out[0]), {k: self._read(r) for k, r in self.grad_ref.items()}
+        loss, _ = self._scalars()
+        return loss, {k: self._read(r) for k, r in self.grad_ref.items()}
+
+    def _scalars(self) -> tuple[float, float]:
+        """The one host sync of a step: read back the loss and the correct count."""
+        out = np.empty(1, np.float32), np.empty(1, np.float32)
+        cl.enqueue_copy(self.rt.queue, out[0], self.loss_ref.buf, is_blocking=False)
+        cl.enqueue_copy(self.rt.queue, out[1], self.correct_ref.buf)
+        return float(out[0][0]), float(out[1][0])
 
     def _read(self, ref: "TensorRef") -> np.ndarray:
         host = np.empty(ref.shape, ref.dtype)
@@ -515,7 +552,7 @@ class Plan:
         self.rt.queue.finish()
 
     def memory(self) -> dict:
-        opt = sum(getattr(s, "size", 0) for s in getattr(self, "opt_state", {}).values())
+        opt = self.opt_bytes
         return {"params": self.n_params * 4, "grads": self.n_trainable * 4, "optimizer": opt,
                 "activations": self.arena_bytes, "activations_without_reuse": self.no_reuse_bytes,
                 "saved_by_reuse": self.no_reuse_bytes - self.arena_bytes,

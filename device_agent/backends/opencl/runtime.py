@@ -136,6 +136,9 @@ class Launch:
     label: str
     dyn: dict[int, str] = field(default_factory=dict)   # arg index -> name of a per-step value
     flops: int = 0
+    # NOTE: clSetKernelArg does not retain buffers; holding the args here keeps a launcher's
+    # temporary buffers alive as long as the launch list that uses them.
+    args: tuple = ()
 
 
 def _arg(a):
@@ -172,7 +175,7 @@ class LaunchBuilder:
         if lsize is not None:
             lsize = tuple(int(v) for v in lsize)
             gsize = tuple(round_up(g, v) for g, v in zip(gsize, lsize))
-        rec = Launch(k, gsize, lsize, self.label or kernel, dict(dyn or {}), flops)
+        rec = Launch(k, gsize, lsize, self.label or kernel, dict(dyn or {}), flops, tuple(args))
         self.launches.append(rec)
         return rec
 
