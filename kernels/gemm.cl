@@ -1,0 +1,349 @@
+// GEMM (row-major, element offsets, batched by strides) and the column sums the FC bias needs.
+//
+//   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C (+ bias)      for z in 0..batch-1
+//   op(A) = A (M x K, lda >= K) or A^T (A stored K x M, lda >= M); op(B) likewise (K x N or N x K)
+//   A, B, C of batch z start at a_off + z*stride_a (b_off + z*stride_b, c_off + z*stride_c)
+//   bias_mode 0: none, 1: + bias[bias_off + n] (per column), 2: + bias[bias_off + m] (per row)
+//   beta == 0 never reads C (it may hold NaN).
+//
+// Two families, one kernel per form (nn, nt, tn, tt) each, all from one build:
+//   gemm_gpu_*  GPU-shaped: an MWG x NWG tile per work-group of NDIMC x MDIMC work-items, each
+//               work-item an MWI x NWI register tile, K in KWG slices staged in local memory.
+//   gemm_cpu_*  CPU-shaped (PoCL): no local memory; each work-item owns a TM x TN block held in
+//               TM x TN/VW float<VW> registers (outer-product form: nn, tn, tt) or a DM x DN block of
+//               float<VW> dot-product accumulators (nt: both operands are contiguous along K).
+// The launcher is device_agent/backends/opencl/gemm.py; tile sizes come from configs/tuning/gemm.json.
+
+#ifndef MULADD
+#define MULADD(a, b, c) fma(a, b, c)  // exact and a single instruction on every FMA-capable GPU/CPU
+#endif
+
+// ------------------------------------------------------------------------- GPU-shaped tunables
+#ifndef MWG
+#define MWG 64     // work-group tile rows (M); 64 keeps a 64-thread group busy on phone GPUs
+#endif
+#ifndef NWG
+#define NWG 64     // work-group tile columns (N)
+#endif
+#ifndef KWG
+#define KWG 16     // K-slice staged in local memory per step: (MWG + NWG) * KWG * 4 B = 8 KiB here
+#endif
+#ifndef MDIMC
+#define MDIMC 8    // work-items along M; MWI = MWG / MDIMC rows each
+#endif
+#ifndef NDIMC
+#define NDIMC 8    // work-items along N; NWI = NWG / NDIMC columns each
+#endif
+
+#ifndef KUNROLL
+#define KUNROLL 1  // unroll the KWG loop (GPUs); the launcher turns it off for a GPU-shaped build on a CPU device
+#endif
+
+#define MWI (MWG / MDIMC)
+#define NWI (NWG / NDIMC)
+#define THREADS (MDIMC * NDIMC)
+
+// ------------------------------------------------------------------------- CPU-shaped tunables
+#ifndef TM
+#define TM 6       // rows per work-item (outer form); 6 x 16 floats = 12 of the 16 AVX2 registers
+#endif
+#ifndef TN
+#define TN 16      // columns per work-item, a multiple of VW
+#endif
+#ifndef VW
+#define VW 8       // vector width of both CPU forms: 8 = one AVX2 register (float16 breaks PoCL's AVX2 ABI)
+#endif
+#ifndef DM
+#define DM 2       // rows per work-item (dot form, nt)
+#endif
+#ifndef DN
+#define DN 4       // columns per work-item (dot form): DM * DN accumulators of VW floats along K
+#endif
+
+#ifndef FAMILY
+#define FAMILY 3   // bit 1: build the GPU-shaped kernels, bit 2: the CPU-shaped ones (the launcher builds one)
+#endif
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define floatVW CAT(float, VW)
+#define vloadVW CAT(vload, VW)
+#define vstoreVW CAT(vstore, VW)
+
+// element (m, k) of op(A) and (k, n) of op(B)
+#define OPA(ta, m, k) ((ta) ? A[(k) * lda + (m)] : A[(m) * lda + (k)])
+#define OPB(tb, k, n) ((tb) ? B[(n) * ldb + (k)] : B[(k) * ldb + (n)])
+
+// v = alpha * acc (+ beta * C) (+ bias), the one epilogue every kernel applies per element
+inline float epilogue(const float acc, const float alpha, const float beta, __global const float* c,
+                      __global const float* bias, const int bias_mode, const int m, const int n) {
+    float v = alpha * acc;
+    if (beta != 0.0f) v = MULADD(beta, *c, v);
+    if (bias_mode == 1) v += bias[n];
+    else if (bias_mode == 2) v += bias[m];
+    return v;
+}
+
+// ========================================================================= GPU-shaped family
+#if FAMILY & 1
+#if (MWI % 4) || (NWI % 4) || (KWG % 4) || ((MWG * KWG / 4) % THREADS) || ((NWG * KWG / 4) % THREADS)
+#error "gemm.cl: MWI, NWI and KWG must be multiples of 4, and each tile a whole number of float4 per work-item"
+#endif
+// Loads the KWG x XWG slice of a matrix whose element (x, k) sits at src[x*ld + k] (kcontig) or
+// src[k*ld + x] into dst[k*XWG + x]. `fast`: slice fully inside and float4-aligned.
+inline void gpu_load_tile(const int kcontig, __global const float* src, const int ld, const int xlim,
+                          const int klim, const int x0, const int k0, const int XWG, __local float* dst,
+                          const int tid, const int fast) {
+    for (int idx = tid; idx < XWG * KWG / 4; idx += THREADS) {
+        if (kcontig) {
+            const int x = idx / (KWG / 4), k = (idx % (KWG / 4)) * 4;
+            float4 v;
+            if (fast) {
+                v = *(__global const float4*)(src + (x0 + x) * ld + k0 + k);
+            } else {
+                const int xx = x0 + x, kk = k0 + k, in = xx < xlim;
+                v.x = in && kk + 0 < klim ? src[xx * ld + kk + 0] : 0.0f;
+                v.y = in && kk + 1 < klim ? src[xx * ld + kk + 1] : 0.0f;
+                v.z = in && kk + 2 < klim ? src[xx * ld + kk + 2] : 0.0f;
+                v.w = in && kk + 3 < klim ? src[xx * ld + kk + 3] : 0.0f;
+            }
+            dst[(k + 0) * XWG + x] = v.x;
+            dst[(k + 1) * XWG + x] = v.y;
+            dst[(k + 2) * XWG + x] = v.z;
+            dst[(k + 3) * XWG + x] = v.w;
+        } else {
+            const int k = idx / (XWG / 4), x = (idx % (XWG / 4)) * 4;
+            float4 v;
+            if (fast) {
+                v = *(__global const float4*)(src + (k0 + k) * ld + x0 + x);
+            } else {
+                const int xx = x0 + x, kk = k0 + k, in = kk < klim;
+                v.x = in && xx + 0 < xlim ? src[kk * ld + xx + 0] : 0.0f;
+                v.y = in && xx + 1 < xlim ? src[kk * ld + xx + 1] : 0.0f;
+                v.z = in && xx + 2 < xlim ? src[kk * ld + xx + 2] : 0.0f;
+                v.w = in && xx + 3 < xlim ? src[kk * ld + xx + 3] : 0.0f;
+            }
+            vstore4(v, 0, dst + k * XWG + x);
+        }
+    }
+}
+
+// Work-item (tx, ty) owns rows m0 + iv*MDIMC*4 + ty*4 + {0..3} and columns n0 + jv*NDIMC*4 + tx*4 + {0..3}:
+// float4 groups interleaved so that a warp's local reads and global stores are contiguous.
+inline void gemm_gpu_body(const int ta, const int tb, const int M, const int N, const int K,
+                          __global const float* A, const int a_off, const int lda,
+                          __global const float* B, const int b_off, const int ldb,
+                          __global float* C, const int c_off, const int ldc,
+                          const float alpha, const float beta,
+                          const int stride_a, const int stride_b, const int stride_c,
+                          __global const float* bias, const int bias_off, const int bias_mode,
+                          const int aligned, __local float* As, __local float* Bs) {
+    const int tx = get_local_id(0), ty = get_local_id(1), tid = ty * NDIMC + tx;
+    const int n0 = get_group_id(0) * NWG, m0 = get_group_id(1) * MWG, z = get_global_id(2);
+    A += a_off + z * stride_a;
+    B += b_off + z * stride_b;
+    C += c_off + z * stride_c;
+    bias += bias_off;
+    float acc[MWI][NWI];
+    for (int i = 0; i < MWI; i++)
+        for (int j = 0; j < NWI; j++) acc[i][j] = 0.0f;
+    const int full_m = m0 + MWG <= M, full_n = n0 + NWG <= N;
+    for (int k0 = 0; k0 < K; k0 += KWG) {
+        const int full_k = k0 + KWG <= K;
+        gpu_load_tile(!ta, A, lda, M, K, m0, k0, MWG, As, tid, (aligned & 1) && full_m && full_k);
+        gpu_load_tile(tb, B, ldb, N, K, n0, k0, NWG, Bs, tid, (aligned & 2) && full_n && full_k);
+        barrier(CLK_LOCAL_MEM_FENCE);
+#if KUNROLL
+#pragma unroll
+#else
+#pragma unroll 1
+#endif
+        for (int kk = 0; kk < KWG; kk++) {
+            float a[MWI], b[NWI];
+            for (int iv = 0; iv < MWI / 4; iv++) {
+                const float4 v = vload4(0, As + kk * MWG + iv * MDIMC * 4 + ty * 4);
+                a[iv * 4 + 0] = v.x; a[iv * 4 + 1] = v.y; a[iv * 4 + 2] = v.z; a[iv * 4 + 3] = v.w;
+            }
+            for (int jv = 0; jv < NWI / 4; jv++) {
+                const float4 v = vload4(0, Bs + kk * NWG + jv * NDIMC * 4 + tx * 4);
+                b[jv * 4 + 0] = v.x; b[jv * 4 + 1] = v.y; b[jv * 4 + 2] = v.z; b[jv * 4 + 3] = v.w;
+            }
+            for (int i = 0; i < MWI; i++)
+                for (int j = 0; j < NWI; j++) acc[i][j] = MULADD(a[i], b[j], acc[i][j]);
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    for (int i = 0; i < MWI; i++) {
+        const int m = m0 + (i / 4) * MDIMC * 4 + ty * 4 + (i % 4);
+        if (m >= M) continue;
+        for (int j = 0; j < NWI; j++) {
+            const int n = n0 + (j / 4) * NDIMC * 4 + tx * 4 + (j % 4);
+            if (n < N) C[m * ldc + n] = epilogue(acc[i][j], alpha, beta, C + m * ldc + n, bias, bias_mode, m, n);
+        }
+    }
+}
+
+#define GPU_ARGS const int M, const int N, const int K, \
+    __global const float* A, const int a_off, const int lda, __global const float* B, const int b_off, const int ldb, \
+    __global float* C, const int c_off, const int ldc, const float alpha, const float beta, \
+    const int stride_a, const int stride_b, const int stride_c, \
+    __global const float* bias, const int bias_off, const int bias_mode, const int aligned
+#define GPU_PASS M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, stride_a, stride_b, stride_c, \
+    bias, bias_off, bias_mode, aligned, As, Bs
+#define GPU_KERNEL(name, ta, tb) \
+    __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1))) void name(GPU_ARGS) { \
+        __local float As[KWG * MWG]; \
+        __local float Bs[KWG * NWG]; \
+        gemm_gpu_body(ta, tb, GPU_PASS); \
+    }
+GPU_KERNEL(gemm_gpu_nn, 0, 0)
+GPU_KERNEL(gemm_gpu_nt, 0, 1)
+GPU_KERNEL(gemm_gpu_tn, 1, 0)
+GPU_KERNEL(gemm_gpu_tt, 1, 1)
+#endif  // FAMILY & 1
+
+// ========================================================================= CPU-shaped family
+#if FAMILY & 2
+// NOTE: PoCL's CPU driver does not inline its builtins (fma, vload8, min, ...): each one is a real call
+// that spills the accumulators. The hot loops below therefore use only operators (a * b + c contracts
+// to one FMA), unaligned vector pointers instead of vloadN, and fully unrolled register tiles.
+#ifdef __clang__
+typedef floatVW floatVW_u __attribute__((aligned(4)));   // a float<VW> at any float address
+#define LOADV(p) (*(__global const floatVW_u*)(p))
+#define STOREV(v, p) (*(__global floatVW_u*)(p) = (v))
+#else
+#define LOADV(p) vloadVW(0, p)
+#define STOREV(v, p) vstoreVW(v, 0, p)
+#endif
+#define UNROLL _Pragma("unroll")
+
+// Outer-product form (nn, tn, tt): work-item (gx, gy) owns rows m0 = gy*TM .. +TM and columns
+// n0 = gx*TN .. +TN, held as TM x (TN/VW) float<VW> accumulators. Per k: TN/VW vector loads of a row
+// of op(B), TM broadcasts of op(A), TM*TN/VW vector FMAs.
+// Edges stay vectorised: rows past M are clamped to M-1 (computed, not stored); a column block past
+// N is shifted left to end at N (overlapping its neighbour, storing only its own columns), and only
+// N < TN (or B transposed, tt) falls back to lane-by-lane loads of B.
+#define NV (TN / VW)
+inline void gemm_cpu_outer(const int ta, const int tb, const int M, const int N, const int K,
+                           __global const float* A, const int lda, __global const float* B, const int ldb,
+                           __global float* C, const int ldc, const float alpha, const float beta,
+                           __global const float* bias, const int bias_mode) {
+    const int m0 = get_global_id(1) * TM, nown = get_global_id(0) * TN;
+    if (m0 >= M || nown >= N) return;
+    const int n0 = nown + TN <= N ? nown : (N > TN ? N - TN : 0);
+    const int narrow = N < TN;
+    // op(A)[m0+i, k] = ap[i][k * astep]
+    __global const float* ap[TM];
+    UNROLL for (int i = 0; i < TM; i++) {
+        const int r = m0 + i < M ? m0 + i : M - 1;
+        ap[i] = ta ? A + r : A + r * lda;
+    }
+    const int astep = ta ? lda : 1;
+    floatVW acc[TM][NV];
+    UNROLL for (int i = 0; i < TM; i++)
+        UNROLL for (int v = 0; v < NV; v++) acc[i][v] = (floatVW)(0.0f);
+    if (!tb && !narrow) {
+        __global const float* bp = B + n0;
+        for (int k = 0; k < K; k++, bp += ldb) {
+            floatVW bv[NV];
+            UNROLL for (int v = 0; v < NV; v++) bv[v] = LOADV(bp + v * VW);
+            UNROLL for (int i = 0; i < TM; i++) {
+                const floatVW a = (floatVW)(ap[i][k * astep]);
+                UNROLL for (int v = 0; v < NV; v++) acc[i][v] = a * bv[v] + acc[i][v];
+            }
+        }
+    } else {
+        for (int k = 0; k < K; k++) {
+            float bl[TN];
+            UNROLL for (int j = 0; j < TN; j++) bl[j] = n0 + j < N ? OPB(tb, k, n0 + j) : 0.0f;
+            floatVW bv[NV];
+            UNROLL for (int v = 0; v < NV; v++) bv[v] = vloadVW(v, bl);
+            UNROLL for (int i = 0; i < TM; i++) {
+                const floatVW a = (floatVW)(ap[i][k * astep]);
+                UNROLL for (int v = 0; v < NV; v++) acc[i][v] = a * bv[v] + acc[i][v];
+            }
+        }
+    }
+    const int fast = n0 == nown && !narrow && m0 + TM <= M && beta == 0.0f && bias_mode == 0;
+    UNROLL for (int i = 0; i < TM; i++) {
+        const int m = m0 + i;
+        if (m >= M) break;
+        if (fast) {
+            UNROLL for (int v = 0; v < NV; v++) STOREV(alpha * acc[i][v], C + m * ldc + n0 + v * VW);
+        } else {
+            float out[TN];
+            UNROLL for (int v = 0; v < NV; v++) vstoreVW(acc[i][v], v, out);
+            for (int j = 0; j < TN; j++) {
+                const int n = n0 + j;
+                if (n >= nown && n < N)
+                    C[m * ldc + n] = epilogue(out[j], alpha, beta, C + m * ldc + n, bias, bias_mode, m, n);
+            }
+        }
+    }
+}
+
+// Dot-product form (nt): C[m,n] = sum_k A[m,k] * B[n,k], both rows contiguous along K. Work-item
+// (gx, gy) owns rows gy*DM .. +DM and columns gx*DN .. +DN; rows/columns past the edge are clamped
+// (computed, not stored). Accumulates DM*DN float<VW> partial sums, reduced once at the end.
+inline void gemm_cpu_dot(const int M, const int N, const int K,
+                         __global const float* A, const int lda, __global const float* B, const int ldb,
+                         __global float* C, const int ldc, const float alpha, const float beta,
+                         __global const float* bias, const int bias_mode) {
+    const int m0 = get_global_id(1) * DM, n0 = get_global_id(0) * DN;
+    if (m0 >= M || n0 >= N) return;
+    __global const float* ar[DM];
+    __global const float* br[DN];
+    UNROLL for (int i = 0; i < DM; i++) ar[i] = A + (m0 + i < M ? m0 + i : M - 1) * lda;
+    UNROLL for (int j = 0; j < DN; j++) br[j] = B + (n0 + j < N ? n0 + j : N - 1) * ldb;
+    floatVW acc[DM][DN];
+    UNROLL for (int i = 0; i < DM; i++)
+        UNROLL for (int j = 0; j < DN; j++) acc[i][j] = (floatVW)(0.0f);
+    int k = 0;
+    for (; k + VW <= K; k += VW) {
+        floatVW av[DM], bv[DN];
+        UNROLL for (int i = 0; i < DM; i++) av[i] = LOADV(ar[i] + k);
+        UNROLL for (int j = 0; j < DN; j++) bv[j] = LOADV(br[j] + k);
+        UNROLL for (int i = 0; i < DM; i++)
+            UNROLL for (int j = 0; j < DN; j++) acc[i][j] = av[i] * bv[j] + acc[i][j];
+    }
+    for (int i = 0; i < DM; i++) {
+        const int m = m0 + i;
+        if (m >= M) break;
+        for (int j = 0; j < DN; j++) {
+            const int n = n0 + j;
+            if (n >= N) break;
+            float lanes[VW];
+            vstoreVW(acc[i][j], 0, lanes);
+            float s = 0.0f;
+            for (int l = 0; l < VW; l++) s += lanes[l];
+            for (int kk = k; kk < K; kk++) s += ar[i][kk] * br[j][kk];
+            C[m * ldc + n] = epilogue(s, alpha, beta, C + m * ldc + n, bias, bias_mode, m, n);
+        }
+    }
+}
+
+#define CPU_ARGS const int M, const int N, const int K, \
+    __global const float* A, const int a_off, const int lda, __global const float* B, const int b_off, const int ldb, \
+    __global float* C, const int c_off, const int ldc, const float alpha, const float beta, \
+    const int stride_a, const int stride_b, const int stride_c, \
+    __global const float* bias, const int bias_off, const int bias_mode
+#define CPU_SHIFT const int z = get_global_id(2); \
+    A += a_off + z * stride_a; B += b_off + z * stride_b; C += c_off + z * stride_c; bias += bias_off;
+
+__kernel void gemm_cpu_nn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(0, 0, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta, bias, bias_mode); }
+__kernel void gemm_cpu_tn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 0, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta, bias, bias_mode); }
+__kernel void gemm_cpu_tt(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 1, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta, bias, bias_mode); }
+__kernel void gemm_cpu_nt(CPU_ARGS) { CPU_SHIFT gemm_cpu_dot(M, N, K, A, lda, B, ldb, C, ldc, alpha, beta, bias, bias_mode); }
+#endif  // FAMILY & 2
+
+// ========================================================================= reductions
+// g (rows, cols) row-major -> s (cols,) = sum over rows: the FC bias gradient db = gy.sum(axis=0).
+// One work-item per column, rows summed in order (deterministic); adjacent work-items read adjacent
+// addresses, so GPUs coalesce and CPUs vectorise across work-items.
+__kernel void colsum(__global const float* g, __global float* s, const int rows, const int cols) {
+    const int j = get_global_id(0);
+    if (j >= cols) return;
+    float acc = 0.0f;
+    for (int r = 0; r < rows; r++) acc += g[r * cols + j];
+    s[j] = acc;
+}
