@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.opencl.gemm import colsum, gemm
 from . import register
-from .base import Attr, OpDef, ShapeError, expect_rank, expect_shape
+from .base import Attr, ClSpec, OpDef, ShapeError, expect_rank, expect_shape
 
 
 def gemm_param_shapes(attrs, x_shape):
@@ -62,7 +63,33 @@ def gemm_backward(attrs, saved, gys, needs, ctx):
     return grads
 
 
+# ----------------------------------------------------------------------------- OpenCL
+def cl_gemm_forward(b, io):
+    """x (N,F), w (M,F), b? (M,) -> y (N,M): one NT GEMM with the bias added in its epilogue"""
+    x, w = io.x[0], io.x[1]
+    (n, f), m = x.shape, w.shape[0]
+    bias = io.x[2] if len(io.x) > 2 else None
+    gemm(b, False, True, n, m, f, x, 0, f, w, 0, f, io.y[0], 0, m,
+         bias=bias, bias_mode="col" if bias is not None else None)
+
+
+def cl_gemm_backward(b, io):
+    x, w = io.x[0], io.x[1]
+    (n, f), m = x.shape, w.shape[0]
+    gy = io.gy[0]
+    gx = io.gx + [None] * (3 - len(io.gx))
+    # undoes: y = x @ w.T
+    if gx[0] is not None:
+        gemm(b, False, False, n, f, m, gy, 0, m, w, 0, f, gx[0], 0, f)     # dx (N,F) = g (N,M) @ w (M,F)
+    if gx[1] is not None:
+        gemm(b, True, False, m, f, n, gy, 0, m, x, 0, f, gx[1], 0, f)      # dw (M,F) = g^T (M,N) @ x (N,F)
+    # undoes: y = y + b
+    if gx[2] is not None:
+        colsum(b, gy, gx[2], n, m)                                          # db (M,) = g.sum(axis=0)
+
+
 register(OpDef("Gemm", ("x", "weight", "bias?"), {"out_features": Attr("int", min=1)},
                gemm_infer, gemm_forward, gemm_backward, params=("weight", "bias"),
                param_shapes=gemm_param_shapes, flops=gemm_flops,
-               doc="y = x @ weight.T + bias (torch Linear)"))
+               doc="y = x @ weight.T + bias (torch Linear)",
+               cl=ClSpec(cl_gemm_forward, cl_gemm_backward, saves=("x0", "x1"))))
