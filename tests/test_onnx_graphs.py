@@ -131,6 +131,30 @@ def test_shape_subgraph_folds_away(opset, tmp_path):
     assert NumpyRef(g).forward({"x": np.zeros((5, 3, 8, 8), np.float32)})["y"].shape == (5, 6)
 
 
+def test_shape_subgraph_with_slice_squeeze_cast_constantofshape(tmp_path):
+    i64 = TensorProto.INT64
+    nodes = [
+        node("Conv", ["x", "w"], ["c"]),
+        node("Shape", ["c"], ["s"]),
+        node("Slice", ["s", "st", "en"], ["s01"]),                              # [N, 4]
+        node("Cast", ["s01"], ["sf"], to=TensorProto.FLOAT), node("Cast", ["sf"], ["si"], to=i64),
+        node("Identity", ["si"], ["sq"]),
+        helper.make_node("ConstantOfShape", ["one"], ["neg"],
+                         value=helper.make_tensor("v", i64, [1], [-1])),         # [-1]
+        node("Slice", ["sq", "st", "one_end"], ["n"]),                          # [N]
+        node("Squeeze", ["n", "st"], ["n0"]), node("Unsqueeze", ["n0", "st"], ["n1"]),   # N, [N]
+        node("Concat", ["n1", "neg"], ["shape"], axis=0),
+        node("Reshape", ["c", "shape"], ["r"]),
+        node("Unsqueeze", ["r", "ax23"], ["u"]), node("Squeeze", ["u", "ax23"], ["y"]),
+    ]
+    inits = [init("w", W(4, 3, 3, 3)), init("st", np.array([0], np.int64)), init("en", np.array([2], np.int64)),
+             init("one", np.array([1], np.int64)), init("one_end", np.array([1], np.int64)),
+             init("ax23", np.array([2, 3], np.int64))]
+    g = imported(model(nodes, x=("x", [None, 3, 8, 8]), inits=inits), tmp_path, batch=3)
+    assert ops(g) == ["Conv2d", "Reshape", "Reshape", "Reshape"]
+    assert [n.attrs["shape"] for n in g.nodes[1:]] == [[0, 144], [0, 144, 1, 1], [0, 144]]
+
+
 @pytest.mark.parametrize("dims", [[None, 3, 8, 8], [-1, 3, 8, 8], [1, 3, 8, 8]])
 def test_batch_dims(dims, tmp_path):
     nodes = [node("Conv", ["x", "w"], ["c"]), node("GlobalAveragePool", ["c"], ["p"]),

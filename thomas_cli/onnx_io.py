@@ -54,6 +54,8 @@ _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifo
 _SHAPE_OPS = {"Shape", "Size", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Constant",
               "ConstantOfShape", "Range", "Equal", "Where", "Expand", "Tile", "Not", "Less", "Greater",
               "ReduceProd", "Floor", "Ceil", "Neg", "Abs", "Min", "Max"}
+_WEIGHTED = {"Conv", "Gemm", "MatMul", "BatchNormalization"}
+_WEIGHT_SUFFIXES = (".weight", "_weight", "_w_0", "_W", "_w")
 META_PREFIX = "thomas."               # metadata_props keys written by export, read by import
 
 
@@ -463,6 +465,13 @@ class _Importer:
         return name
 
     def _node_name(self, n, suffix: str = "") -> str:
+        """Layer names readers know: from the weight ("features.0.weight" -> "features.0",
+        Caffe2's "conv1_w_0" -> "conv1"), else from torch's node path, else the node's name."""
+        if n.op_type in _WEIGHTED and len(n.input) > 1 and n.input[1] in self.const and "::" not in n.input[1]:
+            w = n.input[1]
+            for end in _WEIGHT_SUFFIXES:
+                if w.endswith(end) and len(w) > len(end) and (w[:-len(end)] + suffix) not in self.taken:
+                    return self._unique(w[:-len(end)] + suffix)
         raw = n.name or f"{n.op_type}_{self._cur_index}"
         base = raw
         if raw.startswith("/"):
@@ -949,6 +958,13 @@ class _Importer:
             if self.tensor.get(o) not in self.producer:
                 raise OnnxError(f"{self.path}: output '{o}' is not computed from the input")
             outputs.append(o)
+        # a classifier that ends in Softmax: its input becomes the first output, because the
+        # package's first output is the logits (training's loss, `thomas infer`'s raw scores)
+        last = self.producer[outputs[0]]
+        if len(outputs) == 1 and last.op == "Softmax" and len(self.shape[last.inputs[0]]) == 2 \
+                and last.inputs[0] in self.producer:
+            outputs.insert(0, last.inputs[0])
+            meta["logits"] = f"'{last.inputs[0]}', the input of the final Softmax '{last.name}'"
         nodes, params = _prune(self.nodes, self.params, outputs)
         g = Graph(name, [x_spec], outputs, nodes, params, {k: self.weights[k] for k in params},
                   labels, meta)
@@ -1064,7 +1080,8 @@ def onnx_parity(path, graph: Graph, input_shape=None, seed: int = 0, batch: int 
     """Run the ONNX file in onnxruntime and `graph` in the numpy engine on one seeded batch.
 
     Returns {"batch", "seed", "max_abs", "max_rel", "outputs": {name: {"max_abs", "max_rel"}}},
-    rel = max|ours - ort| / max|ort| per output (the worst output is reported at the top)."""
+    rel = max|ours - ort| / max|ort| per output (the worst output is reported at the top);
+    every output the ONNX file has is compared, by name."""
     from device_agent.backends.numpy_ref import NumpyRef
 
     path = Path(path)
@@ -1094,10 +1111,13 @@ def onnx_parity(path, graph: Graph, input_shape=None, seed: int = 0, batch: int 
     except Exception as e:  # noqa: BLE001
         raise OnnxError(f"{path}: onnxruntime failed to run the model at input shape "
                         f"{_fmt_shape(x_shape)} ({_first_line(e)})") from None
+    ref = dict(zip([o.name for o in sess.get_outputs()], ref))
     ours = NumpyRef(graph).forward({spec.name: x})
     outs = {}
-    for name, r in zip(graph.outputs, ref):
-        o = ours[name]
+    for name in graph.outputs:
+        if name not in ref:          # the logits THOMAS exposes before a final Softmax
+            continue
+        o, r = ours[name], ref[name]
         r = np.asarray(r, np.float32)
         if o.shape != r.shape:
             raise OnnxError(f"output '{name}': THOMAS gives shape {o.shape}, onnxruntime {r.shape}")
@@ -1105,6 +1125,8 @@ def onnx_parity(path, graph: Graph, input_shape=None, seed: int = 0, batch: int 
         scale = float(np.max(np.abs(r))) if r.size else 0.0
         outs[name] = {"max_abs": diff, "max_rel": diff / max(scale, 1e-30) if diff else 0.0,
                       "shape": list(r.shape)}
+    if not outs:
+        raise OnnxError(f"{path}: none of the model's outputs {list(ref)} is an output of the package")
     worst = max(outs.values(), key=lambda v: v["max_rel"])
     return {"batch": batch, "seed": seed, "input_shape": list(x_shape), "max_abs": worst["max_abs"],
             "max_rel": worst["max_rel"], "outputs": outs}
