@@ -7,7 +7,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Compiled OpenCL programs are cached per checkout, never in the user's ~/.cache.
-os.environ.setdefault("THOMAS_CL_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "thomas-cl"))
+_CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache"
+os.environ.setdefault("THOMAS_CL_CACHE", str(_CACHE / "thomas-cl"))
+os.environ.setdefault("POCL_CACHE_DIR", str(_CACHE / "pocl"))
 
 
 @pytest.fixture(autouse=True)

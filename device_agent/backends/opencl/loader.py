@@ -47,6 +47,13 @@ def options_of(defines: dict | None) -> list[str]:
     return opts
 
 
+def _has_kernels(prg: cl.Program) -> bool:
+    try:
+        return prg.get_info(cl.program_info.NUM_KERNELS) > 0
+    except cl.Error:
+        return False
+
+
 def load_program(ctx: cl.Context, device: cl.Device, name: str, defines: dict | None = None) -> cl.Program:
     src = source_of(name)
     opts = options_of(defines)
@@ -61,14 +68,20 @@ def load_program(ctx: cl.Context, device: cl.Device, name: str, defines: dict | 
     if path.is_file():
         try:
             prg = cl.Program(ctx, [device], [path.read_bytes()]).build(options=opts)
+            if not _has_kernels(prg):
+                prg = None
         except (cl.Error, OSError):
-            prg = None  # stale or foreign binary: rebuild from source
+            prg = None  # stale, foreign or truncated binary: rebuild from source
     if prg is None:
         try:
             prg = cl.Program(ctx, src).build(options=opts, devices=[device], cache_dir=False)
         except cl.RuntimeError as e:
             raise KernelBuildError(f"{name} failed to build for {device.name.strip()} with "
                                    f"{' '.join(opts) or 'no defines'}:\n{e}") from None
+        if not _has_kernels(prg):
+            # NOTE: seen with a corrupted PoCL kernel cache: the build "succeeds" with no kernels.
+            raise KernelBuildError(f"{name} built without kernels on {device.name.strip()} "
+                                   f"(corrupt driver cache? clear POCL_CACHE_DIR / ~/.cache/pocl)")
         try:
             (binary,) = prg.get_info(cl.program_info.BINARIES)
             path.parent.mkdir(parents=True, exist_ok=True)
