@@ -23,10 +23,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..backends.opencl.gemm import gemm
 from . import register
-from .base import Attr, OpDef, OpError, ShapeError, expect_rank, expect_shape
+from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 _COLS_BUDGET = 1 << 23  # elements of one im2col buffer (32 MiB float32, 64 MiB float64)
+_CL_COLS_BUDGET = 1 << 23  # floats of the OpenCL im2col workspace (32 MiB); at least one image's columns
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -229,6 +231,140 @@ def conv_backward(attrs, saved, gys, needs, ctx):
     return grads
 
 
+# ----------------------------------------------------------------------------- OpenCL
+# Three paths, picked per node:
+#   depthwise (groups == C > 1): direct kernels dw_fwd / dw_bwd_data / dw_bwd_filter (conv2d.cl)
+#   pointwise (1x1, stride 1, no pads): the NCHW image *is* the GEMM operand, no columns
+#   general: im2col of nb images into the workspace (nb, C*R*S, P*Q), then per group one GEMM batched
+#            over the nb images; nb = as many images as the workspace holds (whole batch when it fits)
+# GEMM shapes per image n and group gi (Kg = K/g, CRSg = C/g*R*S):
+#   forward  y[n,gi]  (Kg, PQ)   = w[gi] (Kg, CRSg)  @ cols[n,gi] (CRSg, PQ)       NN, bias in the epilogue
+#   dX       dcols[n,gi] (CRSg, PQ) = w[gi]^T        @ gy[n,gi] (Kg, PQ)           TN, then col2im (gather)
+#   dW       dw[gi] (Kg, CRSg)  += gy[n,gi] (Kg, PQ) @ cols[n,gi]^T                 NT, beta = 1 after image 0
+def _cl_geometry(io):
+    x = io.x[0]
+    n, c, h, wd = x.shape
+    a = io.attrs
+    k, g = a["out_channels"], a["groups"]
+    r, s, sh, sw, dh, dw, pt, pl, pb, pr, p, q = _geometry(a, x.shape)
+    return n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q
+
+
+def _is_pointwise(attrs: dict) -> bool:
+    return (tuple(attrs["kernel"]) == (1, 1) and tuple(attrs["stride"]) == (1, 1)
+            and not any(attrs["pads"]))
+
+
+def cl_conv_workspace(attrs, in_shapes, out_shapes):
+    """bytes of im2col columns: nb images (C*R*S, P*Q), nb = whole batch if within _CL_COLS_BUDGET"""
+    n, c = in_shapes[0][:2]
+    if _is_depthwise(c, attrs["groups"]) or _is_pointwise(attrs):
+        return 0
+    r, s = attrs["kernel"]
+    per_image = c * r * s * out_shapes[0][2] * out_shapes[0][3]
+    return 4 * per_image * max(1, min(n, _CL_COLS_BUDGET // per_image))
+
+
+def _images_per_chunk(io, per_image: int, n: int) -> int:
+    if io.workspace is None or io.workspace.size < per_image:
+        raise ValueError(f"{io.name}: Conv2d needs a workspace of at least {per_image} floats")
+    return max(1, min(n, io.workspace.size // per_image))  # the Plan's shared workspace may be larger
+
+
+def _dw_defines(b) -> dict:
+    """conv2d.cl's build: LWG work-items per reduction (1 on CPUs: one work-item walks it, no barriers)"""
+    return {"LWG": int(b.tuning("conv2d").get("LWG", 1 if b.kind == "cpu" else 64))}
+
+
+def cl_conv_forward(b, io):
+    """x (N,C,H,W), w (K,C/g,R,S), b? (K,) -> y (N,K,P,Q)"""
+    n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = _cl_geometry(io)
+    x, w, y = io.x[0], io.x[1], io.y[0]
+    bias = io.x[2] if len(io.x) > 2 else None
+    geo = (r, s, p, q, sh, sw, dh, dw, pt, pl)
+    if _is_depthwise(c, g):
+        b.launch("conv2d.cl", "dw_fwd", (p * q, k, n), None, x, w, bias if bias is not None else w,
+                 bias is not None, y, c, h, wd, k // c, *geo, defines=_dw_defines(b),
+                 flops=2 * n * k * p * q * r * s)
+        return
+    kg, cg = k // g, c // g
+    bias_mode = "row" if bias is not None else None
+    if _is_pointwise(io.attrs):
+        hw = h * wd
+        for gi in range(g):
+            gemm(b, False, False, kg, hw, cg, w, gi * kg * cg, cg, x, gi * cg * hw, hw, y, gi * kg * hw, hw,
+                 batch=n, stride_b=c * hw, stride_c=k * hw, bias=bias, bias_off=gi * kg, bias_mode=bias_mode)
+        return
+    crs, crsg, pq = c * r * s, cg * r * s, p * q
+    nb = _images_per_chunk(io, crs * pq, n)
+    cols = io.workspace
+    for i0 in range(0, n, nb):
+        m = min(nb, n - i0)
+        b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, cols, c, h, wd, *geo,
+                 defines=_dw_defines(b))
+        for gi in range(g):
+            gemm(b, False, False, kg, pq, crsg, w, gi * kg * crsg, crsg, cols, gi * crsg * pq, pq,
+                 y, i0 * k * pq + gi * kg * pq, pq, batch=m, stride_b=crs * pq, stride_c=k * pq,
+                 bias=bias, bias_off=gi * kg, bias_mode=bias_mode)
+
+
+def cl_conv_backward(b, io):
+    n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = _cl_geometry(io)
+    x, w, gy = io.x[0], io.x[1], io.gy[0]
+    gx, gw = io.gx[0], io.gx[1]
+    gb = io.gx[2] if len(io.gx) > 2 else None
+    geo = (r, s, p, q, sh, sw, dh, dw, pt, pl)
+    defs = _dw_defines(b)
+    lwg = defs["LWG"]
+    if gb is not None:
+        # undoes: y += b[None, :, None, None]
+        b.launch("conv2d.cl", "bias_grad", (k * lwg,), (lwg,), gy, gb, n, k, p * q, defines=defs)
+    if _is_depthwise(c, g):
+        # undoes: y[n,k] = sum_{r,s} x[n, k/mult, p*sh+r*dh-pt, q*sw+s*dw-pl] * w[k,0,r,s]
+        if gx is not None:
+            b.launch("conv2d.cl", "dw_bwd_data", (h * wd, c, n), None, gy, w, gx, c, h, wd, k // c, *geo,
+                     defines=defs, flops=2 * n * k * p * q * r * s)
+        if gw is not None:
+            b.launch("conv2d.cl", "dw_bwd_filter", (k * r * s * lwg,), (lwg,), x, gy, gw, n, c, h, wd, k // c,
+                     *geo, defines=defs, flops=2 * n * k * p * q * r * s)
+        return
+    kg, cg = k // g, c // g
+    if _is_pointwise(io.attrs):
+        hw = h * wd
+        # undoes: y[n,gi] = w[gi] @ x[n,gi]
+        if gx is not None:
+            for gi in range(g):                           # dx[n,gi] (Cg,HW) = w[gi]^T @ gy[n,gi]
+                gemm(b, True, False, cg, hw, kg, w, gi * kg * cg, cg, gy, gi * kg * hw, hw, gx, gi * cg * hw, hw,
+                     batch=n, stride_b=k * hw, stride_c=c * hw)
+        if gw is not None:
+            for i in range(n):                            # dw[gi] (Kg,Cg) += gy[i,gi] @ x[i,gi]^T
+                gemm(b, False, True, kg, cg, hw, gy, i * k * hw, hw, x, i * c * hw, hw, gw, 0, cg,
+                     beta=0.0 if i == 0 else 1.0, batch=g, stride_a=kg * hw, stride_b=cg * hw, stride_c=kg * cg)
+        return
+    crs, crsg, pq = c * r * s, cg * r * s, p * q
+    nb = _images_per_chunk(io, crs * pq, n)
+    cols = io.workspace
+    if gw is not None:
+        # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] += gy[n,gi] @ cols[n,gi]^T
+        for i0 in range(0, n, nb):
+            m = min(nb, n - i0)
+            b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, cols, c, h, wd, *geo,
+                     defines=defs)
+            for j in range(m):
+                gemm(b, False, True, kg, crsg, pq, gy, (i0 + j) * k * pq, pq, cols, j * crs * pq, pq, gw, 0, crsg,
+                     beta=0.0 if i0 + j == 0 else 1.0, batch=g, stride_a=kg * pq, stride_b=crsg * pq,
+                     stride_c=kg * crsg)
+    if gx is not None:
+        # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dcols[n,gi] = w[gi]^T @ gy[n,gi], then col2im
+        for i0 in range(0, n, nb):
+            m = min(nb, n - i0)
+            for gi in range(g):
+                gemm(b, True, False, crsg, pq, kg, w, gi * kg * crsg, crsg, gy, i0 * k * pq + gi * kg * pq, pq,
+                     cols, gi * crsg * pq, pq, batch=m, stride_b=k * pq, stride_c=crs * pq)
+            b.launch("conv2d.cl", "col2im", (h * wd, c, m), None, cols, gx, i0 * c * h * wd, c, h, wd, *geo,
+                     defines=defs)
+
+
 register(OpDef(
     "Conv2d", ("x", "weight", "bias?"),
     {
@@ -244,4 +380,5 @@ register(OpDef(
     param_shapes=conv_param_shapes,
     flops=conv_flops,
     doc="2-D cross-correlation as torch conv2d; pads [top,left,bottom,right]; depthwise when groups == C",
+    cl=ClSpec(cl_conv_forward, cl_conv_backward, saves=("x0", "x1"), workspace=cl_conv_workspace),
 ))
