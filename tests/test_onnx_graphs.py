@@ -434,3 +434,17 @@ def test_export_errors(tmp_path):
     with pytest.raises(OnnxError, match="needs opset >= 13"):
         export_onnx(g2, tmp_path / "x.onnx", opset=12)
     assert onnx_parity(export_onnx(g2, tmp_path / "x.onnx", opset=13), g2)["max_rel"] <= TOL
+
+
+def test_onnxruntime_failure_is_one_clean_error(tmp_path):
+    # the file fixes batch 1 in a Reshape constant: THOMAS keeps the batch free, onnxruntime cannot
+    nodes = [node("Conv", ["x", "w"], ["c"]), node("Reshape", ["c", "s"], ["y"])]
+    m = model(nodes, x=("x", [1, 3, 4, 4]), inits=[init("w", W(2, 3, 3, 3)), init("s", np.array([1, 8], np.int64))])
+    path = save(m, tmp_path / "fixed.onnx")
+    g = import_onnx(path)
+    assert g.nodes[1].attrs["shape"] == [0, 8] and g.inputs[0].shape[0] is None
+    with pytest.raises(OnnxError, match=r"does not fit input shape 2x3x4x4: cannot reshape"):
+        import_onnx(path, input_shape=(2, 3, 4, 4))
+    with pytest.raises(OnnxError, match=r"onnxruntime failed to run the model at input shape 2x3x4x4 \("):
+        onnx_parity(path, g, input_shape=(2, 3, 4, 4))
+    assert onnx_parity(path, g)["max_rel"] <= TOL           # at the file's own batch it matches
