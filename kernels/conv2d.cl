@@ -25,6 +25,20 @@ __kernel void im2col(__global const float* x, const int x_off, __global float* c
         h >= 0 && h < H && w >= 0 && w < W ? x[x_off + ((img * C + c) * H + h) * W + w] : 0.0f;
 }
 
+// The transposed layout for dW on CPU-shaped GEMMs (dW = gy @ rows is an NN product there, far faster
+// than gy @ cols^T): rows (nb, P*Q, C*R*S), rows[img, pq, (c,r,s)] = cols[img, (c,r,s), pq].
+// Global size (C*R*S, P*Q, nb).
+__kernel void im2row(__global const float* x, const int x_off, __global float* rows,
+                     const int C, const int H, const int W, const int R, const int S, const int P, const int Q,
+                     const int sh, const int sw, const int dh, const int dw, const int pt, const int pl) {
+    const int row = get_global_id(0), pq = get_global_id(1), img = get_global_id(2);
+    if (pq >= P * Q || row >= C * R * S) return;
+    const int c = row / (R * S), r = (row / S) % R, s = row % S;
+    const int h = (pq / Q) * sh + r * dh - pt, w = (pq % Q) * sw + s * dw - pl;
+    rows[(img * P * Q + pq) * C * R * S + row] =
+        h >= 0 && h < H && w >= 0 && w < W ? x[x_off + ((img * C + c) * H + h) * W + w] : 0.0f;
+}
+
 // undoes im2col: dx[img, c, h, w] = sum of the cols entries that im2col read from (h, w), gathered
 // (each dx element written once, overwriting). Global size (H*W, C, nb); dx_off = img0*C*H*W.
 __kernel void col2im(__global const float* cols, __global float* dx, const int dx_off,
