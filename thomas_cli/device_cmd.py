@@ -30,6 +30,8 @@ def device_options(
     su: bool = typer.Option(False, "--su", envvar="THOMAS_SU", help="Run the agent through `su -c` (rooted phones)."),
 ):
     """Fine-tune pretrained CNNs on an Android phone's GPU, driven from this laptop."""
+    if device not in ("auto", "local", "adb"):
+        raise typer.BadParameter(f"must be auto, local or adb, not '{device}'", param_hint="--device")
     session.TARGET = Target(serial=None if device == "local" else serial, device=device, root=device_root,
                             python=python, su=su)
 

@@ -7,8 +7,8 @@
     thomas finetune ... --json                             # the events, one JSON object a line
 
 MODEL is a model on the device (`thomas models list`), a package directory, or a zoo name (built at
-the dataset's size and class count, then pushed). --data is a dataset on the device or a local
-ImageFolder/.npz (pushed first). When the model's head does not match the dataset's classes, the job
+the dataset's size and class count, then pushed). --data is a dataset on the device or, when the
+device has none of that name, a local ImageFolder/.npz (pushed first). When the model's head does not match the dataset's classes, the job
 asks for a fresh head (num_classes). Every TrainJob field can be set with --set FIELD=VALUE or a
 --job FILE.json; both ends validate the job, and an error names the field.
 """
@@ -142,10 +142,11 @@ def job_fields(job_file: Path | None, opts: dict, sets: list[str]) -> dict:
 
 
 def _dataset(s: Session, data: str, size: int | None, val: float) -> dict:
-    """The dataset's meta on the device, pushing a local folder/.npz first."""
+    """The dataset's meta on the device (a name it holds wins), else push the local folder/.npz."""
     name = data
     local = Path(data)
-    if local.exists() and (local.is_dir() or local.suffix == ".npz"):
+    on_device = store.NAME.match(data) and s.t.exists(f"data/{data}/dataset.json")
+    if not on_device and local.exists() and (local.is_dir() or local.suffix == ".npz"):
         name = local.stem
         meta = push_data(s, local, name, size or 224, val)
         if not meta.get("skipped"):
@@ -162,22 +163,17 @@ def _dataset(s: Session, data: str, size: int | None, val: float) -> dict:
     return meta
 
 
-def _model(s: Session, model: str, data_meta: dict | None, width: float, seed: int) -> dict:
-    """The model's meta on the device, pushing a package directory or a zoo build first."""
-    local = Path(model)
-    if local.is_dir():
+def _model(s: Session, model: str, data_meta: dict, width: float, seed: int) -> dict:
+    """The model's meta on the device (a name it holds wins), else push a package directory or a
+    zoo build at the dataset's size and classes."""
+    if store.NAME.match(model) and s.t.exists(f"models/{model}/model.json"):
+        return device_meta(s.t, f"models/{model}") or {"name": model}
+    if Path(model).is_dir():
         g, name, source = resolve_model_source(model, 0, 0, 1.0, 0)
         return push_model(s, g, name, source)
-    store.check_name(model, "model")
-    meta = device_meta(s.t, f"models/{model}")
-    if meta is not None:
-        return meta
-    if s.t.exists(f"models/{model}/model.json"):
-        return {"name": model}
-    if model in zoo.ZOO and data_meta is not None:
-        classes = len(data_meta["classes"])
-        size = data_meta.get("size") or 224
-        g, name, source = resolve_model_source(model, classes, size, width, seed)
+    if model in zoo.ZOO:
+        g, name, source = resolve_model_source(model, len(data_meta["classes"]), data_meta.get("size") or 224,
+                                               width, seed)
         res = push_model(s, g, model, source)
         console_note(f"pushed {source} as '{model}'")
         return res
@@ -223,16 +219,18 @@ def finetune(
     else:
         if not model or not data:
             raise typer.BadParameter("give MODEL and --data (or --resume RUN)")
+        if layers is not None and layers not in ("last", "all") and not layers.isdigit():
+            raise typer.BadParameter(f"must be last, all or a number of layers, not '{layers}'", param_hint="--layers")
+        if backend is not None and backend not in BACKENDS:
+            raise typer.BadParameter(f"must be auto, opencl or cpu, not '{backend}'", param_hint="--backend")
         opts = {"layers": int(layers) if layers and layers.isdigit() else layers, "init": init, "epochs": epochs,
                 "batch": batch, "lr": lr, "optimizer": optimizer, "seed": seed,
                 "backend": BACKENDS.get(backend, backend) if backend else None}
         fields = job_fields(job_file, opts, sets)
         s = Session(open_transport(note=console_note), note=console_note)
         s.handshake()                       # fail fast (no python, old agent) before pushing anything
-        mmeta = None
-        if not Path(model).is_dir():
-            mmeta = device_meta(s.t, f"models/{model}") if store.NAME.match(model) else None
-        in_size = (mmeta or {}).get("input", [None, None, None])[-1] if mmeta else None
+        have = device_meta(s.t, f"models/{model}") if store.NAME.match(model) else None
+        in_size = have["input"][-1] if have and have.get("input") else None
         dmeta = _dataset(s, data, size or in_size, val)
         mmeta = _model(s, model, dmeta, width, fields.get("seed", 0))
         n = len(dmeta["classes"])

@@ -146,8 +146,12 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
     if as_json:
         print_json(rows)
         return
-    tb = Table("name", "arch", "classes", "input", "params", "size", "hash", "pushed",
-               title=f"models on {t.serial}:{t.root}")
+    tb = Table(title=f"models on {t.serial}:{t.root}")
+    tb.add_column("name", no_wrap=True)
+    for col in ("arch", "classes", "input", "params", "size"):
+        tb.add_column(col)
+    tb.add_column("hash", no_wrap=True)
+    tb.add_column("pushed")
     for r in rows:
         tb.add_row(r["name"], r.get("arch", ""), str(r.get("classes", "")), "x".join(map(str, r.get("input", []))),
                    f"{r['params']:,}" if r.get("params") else "", f"{r['bytes'] / 2**20:.1f} MiB",
@@ -158,9 +162,7 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
 # ============================================================================ data
 def push_data(s: Session, src: Path, name: str, size: int, val: float, seed: int = 0,
               force: bool = False) -> dict:
-    """Decode on the host, write the dataset (device_agent.data's format), push data/<name>."""
-    from device_agent.data import DATASET_JSON, write_dataset
-
+    """Decode an ImageFolder / .npz on the host (unreadable images listed and skipped), push data/<name>."""
     store.check_name(name, "dataset")
     if not src.exists():
         raise DataError(f"{src}: no such folder or .npz file")
@@ -170,14 +172,25 @@ def push_data(s: Session, src: Path, name: str, size: int, val: float, seed: int
         x, y, classes, report = loader(src, size, on_image=lambda: bar.advance(task))
     for path, why in report["bad"]:
         err.print(f"[yellow]skipped[/] {path}: {why}", highlight=False, soft_wrap=True)
+    return push_arrays(s, x, y, classes, name, val, seed, source=str(src.resolve()),
+                       bad=[p for p, _ in report["bad"]], force=force)
+
+
+def push_arrays(s: Session, x: np.ndarray, y: np.ndarray, classes: list[str], name: str, val: float = 0.2,
+                seed: int = 0, source: str = "arrays", bad: list[str] | None = None, force: bool = False) -> dict:
+    """x (N,H,W,3) uint8, y (N,) -> device_agent.data's format, pushed as data/<name> unless the
+    device already holds the same content (same dataset.json hash)."""
+    from device_agent.data import DATASET_JSON, write_dataset
+
+    store.check_name(name, "dataset")
     with tempfile.TemporaryDirectory(prefix="thomas-data-") as d:
         ds = write_dataset(Path(d) / name, x, y, classes, val_fraction=val, seed=seed)
         doc = json.loads((ds / DATASET_JSON).read_text())
         digest = hashlib.sha256((ds / DATASET_JSON).read_bytes()).hexdigest()
         meta = {"name": name, "hash": digest, "bytes": tree_bytes(ds), "count": int(len(y)),
                 "train": doc["splits"]["train"]["count"], "val": doc["splits"].get("val", {}).get("count", 0),
-                "classes": classes, "size": size, "source": str(src.resolve()),
-                "bad": [p for p, _ in report["bad"]], "pushed": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "classes": list(classes), "size": int(x.shape[1]), "source": source, "bad": bad or [],
+                "pushed": time.strftime("%Y-%m-%d %H:%M:%S")}
         have = device_meta(s.t, f"data/{name}")
         if have and have.get("hash") == digest and not force:
             store.remember(s.t.describe(), "data", name, have)

@@ -40,12 +40,15 @@ def runs_list(as_json: bool = typer.Option(False, "--json", help="Machine-readab
     if as_json:
         print_json(rows)
         return
-    t = Table("run", "created", "status", "model", "data", "stage", "epochs", "val acc", "device",
-              title=f"runs in {store.runs_dir()}")
+    t = Table(title=f"runs in {store.runs_dir()}")
+    t.add_column("run", no_wrap=True)
+    for col in ("status", "model", "data", "stage", "epochs", "val acc"):
+        t.add_column(col)
+    t.add_column("device", no_wrap=True)
     colors = {"done": "green", "running": "cyan", "error": "red", "lost": "red", "timeout": "red"}
     for r in rows:
         c = colors.get(r["status"], "yellow")
-        t.add_row(r["id"], r["created"], f"[{c}]{r['status']}[/]", r["model"], r["data"], r["stage"],
+        t.add_row(r["id"], f"[{c}]{r['status']}[/]", r["model"], r["data"], r["stage"],
                   _fmt(r["epochs"], "d"), _fmt(r["val_acc"], ".3f"), r["device"])
     out.print(t)
 
