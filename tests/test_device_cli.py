@@ -347,3 +347,26 @@ def test_python_missing_on_device_is_explained(dev):
     assert res["ok"] is False and py["state"] == "fail" and "not runnable" in py["value"] and py["fix"]
     r = thomas(broken, "finetune", "mnv2", "--data", "digits", expect=1)
     assert "error:" in r.stderr and "--python" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_python_api_runs_a_stage_on_the_local_device(tmp_path, monkeypatch):
+    """What `make demo` builds on: push a zoo model and arrays, run one stage, get the epoch table."""
+    from devicekit import digits
+    from thomas_cli import zoo
+    from thomas_cli.finetune_cmd import RunView, new_run
+    from thomas_cli.push_cmd import push_arrays, push_model
+    from thomas_cli.session import Session, run_job
+    from thomas_cli.transport.local import LocalTransport
+
+    s = Session(LocalTransport(tmp_path / "device"))
+    g = zoo.build("mobilenet_v2", num_classes=10, size=32, width=0.35, seed=0)
+    mm = push_model(s, g, "mnv2", "zoo:mobilenet_v2")
+    x, y = digits(6, 3)
+    x = np.repeat(np.stack([np.kron(a, np.ones((4, 4), np.uint8)) for a in x])[..., None], 3, axis=3)
+    dm = push_arrays(s, x, y, ["a", "b", "c"], "scans", val=0.25)
+    rec = new_run(s, mm, dm, {"layers": "last", "epochs": 1, "batch": 8, "backend": "numpy"})
+    assert rec["job"]["num_classes"] == 3 and rec["stage"] == "last"   # a fresh 3-class head
+    view = RunView(as_json=False)
+    with view:
+        done = run_job(s, rec, on_event=view)
+    assert done["ev"] == "done" and len(view.epochs) == 1 and view.table(rec, done).row_count == 1

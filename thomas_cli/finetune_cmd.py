@@ -181,6 +181,22 @@ def _model(s: Session, model: str, data_meta: dict, width: float, seed: int) -> 
                       f"package directory or a zoo name ({', '.join(zoo.ZOO)})")
 
 
+def new_run(s: Session, model_meta: dict, data_meta: dict, fields: dict) -> dict:
+    """The run record of a job on models/<model> and data/<data> (a fresh head when the class
+    counts differ). Run it with session.run_job(s, rec, on_event=RunView(...))."""
+    fields = dict(fields)
+    n = len(data_meta["classes"])
+    if "num_classes" not in fields and model_meta.get("classes") not in (None, n):
+        fields["num_classes"] = n
+    run_id = store.new_run_id()
+    job = TrainJob.from_dict(dict(fields, model=f"models/{model_meta['name']}", data=f"data/{data_meta['name']}",
+                                  out=f"runs/{run_id}")).to_dict()
+    stage = "scratch" if job["init"] == "scratch" else (job["layers"] if isinstance(job["layers"], str)
+                                                        else f"N={job['layers']}")
+    return {"id": run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "device": s.t.describe(),
+            "model": model_meta["name"], "data": data_meta["name"], "stage": stage, "job": job}
+
+
 @app.command()
 @guarded
 def finetune(
@@ -233,16 +249,8 @@ def finetune(
         in_size = have["input"][-1] if have and have.get("input") else None
         dmeta = _dataset(s, data, size or in_size, val)
         mmeta = _model(s, model, dmeta, width, fields.get("seed", 0))
-        n = len(dmeta["classes"])
-        if "num_classes" not in fields and mmeta.get("classes") not in (None, n):
-            fields["num_classes"] = n
-        run_id = store.new_run_id()
-        job = TrainJob.from_dict(dict(fields, model=f"models/{mmeta['name']}", data=f"data/{dmeta['name']}",
-                                      out=f"runs/{run_id}")).to_dict()
-        stage = "scratch" if job["init"] == "scratch" else (job["layers"] if isinstance(job["layers"], str)
-                                                            else f"N={job['layers']}")
-        rec = {"id": run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "device": s.t.describe(),
-               "model": mmeta["name"], "data": dmeta["name"], "stage": stage, "job": job}
+        rec = new_run(s, mmeta, dmeta, fields)
+        run_id, stage = rec["id"], rec["stage"]
         if not as_json:
             err.print(f"run [bold]{run_id}[/] on {s.t.serial} ({s.t.kind}): {rec['model']} on {rec['data']}, "
                       f"stage {stage}", highlight=False)
