@@ -308,6 +308,9 @@ def test_pull_path_escaping_the_run_folder_is_refused(dev, tmp_path, home):
         assert "run path" in r.stderr and "Traceback" not in r.stderr
     r = thomas(dev, "runs", "pull", run.name, "metrics.jsonl")
     assert "pulled 1 files" in r.stdout
+    mirror = (run / "events.jsonl").read_text()
+    thomas(dev, "runs", "pull", run.name, "events.jsonl")   # the device's copy never replaces the mirror
+    assert (run / "events.jsonl").read_text() == mirror and (run / "events.device.jsonl").is_file()
 
 
 def test_bad_job_fields_are_named(dev, tmp_path, home):

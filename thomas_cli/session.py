@@ -383,7 +383,8 @@ def pull_run(t: Transport, run_id: str, paths: list[str] | None = None) -> list[
         paths = [e.name for e in t.listdir(remote) if e.name != "events.jsonl"]
     written: list[Path] = []
     for p in paths:
-        dest = confined(host, p, "run path")
+        # NOTE: the device's own events.jsonl lands beside the host's mirror, never over it
+        dest = confined(host, "events.device.jsonl" if p == "events.jsonl" else p, "run path")
         if t.exists(f"{remote}/{check_rel(p, 'run path')}"):
             written += t.pull_tree(f"{remote}/{p}", dest)
     return written
