@@ -432,13 +432,16 @@ class VirtualDevice:
 
     def _connect(self) -> None:
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        while True:
             if self.server.poll() is not None:
                 raise RuntimeError(f"adb server exited with {self.server.returncode}")
             try:
                 with socket.create_connection(("127.0.0.1", self.server_port), timeout=0.2):
                     break
             except OSError:
+                # NOTE: never run an adb client before our server listens: it would fork a daemon one
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"adb server never listened on {self.server_port}") from None
                 time.sleep(0.05)
         out = self.adb_cmd("connect", self.serial)
         if "connected" not in out:
