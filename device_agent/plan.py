@@ -395,8 +395,12 @@ class Plan:
 
     @staticmethod
     def _scope_dyn(launches, node: str) -> None:
+        """Per-node names for per-step values (each Dropout its own seed) and node-prefixed labels
+        (launchers may label their launches, e.g. 'gemm_nt': 'features.0.0/gemm_nt')."""
         for ln in launches:
             ln.dyn = {i: (f"{node}:{k}" if k == "seed" else k) for i, k in ln.dyn.items()}
+            if not ln.label.startswith(node):
+                ln.label = f"{node}/{ln.label}"
 
     def _grad_target(self, t: str, writer: str) -> "TensorRef | None":
         """Where `writer`'s backward puts its contribution to dL/dt: the gradient itself for the
@@ -417,6 +421,7 @@ class Plan:
             raise BackendError(f"node '{n.name}': an output gradient has no writer")
         io.gx = [self._grad_target(t, n.name) if t in self.req else None for t in n.inputs]
         b.label = f"{n.name}:backward"
+        first = len(b.launches)
         if op.cl.alias:
             gx, gy = io.gx[0], io.gy[0]
             x, y = n.inputs[0], n.outputs[0]
@@ -425,6 +430,7 @@ class Plan:
                 b.launch("plan.cl", "copy", (gy.size,), None, gy, gx, gy.size)
         else:
             op.cl.backward(b, io)
+        self._scope_dyn(b.launches[first:], f"{n.name}:backward")
         for t, gx in zip(n.inputs, io.gx):
             if gx is None:
                 continue

@@ -53,35 +53,61 @@ def _torch_update(weights, grads, kind, lr, **opt):
     return {k: p.detach().numpy() for k, p in params.items()}
 
 
-CASES = [("alexnet", 63, "sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
-         ("mobilenet_v2", 32, "adam", {}),
-         ("mobilenet_v3_small", 32, "adamw", {"weight_decay": 0.01}),
-         ("alexnet_bvlc", 67, "adam", {})]
+# NOTE: BN batch statistics over very few values (batch 2 at a 1x1 feature map) amplify float32
+# rounding differences by orders of magnitude; batch 4 at 64x64 keeps >= 16 values per channel.
+CASES = [("alexnet", 63, 2, "sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
+         ("mobilenet_v2", 64, 4, "adam", {}),
+         ("mobilenet_v3_small", 64, 4, "adamw", {"weight_decay": 0.01}),
+         ("alexnet_bvlc", 67, 2, "adam", {})]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,size,kind,opt", CASES, ids=[c[0] + "-" + c[2] for c in CASES])
-def test_full_training_step_matches_numpy_ref(name, size, kind, opt):
+@pytest.mark.parametrize("name,size,batch,kind,opt", CASES, ids=[c[0] + "-" + c[3] for c in CASES])
+def test_full_training_step_matches_numpy_ref(name, size, batch, kind, opt):
     from device_agent.plan import OptimConfig
 
     g = _zoo(name, size)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
-    y = np.array([3, 7])
+    x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+    y = np.arange(batch) * 3 % 10
     ref = NumpyRef(g)
     ref.forward(x, training=True, grad=True, seed=11)
     ref_loss = ref.loss(y)
     grads = ref.backward()
     expect = _torch_update(g.weights, grads, kind, 0.01, **opt)
+    ref64 = NumpyRef(g, dtype=np.float64)
+    ref64.forward(x, training=True, grad=True, seed=11)
+    ref64.loss(y)
+    grads64 = ref64.backward()
 
-    plan = _plan(g, batch=2, optimizer=OptimConfig(kind, momentum=opt.get("momentum", 0.0),
-                                                 weight_decay=opt.get("weight_decay", 0.0)))
+    plan = _plan(g, batch=batch, optimizer=OptimConfig(kind, momentum=opt.get("momentum", 0.0),
+                                                     weight_decay=opt.get("weight_decay", 0.0)))
+    # gradients first (the plan's backward alone), then a real step from the same weights
+    loss0, cl_grads = plan.loss_and_grads(x, y, seed=11)
+    assert abs(loss0 - ref_loss) <= 1e-4 * abs(ref_loss)
+    for k in grads:
+        # NOTE: a bias feeding a conv + BN with batch statistics has a true gradient of 0 (the BN
+        # removes any per-channel shift); float32 leaves noise there. So the oracle is float64 and
+        # the allowance is numpy's own float32 noise on top of 1e-4 of the gradient's scale.
+        noise = float(np.abs(grads[k] - grads64[k]).max())
+        err = float(np.abs(cl_grads[k] - grads64[k]).max())
+        assert err <= 1e-4 * float(np.abs(grads64[k]).max()) + 4 * noise + 1e-9, \
+            f"{name} gradient of {k}: {err:.2e} (numpy float32 noise {noise:.2e})"
+    plan.load_params(g.weights)   # the forward above updated the BN running statistics once
     loss, correct = plan.train_step(x, y, lr=0.01, seed=11)
     assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss)
+    assert 0 <= correct <= batch
     got = plan.params()
     for k in expect:
-        _close(got[k] - g.weights[k], expect[k] - g.weights[k], f"{name} update of {k}", rtol=2e-3)
-        _close(got[k], expect[k], f"{name} {k}", rtol=1e-4)
+        if kind == "sgd":
+            _close(got[k], expect[k], f"{name} {k}")
+        else:
+            # NOTE: Adam's first step moves every weight by ~lr·sign(g): elements whose gradient is
+            # at float32 noise level may flip sign legitimately, so compare where |g| is resolvable.
+            noise = np.abs(grads[k] - grads64[k]).max()
+            ok = np.abs(grads64[k]) > np.maximum(1e-3 * np.abs(grads64[k]).max(), 10 * noise)
+            if ok.any():
+                _close(got[k][ok], expect[k][ok], f"{name} {k}", rtol=2e-4)
     for k, v in ref.state_updates.items():          # BN running statistics updated in place
         _close(got[k], v, f"{name} {k}")
 
@@ -137,7 +163,7 @@ def test_frozen_prefix_records_no_backward_work():
     g = _zoo("mobilenet_v2", 32, width=0.35)
     last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
     plan = _plan(g, batch=2, trainable=last)
-    bw = [lbl for lbl in plan.launch_labels()[len(plan.fw_launches):] if lbl.endswith(":backward")]
+    bw = [lbl for lbl in plan.launch_labels()[len(plan.fw_launches):] if ":backward" in lbl]
     assert bw and all(lbl.startswith("classifier") for lbl in bw), bw
     assert plan.memory()["grads"] < 4 * 1300 * 10 + 4096
 
