@@ -8,8 +8,9 @@ AlexNet and MobileNetV2 (conv-as-GEMM forward / dX / dW and the FC layers).
     python benchmarks/ops.py --gemm-params '{"TM": 8, "TN": 8}' # try other tiles (what `thomas tune` varies)
 
 Each shape is the GEMM exactly as device_agent/ops/{conv2d,gemm}.py launch it: conv forward/dX are
-batched over the images (stride per image), conv dW accumulates image by image (beta = 1 after the
-first). numpy and torch get their best form of the same product (one stacked matmul; dW as one GEMM
+batched over the images (stride per image), conv dW sums the images' products (reduce_batch: partial
+products + a reduction on GPUs, image by image with beta = 1 on CPUs, where it runs as NN on im2row
+columns), with the scratch the ops reserve for split-K. numpy and torch get their best form of the same product (one stacked matmul; dW as one GEMM
 over the concatenated K). Depthwise convolutions are direct kernels, not GEMMs, and are not listed.
 Every engine: one warm-up, then `--reps` samples of enough back-to-back runs to last ~50 ms each; the
 median is reported. numpy runs in a child process per thread count (OPENBLAS_NUM_THREADS), OpenCL and
@@ -158,7 +159,7 @@ def run_opencl(shapes: list[dict], reps: int, params: dict | None, variant: str 
     import pyopencl as cl
 
     sys.path.insert(0, str(ROOT))
-    from device_agent.backends.opencl.gemm import gemm, gemm_config
+    from device_agent.backends.opencl.gemm import gemm, gemm_config, split_floats
     from device_agent.backends.opencl.runtime import LaunchBuilder, Runtime, TensorRef, replay
 
     rt = Runtime()
@@ -182,15 +183,15 @@ def run_opencl(shapes: list[dict], reps: int, params: dict | None, variant: str 
         A = buf("A", ar * ac * (z if sh["acc"] else 1))
         B, C = buf("B", br * bc * z), buf("C", M * N * (1 if sh["acc"] else z), fill=False)
         b = LaunchBuilder(rt)
-        if sh["acc"]:
-            for j in range(z):
-                gemm(b, ta, tb, M, N, K, A, j * ar * ac, ac, B, j * br * bc, bc, C, 0, N,
-                     beta=0.0 if j == 0 else 1.0, params=params, variant=variant)
-        else:
-            gemm(b, ta, tb, M, N, K, A, 0, ac, B, 0, bc, C, 0, N, batch=z, stride_a=0, stride_b=br * bc,
-                 stride_c=M * N, params=params, variant=variant)
+        wf = split_floats(M, N, K, z, reduce_batch=sh["acc"])      # what the op would reserve
+        work = buf("work", wf, fill=False) if wf else None
+        # dW: A (gy) and B (columns) per image, summed into one C (reduce_batch); else A shared
+        gemm(b, ta, tb, M, N, K, A, 0, ac, B, 0, bc, C, 0, N, batch=z, stride_a=ar * ac if sh["acc"] else 0,
+             stride_b=br * bc, stride_c=0 if sh["acc"] else M * N, reduce_batch=sh["acc"], work=work,
+             work_floats=wf, params=params, variant=variant)
+        sh["cl_launches"] = len(b.launches)
         res.append(_time(lambda: replay(rt.queue, b.launches), rt.queue.finish, reps))
-        del A, B, C, b
+        del A, B, C, b, work
     return res, {"device": rt.info, "family": fam, "params": p}
 
 

@@ -35,6 +35,10 @@
 #define NDIMC 8    // work-items along N; NWI = NWG / NDIMC columns each
 #endif
 
+#ifndef LPAD
+#define LPAD 0     // floats of padding per local-memory row (0 or 4): spreads the transposing stores of
+                   // A (nn, nt) and B (nt, tt) over more banks
+#endif
 #ifndef KUNROLL
 #define KUNROLL 1  // unroll the KWG loop (GPUs); the launcher turns it off for a GPU-shaped build on a CPU device
 #endif
@@ -86,14 +90,15 @@ inline float epilogue(const float acc, const float alpha, const float beta, __gl
 
 // ========================================================================= GPU-shaped family
 #if FAMILY & 1
-#if (MWI % 4) || (NWI % 4) || (KWG % 4) || ((MWG * KWG / 4) % THREADS) || ((NWG * KWG / 4) % THREADS)
-#error "gemm.cl: MWI, NWI and KWG must be multiples of 4, and each tile a whole number of float4 per work-item"
+#if (MWI % 4) || (NWI % 4) || (KWG % 4) || (LPAD % 4) || ((MWG * KWG / 4) % THREADS) || ((NWG * KWG / 4) % THREADS)
+#error "gemm.cl: MWI, NWI, KWG and LPAD must be multiples of 4, and each tile a whole number of float4 per work-item"
 #endif
 // Loads the KWG x XWG slice of a matrix whose element (x, k) sits at src[x*ld + k] (kcontig) or
-// src[k*ld + x] into dst[k*XWG + x]. `fast`: slice fully inside and float4-aligned.
+// src[k*ld + x] into dst[k*(XWG + LPAD) + x]. `fast`: slice fully inside and float4-aligned.
 inline void gpu_load_tile(const int kcontig, __global const float* src, const int ld, const int xlim,
                           const int klim, const int x0, const int k0, const int XWG, __local float* dst,
                           const int tid, const int fast) {
+    const int XL = XWG + LPAD;
     for (int idx = tid; idx < XWG * KWG / 4; idx += THREADS) {
         if (kcontig) {
             const int x = idx / (KWG / 4), k = (idx % (KWG / 4)) * 4;
@@ -107,10 +112,10 @@ inline void gpu_load_tile(const int kcontig, __global const float* src, const in
                 v.z = in && kk + 2 < klim ? src[xx * ld + kk + 2] : 0.0f;
                 v.w = in && kk + 3 < klim ? src[xx * ld + kk + 3] : 0.0f;
             }
-            dst[(k + 0) * XWG + x] = v.x;
-            dst[(k + 1) * XWG + x] = v.y;
-            dst[(k + 2) * XWG + x] = v.z;
-            dst[(k + 3) * XWG + x] = v.w;
+            dst[(k + 0) * XL + x] = v.x;
+            dst[(k + 1) * XL + x] = v.y;
+            dst[(k + 2) * XL + x] = v.z;
+            dst[(k + 3) * XL + x] = v.w;
         } else {
             const int k = idx / (XWG / 4), x = (idx % (XWG / 4)) * 4;
             float4 v;
@@ -123,7 +128,7 @@ inline void gpu_load_tile(const int kcontig, __global const float* src, const in
                 v.z = in && xx + 2 < xlim ? src[kk * ld + xx + 2] : 0.0f;
                 v.w = in && xx + 3 < xlim ? src[kk * ld + xx + 3] : 0.0f;
             }
-            vstore4(v, 0, dst + k * XWG + x);
+            *(__local float4*)(dst + k * XL + x) = v;          // 16-byte aligned: XL, x multiples of 4
         }
     }
 }
@@ -137,21 +142,26 @@ inline void gemm_gpu_body(const int ta, const int tb, const int M, const int N, 
                           const float alpha, const float beta,
                           const int stride_a, const int stride_b, const int stride_c,
                           __global const float* bias, const int bias_off, const int bias_mode,
-                          const int aligned, __local float* As, __local float* Bs) {
+                          const int aligned, const int ksplit, const int kchunk,
+                          __local float* As, __local float* Bs) {
     const int tx = get_local_id(0), ty = get_local_id(1), tid = ty * NDIMC + tx;
-    const int n0 = get_group_id(0) * NWG, m0 = get_group_id(1) * MWG, z = get_global_id(2);
+    const int n0 = get_group_id(0) * NWG, m0 = get_group_id(1) * MWG;
+    // split-K: group index gz = z * ksplit + part; part takes K range [part*kchunk, +kchunk) and
+    // writes its own (partial) matrix gz; gemm_reduce sums them. ksplit == 1: gz == z, whole K.
+    const int gz = get_global_id(2), z = gz / ksplit, kbeg = (gz % ksplit) * kchunk;
+    const int kend = min(K, kbeg + kchunk);
     A += a_off + z * stride_a;
     B += b_off + z * stride_b;
-    C += c_off + z * stride_c;
+    C += c_off + gz * stride_c;
     bias += bias_off;
     float acc[MWI][NWI];
     for (int i = 0; i < MWI; i++)
         for (int j = 0; j < NWI; j++) acc[i][j] = 0.0f;
     const int full_m = m0 + MWG <= M, full_n = n0 + NWG <= N;
-    for (int k0 = 0; k0 < K; k0 += KWG) {
-        const int full_k = k0 + KWG <= K;
-        gpu_load_tile(!ta, A, lda, M, K, m0, k0, MWG, As, tid, (aligned & 1) && full_m && full_k);
-        gpu_load_tile(tb, B, ldb, N, K, n0, k0, NWG, Bs, tid, (aligned & 2) && full_n && full_k);
+    for (int k0 = kbeg; k0 < kend; k0 += KWG) {
+        const int full_k = k0 + KWG <= kend;
+        gpu_load_tile(!ta, A, lda, M, kend, m0, k0, MWG, As, tid, (aligned & 1) && full_m && full_k);
+        gpu_load_tile(tb, B, ldb, N, kend, n0, k0, NWG, Bs, tid, (aligned & 2) && full_n && full_k);
         barrier(CLK_LOCAL_MEM_FENCE);
 #if KUNROLL
 #pragma unroll
@@ -161,11 +171,11 @@ inline void gemm_gpu_body(const int ta, const int tb, const int M, const int N, 
         for (int kk = 0; kk < KWG; kk++) {
             float a[MWI], b[NWI];
             for (int iv = 0; iv < MWI / 4; iv++) {
-                const float4 v = vload4(0, As + kk * MWG + iv * MDIMC * 4 + ty * 4);
+                const float4 v = *(__local const float4*)(As + kk * (MWG + LPAD) + iv * MDIMC * 4 + ty * 4);
                 a[iv * 4 + 0] = v.x; a[iv * 4 + 1] = v.y; a[iv * 4 + 2] = v.z; a[iv * 4 + 3] = v.w;
             }
             for (int jv = 0; jv < NWI / 4; jv++) {
-                const float4 v = vload4(0, Bs + kk * NWG + jv * NDIMC * 4 + tx * 4);
+                const float4 v = *(__local const float4*)(Bs + kk * (NWG + LPAD) + jv * NDIMC * 4 + tx * 4);
                 b[jv * 4 + 0] = v.x; b[jv * 4 + 1] = v.y; b[jv * 4 + 2] = v.z; b[jv * 4 + 3] = v.w;
             }
             for (int i = 0; i < MWI; i++)
@@ -187,13 +197,16 @@ inline void gemm_gpu_body(const int ta, const int tb, const int M, const int N, 
     __global const float* A, const int a_off, const int lda, __global const float* B, const int b_off, const int ldb, \
     __global float* C, const int c_off, const int ldc, const float alpha, const float beta, \
     const int stride_a, const int stride_b, const int stride_c, \
-    __global const float* bias, const int bias_off, const int bias_mode, const int aligned
+    __global const float* bias, const int bias_off, const int bias_mode, const int aligned, \
+    const int ksplit, const int kchunk
 #define GPU_PASS M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, stride_a, stride_b, stride_c, \
-    bias, bias_off, bias_mode, aligned, As, Bs
+    bias, bias_off, bias_mode, aligned, ksplit, kchunk, As, Bs
 #define GPU_KERNEL(name, ta, tb) \
     __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1))) void name(GPU_ARGS) { \
-        __local float As[KWG * MWG]; \
-        __local float Bs[KWG * NWG]; \
+        __local float4 As4[KWG * (MWG + LPAD) / 4];  /* float4: 16-byte aligned for the vector reads */ \
+        __local float4 Bs4[KWG * (NWG + LPAD) / 4]; \
+        __local float* As = (__local float*)As4; \
+        __local float* Bs = (__local float*)Bs4; \
         gemm_gpu_body(ta, tb, GPU_PASS); \
     }
 GPU_KERNEL(gemm_gpu_nn, 0, 0)
@@ -337,6 +350,23 @@ __kernel void gemm_cpu_nt(CPU_ARGS) { CPU_SHIFT gemm_cpu_dot(M, N, K, A, lda, B,
 #endif  // FAMILY & 2
 
 // ========================================================================= reductions
+// Sums `parts` consecutive partial products (M x N each, packed) per output matrix and applies the
+// epilogue: C[zo] = alpha * sum_p work[zo*parts + p] (+ beta * C[zo]) (+ bias). Used after a split-K
+// GEMM (parts = ksplit) and to sum a batch of products into one C (parts = batch * ksplit: conv dW
+// over the images). Fixed summation order: deterministic. Global size (N, M, outputs).
+__kernel void gemm_reduce(__global const float* work, const int work_off, const int parts, const int M,
+                          const int N, __global float* C, const int c_off, const int ldc, const int stride_c,
+                          const float alpha, const float beta,
+                          __global const float* bias, const int bias_off, const int bias_mode) {
+    const int n = get_global_id(0), m = get_global_id(1), zo = get_global_id(2);
+    if (n >= N || m >= M) return;
+    __global const float* w = work + work_off + (zo * parts) * M * N + m * N + n;
+    float s = 0.0f;
+    for (int p = 0; p < parts; p++) s += w[p * M * N];
+    C += c_off + zo * stride_c;
+    C[m * ldc + n] = epilogue(s, alpha, beta, C + m * ldc + n, bias + bias_off, bias_mode, m, n);
+}
+
 // g (rows, cols) row-major -> s (cols,) = sum over rows: the FC bias gradient db = gy.sum(axis=0).
 // One work-item per column, rows summed in order (deterministic); adjacent work-items read adjacent
 // addresses, so GPUs coalesce and CPUs vectorise across work-items.

@@ -24,9 +24,10 @@ def _mat(rng, shape):
 
 
 def run_gemm(form, M, N, K, variant, params=None, *, alpha=1.0, beta=0.0, batch=1, pad=(0, 0, 0),
-             offs=(0, 0, 0), bias_mode=None, seed=0):
-    """One gemm() launch over padded, offset, batched operands; returns (got, want) as (batch, M, N).
-    pad adds to each leading dimension, offs shifts each matrix's first element."""
+             offs=(0, 0, 0), bias_mode=None, seed=0, reduce_batch=False, work_floats=None, expect_launches=None):
+    """One gemm() over padded, offset, batched operands; returns (got, want) as (batch, M, N), or
+    (1, M, N) with reduce_batch. pad adds to each leading dimension, offs shifts each matrix's first
+    element; work_floats sizes a NaN-filled scratch buffer for split-K / batch reductions."""
     from device_agent.backends.opencl.gemm import gemm
     from device_agent.backends.opencl.runtime import LaunchBuilder, replay
 
@@ -45,12 +46,23 @@ def run_gemm(form, M, N, K, variant, params=None, *, alpha=1.0, beta=0.0, batch=
     if beta == 0:
         Cin[:] = np.nan                                        # beta == 0 must never read C
     tA, tB, tC, tbias = (upload(rt, n, v) for n, v in (("A", A), ("B", B), ("C", Cin), ("bias", bias)))
+    work = upload(rt, "work", np.full(work_floats + 7, np.nan, np.float32)) if work_floats else None
     b = LaunchBuilder(rt)
-    gemm(b, ta, tb, M, N, K, tA, offs[0], lda, tB, offs[1], ldb, tC, offs[2], ldc, alpha, beta, batch,
-         sa, sb, sc, bias=tbias if bias_mode else None, bias_off=1 if bias_mode else 0, bias_mode=bias_mode,
-         variant=variant, params=params)
+    launches = gemm(b, ta, tb, M, N, K, tA, offs[0], lda, tB, offs[1], ldb, tC, offs[2], ldc, alpha, beta,
+                    batch, sa, sb, sc, bias=tbias if bias_mode else None, bias_off=1 if bias_mode else 0,
+                    bias_mode=bias_mode, reduce_batch=reduce_batch, work=work, work_off=7,
+                    work_floats=work_floats or 0, variant=variant, params=params)
+    if expect_launches is not None:
+        assert len(launches) == expect_launches, [ln.kernel.function_name for ln in launches]
     replay(rt.queue, b.launches)
     out = download(rt, tC)
+    if reduce_batch:
+        a3 = [A[offs[0] + z * sa:][:ar * lda].reshape(ar, lda)[:, :ac] for z in range(batch)]
+        b3 = [B[offs[1] + z * sb:][:br * ldb].reshape(br, ldb)[:, :bc] for z in range(batch)]
+        prod = sum((a.T if ta else a).astype(np.float64) @ (bm.T if tb else bm) for a, bm in zip(a3, b3))
+        w = alpha * prod + beta * C0[offs[2]:][:M * ldc].reshape(M, ldc)[:, :N]
+        w = w + (bias[1:1 + N][None, :] if bias_mode == "col" else bias[1:1 + M][:, None] if bias_mode else 0)
+        return out[offs[2]:][:M * ldc].reshape(M, ldc)[None, :, :N], w[None]
     got, want = [], []
     for z in range(batch):
         a = A[offs[0] + z * sa:][:ar * lda].reshape(ar, lda)[:, :ac]
@@ -119,7 +131,39 @@ def test_gemm_k_zero_and_empty(variant):
     from device_agent.backends.opencl.runtime import LaunchBuilder
 
     b = LaunchBuilder(runtime())
-    assert gemm(b, False, False, 0, 4, 4, None, 0, 4, None, 0, 4, None, 0, 4) is None and not b.launches
+    assert gemm(b, False, False, 0, 4, 4, None, 0, 4, None, 0, 4, None, 0, 4) == [] and not b.launches
+
+
+SPLIT = dict(GPU_SMALL, min_groups=64)   # ask for 64 work-groups: tiny GEMMs must split K
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_gemm_split_k(form):
+    """GPU family: K split over work-groups into `work`, then the fixed-order reduction (+ epilogue)"""
+    for (M, N, K), batch, beta, bias in [((3, 17, 129), 1, 0.0, "col"), ((17, 5, 64), 2, 1.5, "row"),
+                                         ((1, 1, 129), 3, 0.0, None)]:
+        got, want = run_gemm(form, M, N, K, "gpu", SPLIT, batch=batch, beta=beta, bias_mode=bias,
+                             work_floats=64 * batch * M * N, expect_launches=2)
+        check(got, want, K)
+    # no work buffer: no split, one launch
+    got, want = run_gemm(form, 3, 17, 129, "gpu", SPLIT, expect_launches=1)
+    check(got, want, 129)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("form", FORMS)
+def test_gemm_reduce_batch(variant, form):
+    """C = beta*C + alpha * sum_z op(A_z) op(B_z) (+ bias): partials + reduction on GPUs, or one launch
+    per batch entry accumulating (CPU family, or a work buffer too small for the partials)"""
+    p = SPLIT if variant == "gpu" else None
+    for (M, N, K), batch, beta, bias, work in [((17, 5, 64), 3, 0.0, "row", 10_000), ((3, 17, 129), 2, 1.5, "col", 10_000),
+                                               ((17, 5, 64), 3, 0.5, "col", 17 * 5)]:
+        # GPU with room for the partials: one GEMM + one reduction; else one launch per entry (a work of
+        # M*N floats is too small to split those)
+        n = 2 if variant == "gpu" and work >= batch * M * N else batch
+        got, want = run_gemm(form, M, N, K, variant, p, batch=batch, beta=beta, bias_mode=bias, reduce_batch=True,
+                             work_floats=work, expect_launches=n)
+        check(got, want, K * batch)
 
 
 def test_gemm_rejects_short_leading_dimension():
@@ -248,8 +292,9 @@ def test_conv2d_frozen_records_no_work():
     _, x_shape, attrs, _ = next(c for c in CONV_CASES if c[0] == "odd7x5")
     a = normalize_attrs(get_op("Conv2d"), attrs)
     dummy = TensorRef("t", (1,), rt.alloc(4))
+    y = TensorRef("y", (2, 4, 5, 3), dummy.buf)
     io = NodeIO("c", "Conv2d", a, [TensorRef("x", x_shape, dummy.buf), TensorRef("w", (4, 3, 3, 3), dummy.buf)],
-                [dummy], gx=[None, None], gy=[dummy], workspace=TensorRef("ws", (1 << 20,), dummy.buf))
+                [y], gx=[None, None], gy=[y], workspace=TensorRef("ws", (1 << 20,), dummy.buf))
     b = LaunchBuilder(rt)
     get_op("Conv2d").cl.backward(b, io)
     assert b.launches == []
@@ -264,7 +309,8 @@ def test_conv2d_chunked_workspace(monkeypatch):
     y_shape = op.infer(a, [x_shape, op.param_shapes(a, x_shape)["weight"]])[0]
     per_image = x_shape[1] * a["kernel"][0] * a["kernel"][1] * y_shape[2] * y_shape[3]   # C*R*S*P*Q
     monkeypatch.setattr(conv_mod, "_CL_COLS_BUDGET", 2 * per_image)
-    assert conv_mod.cl_conv_workspace(a, [x_shape], [y_shape]) == 4 * 2 * per_image  # 2 images of 5
+    assert conv_mod._cols_images(a, x_shape, y_shape) == (2, per_image)              # 2 images of 5
+    assert conv_mod.cl_conv_workspace(a, [x_shape], [y_shape]) >= 4 * 2 * per_image
     cl_check("Conv2d", attrs, conv_inputs(x_shape, attrs, bias, np.float32))
 
 

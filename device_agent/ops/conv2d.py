@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..backends.opencl.gemm import gemm, gemm_config
+from ..backends.opencl.gemm import gemm, gemm_config, split_floats
 from . import register
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
@@ -236,12 +236,14 @@ def conv_backward(attrs, saved, gys, needs, ctx):
 #   depthwise (groups == C > 1): direct kernels dw_fwd / dw_bwd_data / dw_bwd_filter (conv2d.cl)
 #   pointwise (1x1, stride 1, no pads): the NCHW image *is* the GEMM operand, no columns
 #   general: im2col of nb images into the workspace (nb, C*R*S, P*Q), then per group one GEMM batched
-#            over the nb images; nb = as many images as the workspace holds (whole batch when it fits)
+#            over the nb images; nb = as many images as _CL_COLS_BUDGET holds (whole batch when it fits)
 # GEMM shapes per image n and group gi (Kg = K/g, CRSg = C/g*R*S):
 #   forward  y[n,gi]  (Kg, PQ)   = w[gi] (Kg, CRSg)  @ cols[n,gi] (CRSg, PQ)       NN, bias in the epilogue
 #   dX       dcols[n,gi] (CRSg, PQ) = w[gi]^T        @ gy[n,gi] (Kg, PQ)           TN, then col2im (gather)
-#   dW       dw[gi] (Kg, CRSg)  += gy[n,gi] (Kg, PQ) @ cols[n,gi]^T                 NT, beta = 1 after image 0
-#            on CPU-shaped GEMMs: += gy[n,gi] @ rows[n,gi] with rows = cols^T (im2row)  NN, likewise
+#   dW       dw[gi] (Kg, CRSg)  = sum_n gy[n,gi] (Kg, PQ) @ cols[n,gi]^T           NT, summed over the images
+#            by the GEMM (reduce_batch: partial products + a fixed-order reduction on GPUs)
+#            CPU-shaped GEMMs: gy[n,gi] @ rows[n,gi], rows = cols^T (im2row)       NN, image by image
+# Workspace: [columns of nb images | GEMM partial products (split-K, dW's per-image products)].
 def _cl_geometry(io):
     x = io.x[0]
     n, c, h, wd = x.shape
@@ -256,26 +258,41 @@ def _is_pointwise(attrs: dict) -> bool:
             and not any(attrs["pads"]))
 
 
-def cl_conv_workspace(attrs, in_shapes, out_shapes):
-    """bytes of im2col columns: nb images (C*R*S, P*Q), nb = whole batch if within _CL_COLS_BUDGET.
-    Pointwise convolutions need them only for dW on CPU devices (x transposed, see cl_conv_backward)."""
-    n, c = in_shapes[0][:2]
-    if _is_depthwise(c, attrs["groups"]):
-        return 0
+def _cols_images(attrs, x_shape, y_shape) -> tuple[int, int]:
+    """(images per column chunk, floats per image) of the workspace's column region"""
+    n, c = x_shape[:2]
     r, s = attrs["kernel"]
-    per_image = c * r * s * out_shapes[0][2] * out_shapes[0][3]
-    return 4 * per_image * max(1, min(n, _CL_COLS_BUDGET // per_image))
+    per_image = c * r * s * y_shape[2] * y_shape[3]
+    return max(1, min(n, _CL_COLS_BUDGET // per_image)), per_image
 
 
-def _images_per_chunk(io, per_image: int, n: int) -> int:
-    if io.workspace is None or io.workspace.size < per_image:
-        raise ValueError(f"{io.name}: Conv2d needs a workspace of at least {per_image} floats")
-    return max(1, min(n, io.workspace.size // per_image))  # the Plan's shared workspace may be larger
+def cl_conv_workspace(attrs, in_shapes, out_shapes):
+    """bytes: im2col columns of nb images (nb = whole batch if within _CL_COLS_BUDGET; pointwise
+    convolutions use them only for dW on CPU devices), then GEMM partial products (GPU split-K)."""
+    n, c = in_shapes[0][:2]
+    g = attrs["groups"]
+    if _is_depthwise(c, g):
+        return 0
+    nb, per_image = _cols_images(attrs, in_shapes[0], out_shapes[0])
+    k, (r, s), pq = out_shapes[0][1], attrs["kernel"], out_shapes[0][2] * out_shapes[0][3]
+    kg, crsg = k // g, c // g * r * s
+    partials = max(split_floats(kg, pq, crsg, nb), split_floats(crsg, pq, kg, nb),
+                   split_floats(kg, crsg, pq, nb, reduce_batch=True))
+    return 4 * (nb * per_image + partials)
 
 
 def _dw_defines(b) -> dict:
     """conv2d.cl's build: LWG work-items per reduction (1 on CPUs: one work-item walks it, no barriers)"""
     return {"LWG": int(b.tuning("conv2d").get("LWG", 1 if b.kind == "cpu" else 64))}
+
+
+def _regions(io) -> tuple[int, dict]:
+    """(images per chunk, gemm kwargs for the partial-product region after the columns)"""
+    nb, per_image = _cols_images(io.attrs, io.x[0].shape, io.y[0].shape)
+    ws = io.workspace
+    if ws is None or ws.size < nb * per_image:
+        raise ValueError(f"{io.name}: Conv2d needs a workspace of at least {nb * per_image} floats")
+    return nb, {"work": ws, "work_off": nb * per_image, "work_floats": ws.size - nb * per_image}
 
 
 def cl_conv_forward(b, io):
@@ -290,15 +307,14 @@ def cl_conv_forward(b, io):
                  flops=2 * n * k * p * q * r * s)
         return
     kg, cg = k // g, c // g
-    bias_mode = "row" if bias is not None else None
-    if _is_pointwise(io.attrs):
-        hw = h * wd
-        for gi in range(g):
-            gemm(b, False, False, kg, hw, cg, w, gi * kg * cg, cg, x, gi * cg * hw, hw, y, gi * kg * hw, hw,
-                 batch=n, stride_b=c * hw, stride_c=k * hw, bias=bias, bias_off=gi * kg, bias_mode=bias_mode)
-        return
     crs, crsg, pq = c * r * s, cg * r * s, p * q
-    nb = _images_per_chunk(io, crs * pq, n)
+    nb, work = _regions(io)
+    bias_kw = {"bias": bias, "bias_mode": "row" if bias is not None else None}
+    if _is_pointwise(io.attrs):
+        for gi in range(g):
+            gemm(b, False, False, kg, pq, cg, w, gi * kg * cg, cg, x, gi * cg * pq, pq, y, gi * kg * pq, pq,
+                 batch=n, stride_b=c * pq, stride_c=k * pq, bias_off=gi * kg, **bias_kw, **work)
+        return
     cols = io.workspace
     for i0 in range(0, n, nb):
         m = min(nb, n - i0)
@@ -307,7 +323,7 @@ def cl_conv_forward(b, io):
         for gi in range(g):
             gemm(b, False, False, kg, pq, crsg, w, gi * kg * crsg, crsg, cols, gi * crsg * pq, pq,
                  y, i0 * k * pq + gi * kg * pq, pq, batch=m, stride_b=crs * pq, stride_c=k * pq,
-                 bias=bias, bias_off=gi * kg, bias_mode=bias_mode)
+                 bias_off=gi * kg, **bias_kw, **work)
 
 
 def cl_conv_backward(b, io):
@@ -330,53 +346,53 @@ def cl_conv_backward(b, io):
             b.launch("conv2d.cl", "dw_bwd_filter", (k * r * s * lwg,), (lwg,), x, gy, gw, n, c, h, wd, k // c,
                      *geo, defines=defs, flops=2 * n * k * p * q * r * s)
         return
+    if gx is None and gw is None:
+        return
     kg, cg = k // g, c // g
     crs, crsg, pq = c * r * s, cg * r * s, p * q
     pointwise = _is_pointwise(io.attrs)
+    nb, work = _regions(io)
+    cols = io.workspace
     if gw is not None:
-        if gemm_config(b)[0] == "cpu":
-            # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] += gy[n,gi] @ rows[n,gi]  (rows = cols^T)
-            # NOTE: the CPU-shaped GEMM is 3-10x faster as NN than as NT when K = P*Q is short.
-            nb = _images_per_chunk(io, crs * pq, n)
-            for i0 in range(0, n, nb):
-                m = min(nb, n - i0)
-                b.launch("conv2d.cl", "im2row", (crs, pq, m), None, x, i0 * c * h * wd, io.workspace, c, h, wd,
-                         *geo, defines=defs)
-                for j in range(m):
-                    gemm(b, False, False, kg, crsg, pq, gy, (i0 + j) * k * pq, pq, io.workspace, j * pq * crs, crs,
-                         gw, 0, crsg, beta=0.0 if i0 + j == 0 else 1.0, batch=g, stride_a=kg * pq, stride_b=crsg,
-                         stride_c=kg * crsg)
-        elif pointwise:
-            for i in range(n):                            # dw[gi] (Kg,Cg) += gy[i,gi] @ x[i,gi]^T
-                gemm(b, False, True, kg, cg, pq, gy, i * k * pq, pq, x, i * c * pq, pq, gw, 0, cg,
-                     beta=0.0 if i == 0 else 1.0, batch=g, stride_a=kg * pq, stride_b=cg * pq, stride_c=kg * cg)
-        else:
-            # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] += gy[n,gi] @ cols[n,gi]^T
-            nb = _images_per_chunk(io, crs * pq, n)
-            for i0 in range(0, n, nb):
-                m = min(nb, n - i0)
-                b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, io.workspace, c, h, wd,
-                         *geo, defines=defs)
-                for j in range(m):
-                    gemm(b, False, True, kg, crsg, pq, gy, (i0 + j) * k * pq, pq, io.workspace, j * crs * pq, pq,
-                         gw, 0, crsg, beta=0.0 if i0 + j == 0 else 1.0, batch=g, stride_a=kg * pq,
-                         stride_b=crsg * pq, stride_c=kg * crsg)
+        cpu = gemm_config(b)[0] == "cpu"
+        for i0 in range(0, n, nb):
+            m = min(nb, n - i0)
+            beta = 0.0 if i0 == 0 else 1.0
+            if cpu:
+                # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] += gy[n,gi] @ rows[n,gi]  (rows = cols^T)
+                # NOTE: the CPU-shaped GEMM is 3-10x faster as NN than as NT when K = P*Q is short.
+                b.launch("conv2d.cl", "im2row", (crs, pq, m), None, x, i0 * c * h * wd, cols, c, h, wd, *geo,
+                         defines=defs)
+                for gi in range(g):
+                    gemm(b, False, False, kg, crsg, pq, gy, i0 * k * pq + gi * kg * pq, pq, cols, gi * crsg, crs,
+                         gw, gi * kg * crsg, crsg, beta=beta, batch=m, stride_a=k * pq, stride_b=pq * crs,
+                         reduce_batch=True, **work)
+                continue
+            if pointwise:  # undoes: y[n,gi] = w[gi] @ x[n,gi]  ->  dw[gi] = sum_n gy[n,gi] @ x[n,gi]^T
+                src, src_off, src_stride = x, i0 * c * pq, c * pq
+            else:          # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] = sum_n gy[n,gi] @ cols[n,gi]^T
+                b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, cols, c, h, wd, *geo,
+                         defines=defs)
+                src, src_off, src_stride = cols, 0, crs * pq
+            for gi in range(g):
+                gemm(b, False, True, kg, crsg, pq, gy, i0 * k * pq + gi * kg * pq, pq, src, src_off + gi * crsg * pq,
+                     pq, gw, gi * kg * crsg, crsg, beta=beta, batch=m, stride_a=k * pq, stride_b=src_stride,
+                     reduce_batch=True, **work)
     if gx is None:
         return
     if pointwise:
         # undoes: y[n,gi] = w[gi] @ x[n,gi]  ->  dx[n,gi] (Cg,HW) = w[gi]^T @ gy[n,gi]
         for gi in range(g):
             gemm(b, True, False, cg, pq, kg, w, gi * kg * cg, cg, gy, gi * kg * pq, pq, gx, gi * cg * pq, pq,
-                 batch=n, stride_b=k * pq, stride_c=c * pq)
+                 batch=n, stride_b=k * pq, stride_c=c * pq, **work)
         return
     # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dcols[n,gi] = w[gi]^T @ gy[n,gi], then col2im
-    nb = _images_per_chunk(io, crs * pq, n)
     for i0 in range(0, n, nb):
         m = min(nb, n - i0)
         for gi in range(g):
             gemm(b, True, False, crsg, pq, kg, w, gi * kg * crsg, crsg, gy, i0 * k * pq + gi * kg * pq, pq,
-                 io.workspace, gi * crsg * pq, pq, batch=m, stride_b=k * pq, stride_c=crs * pq)
-        b.launch("conv2d.cl", "col2im", (h * wd, c, m), None, io.workspace, gx, i0 * c * h * wd, c, h, wd, *geo,
+                 cols, gi * crsg * pq, pq, batch=m, stride_b=k * pq, stride_c=crs * pq, **work)
+        b.launch("conv2d.cl", "col2im", (h * wd, c, m), None, cols, gx, i0 * c * h * wd, c, h, wd, *geo,
                  defines=defs)
 
 

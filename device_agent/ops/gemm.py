@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.opencl.gemm import colsum, gemm
+from ..backends.opencl.gemm import colsum, gemm, split_floats
 from . import register
 from .base import Attr, ClSpec, OpDef, ShapeError, expect_rank, expect_shape
 
@@ -64,13 +64,24 @@ def gemm_backward(attrs, saved, gys, needs, ctx):
 
 
 # ----------------------------------------------------------------------------- OpenCL
+def cl_gemm_workspace(attrs, in_shapes, out_shapes):
+    """bytes of split-K partial products (GPUs: at batch 8 one FC GEMM alone leaves the device idle)"""
+    (n, f), m = in_shapes[0], attrs["out_features"]
+    return 4 * max(split_floats(n, m, f), split_floats(n, f, m), split_floats(m, f, n))
+
+
+def _work(io) -> dict:
+    ws = io.workspace
+    return {"work": ws, "work_floats": ws.size if ws is not None else 0}
+
+
 def cl_gemm_forward(b, io):
     """x (N,F), w (M,F), b? (M,) -> y (N,M): one NT GEMM with the bias added in its epilogue"""
     x, w = io.x[0], io.x[1]
     (n, f), m = x.shape, w.shape[0]
     bias = io.x[2] if len(io.x) > 2 else None
     gemm(b, False, True, n, m, f, x, 0, f, w, 0, f, io.y[0], 0, m,
-         bias=bias, bias_mode="col" if bias is not None else None)
+         bias=bias, bias_mode="col" if bias is not None else None, **_work(io))
 
 
 def cl_gemm_backward(b, io):
@@ -80,9 +91,9 @@ def cl_gemm_backward(b, io):
     gx = io.gx + [None] * (3 - len(io.gx))
     # undoes: y = x @ w.T
     if gx[0] is not None:
-        gemm(b, False, False, n, f, m, gy, 0, m, w, 0, f, gx[0], 0, f)     # dx (N,F) = g (N,M) @ w (M,F)
+        gemm(b, False, False, n, f, m, gy, 0, m, w, 0, f, gx[0], 0, f, **_work(io))  # dx (N,F) = g (N,M) @ w (M,F)
     if gx[1] is not None:
-        gemm(b, True, False, m, f, n, gy, 0, m, x, 0, f, gx[1], 0, f)      # dw (M,F) = g^T (M,N) @ x (N,F)
+        gemm(b, True, False, m, f, n, gy, 0, m, x, 0, f, gx[1], 0, f, **_work(io))   # dw (M,F) = g^T (M,N) @ x (N,F)
     # undoes: y = y + b
     if gx[2] is not None:
         colsum(b, gy, gx[2], n, m)                                          # db (M,) = g.sum(axis=0)
@@ -92,4 +103,4 @@ register(OpDef("Gemm", ("x", "weight", "bias?"), {"out_features": Attr("int", mi
                gemm_infer, gemm_forward, gemm_backward, params=("weight", "bias"),
                param_shapes=gemm_param_shapes, flops=gemm_flops,
                doc="y = x @ weight.T + bias (torch Linear)",
-               cl=ClSpec(cl_gemm_forward, cl_gemm_backward, saves=("x0", "x1"))))
+               cl=ClSpec(cl_gemm_forward, cl_gemm_backward, saves=("x0", "x1"), workspace=cl_gemm_workspace)))

@@ -5,19 +5,30 @@
 C[M,N] = alpha * op(A) @ op(B) + beta * C (+ bias) for each z < batch, op(A) = A (M,K) or A^T (A
 stored (K,M)); op(B) = B (K,N) or B^T (B stored (N,K)); matrix z of A starts at a_off + z*stride_a.
 beta == 0 never reads C. bias_mode "col" adds bias[bias_off + n], "row" adds bias[bias_off + m].
+reduce_batch=True sums the batch into one C instead: C = alpha * sum_z op(A_z) op(B_z) + beta * C
+(conv dW over the images).
 
 Two kernel families (kernels/gemm.cl): "gpu" (work-group tiles staged in local memory) and "cpu"
 (wide per-work-item register tiles, no local memory, for PoCL-like CPU devices). The family follows
 the device kind unless the tuning data ("variant") or the caller (`variant=`) says otherwise; tile
 sizes come from configs/tuning/*.json -> "gemm", overridable with `params=` (tests, `thomas tune`).
+
+GPU family and scratch `work` (floats [work_off, work_off + work_floats) of a buffer): when the tiles
+leave the device idle (fewer than min_groups work-groups; FC layers at batch 8, 1x1 convolutions on
+7x7 maps) K is split over more work-groups writing partial products to `work`, summed in a fixed
+order by gemm_reduce (deterministic, no atomics); reduce_batch sums the batch's products the same
+way. Without (enough) work the launcher falls back to one launch per batch entry with beta = 1.
 """
 from __future__ import annotations
 
-GPU_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC")
+GPU_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
 CPU_KEYS = ("TM", "TN", "VW", "DM", "DN")
 # the kernel file's own defaults, used when the tuning data has nothing for a forced family
-GPU_DEFAULT = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8}
+GPU_DEFAULT = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0}
 CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "LX": 4, "LY": 4}
+MAX_SPLIT = 64           # K parts per product at most
+MIN_KCHUNK_SLICES = 4    # each part gets at least 4 K-slices (KWG each)
+WORK_CAP = 1 << 22       # floats of partial products an op reserves at most (16 MiB)
 _BIAS = {None: 0, "col": 1, "row": 2}
 
 
@@ -35,27 +46,70 @@ def gemm_config(b, variant: str | None = None, params: dict | None = None) -> tu
     return fam, out
 
 
-def _gpu_tiles(p: dict, M: int, N: int, batch: int, units: int) -> dict:
+def _units(b) -> int:
+    rt = getattr(b, "rt", None)
+    return int(rt.info.get("compute_units", 1)) if rt is not None else 1
+
+
+def _gpu_tiles(p: dict, M: int, N: int, batch: int, min_groups: int) -> dict:
     """The big tile unless it leaves the device idle (fewer than min_groups work-groups) and the
     tuning names a "small" one (FC layers at batch 8, late 7x7 convolutions)."""
     tiles = {k: int(p[k]) for k in GPU_KEYS}
     small = p.get("small")
-    if small:
-        groups = -(-M // tiles["MWG"]) * -(-N // tiles["NWG"]) * batch
-        if groups < int(p.get("min_groups", 2 * units)):
-            tiles = {k: int(small.get(k, tiles[k])) for k in GPU_KEYS}
+    if small and _groups(tiles, M, N, batch) < min_groups:
+        tiles = {k: int(small.get(k, tiles[k])) for k in GPU_KEYS}
     return tiles
+
+
+def _groups(t: dict, M: int, N: int, batch: int) -> int:
+    return -(-M // t["MWG"]) * -(-N // t["NWG"]) * batch
+
+
+def _split(t: dict, M: int, N: int, K: int, batch: int, min_groups: int, room: int, need: bool) -> int:
+    """K parts per product: enough work-groups to fill the device, each part at least
+    MIN_KCHUNK_SLICES K-slices long, all partials (batch * parts * M * N floats) fitting in `room`.
+    0 = does not fit (only when `need`, i.e. a batch reduction that must go through `work`)."""
+    groups = _groups(t, M, N, batch)
+    s = max(1, min(MAX_SPLIT, -(-min_groups // groups), K // (MIN_KCHUNK_SLICES * t["KWG"])))
+    while s > 1 and batch * s * M * N > room:
+        s -= 1
+    if need and batch * s * M * N > room:
+        return 0
+    return s
+
+
+def split_floats(M: int, N: int, K: int, batch: int = 1, reduce_batch: bool = False) -> int:
+    """Scratch floats an op should reserve for gemm(..., work=) of this shape: room for the K split
+    a large GPU wants (estimated with 64x64 tiles and 512 work-groups), and for the batch's partial
+    products when reduce_batch; capped at WORK_CAP (a smaller `work` only means less splitting)."""
+    tiles = -(-M // 64) * -(-N // 64) * batch
+    s = max(1, min(MAX_SPLIT, -(-512 // tiles), K // (MIN_KCHUNK_SLICES * 16)))
+    if s == 1 and not reduce_batch:
+        return 0
+    return min(WORK_CAP, max(s * batch * M * N, batch * M * N if reduce_batch else 0))
+
+
+def _scoped(b, label):
+    class _Label:
+        def __enter__(self):
+            self.old = b.label
+            b.label = label or self.old or "gemm"
+
+        def __exit__(self, *exc):
+            b.label = self.old
+    return _Label()
 
 
 def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int, B, b_off: int, ldb: int,
          C, c_off: int, ldc: int, alpha: float = 1.0, beta: float = 0.0, batch: int = 1,
          stride_a: int = 0, stride_b: int = 0, stride_c: int = 0, label: str | None = None, *,
-         bias=None, bias_off: int = 0, bias_mode: str | None = None,
-         variant: str | None = None, params: dict | None = None):
-    """Record one GEMM launch on builder `b`; returns the Launch (None when M, N or batch is 0)."""
+         bias=None, bias_off: int = 0, bias_mode: str | None = None, reduce_batch: bool = False,
+         work=None, work_off: int = 0, work_floats: int = 0,
+         variant: str | None = None, params: dict | None = None) -> list:
+    """Record the launches of one GEMM on builder `b`; returns them (none when M, N or batch is 0)."""
     M, N, K, batch = int(M), int(N), int(K), int(batch)
     if min(M, N, batch) <= 0:
-        return None
+        return []
     # NOTE: a wrong leading dimension reads a neighbour's data silently, so check it once, here.
     if lda < (M if ta else K) or ldb < (K if tb else N) or ldc < N:
         raise ValueError(f"gemm {'t' if ta else 'n'}{'t' if tb else 'n'} M={M} N={N} K={K}: "
@@ -64,33 +118,70 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
         raise ValueError("gemm: bias and bias_mode go together")
     fam, p = gemm_config(b, variant, params)
     form = ("t" if ta else "n") + ("t" if tb else "n")
-    args = [M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, float(alpha), float(beta),
-            stride_a, stride_b, stride_c, bias if bias is not None else C, bias_off, _BIAS[bias_mode]]
-    if fam == "gpu":
-        units = int(b.rt.info.get("compute_units", 1)) if hasattr(b, "rt") else 1
-        t = _gpu_tiles(p, M, N, batch, units)
-        aligned = int(a_off % 4 == 0 and lda % 4 == 0 and stride_a % 4 == 0) \
-            | 2 * int(b_off % 4 == 0 and ldb % 4 == 0 and stride_b % 4 == 0)
-        defines = _defines(b, fam, t)
-        lsize = (t["NDIMC"], t["MDIMC"], 1)
-        gsize = (-(-N // t["NWG"]) * t["NDIMC"], -(-M // t["MWG"]) * t["MDIMC"], batch)
-        args.append(aligned)
+    flops = 2 * M * N * K * batch
+    bias_buf = bias if bias is not None else C
+    with _scoped(b, label or f"gemm_{form}"):
+        if fam == "cpu":
+            if reduce_batch:  # one product at a time, accumulating (beta = 1 after the first)
+                return [_launch_cpu(b, form, p, M, N, K, A, a_off + z * stride_a, lda, B, b_off + z * stride_b,
+                                    ldb, C, c_off, ldc, alpha, beta if z == 0 else 1.0, 1, 0, 0, 0,
+                                    bias_buf if z == batch - 1 else C, bias_off, _BIAS[bias_mode] if z == batch - 1 else 0)
+                        for z in range(batch)]
+            return [_launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta,
+                                batch, stride_a, stride_b, stride_c, bias_buf, bias_off, _BIAS[bias_mode])]
+        min_groups = int(p.get("min_groups", 2 * _units(b)))
+        t = _gpu_tiles(p, M, N, batch, min_groups)
+        room = work_floats if work is not None else 0
+        s = _split(t, M, N, K, batch, min_groups, room, need=reduce_batch)
+        if reduce_batch and s == 0:  # no room for the batch's partials: accumulate launch by launch
+            out = []
+            for z in range(batch):
+                last = z == batch - 1
+                out += gemm(b, ta, tb, M, N, K, A, a_off + z * stride_a, lda, B, b_off + z * stride_b, ldb, C,
+                            c_off, ldc, alpha, beta if z == 0 else 1.0, 1, label=label,
+                            bias=bias if last else None, bias_off=bias_off, bias_mode=bias_mode if last else None,
+                            work=work, work_off=work_off, work_floats=work_floats, variant=variant, params=params)
+            return out
+        if s == 1 and not reduce_batch:
+            return [_launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta,
+                                batch, stride_a, stride_b, stride_c, bias_buf, bias_off, _BIAS[bias_mode], 1, K,
+                                flops)]
+        # partial products into work (packed M x N each), then one reduction
+        kchunk = -(-K // s)
+        kchunk = -(-kchunk // t["KWG"]) * t["KWG"]          # whole K-slices: keeps the float4 path aligned
+        s = -(-K // kchunk) if K else 1
+        parts = _launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, work, work_off, N, 1.0, 0.0,
+                            batch * s, stride_a, stride_b, M * N, C, 0, 0, s, kchunk, flops)
+        outs, per = (1, batch * s) if reduce_batch else (batch, s)
+        red = b.launch("gemm.cl", "gemm_reduce", (N, M, outs), None, work, work_off, per, M, N, C, c_off, ldc,
+                       stride_c, float(alpha), float(beta), bias_buf, bias_off, _BIAS[bias_mode],
+                       defines=_defines(b, fam, t), flops=M * N * batch * s)
+        return [parts, red]
+
+
+def _launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, batch,
+                stride_a, stride_b, stride_c, bias, bias_off, bias_mode):
+    defines = _defines(b, "cpu", p)
+    if form == "nt":
+        gsize = (-(-N // defines["DN"]), -(-M // defines["DM"]), batch)
     else:
-        defines = _defines(b, fam, p)
-        if form == "nt":
-            gsize = (-(-N // defines["DN"]), -(-M // defines["DM"]), batch)
-        else:
-            gsize = (-(-N // defines["TN"]), -(-M // defines["TM"]), batch)
-        lsize = None
-        if p.get("LX") and p.get("LY"):
-            lsize = (int(p["LX"]), int(p["LY"]), 1)
-    old = b.label
-    b.label = label or old or f"gemm_{form}"
-    try:
-        return b.launch("gemm.cl", f"gemm_{fam}_{form}", gsize, lsize, *args, defines=defines,
-                        flops=2 * M * N * K * batch)
-    finally:
-        b.label = old
+        gsize = (-(-N // defines["TN"]), -(-M // defines["TM"]), batch)
+    lsize = (int(p["LX"]), int(p["LY"]), 1) if p.get("LX") and p.get("LY") else None
+    return b.launch("gemm.cl", f"gemm_cpu_{form}", gsize, lsize, M, N, K, A, a_off, lda, B, b_off, ldb,
+                    C, c_off, ldc, float(alpha), float(beta), stride_a, stride_b, stride_c, bias, bias_off,
+                    bias_mode, defines=defines, flops=2 * M * N * K * batch)
+
+
+def _launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, groups_z,
+                stride_a, stride_b, stride_c, bias, bias_off, bias_mode, ksplit, kchunk, flops):
+    # float4 loads need 16-byte aligned rows in every batch entry and K part (kchunk is whole K-slices)
+    aligned = int(a_off % 4 == 0 and lda % 4 == 0 and stride_a % 4 == 0) \
+        | 2 * int(b_off % 4 == 0 and ldb % 4 == 0 and stride_b % 4 == 0)
+    lsize = (t["NDIMC"], t["MDIMC"], 1)
+    gsize = (-(-N // t["NWG"]) * t["NDIMC"], -(-M // t["MWG"]) * t["MDIMC"], groups_z)
+    return b.launch("gemm.cl", f"gemm_gpu_{form}", gsize, lsize, M, N, K, A, a_off, lda, B, b_off, ldb,
+                    C, c_off, ldc, float(alpha), float(beta), stride_a, stride_b, stride_c, bias, bias_off,
+                    bias_mode, aligned, ksplit, kchunk, defines=_defines(b, "gpu", t), flops=flops)
 
 
 def _defines(b, fam: str, p: dict) -> dict:
@@ -108,10 +199,8 @@ def _defines(b, fam: str, p: dict) -> dict:
 def colsum(b, g, s, rows: int, cols: int, label: str | None = None):
     """g (rows, cols) -> s (cols,) = g.sum(axis=0), deterministic (the FC bias gradient)."""
     fam, p = gemm_config(b)
-    old = b.label
-    b.label = label or old or "colsum"
-    try:  # built into the device's GEMM program: no extra build
+    if fam == "gpu":
+        p = {k: int(p[k]) for k in GPU_KEYS}
+    with _scoped(b, label or "colsum"):  # built into the device's GEMM program: no extra build
         return b.launch("gemm.cl", "colsum", (cols,), None, g, s, rows, cols, defines=_defines(b, fam, p),
                         flops=rows * cols)
-    finally:
-        b.label = old
