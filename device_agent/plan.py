@@ -489,25 +489,28 @@ class Plan:
         cl.enqueue_copy(self.rt.queue, ref.buf, x, is_blocking=False)
         self._keep = x   # the copy is asynchronous: keep the host array alive until the step ends
 
-    def _values(self, seed: int, lr: float = 0.0) -> dict:
+    def _values(self, seed, lr: float = 0.0) -> dict:
+        """Per-step kernel arguments. seed (an int or a sequence, as numpy's default_rng takes)
+        gives one dropout seed per Dropout node, drawn in node order exactly as numpy_ref does."""
         rng = np.random.default_rng(seed)
         vals = {f"{n}:seed": np.uint32(draw_seed(rng)) for n in self.dropout_nodes}
         vals["lr"] = np.float32(lr)
         vals["step"] = np.int32(self.step_count)
         return vals
 
-    def forward(self, x: np.ndarray, seed: int = 0) -> np.ndarray:
+    def forward(self, x: np.ndarray, seed=0) -> np.ndarray:
         """Forward only; returns the first output (logits)."""
-        self._upload(x)
-        replay(self.rt.queue, self.fw_launches, self._values(seed))
-        out = self.refs[self.graph.outputs[0]]
-        host = np.empty(out.shape, np.float32)
-        cl.enqueue_copy(self.rt.queue, host, out.buf)
-        return host
+        return self.forward_all(x, seed)[self.graph.outputs[0]]
 
     infer = forward
 
-    def train_step(self, x: np.ndarray, labels: np.ndarray, lr: float, seed: int = 0) -> tuple[float, int]:
+    def forward_all(self, x: np.ndarray, seed=0) -> dict[str, np.ndarray]:
+        """Forward only; every graph output, read back once the launches ran."""
+        self._upload(x)
+        replay(self.rt.queue, self.fw_launches, self._values(seed))
+        return {o: self._read(self.refs[o]) for o in self.graph.outputs}
+
+    def train_step(self, x: np.ndarray, labels: np.ndarray, lr: float, seed=0) -> tuple[float, int]:
         """forward + loss + backward + optimizer update; returns (mean loss, correct count)."""
         if self.inference:
             raise BackendError("this plan was built for inference (no trainable parameters)")
@@ -525,7 +528,7 @@ class Plan:
         self._keep = None
         return loss, int(round(correct))
 
-    def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, dict]:
+    def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, seed=0) -> tuple[float, dict]:
         """forward + loss + backward without the update; gradients copied back (tests, bench)."""
         labels = np.ascontiguousarray(labels, np.int32)
         self._upload(x)

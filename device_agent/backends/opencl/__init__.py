@@ -13,3 +13,11 @@ def available() -> bool:
     except ImportError:
         return False
     return bool(all_devices())
+
+
+def __getattr__(name):
+    # NOTE: lazy, so `import device_agent.backends.opencl` works without pyopencl (available() says no)
+    if name in ("OpenCLEngine", "OpenCLInfer"):
+        from . import engine
+        return getattr(engine, name)
+    raise AttributeError(name)

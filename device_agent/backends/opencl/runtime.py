@@ -93,6 +93,17 @@ class Runtime:
         return cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(int(nbytes), 4))
 
 
+_SHARED: dict = {}
+
+
+def shared_runtime(device: str | None = None) -> "Runtime":
+    """One Runtime (context + queue) per device spec per process, shared by every engine."""
+    key = device or ""
+    if key not in _SHARED:
+        _SHARED[key] = Runtime(device)
+    return _SHARED[key]
+
+
 @dataclass
 class TensorRef:
     """A tensor living in a device buffer (a sub-buffer of an arena, or a whole buffer)."""
