@@ -12,16 +12,17 @@
 #error "conv2d.cl: LWG must be a power of two"
 #endif
 
-// x images [img0, img0+nb) -> cols (nb, C*R*S, P*Q), rows ordered (c, r, s) like w.reshape(K, -1);
-// zero where the window reads padding. Global size (P*Q, C*R*S, nb); x_off = img0*C*H*W.
-__kernel void im2col(__global const float* x, const int x_off, __global float* cols,
+// x images [img0, img0+nb) -> cols (nb, C*R*S, ldp), rows ordered (c, r, s) like w.reshape(K, -1);
+// zero where the window reads padding. ldp >= P*Q is the row length (P*Q rounded up to 4 floats, so
+// GPU GEMMs read the rows as float4). Global size (P*Q, C*R*S, nb); x_off = img0*C*H*W.
+__kernel void im2col(__global const float* x, const int x_off, __global float* cols, const int ldp,
                      const int C, const int H, const int W, const int R, const int S, const int P, const int Q,
                      const int sh, const int sw, const int dh, const int dw, const int pt, const int pl) {
     const int pq = get_global_id(0), row = get_global_id(1), img = get_global_id(2);
     if (pq >= P * Q || row >= C * R * S) return;
     const int c = row / (R * S), r = (row / S) % R, s = row % S;
     const int h = (pq / Q) * sh + r * dh - pt, w = (pq % Q) * sw + s * dw - pl;
-    cols[(img * C * R * S + row) * P * Q + pq] =
+    cols[(img * C * R * S + row) * ldp + pq] =
         h >= 0 && h < H && w >= 0 && w < W ? x[x_off + ((img * C + c) * H + h) * W + w] : 0.0f;
 }
 
@@ -39,15 +40,15 @@ __kernel void im2row(__global const float* x, const int x_off, __global float* r
         h >= 0 && h < H && w >= 0 && w < W ? x[x_off + ((img * C + c) * H + h) * W + w] : 0.0f;
 }
 
-// undoes im2col: dx[img, c, h, w] = sum of the cols entries that im2col read from (h, w), gathered
-// (each dx element written once, overwriting). Global size (H*W, C, nb); dx_off = img0*C*H*W.
-__kernel void col2im(__global const float* cols, __global float* dx, const int dx_off,
+// undoes im2col: dx[img, c, h, w] = sum of the cols entries (rows of length ldp) that im2col read from
+// (h, w), gathered (each dx element written once, overwriting). Global size (H*W, C, nb); dx_off = img0*C*H*W.
+__kernel void col2im(__global const float* cols, const int ldp, __global float* dx, const int dx_off,
                      const int C, const int H, const int W, const int R, const int S, const int P, const int Q,
                      const int sh, const int sw, const int dh, const int dw, const int pt, const int pl) {
     const int hw = get_global_id(0), c = get_global_id(1), img = get_global_id(2);
     if (hw >= H * W || c >= C) return;
     const int h = hw / W, w = hw % W;
-    __global const float* col = cols + (img * C + c) * R * S * P * Q;
+    __global const float* col = cols + (img * C + c) * R * S * ldp;
     float acc = 0.0f;
     for (int r = 0; r < R; r++) {
         const int t = h + pt - r * dh;          // = p * sh
@@ -60,7 +61,7 @@ __kernel void col2im(__global const float* cols, __global float* dx, const int d
             if (u < 0) break;
             if (u % sw) continue;
             const int q = u / sw;
-            if (q < Q) acc += col[(r * S + s) * P * Q + p * Q + q];
+            if (q < Q) acc += col[(r * S + s) * ldp + p * Q + q];
         }
     }
     dx[dx_off + (img * C + c) * H * W + hw] = acc;

@@ -90,8 +90,8 @@ inline float epilogue(const float acc, const float alpha, const float beta, __gl
 
 // ========================================================================= GPU-shaped family
 #if FAMILY & 1
-#if (MWI % 4) || (NWI % 4) || (KWG % 4) || (LPAD % 4) || ((MWG * KWG / 4) % THREADS) || ((NWG * KWG / 4) % THREADS)
-#error "gemm.cl: MWI, NWI, KWG and LPAD must be multiples of 4, and each tile a whole number of float4 per work-item"
+#if (MWI % 4) || (NWI % 4) || (KWG % 4) || (LPAD % 4)
+#error "gemm.cl: MWI, NWI, KWG and LPAD must be multiples of 4"
 #endif
 // Loads the KWG x XWG slice of a matrix whose element (x, k) sits at src[x*ld + k] (kcontig) or
 // src[k*ld + x] into dst[k*(XWG + LPAD) + x]. `fast`: slice fully inside and float4-aligned.
@@ -186,9 +186,20 @@ inline void gemm_gpu_body(const int ta, const int tb, const int M, const int N, 
     for (int i = 0; i < MWI; i++) {
         const int m = m0 + (i / 4) * MDIMC * 4 + ty * 4 + (i % 4);
         if (m >= M) continue;
-        for (int j = 0; j < NWI; j++) {
-            const int n = n0 + (j / 4) * NDIMC * 4 + tx * 4 + (j % 4);
-            if (n < N) C[m * ldc + n] = epilogue(acc[i][j], alpha, beta, C + m * ldc + n, bias, bias_mode, m, n);
+        for (int jv = 0; jv < NWI / 4; jv++) {
+            const int n = n0 + jv * NDIMC * 4 + tx * 4;
+            __global float* c = C + m * ldc + n;
+            if ((aligned & 4) && n + 3 < N) {       // C rows float4-aligned: one vector store
+                float4 v;
+                v.x = epilogue(acc[i][jv * 4 + 0], alpha, beta, c + 0, bias, bias_mode, m, n + 0);
+                v.y = epilogue(acc[i][jv * 4 + 1], alpha, beta, c + 1, bias, bias_mode, m, n + 1);
+                v.z = epilogue(acc[i][jv * 4 + 2], alpha, beta, c + 2, bias, bias_mode, m, n + 2);
+                v.w = epilogue(acc[i][jv * 4 + 3], alpha, beta, c + 3, bias, bias_mode, m, n + 3);
+                *(__global float4*)c = v;
+            } else {
+                for (int e = 0; e < 4; e++)
+                    if (n + e < N) c[e] = epilogue(acc[i][jv * 4 + e], alpha, beta, c + e, bias, bias_mode, m, n + e);
+            }
         }
     }
 }

@@ -189,11 +189,12 @@ def _shipped_tiles():
                 out[f"{vendor}-{dev}"] = (p.pop("variant", "gpu"), p)
     for key in list(out):
         fam, p = out[key]
-        if "small" in p:
-            out[key + "-small"] = (fam, dict(p, **p["small"]))
+        for alt in ("small", "skinny"):
+            if alt in p:
+                out[f"{key}-{alt}"] = (fam, dict(p, **p[alt]))
     uniq = {}
     for k, (fam, p) in sorted(out.items()):
-        p = {n: v for n, v in p.items() if n not in ("variant", "small", "min_groups")}
+        p = {n: v for n, v in p.items() if n not in ("variant", "small", "skinny", "skinny_m", "min_groups")}
         uniq.setdefault((fam, tuple(sorted(p.items()))), (k, fam, p))   # one build per distinct tile set
     return {k: (fam, p) for k, fam, p in uniq.values()}
 
@@ -307,7 +308,7 @@ def test_conv2d_chunked_workspace(monkeypatch):
     op = get_op("Conv2d")
     a = normalize_attrs(op, attrs)
     y_shape = op.infer(a, [x_shape, op.param_shapes(a, x_shape)["weight"]])[0]
-    per_image = x_shape[1] * a["kernel"][0] * a["kernel"][1] * y_shape[2] * y_shape[3]   # C*R*S*P*Q
+    per_image = x_shape[1] * a["kernel"][0] * a["kernel"][1] * conv_mod._ldp(y_shape[2] * y_shape[3])  # C*R*S*ldp
     monkeypatch.setattr(conv_mod, "_CL_COLS_BUDGET", 2 * per_image)
     assert conv_mod._cols_images(a, x_shape, y_shape) == (2, per_image)              # 2 images of 5
     assert conv_mod.cl_conv_workspace(a, [x_shape], [y_shape]) >= 4 * 2 * per_image

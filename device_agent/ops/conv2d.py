@@ -258,11 +258,16 @@ def _is_pointwise(attrs: dict) -> bool:
             and not any(attrs["pads"]))
 
 
+def _ldp(pq: int) -> int:
+    """row length of the im2col columns: P*Q rounded up to 4 floats (aligned float4 rows for GPUs)"""
+    return -(-pq // 4) * 4
+
+
 def _cols_images(attrs, x_shape, y_shape) -> tuple[int, int]:
     """(images per column chunk, floats per image) of the workspace's column region"""
     n, c = x_shape[:2]
     r, s = attrs["kernel"]
-    per_image = c * r * s * y_shape[2] * y_shape[3]
+    per_image = c * r * s * _ldp(y_shape[2] * y_shape[3])
     return max(1, min(n, _CL_COLS_BUDGET // per_image)), per_image
 
 
@@ -315,14 +320,14 @@ def cl_conv_forward(b, io):
             gemm(b, False, False, kg, pq, cg, w, gi * kg * cg, cg, x, gi * cg * pq, pq, y, gi * kg * pq, pq,
                  batch=n, stride_b=c * pq, stride_c=k * pq, bias_off=gi * kg, **bias_kw, **work)
         return
-    cols = io.workspace
+    cols, ldp = io.workspace, _ldp(pq)
     for i0 in range(0, n, nb):
         m = min(nb, n - i0)
-        b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, cols, c, h, wd, *geo,
+        b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, cols, ldp, c, h, wd, *geo,
                  defines=_dw_defines(b))
         for gi in range(g):
-            gemm(b, False, False, kg, pq, crsg, w, gi * kg * crsg, crsg, cols, gi * crsg * pq, pq,
-                 y, i0 * k * pq + gi * kg * pq, pq, batch=m, stride_b=crs * pq, stride_c=k * pq,
+            gemm(b, False, False, kg, pq, crsg, w, gi * kg * crsg, crsg, cols, gi * crsg * ldp, ldp,
+                 y, i0 * k * pq + gi * kg * pq, pq, batch=m, stride_b=crs * ldp, stride_c=k * pq,
                  bias_off=gi * kg, **bias_kw, **work)
 
 
@@ -352,7 +357,7 @@ def cl_conv_backward(b, io):
     crs, crsg, pq = c * r * s, cg * r * s, p * q
     pointwise = _is_pointwise(io.attrs)
     nb, work = _regions(io)
-    cols = io.workspace
+    cols, ldp = io.workspace, _ldp(pq)
     if gw is not None:
         cpu = gemm_config(b)[0] == "cpu"
         for i0 in range(0, n, nb):
@@ -368,15 +373,15 @@ def cl_conv_backward(b, io):
                          gw, gi * kg * crsg, crsg, beta=beta, batch=m, stride_a=k * pq, stride_b=pq * crs,
                          reduce_batch=True, **work)
                 continue
-            if pointwise:  # undoes: y[n,gi] = w[gi] @ x[n,gi]  ->  dw[gi] = sum_n gy[n,gi] @ x[n,gi]^T
-                src, src_off, src_stride = x, i0 * c * pq, c * pq
-            else:          # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] = sum_n gy[n,gi] @ cols[n,gi]^T
-                b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, cols, c, h, wd, *geo,
-                         defines=defs)
-                src, src_off, src_stride = cols, 0, crs * pq
+            # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] = sum_n gy[n,gi] @ cols[n,gi]^T  (pointwise: x[n,gi])
+            if not pointwise:
+                b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, cols, ldp, c, h, wd,
+                         *geo, defines=defs)
+            src, ld = (x, pq) if pointwise else (cols, ldp)
+            off, stride = (i0 * c * pq, c * pq) if pointwise else (0, crs * ldp)
             for gi in range(g):
-                gemm(b, False, True, kg, crsg, pq, gy, i0 * k * pq + gi * kg * pq, pq, src, src_off + gi * crsg * pq,
-                     pq, gw, gi * kg * crsg, crsg, beta=beta, batch=m, stride_a=k * pq, stride_b=src_stride,
+                gemm(b, False, True, kg, crsg, pq, gy, i0 * k * pq + gi * kg * pq, pq, src, off + gi * crsg * ld,
+                     ld, gw, gi * kg * crsg, crsg, beta=beta, batch=m, stride_a=k * pq, stride_b=stride,
                      reduce_batch=True, **work)
     if gx is None:
         return
@@ -391,8 +396,8 @@ def cl_conv_backward(b, io):
         m = min(nb, n - i0)
         for gi in range(g):
             gemm(b, True, False, crsg, pq, kg, w, gi * kg * crsg, crsg, gy, i0 * k * pq + gi * kg * pq, pq,
-                 cols, gi * crsg * pq, pq, batch=m, stride_b=k * pq, stride_c=crs * pq, **work)
-        b.launch("conv2d.cl", "col2im", (h * wd, c, m), None, cols, gx, i0 * c * h * wd, c, h, wd, *geo,
+                 cols, gi * crsg * ldp, ldp, batch=m, stride_b=k * pq, stride_c=crs * ldp, **work)
+        b.launch("conv2d.cl", "col2im", (h * wd, c, m), None, cols, ldp, gx, i0 * c * h * wd, c, h, wd, *geo,
                  defines=defs)
 
 

@@ -32,8 +32,9 @@ WORK_CAP = 1 << 22       # floats of partial products an op reserves at most (16
 _BIAS = {None: 0, "col": 1, "row": 2}
 
 
-def gemm_config(b, variant: str | None = None, params: dict | None = None) -> tuple[str, dict]:
-    """(family, params) for this builder's device: tuning data, then the caller's overrides."""
+def gemm_config(b, variant: str | None = None, params: dict | None = None, M: int | None = None) -> tuple[str, dict]:
+    """(family, params) for this builder's device: tuning data, then the caller's overrides; with M
+    given, a "skinny" tile set replaces the tiles for M <= skinny_m (FC layers: M = batch)."""
     tun = dict(b.tuning("gemm"))
     fam = variant or tun.get("variant") or b.kind
     if fam not in ("gpu", "cpu"):
@@ -43,6 +44,9 @@ def gemm_config(b, variant: str | None = None, params: dict | None = None) -> tu
     out = dict(GPU_DEFAULT if fam == "gpu" else CPU_DEFAULT)
     out.update(tun)
     out.update(params or {})
+    if M is not None and out.get("skinny") and M <= int(out.get("skinny_m", 8)):
+        out.update(out["skinny"])
+        out.pop("small", None)
     return fam, out
 
 
@@ -116,7 +120,7 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
                          f"leading dimensions lda={lda} ldb={ldb} ldc={ldc} too small")
     if (bias is None) != (bias_mode is None):
         raise ValueError("gemm: bias and bias_mode go together")
-    fam, p = gemm_config(b, variant, params)
+    fam, p = gemm_config(b, variant, params, M)
     form = ("t" if ta else "n") + ("t" if tb else "n")
     flops = 2 * M * N * K * batch
     bias_buf = bias if bias is not None else C
@@ -174,9 +178,11 @@ def _launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc
 
 def _launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, groups_z,
                 stride_a, stride_b, stride_c, bias, bias_off, bias_mode, ksplit, kchunk, flops):
-    # float4 loads need 16-byte aligned rows in every batch entry and K part (kchunk is whole K-slices)
+    # float4 loads/stores need 16-byte aligned rows in every batch entry and K part (kchunk is whole
+    # K-slices); bit 1: A, 2: B, 4: C
     aligned = int(a_off % 4 == 0 and lda % 4 == 0 and stride_a % 4 == 0) \
-        | 2 * int(b_off % 4 == 0 and ldb % 4 == 0 and stride_b % 4 == 0)
+        | 2 * int(b_off % 4 == 0 and ldb % 4 == 0 and stride_b % 4 == 0) \
+        | 4 * int(c_off % 4 == 0 and ldc % 4 == 0 and stride_c % 4 == 0)
     lsize = (t["NDIMC"], t["MDIMC"], 1)
     gsize = (-(-N // t["NWG"]) * t["NDIMC"], -(-M // t["MWG"]) * t["MDIMC"], groups_z)
     return b.launch("gemm.cl", f"gemm_gpu_{form}", gsize, lsize, M, N, K, A, a_off, lda, B, b_off, ldb,
