@@ -37,6 +37,9 @@ def median_ms(fn, steps: int) -> float:
     return float(np.median(ts))
 
 
+_KEEP = []   # NOTE: plans stay alive to the end: tearing one down mid-run crashed NVIDIA's driver in GC
+
+
 def bench_plan(g, stage, x, y, steps):
     from device_agent.plan import OptimConfig, Plan
 
@@ -49,6 +52,7 @@ def bench_plan(g, stage, x, y, steps):
                     optimizer=OptimConfig("sgd", momentum=0.9), bn_batch_stats=stage == "full")
         fn = lambda: plan.train_step(x, y, lr=1e-4)  # noqa: E731
     ms = median_ms(fn, steps)
+    _KEEP.append(plan)
     return ms, plan.memory()["peak"], plan.rt.info["device"]
 
 
@@ -96,6 +100,8 @@ def main() -> None:
     ap.add_argument("--torch", default="cpu", choices=["cpu", "cuda", "none"])
     ap.add_argument("--out", default=str(HERE / "results" / "plan_models.json"))
     a = ap.parse_args()
+    if a.torch != "none":
+        import torch  # noqa: F401  (loaded before any OpenCL context exists)
     from thomas_cli import zoo
 
     rng = np.random.default_rng(0)
@@ -131,6 +137,11 @@ def main() -> None:
         print(f"| {r['model']} | {r['stage']} | {r['thomas_ms']:.1f} | {r.get('torch_ms', float('nan')):.1f} | "
               f"{r.get('ratio', float('nan')):.2f} | {r['thomas_peak'] / 2**20:.0f} | "
               f"{'' if tp is None else f'{tp / 2**20:.0f}'} |")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # NOTE: on NVIDIA's OpenCL driver the interpreter's final teardown of Plans (sub-buffers,
+    # kernels) segfaults inside GC after all work is done; the results are written, so leave now.
+    os._exit(0)
 
 
 if __name__ == "__main__":
