@@ -179,15 +179,20 @@ def run_opencl(shapes: list[dict], reps: int, params: dict | None, variant: str 
         cl_shape = dict(sh, form=sh.get("cl_form", sh["form"]))
         (ar, ac), (br, bc), ta, tb = _operand_shapes(cl_shape)
         M, N, K, z = sh["M"], sh["N"], sh["K"], sh["batch"]
+        # im2col rows are padded to 4 floats (ops/conv2d.py _ldp): B of fwd and GPU dW, C of dX
+        conv = sh["kind"].startswith("conv") and "1x1" not in sh["kind"]
+        pad = lambda v: -(-v // 4) * 4 if conv else v  # noqa: E731
+        ldb = pad(bc) if conv and (sh["kind"].endswith("fwd") or (sh["acc"] and fam == "gpu")) else bc
+        ldc = pad(N) if conv and sh["kind"].endswith("dX") else N
         # conv fwd/dX: the weight (A) is shared by the images, B and C are per image; dW: all per image
         A = buf("A", ar * ac * (z if sh["acc"] else 1))
-        B, C = buf("B", br * bc * z), buf("C", M * N * (1 if sh["acc"] else z), fill=False)
+        B, C = buf("B", br * ldb * z), buf("C", M * ldc * (1 if sh["acc"] else z), fill=False)
         b = LaunchBuilder(rt)
         wf = split_floats(M, N, K, z, reduce_batch=sh["acc"])      # what the op would reserve
         work = buf("work", wf, fill=False) if wf else None
         # dW: A (gy) and B (columns) per image, summed into one C (reduce_batch); else A shared
-        gemm(b, ta, tb, M, N, K, A, 0, ac, B, 0, bc, C, 0, N, batch=z, stride_a=ar * ac if sh["acc"] else 0,
-             stride_b=br * bc, stride_c=0 if sh["acc"] else M * N, reduce_batch=sh["acc"], work=work,
+        gemm(b, ta, tb, M, N, K, A, 0, ac, B, 0, ldb, C, 0, ldc, batch=z, stride_a=ar * ac if sh["acc"] else 0,
+             stride_b=br * ldb, stride_c=0 if sh["acc"] else M * ldc, reduce_batch=sh["acc"], work=work,
              work_floats=wf, params=params, variant=variant)
         sh["cl_launches"] = len(b.launches)
         res.append(_time(lambda: replay(rt.queue, b.launches), rt.queue.finish, reps))

@@ -156,13 +156,16 @@ def test_gemm_reduce_batch(variant, form):
     """C = beta*C + alpha * sum_z op(A_z) op(B_z) (+ bias): partials + reduction on GPUs, or one launch
     per batch entry accumulating (CPU family, or a work buffer too small for the partials)"""
     p = SPLIT if variant == "gpu" else None
-    for (M, N, K), batch, beta, bias, work in [((17, 5, 64), 3, 0.0, "row", 10_000), ((3, 17, 129), 2, 1.5, "col", 10_000),
-                                               ((17, 5, 64), 3, 0.5, "col", 17 * 5)]:
-        # GPU with room for the partials: one GEMM + one reduction; else one launch per entry (a work of
-        # M*N floats is too small to split those)
-        n = 2 if variant == "gpu" and work >= batch * M * N else batch
+    # (shape, batch, beta, bias, work floats, launches on the GPU family); the CPU family always
+    # launches once per entry
+    for (M, N, K), batch, beta, bias, work, gpu_launches in [
+        ((17, 5, 64), 3, 0.0, "row", 10_000, 2),           # all partials fit: one GEMM + one reduction
+        ((3, 17, 129), 2, 1.5, "col", 10_000, 2),
+        ((17, 5, 64), 3, 0.5, "col", 2 * 17 * 5, 4),       # room for 2: entries 0-1 reduced, then entry 2 (split)
+        ((17, 5, 64), 3, 0.5, "col", 17 * 5, 3),           # room for 1: launch by launch
+    ]:
         got, want = run_gemm(form, M, N, K, variant, p, batch=batch, beta=beta, bias_mode=bias, reduce_batch=True,
-                             work_floats=work, expect_launches=n)
+                             work_floats=work, expect_launches=gpu_launches if variant == "gpu" else batch)
         check(got, want, K * batch)
 
 

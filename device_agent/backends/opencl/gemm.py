@@ -137,14 +137,18 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
         t = _gpu_tiles(p, M, N, batch, min_groups)
         room = work_floats if work is not None else 0
         s = _split(t, M, N, K, batch, min_groups, room, need=reduce_batch)
-        if reduce_batch and s == 0:  # no room for the batch's partials: accumulate launch by launch
+        if reduce_batch and s == 0:
+            # no room for all the batch's partials: reduce as many entries at a time as fit (beta = 1
+            # after the first chunk), or, with room for fewer than two, launch by launch
+            per = max(1, room // (M * N)) if room >= 2 * M * N else 1
             out = []
-            for z in range(batch):
-                last = z == batch - 1
-                out += gemm(b, ta, tb, M, N, K, A, a_off + z * stride_a, lda, B, b_off + z * stride_b, ldb, C,
-                            c_off, ldc, alpha, beta if z == 0 else 1.0, 1, label=label,
+            for z0 in range(0, batch, per):
+                zc, last = min(per, batch - z0), z0 + per >= batch
+                out += gemm(b, ta, tb, M, N, K, A, a_off + z0 * stride_a, lda, B, b_off + z0 * stride_b, ldb, C,
+                            c_off, ldc, alpha, beta if z0 == 0 else 1.0, zc, stride_a, stride_b, 0, label=label,
                             bias=bias if last else None, bias_off=bias_off, bias_mode=bias_mode if last else None,
-                            work=work, work_off=work_off, work_floats=work_floats, variant=variant, params=params)
+                            reduce_batch=zc > 1, work=work, work_off=work_off, work_floats=work_floats,
+                            variant=variant, params=params)
             return out
         if s == 1 and not reduce_batch:
             return [_launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta,
