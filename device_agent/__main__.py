@@ -4,6 +4,7 @@
     python -m device_agent doctor                     # hello, device
     python -m device_agent run JOB.json               # hello, plan, step..., epoch..., done | error
     python -m device_agent infer MODEL X.npy OUT.npy [--batch N]    # hello, infer | error
+    python -m device_agent bench JOB.json             # hello, layer_time..., bench | error
 
 The first line is always `hello` (protocol and agent versions, the payload hash, the pid), written
 before anything heavy is imported, so the host can check versions in milliseconds. The last line of
@@ -118,6 +119,10 @@ def main(argv: list[str]) -> int:
         return train.main(args)
     if cmd == "infer":
         return infer(args)
+    if cmd == "bench" and len(args) == 1:
+        from . import bench
+
+        return bench.main(args, emit)
     emit(Error("usage", USAGE))
     print(USAGE, file=sys.stderr)
     return 2

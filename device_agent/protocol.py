@@ -370,8 +370,36 @@ class Infer(Event):
     t: float = field(default_factory=_now)
 
 
+@dataclass
+class LayerTime(Event):
+    """`bench`: one layer of one backend (medians over the profiled steps)."""
+    ev: ClassVar[str] = "layer_time"
+    backend: str                  # "opencl" | "numpy"
+    layer: str                    # node name, or "optimizer"
+    op: str
+    fw_ms: float
+    bw_ms: float
+    gflops: float | None          # from the op FLOPs
+    gbs: float | None             # from the node's tensor bytes (a lower bound)
+    share: float                  # of the profiled step, 0..1
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class BenchDone(Event):
+    """`bench`: the last line; results[backend] = {ms_step, img_s, memory, device | threads} or {error}."""
+    ev: ClassVar[str] = "bench"
+    model: str
+    stage: str
+    batch: int
+    steps: int
+    results: dict
+    speedup: float | None         # numpy ms/step over opencl ms/step
+    t: float = field(default_factory=_now)
+
+
 EVENTS = {c.ev: c for c in (Hello, Device, Plan, Progress, Step, Epoch, Eval, Checkpoint, Cache, Done,
-                          Infer, Error)}
+                          Infer, Error, LayerTime, BenchDone)}
 
 
 def parse_event(line: str) -> Event:

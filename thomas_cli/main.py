@@ -57,6 +57,7 @@ from . import push_cmd  # noqa: E402,F401  (thomas push-model / models / push-da
 from . import finetune_cmd  # noqa: E402,F401  (thomas finetune)
 from . import runs_cmd  # noqa: E402,F401  (thomas runs list / show / pull / rm)
 from . import onnx_cmd  # noqa: E402,F401  (thomas import / export / infer)
+from . import bench_cmd  # noqa: E402,F401  (thomas bench)
 
 
 def main() -> None:
