@@ -3,8 +3,8 @@
     python -m device_agent hello                      # hello
     python -m device_agent doctor                     # hello, device
     python -m device_agent run JOB.json               # hello, plan, step..., epoch..., done | error
-    python -m device_agent infer MODEL X.npy OUT.npy [--batch N]    # hello, infer | error
-    python -m device_agent bench JOB.json             # hello, layer_time..., bench | error
+    python -m device_agent infer MODEL X.npy OUT.npy [--batch N] [--backend auto|opencl|numpy]
+                                                      # hello, infer | error
 
 The first line is always `hello` (protocol and agent versions, the payload hash, the pid), written
 before anything heavy is imported, so the host can check versions in milliseconds. The last line of
@@ -21,10 +21,11 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ThomasError
-from .errors import InputError
+from .errors import InputError, JobError
 from .protocol import PROTOCOL_VERSION, Device, Error, Event, Hello, Infer
 
-USAGE = "usage: python -m device_agent hello | doctor | run JOB.json | infer MODEL X.npy OUT.npy [--batch N]"
+USAGE = ("usage: python -m device_agent hello | doctor | run JOB.json | "
+         "infer MODEL X.npy OUT.npy [--batch N] [--backend auto|opencl|numpy]")
 
 
 def emit(ev: Event) -> None:
@@ -77,32 +78,51 @@ def doctor() -> int:
 
 
 def infer(args: list[str]) -> int:
-    """infer MODEL X.npy OUT.npy [--batch N]: x (N,C,H,W) preprocessed float32 -> OUT.npy (N,K)."""
+    """infer MODEL X.npy OUT.npy [--batch N] [--backend B]: x (N,C,H,W) preprocessed float32 -> OUT.npy (N,K).
+    The `infer` event names the backend that ran and the device it ran on."""
     import time
 
     import numpy as np
 
+    from .engine import resolve_backend
     from .graph import load_package
     from .infer import infer_package
+    from .protocol import BACKENDS
 
-    batch = 32
-    if len(args) == 5 and args[3] == "--batch" and args[4].isdigit() and int(args[4]) > 0:
-        args, batch = args[:3], int(args[4])
-    if len(args) != 3:
+    pos, opts = [], {"--batch": "32", "--backend": "auto"}
+    it = iter(args)
+    for a in it:
+        if a in opts:
+            opts[a] = next(it, "")
+        else:
+            pos.append(a)
+    batch, want = opts["--batch"], opts["--backend"]
+    if len(pos) != 3 or not batch.isdigit() or int(batch) < 1 or want not in BACKENDS:
         raise InputError(USAGE)
-    model, src, dst = args
+    model, src, dst = pos
     g = load_package(model)
     try:
         x = np.load(src, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise InputError(f"{src}: not a readable .npy array ({e})") from None
+    try:
+        backend = resolve_backend(want)
+    except JobError:
+        raise InputError("infer --backend opencl: no OpenCL device is usable here (pyopencl, a device or "
+                         "the OpenCL engines are missing); use numpy or auto") from None
     t0 = time.perf_counter()
-    y = infer_package(g, x, batch_size=batch)
+    y = infer_package(g, x, batch_size=int(batch), backend=backend)
     ms = (time.perf_counter() - t0) * 1e3
+    if backend == "opencl":
+        from .backends.opencl.runtime import shared_runtime
+
+        where = f"{shared_runtime().device.name.strip()} (OpenCL)"
+    else:
+        where = f"{platform.machine() or 'cpu'} CPU, {os.cpu_count() or 1} cores (numpy)"
     tmp = f"{dst}.tmp.npy"
     np.save(tmp, y)
     os.replace(tmp, dst)
-    emit(Infer(model, int(y.shape[0]), dst, list(y.shape), round(ms, 1)))
+    emit(Infer(model, int(y.shape[0]), dst, list(y.shape), round(ms, 1), backend, where))
     return 0
 
 

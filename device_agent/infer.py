@@ -1,6 +1,7 @@
 """Inference on a batch: the computation `thomas infer` runs (numpy only, so it can run on the phone).
 
     logits = infer_package(graph, x)          # x (N, C, H, W) float32, preprocessed -> (N, K)
+    logits = infer_package(graph, x, backend="auto")   # OpenCL when usable, else numpy
 
 Eval mode: dropout off, BatchNorm with its running statistics. The batch is cut into chunks
 of `batch_size` so memory stays bounded whatever N is.
@@ -14,8 +15,10 @@ from .errors import BackendError
 from .graph import Graph
 
 
-def infer_package(graph: Graph, x: np.ndarray, batch_size: int = 32, output: str | None = None) -> np.ndarray:
+def infer_package(graph: Graph, x: np.ndarray, batch_size: int = 32, output: str | None = None,
+                  backend: str = "numpy") -> np.ndarray:
     """x (N, *input dims) -> the first output (or `output`) for the N samples, float32.
+    backend: numpy (the reference), opencl, or auto (engine.resolve_backend: OpenCL when usable).
 
     Raises BackendError (one line) when x does not fit the model's input."""
     spec = graph.inputs[0]
@@ -33,7 +36,12 @@ def infer_package(graph: Graph, x: np.ndarray, batch_size: int = 32, output: str
     name = output or graph.outputs[0]
     if name not in graph.outputs:
         raise BackendError(f"model '{graph.name}' has no output '{name}'")
-    be = NumpyRef(graph)
+    if backend == "numpy":
+        be = NumpyRef(graph)
+    else:
+        from .engine import engine_classes, resolve_backend
+
+        be = engine_classes(resolve_backend(backend))[1](graph)
     parts = [be.forward({spec.name: x[i:i + batch_size].astype(np.float32, copy=False)})[name]
              for i in range(0, x.shape[0], batch_size)]
     return np.concatenate(parts, axis=0)

@@ -367,6 +367,8 @@ class Infer(Event):
     output: str                   # the .npy written
     shape: list
     ms: float
+    backend: str = ""             # numpy | opencl: what ran
+    device: str = ""              # the OpenCL device, or the CPU
     t: float = field(default_factory=_now)
 
 

@@ -4,6 +4,7 @@ as one line on stderr with exit code 1 and no traceback."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,8 +21,12 @@ RNG = np.random.default_rng(0)
 
 
 def thomas(*args, ok=True):
+    # infer runs on a device: the local one under this test's THOMAS_HOME (never a phone, never adb)
+    env = dict(os.environ, THOMAS_DEVICE="local")
+    for k in ("THOMAS_SERIAL", "THOMAS_DEVICE_ROOT", "THOMAS_DEVICE_PYTHON"):
+        env.pop(k, None)
     p = subprocess.run([sys.executable, "-m", "thomas_cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, env=env)
     assert "Traceback" not in p.stdout + p.stderr, p.stderr
     if ok:
         assert p.returncode == 0, p.stderr

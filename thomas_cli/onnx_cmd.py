@@ -2,7 +2,8 @@
 
     thomas import resnet.onnx -o models/resnet --labels synset.txt   # convert + parity check
     thomas export runs/20260101-xyz -o tuned.onnx                    # a run's final/ package
-    thomas infer models/resnet --input cat.jpg --top 5               # local numpy engine for now
+    thomas infer models/resnet --input cat.jpg --top 5               # pushes the package, runs on the device
+    thomas --device local infer mnv2 --input imgs/ --json            # a model already on the device
 
 onnx and onnxruntime are imported inside the commands, so `thomas --help` stays quick.
 """
@@ -20,6 +21,7 @@ from device_agent.errors import OnnxError, PackageError
 from device_agent.graph import MODEL_JSON, Graph, load_package, save_package
 
 from .main import app, err, guarded, out, print_json
+from .session import console_note
 
 IMPORTERS_PREPROCESS = {
     "imagenet": {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
@@ -167,29 +169,117 @@ def _probabilities(g: Graph, logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _local_package(model: str) -> tuple[Graph, Path] | tuple[None, PackageError]:
+    try:
+        pkg = resolve_package(model)
+    except PackageError as e:
+        return None, e
+    return load_package(pkg), pkg
+
+
+def _device_model(s, model: str, why: PackageError) -> Graph:
+    """The graph (no weights) of models/MODEL on the device: its model.json alone is read."""
+    import json
+
+    from . import store
+
+    if not store.NAME.match(model) or not s.t.exists(f"models/{model}/{MODEL_JSON}"):
+        raise PackageError(f"{why}; nor a model on {s.t.serial} (see `thomas models list`)")
+    try:
+        return Graph.from_json(json.loads(s.t.read_bytes(f"models/{model}/{MODEL_JSON}")), {})
+    except ValueError as e:
+        raise PackageError(f"models/{model}/{MODEL_JSON} on {s.t.serial} is not JSON ({e})") from None
+
+
+def _push_local(s, g: Graph, pkg: Path) -> str:
+    """Push a local package as push-model would (skipped when the device holds the same content):
+    a run's final/ goes by the run's id, a package directory by its name. Returns models/<name>."""
+    from . import store
+    from .push_cmd import push_model
+
+    src = pkg.resolve()
+    name = src.parent.name if src.name == "final" else src.name
+    res = push_model(s, g, store.check_name(name, "model"), str(src))
+    if not res["skipped"]:
+        console_note(f"pushed {src} to {s.t.serial}:{s.t.root}/models/{name}")
+    return f"models/{name}"
+
+
+def run_infer(s, remote: str, x: np.ndarray, batch: int, backend: str,
+              timeout: float | None) -> tuple[np.ndarray, dict]:
+    """Push x as .npy into tmp/infer-<id>/ on the device, run the agent's infer on it, pull the
+    logits back; the folder is removed afterwards. Returns (logits, the agent's `infer` event)."""
+    import secrets
+    import tempfile
+
+    from .session import RunFailed
+    from .transport.base import DeviceError, confined
+
+    tmp = f"tmp/infer-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    with tempfile.TemporaryDirectory(prefix="thomas-infer-") as d:
+        host = Path(d)
+        np.save(host / "x.npy", np.ascontiguousarray(x, np.float32))
+        try:
+            s.t.push_file(host / "x.npy", f"{tmp}/x.npy")
+            r = s.call(["infer", remote, f"{tmp}/x.npy", f"{tmp}/logits.npy", "--batch", str(batch),
+                        "--backend", backend], timeout=timeout)
+            last = r.events[-1] if r.events else {}
+            if last.get("ev") == "error":
+                raise RunFailed(last.get("code", "error"), f"agent on {s.t.serial}: {last.get('message')}")
+            if last.get("ev") != "infer":
+                tail = " | ".join(r.logs[-3:]) or "no output"
+                raise DeviceError(f"the agent on {s.t.serial} ended (exit status {r.returncode}) without an "
+                                  f"infer or error event: {tail}")
+            dest = confined(host, "logits.npy", "logits")
+            s.t.pull_file(f"{tmp}/logits.npy", dest)
+            try:
+                y = np.load(dest, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise DeviceError(f"the logits pulled from {s.t.serial} are not a readable .npy ({e})") from None
+        finally:
+            s.t.remove(tmp)
+    if y.shape[0] != x.shape[0]:
+        raise DeviceError(f"the agent on {s.t.serial} returned {y.shape[0]} rows for {x.shape[0]} inputs")
+    return y, last
+
+
 @app.command("infer")
 @guarded
 def infer_cmd(
-    model: str = typer.Argument(..., help="A package directory, or a run (its final/ package)."),
+    model: str = typer.Argument(..., help="A package directory, a run (its final/ package), or the name of a "
+                                          "model on the device (`thomas models list`)."),
     input: Path = typer.Option(..., "--input", "-i", help="FILE.npy, an image, or a folder of images."),
     output: Path = typer.Option(None, "--output", help="Write the raw logits (N, ...) as .npy."),
     top: int = typer.Option(5, "--top", min=1, help="Classes to show per input."),
     batch: int = typer.Option(32, "--batch", min=1, help="Samples per forward pass."),
+    backend: str = typer.Option("auto", "--backend", help="auto (OpenCL when the device has it, else numpy), "
+                                                           "opencl or numpy."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Watchdog: seconds without an event from the agent."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """Classify inputs with a package: top-k table with labels, and throughput.
+    """Classify inputs on the device: top-k table with labels, and throughput.
 
-    Runs locally in this process on the numpy engine (device routing comes with the device CLI)."""
-    from device_agent.infer import infer_package
-
+    Images are decoded and preprocessed here (Pillow); the batch travels as .npy, the agent runs an
+    inference-only pass (OpenCL when available) and the logits come back."""
     from .infer_input import load_inputs
+    from .session import Session, open_transport
 
-    pkg = resolve_package(model)
-    g = load_package(pkg)
-    names, x = load_inputs(input, g.inputs[0])
+    if backend not in ("auto", "opencl", "numpy"):
+        raise PackageError(f"--backend must be auto, opencl or numpy, got '{backend}'")
+    g, pkg = _local_package(model)
+    if g is not None:                       # bad inputs fail before the device is touched
+        names, x = load_inputs(input, g.inputs[0])
+    s = Session(open_transport(note=console_note), note=console_note)
+    if g is None:
+        g = _device_model(s, model, pkg)
+        names, x = load_inputs(input, g.inputs[0])
+        remote = f"models/{model}"
+        source = f"{s.t.serial}:{s.t.root}/{remote}"
+    else:
+        remote, source = _push_local(s, g, pkg), str(pkg)
     t0 = time.perf_counter()
-    logits = infer_package(g, x, batch_size=batch)
-    dt = time.perf_counter() - t0
+    logits, ev = run_infer(s, remote, x, batch, backend, timeout or None)
+    wall = time.perf_counter() - t0
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         np.save(output, logits)
@@ -202,11 +292,14 @@ def infer_cmd(
         idx = np.argsort(-probs[i], kind="stable")[:k]
         rows.append({"input": nm, "top": [{"index": int(j), "label": labels[j] if labels else None,
                                            "prob": float(probs[i, j]), "logit": float(flat[i, j])} for j in idx]})
-    speed = {"samples": int(x.shape[0]), "seconds": dt, "samples_per_s": x.shape[0] / dt if dt > 0 else None,
-             "engine": "numpy_ref", "device": "local (in-process)"}
+    dt = float(ev.get("ms") or 0.0) / 1e3
+    n = int(x.shape[0])
+    speed = {"samples": n, "seconds": dt, "samples_per_s": n / dt if dt > 0 else None, "wall_seconds": wall,
+             "backend": ev.get("backend"), "engine": ev.get("backend"), "batch": batch,
+             "device": s.t.serial, "transport": s.t.kind, "compute": ev.get("device")}
     if as_json:
-        print_json({"model": g.name, "package": str(pkg), "results": rows, "throughput": speed,
-                    "output": str(output) if output is not None else None})
+        print_json({"model": g.name, "package": source, "remote": f"{s.t.root}/{remote}", "results": rows,
+                    "throughput": speed, "output": str(output) if output is not None else None})
         return
     t = Table("input", "#", "class", "label", "prob", "logit", title=f"{g.name}: top {k}")
     for r in rows:
@@ -214,6 +307,7 @@ def infer_cmd(
             t.add_row(r["input"] if rank == 1 else "", str(rank), str(e["index"]), e["label"] or "",
                       f"{e['prob']:.4f}", f"{e['logit']:.3f}")
     out.print(t)
-    out.print(f"{x.shape[0]} input(s) in {dt:.3f} s = {x.shape[0] / dt:.1f} inputs/s "
-              f"(numpy engine, local, batch {batch})" + (f"; logits written to {output}" if output else ""),
-              highlight=False, soft_wrap=True)
+    rate = f"{n / dt:.1f} inputs/s" if dt > 0 else "? inputs/s"
+    out.print(f"{n} input(s) in {dt:.3f} s = {rate} on {s.t.serial} ({s.t.kind}): {ev.get('device') or '?'}, "
+              f"{ev.get('backend') or '?'} backend, batch {batch}; {wall:.2f} s with transfers"
+              + (f"; logits written to {output}" if output else ""), highlight=False, soft_wrap=True)
