@@ -192,9 +192,10 @@ def opencl_available() -> bool:
     return ok and hasattr(opencl, "OpenCLEngine") and hasattr(opencl, "OpenCLInfer")
 
 
-def resolve_backend(name: str) -> str:
-    """'auto' -> 'opencl' when available, else 'numpy'; 'opencl' when unavailable -> JobError."""
-    if name == "numpy":
+def resolve_backend(name: str, dtype: str = "float32") -> str:
+    """'auto' -> 'opencl' when available (and dtype is float32: OpenCL computes in float32), else
+    'numpy'; 'opencl' when unavailable -> JobError."""
+    if name == "numpy" or (name == "auto" and dtype != "float32"):
         return "numpy"
     if opencl_available():
         return "opencl"

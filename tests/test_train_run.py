@@ -16,7 +16,8 @@ from device_agent.protocol import TrainJob
 from device_agent.train import main, run
 from train_helpers import digits, final_weights, make_root, tiny_cnn
 
-FAST = {"epochs": 2, "batch": 64, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "dtype": "float32"}
+FAST = {"epochs": 2, "batch": 64, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "dtype": "float32",
+        "backend": "numpy"}
 
 
 def _run(paths, **kw):

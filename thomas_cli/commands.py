@@ -86,10 +86,13 @@ def inspect(
 @app.command()
 @guarded
 def demo(
-    steps: int = typer.Option(20, "--steps", min=1, help="Training steps to run."),
-    batch: int = typer.Option(32, "--batch", min=1, help="Batch size."),
+    backend: list[str] = typer.Option(["numpy"], "--backend", help="Backend(s) to run every stage on: "
+                                      "numpy, opencl (repeat the option for one table row per backend)."),
 ):
-    """The main job on the local machine: a MobileNetV2 on scikit-learn's digits."""
+    """The main job on this machine: MobileNetV2 on digits from scratch, then fine-tuned in three stages."""
     from .demo import run_demo
 
-    run_demo(steps=steps, batch=batch)
+    for b in backend:
+        if b not in ("numpy", "opencl"):
+            raise typer.BadParameter(f"unknown backend {b!r} (numpy, opencl)", param_hint="--backend")
+    run_demo(backends=tuple(backend))

@@ -1,24 +1,49 @@
-"""`thomas demo`: the main job, run in-process on the local machine with the numpy reference engine.
+"""`thomas demo`: the main job on this machine, through the device agent's training loop.
 
-Builds a MobileNetV2 (width 0.5, 32x32 input, 10 classes) from the zoo, feeds it scikit-learn's
-digits (real 8x8 scans, upscaled; no download), runs an inference pass, then a few SGD-momentum
-steps of all layers, and prints what happened and where the time went.
+scikit-learn's digits (real 8x8 scans, resized to 32x32; no download) are written in the device
+dataset format under $THOMAS_HOME/demo/data: digits 0-4 and digits 5-9, 80/20 train/val.
+A MobileNetV2 (width 0.5, 32x32) is trained from scratch on 0-4, then that model is fine-tuned on
+5-9 with a new 5-class head in three stages: last layer, last 3 layers, all layers. The table
+compares the stages: val accuracy, time per epoch, peak memory, per backend.
+
+Each stage is one device_agent TrainJob run in-process by device_agent.train.run, exactly what
+the agent runs on a phone; runs land in $THOMAS_HOME/demo/runs/<backend>-<stage>/.
 """
 from __future__ import annotations
 
+import shutil
+import statistics
+import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from rich import box
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from device_agent.backends.numpy_ref import NumpyRef
+from device_agent.data import write_dataset
 from device_agent.errors import ThomasError
-from device_agent.graph import Graph
+from device_agent.graph import save_package
+from device_agent.protocol import TrainJob
+from device_agent.train import run
 
 from . import zoo
-from .main import out
+from .main import err, out
+from .store import home
 
-SIZE = 32
+SIZE, WIDTH = 32, 0.5
+
+# The recipes (the parity test trains the same ones in PyTorch: tests/test_train_parity.py).
+RECIPES: dict[str, dict] = {
+    "scratch": dict(layers="all", init="scratch", epochs=8, batch=32, optimizer="adam", lr=3e-3,
+                    schedule="cosine"),
+    "last": dict(layers="last", epochs=20, batch=32, optimizer="sgd", lr=0.1, momentum=0.9, schedule="cosine"),
+    "N=3": dict(layers=3, epochs=10, batch=32, optimizer="adam", lr=0.01, schedule="cosine"),
+    "all": dict(layers="all", epochs=5, batch=32, optimizer="adam", lr=1e-3, schedule="cosine"),
+}
+FINE_TUNE = ("last", "N=3", "all")
 
 
 def digits_dataset(size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -35,65 +60,105 @@ def digits_dataset(size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(big[..., None], 3, axis=3), d.target.astype(np.int64)
 
 
-def preprocess(g: Graph, images: np.ndarray) -> np.ndarray:
-    """uint8 NHWC -> float32 NCHW with the model's preprocessing spec."""
-    spec = g.inputs[0].preprocess or {}
-    x = images.astype(np.float32).transpose(0, 3, 1, 2) * np.float32(spec.get("scale", 1.0))
-    if spec.get("mean") is not None:
-        x -= np.asarray(spec["mean"], np.float32)[None, :, None, None]
-    if spec.get("std") is not None:
-        x /= np.asarray(spec["std"], np.float32)[None, :, None, None]
-    return x
+@dataclass
+class StageResult:
+    stage: str
+    backend: str
+    data: str
+    epochs: int = 0
+    val_acc: float | None = None
+    epoch_s: list = field(default_factory=list)
+    peak: int = 0
+    cache: str = "-"
+    total_s: float = 0.0
+    final: str = ""
 
 
-def run_demo(steps: int = 30, batch: int = 32, lr: float = 2e-3, betas=(0.9, 0.999), eps=1e-8) -> dict:
-    g = zoo.build("mobilenet_v2", num_classes=10, size=SIZE, width=0.5, seed=0)
-    images, labels = digits_dataset()
-    out.print(f"[bold]THOMAS demo[/]: {g.name} (width 0.5, {SIZE}x{SIZE}, {g.num_params():,} parameters) "
-              f"on {len(labels)} digit scans, numpy reference backend")
-    be = NumpyRef(g, profile=True)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(labels))
+def prepare(root: Path) -> tuple[dict, Path]:
+    """Write the two datasets and the untrained model under root; returns ({name: data dir}, model dir)."""
+    imgs, labels = digits_dataset()
+    data = {}
+    for name, lo in (("digits0-4", 0), ("digits5-9", 5)):
+        sel = (labels >= lo) & (labels < lo + 5)
+        data[name] = write_dataset(root / "data" / name, imgs[sel], labels[sel] - lo,
+                                   [str(d) for d in range(lo, lo + 5)], val_fraction=0.2, seed=0)
+    model = save_package(zoo.build("mobilenet_v2", num_classes=5, size=SIZE, width=WIDTH, seed=0),
+                         root / "models" / "mobilenet_v2_w05")
+    return data, model
 
-    x0 = preprocess(g, images[order[:batch]])
+
+def run_stage(stage: str, backend: str, model: Path, data: Path, out_dir: Path, cache_dir: Path,
+              progress: Progress | None) -> StageResult:
+    job = TrainJob.from_dict(dict(RECIPES[stage], model=str(model), data=str(data), out=str(out_dir),
+                                  backend=backend, cache_dir=str(cache_dir),
+                                  num_classes=None if stage == "scratch" else 5))
+    res = StageResult(stage, backend, data.name, job.epochs)
+    task = progress.add_task(f"{stage:>7} {backend}", total=None) if progress else None
+
+    def emit(ev):
+        if ev.ev == "plan" and progress:
+            progress.update(task, total=ev.total_steps)
+        elif ev.ev == "step" and progress:
+            progress.update(task, completed=ev.step, info=f"epoch {ev.epoch} loss {ev.loss:.3f}")
+        elif ev.ev == "epoch":
+            res.epoch_s.append(ev.ms / 1e3)
+        elif ev.ev == "cache" and ev.split == "train" and ev.epoch == 1:
+            res.cache = "hit" if ev.hit else "miss"
+        elif ev.ev == "done":
+            res.val_acc, res.final = ev.val_acc, ev.final
+            res.peak = ev.memory.get("peak", 0) + ev.memory.get("prefix", 0)
+
     t0 = time.perf_counter()
-    logits = be.forward(x0)[g.outputs[0]]
-    infer_ms = (time.perf_counter() - t0) * 1e3
+    run(job, emit)
+    res.total_s = time.perf_counter() - t0
+    if progress:
+        progress.update(task, info=f"val {res.val_acc:.1%}")
+    return res
 
-    table = Table("step", "loss", "batch top-1", "forward ms", "backward ms", title="training all layers from scratch (Adam)")
-    m = {k: np.zeros_like(be.weights[k]) for k in be.trainable}
-    v = {k: np.zeros_like(be.weights[k]) for k in be.trainable}
-    losses = []
-    for step in range(steps):
-        idx = order[(step * batch) % len(order):][:batch]
-        x, y = preprocess(g, images[idx]), labels[idx]
-        t0 = time.perf_counter()
-        logits = be.forward(x, training=True, grad=True, seed=step)[g.outputs[0]]
-        loss = be.loss(y)
-        t1 = time.perf_counter()
-        grads = be.backward()
-        t2 = time.perf_counter()
-        for k, gk in grads.items():  # Adam (optim.py will own this)
-            m[k] = betas[0] * m[k] + (1 - betas[0]) * gk
-            v[k] = betas[1] * v[k] + (1 - betas[1]) * gk * gk
-            mhat, vhat = m[k] / (1 - betas[0] ** (step + 1)), v[k] / (1 - betas[1] ** (step + 1))
-            be.weights[k] -= lr * mhat / (np.sqrt(vhat) + eps)
-        losses.append(loss)
-        acc = float(np.mean(np.argmax(logits, 1) == y))
-        table.add_row(str(step + 1), f"{loss:.4f}", f"{acc:.2%}", f"{(t1 - t0) * 1e3:.0f}", f"{(t2 - t1) * 1e3:.0f}")
-    out.print(f"inference, batch {batch}: {infer_ms:.0f} ms ({batch / infer_ms * 1e3:.0f} img/s)")
-    out.print(table)
 
-    by_op: dict[str, list[float]] = {}
-    for n in g.nodes:
-        f, b = be.timings.get(n.name, (0.0, 0.0))
-        acc_t = by_op.setdefault(n.op, [0.0, 0.0, 0])
-        acc_t[0] += f
-        acc_t[1] += b
-        acc_t[2] += 1
-    total = sum(v[0] + v[1] for v in by_op.values()) or 1.0
-    t = Table("op", "nodes", "forward ms", "backward ms", "share", title="time by op (all passes)")
-    for op, (f, b, n) in sorted(by_op.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
-        t.add_row(op, str(n), f"{f * 1e3:.0f}", f"{b * 1e3:.0f}", f"{(f + b) / total:.0%}")
-    out.print(t)
-    return {"losses": losses, "infer_ms": infer_ms}
+def run_demo(backends=("numpy",)) -> list[StageResult]:
+    """Every stage on every backend (a backend = one more row per stage in the table)."""
+    root = home() / "demo"
+    shutil.rmtree(root / "runs", ignore_errors=True)
+    t0 = time.perf_counter()
+    data, model = prepare(root)
+    out.print(f"[bold]THOMAS demo[/]: MobileNetV2 (width {WIDTH}, {SIZE}x{SIZE}) on scikit-learn's digits: "
+              f"from scratch on 0-4, then fine-tuned on 5-9 (new 5-class head); runs in {root / 'runs'}")
+    results = []
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err,
+                        disable=not sys.stderr.isatty())
+    with progress:
+        for backend in backends:
+            base = run_stage("scratch", backend, model, data["digits0-4"], root / "runs" / f"{backend}-scratch",
+                             root / "cache", progress)
+            results.append(base)
+            _line(base)
+            for stage in FINE_TUNE:
+                r = run_stage(stage, backend, Path(base.final), data["digits5-9"],
+                              root / "runs" / f"{backend}-{stage}", root / "cache", progress)
+                results.append(r)
+                _line(r)
+    out.print(table(results))
+    out.print(f"total {time.perf_counter() - t0:.0f} s. 'last' and 'N=3' run the frozen layers once into the "
+              f"feature cache (first epoch), later epochs and runs only train the head.")
+    return results
+
+
+def _line(r: StageResult) -> None:
+    err.print(f"{r.stage} ({r.backend}): val {r.val_acc:.1%} after {r.epochs} epochs, {r.total_s:.1f} s",
+              highlight=False)
+
+
+def table(results: list[StageResult]) -> Table:
+    t = Table(title=f"training stages, MobileNetV2 w{WIDTH} {SIZE}x{SIZE}", box=box.SIMPLE_HEAD, padding=0,
+              collapse_padding=True, pad_edge=False)
+    for name in ("stage", "digits", "backend", "epochs", "val acc", "s/epoch", "1st epoch", "cache",
+                 "peak MiB", "total s"):
+        t.add_column(name, no_wrap=True, justify="left" if name in ("stage", "digits", "backend", "cache") else "right")
+    for r in results:
+        later = r.epoch_s[1:] or r.epoch_s
+        t.add_row(r.stage, r.data.replace("digits", ""), r.backend, str(r.epochs),
+                  f"{r.val_acc:.1%}" if r.val_acc is not None else "-", f"{statistics.median(later):.2f}",
+                  f"{r.epoch_s[0]:.2f}" if r.epoch_s else "-", r.cache, f"{r.peak / 2 ** 20:.1f}", f"{r.total_s:.1f}")
+    return t
