@@ -34,6 +34,7 @@ from .optim import lr_at, make_optimizer
 from .protocol import (Cache, Checkpoint, Done, Epoch, Error, Eval, Event, Plan, Progress, Step,
                        TrainJob)
 from .stages import FeatureCache, split_graph, trainable_params
+from .telemetry import Telemetry
 
 
 def log(msg: str) -> None:
@@ -52,6 +53,7 @@ class _Run:
         self.out = Path(job.out)
         self.emit = emit
         self.events = None
+        self.telemetry = Telemetry()
 
     def send(self, ev: Event) -> None:
         if self.events is not None:
@@ -59,6 +61,9 @@ class _Run:
             self.events.flush()
         if self.emit is not None:
             self.emit(ev)
+        self.telemetry.tick()
+        if isinstance(ev, Epoch):           # joules and temperatures of the epoch that just ended
+            self.send(self.telemetry.epoch(ev.epoch))
 
 
 def run(job: TrainJob, emit=None) -> Done:
@@ -71,8 +76,9 @@ def run(job: TrainJob, emit=None) -> Done:
         r.send(Error(e.code, str(e)))
         e.reported = True
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         r.send(Error("interrupted", "interrupted; the last checkpoint is kept"))
+        e.reported = True
         raise
     except Exception as e:  # noqa: BLE001  (a bug: record it as the run's last event, then re-raise)
         r.send(Error("internal", f"{type(e).__name__}: {e}"))
@@ -151,6 +157,11 @@ def _run(r: _Run) -> Done:
     if spe == 0:
         raise JobError(f"job field 'batch' is {job.batch}, more than the {len(ds.train)} training images, "
                        f"and drop_last is set: no batch to train on")
+    if (job.bn_batch_stats and not job.drop_last and len(ds.train) % job.batch == 1
+            and any(n.op == "BatchNorm" for n in split.suffix.nodes)):
+        raise JobError(f"job field 'drop_last': the last batch of each epoch would hold 1 image "
+                       f"({len(ds.train)} % {job.batch}), and BatchNorm with batch statistics needs 2; "
+                       f"set drop_last or another batch size")
     total, warmup = job.epochs * spe, job.warmup_epochs * spe
     # everything is checked: only now is the run directory touched
     _prepare_out(job)
@@ -191,6 +202,8 @@ def _run(r: _Run) -> Done:
                 list(split.cut), cache is not None, len(ds.train), len(ds.val), len(ds.classes), job.batch,
                 job.epochs, spe, total, step, mem))
 
+    computed: set[str] = set()
+
     def features(split_name: str, epoch: int) -> dict | None:
         """Cached prefix outputs of a split; fills the cache on a miss (sends a `cache` event)."""
         if cache is None:
@@ -198,9 +211,17 @@ def _run(r: _Run) -> Done:
         t0 = time.perf_counter()
         hit = split_name in cache.loaded or cache.open()
         if not hit:
-            splits = {"train": ds.train, "val": ds.val}
-            cache.fill(splits, prefix, max(job.batch, 64), preprocess,
-                       lambda d, n: r.send(Progress("features", d, n)) if d == n or d % (job.batch * 20) == 0 else None)
+            shown = [0]
+
+            def progress(done: int, n: int) -> None:
+                if done == n or done - shown[0] >= n / 10:
+                    shown[0] = done
+                    r.send(Progress("features", done, n))
+            cache.fill({"train": ds.train, "val": ds.val}, prefix, max(job.batch, 64), preprocess, progress)
+            computed.update(cache.loaded)
+        if split_name in computed:           # filled by this run: its first use is the miss
+            hit = False
+            computed.discard(split_name)
         feats = cache.loaded.get(split_name, {})
         rows = len(ds.train if split_name == "train" else ds.val)
         r.send(Cache(hit, split_name, epoch + 1, cache.key, rows,
@@ -357,7 +378,9 @@ def main(argv=None) -> int:
             emit(Error(e.code, str(e)))
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if not getattr(e, "reported", False):
+            emit(Error("interrupted", "interrupted"))
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001  (the protocol's last line is always done or error)

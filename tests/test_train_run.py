@@ -62,7 +62,9 @@ def test_feature_cache_hits_and_invalidation(tmp_path):
     paths = make_root(tmp_path)
     done1, evs = _run(paths, layers=2)
     assert evs[0]["feature_cache"] and evs[0]["cut"] == ["c4"]
-    assert _cache_events(evs) == [("train", 1, False), ("val", 1, True), ("train", 2, True), ("val", 2, True)]
+    assert _cache_events(evs) == [("train", 1, False), ("val", 1, False), ("train", 2, True), ("val", 2, True)]
+    prog = [e for e in evs if e["ev"] == "progress"]
+    assert prog and prog[-1]["done"] == prog[-1]["total"] == evs[0]["train"] + evs[0]["val"]
     key = [e["key"] for e in evs if e["ev"] == "cache"][0]
     # a second run reuses it from its first epoch
     _, evs2 = _run(dict(paths, out=str(tmp_path / "runs" / "b")), layers=2)
@@ -193,7 +195,14 @@ BAD_INPUT = {
     "missing model": (lambda root, job: job.update(model=str(root / "nope")), "bad_model", "nope"),
     "too many layers": (lambda root, job: job.update(layers=12), "bad_job", "'layers' is 12"),
     "opencl unavailable": (lambda root, job: job.update(backend="opencl"), "bad_job", "'backend' is 'opencl'"),
+    "BN batch of one": (lambda root, job: job.update(layers="all", init="scratch", batch=_train_count(root) - 1),
+                        "bad_job", "job field 'drop_last': the last batch of each epoch would hold 1 image"),
 }
+
+
+def _train_count(root):
+    from device_agent.data import open_dataset
+    return len(open_dataset(root / "data" / "digits").train)
 
 
 def _edit_json(root, fn):
