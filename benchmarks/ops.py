@@ -10,11 +10,14 @@ AlexNet and MobileNetV2 (conv-as-GEMM forward / dX / dW and the FC layers).
 Each shape is the GEMM exactly as device_agent/ops/{conv2d,gemm}.py launch it: conv forward/dX are
 batched over the images (stride per image), conv dW sums the images' products (reduce_batch: partial
 products + a reduction on GPUs, image by image with beta = 1 on CPUs, where it runs as NN on im2row
-columns), with the scratch the ops reserve for split-K. numpy and torch get their best form of the same product (one stacked matmul; dW as one GEMM
-over the concatenated K). Depthwise convolutions are direct kernels, not GEMMs, and are not listed.
+columns), with the scratch the ops reserve for split-K. numpy and torch get their best form of the same
+product (one stacked matmul; dW as one GEMM over the concatenated K). Depthwise convolutions are
+direct kernels, not GEMMs, and are not listed.
 Every engine: one warm-up, then `--reps` samples of enough back-to-back runs to last ~50 ms each; the
 median is reported. numpy runs in a child process per thread count (OPENBLAS_NUM_THREADS), OpenCL and
 torch in this one. JSON goes to benchmarks/results/ops.json, a Markdown table to stdout.
+NOTE: on a shared 2-core machine the 2-thread OpenBLAS figures collapse whenever other processes run
+(its threads wait on each other); compare only runs made on an idle machine.
 """
 from __future__ import annotations
 
@@ -253,7 +256,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--square", default="512,1024,2048")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="fewer shapes (squares + 2 biggest per pass and model), 3 reps")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer shapes (squares + the 2 biggest per pass and model), 3 reps")
     ap.add_argument("--device-only", action="store_true", help="no numpy peers (e.g. on the GPU machine)")
     ap.add_argument("--torch-cuda", action="store_true", help="also time torch.matmul on CUDA, TF32 off")
     ap.add_argument("--no-opencl", action="store_true", help=argparse.SUPPRESS)

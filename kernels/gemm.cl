@@ -354,10 +354,11 @@ inline void gemm_cpu_dot(const int M, const int N, const int K,
 #define CPU_SHIFT const int z = get_global_id(2); \
     A += a_off + z * stride_a; B += b_off + z * stride_b; C += c_off + z * stride_c; bias += bias_off;
 
-__kernel void gemm_cpu_nn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(0, 0, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta, bias, bias_mode); }
-__kernel void gemm_cpu_tn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 0, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta, bias, bias_mode); }
-__kernel void gemm_cpu_tt(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 1, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta, bias, bias_mode); }
-__kernel void gemm_cpu_nt(CPU_ARGS) { CPU_SHIFT gemm_cpu_dot(M, N, K, A, lda, B, ldb, C, ldc, alpha, beta, bias, bias_mode); }
+#define CPU_REST M, N, K, A, lda, B, ldb, C, ldc, alpha, beta, bias, bias_mode
+__kernel void gemm_cpu_nn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(0, 0, CPU_REST); }
+__kernel void gemm_cpu_tn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 0, CPU_REST); }
+__kernel void gemm_cpu_tt(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 1, CPU_REST); }
+__kernel void gemm_cpu_nt(CPU_ARGS) { CPU_SHIFT gemm_cpu_dot(CPU_REST); }
 #endif  // FAMILY & 2
 
 // ========================================================================= reductions

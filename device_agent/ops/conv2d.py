@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..backends.opencl.gemm import gemm, gemm_config, split_floats
+from ..backends.opencl.gemm import gemm, gemm_config, row_local_size, split_floats
 from . import register
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
@@ -307,7 +307,7 @@ def cl_conv_forward(b, io):
     bias = io.x[2] if len(io.x) > 2 else None
     geo = (r, s, p, q, sh, sw, dh, dw, pt, pl)
     if _is_depthwise(c, g):
-        b.launch("conv2d.cl", "dw_fwd", (p * q, k, n), None, x, w, bias if bias is not None else w,
+        b.launch("conv2d.cl", "dw_fwd", (p * q, k, n), row_local_size(b), x, w, bias if bias is not None else w,
                  bias is not None, y, c, h, wd, k // c, *geo, defines=_dw_defines(b),
                  flops=2 * n * k * p * q * r * s)
         return
@@ -323,7 +323,7 @@ def cl_conv_forward(b, io):
     cols, ldp = io.workspace, _ldp(pq)
     for i0 in range(0, n, nb):
         m = min(nb, n - i0)
-        b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, cols, ldp, c, h, wd, *geo,
+        b.launch("conv2d.cl", "im2col", (pq, crs, m), row_local_size(b), x, i0 * c * h * wd, cols, ldp, c, h, wd, *geo,
                  defines=_dw_defines(b))
         for gi in range(g):
             gemm(b, False, False, kg, pq, crsg, w, gi * kg * crsg, crsg, cols, gi * crsg * ldp, ldp,
@@ -345,7 +345,7 @@ def cl_conv_backward(b, io):
     if _is_depthwise(c, g):
         # undoes: y[n,k] = sum_{r,s} x[n, k/mult, p*sh+r*dh-pt, q*sw+s*dw-pl] * w[k,0,r,s]
         if gx is not None:
-            b.launch("conv2d.cl", "dw_bwd_data", (h * wd, c, n), None, gy, w, gx, c, h, wd, k // c, *geo,
+            b.launch("conv2d.cl", "dw_bwd_data", (h * wd, c, n), row_local_size(b), gy, w, gx, c, h, wd, k // c, *geo,
                      defines=defs, flops=2 * n * k * p * q * r * s)
         if gw is not None:
             b.launch("conv2d.cl", "dw_bwd_filter", (k * r * s * lwg,), (lwg,), x, gy, gw, n, c, h, wd, k // c,
@@ -366,7 +366,8 @@ def cl_conv_backward(b, io):
             if cpu:
                 # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] += gy[n,gi] @ rows[n,gi]  (rows = cols^T)
                 # NOTE: the CPU-shaped GEMM is 3-10x faster as NN than as NT when K = P*Q is short.
-                b.launch("conv2d.cl", "im2row", (crs, pq, m), None, x, i0 * c * h * wd, cols, c, h, wd, *geo,
+                b.launch("conv2d.cl", "im2row", (crs, pq, m), row_local_size(b), x, i0 * c * h * wd, cols, c, h, wd,
+                         *geo,
                          defines=defs)
                 for gi in range(g):
                     gemm(b, False, False, kg, crsg, pq, gy, i0 * k * pq + gi * kg * pq, pq, cols, gi * crsg, crs,
@@ -375,7 +376,8 @@ def cl_conv_backward(b, io):
                 continue
             # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] = sum_n gy[n,gi] @ cols[n,gi]^T  (pointwise: x[n,gi])
             if not pointwise:
-                b.launch("conv2d.cl", "im2col", (pq, crs, m), None, x, i0 * c * h * wd, cols, ldp, c, h, wd,
+                b.launch("conv2d.cl", "im2col", (pq, crs, m), row_local_size(b), x, i0 * c * h * wd, cols, ldp, c, h,
+                         wd,
                          *geo, defines=defs)
             src, ld = (x, pq) if pointwise else (cols, ldp)
             off, stride = (i0 * c * pq, c * pq) if pointwise else (0, crs * ldp)
@@ -397,7 +399,8 @@ def cl_conv_backward(b, io):
         for gi in range(g):
             gemm(b, True, False, crsg, pq, kg, w, gi * kg * crsg, crsg, gy, i0 * k * pq + gi * kg * pq, pq,
                  cols, gi * crsg * ldp, ldp, batch=m, stride_b=k * pq, stride_c=crs * ldp, **work)
-        b.launch("conv2d.cl", "col2im", (h * wd, c, m), None, cols, ldp, gx, i0 * c * h * wd, c, h, wd, *geo,
+        b.launch("conv2d.cl", "col2im", (h * wd, c, m), row_local_size(b), cols, ldp, gx, i0 * c * h * wd, c, h, wd,
+                 *geo,
                  defines=defs)
 
 

@@ -129,7 +129,8 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
             if reduce_batch:  # one product at a time, accumulating (beta = 1 after the first)
                 return [_launch_cpu(b, form, p, M, N, K, A, a_off + z * stride_a, lda, B, b_off + z * stride_b,
                                     ldb, C, c_off, ldc, alpha, beta if z == 0 else 1.0, 1, 0, 0, 0,
-                                    bias_buf if z == batch - 1 else C, bias_off, _BIAS[bias_mode] if z == batch - 1 else 0)
+                                    bias_buf if z == batch - 1 else C, bias_off,
+                                    _BIAS[bias_mode] if z == batch - 1 else 0)
                         for z in range(batch)]
             return [_launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta,
                                 batch, stride_a, stride_b, stride_c, bias_buf, bias_off, _BIAS[bias_mode])]
@@ -161,7 +162,8 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
         parts = _launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, work, work_off, N, 1.0, 0.0,
                             batch * s, stride_a, stride_b, M * N, C, 0, 0, s, kchunk, flops)
         outs, per = (1, batch * s) if reduce_batch else (batch, s)
-        red = b.launch("gemm.cl", "gemm_reduce", (N, M, outs), None, work, work_off, per, M, N, C, c_off, ldc,
+        red = b.launch("gemm.cl", "gemm_reduce", (N, M, outs), row_local_size(b), work, work_off, per, M, N, C,
+                       c_off, ldc,
                        stride_c, float(alpha), float(beta), bias_buf, bias_off, _BIAS[bias_mode],
                        defines=_defines(b, fam, t), flops=M * N * batch * s)
         return [parts, red]
@@ -194,6 +196,13 @@ def _launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc
                     bias_mode, aligned, ksplit, kchunk, defines=_defines(b, "gpu", t), flops=flops)
 
 
+def row_local_size(b) -> tuple:
+    """A fixed local size for element-indexed helper kernels (reductions, im2col, ...): a 64-wide row
+    on GPUs; 8 on CPUs, where PoCL builds one work-group function per local size and its own pick
+    varies with the global size (every new shape would cost a compile)."""
+    return (8, 1, 1) if b.kind == "cpu" else (64, 1, 1)
+
+
 def _defines(b, fam: str, p: dict) -> dict:
     if fam == "gpu":
         d = {k: int(p[k]) for k in GPU_KEYS}
@@ -212,5 +221,5 @@ def colsum(b, g, s, rows: int, cols: int, label: str | None = None):
     if fam == "gpu":
         p = {k: int(p[k]) for k in GPU_KEYS}
     with _scoped(b, label or "colsum"):  # built into the device's GEMM program: no extra build
-        return b.launch("gemm.cl", "colsum", (cols,), None, g, s, rows, cols, defines=_defines(b, fam, p),
-                        flops=rows * cols)
+        return b.launch("gemm.cl", "colsum", (cols,), row_local_size(b)[:1], g, s, rows, cols,
+                        defines=_defines(b, fam, p), flops=rows * cols)
