@@ -400,8 +400,23 @@ class BenchDone(Event):
     t: float = field(default_factory=_now)
 
 
+@dataclass
+class Telemetry(Event):
+    """After each `epoch` (device_agent/telemetry.py): energy and temperatures over that epoch;
+    a sensor the device does not expose (or does not let us read) is null."""
+    ev: ClassVar[str] = "telemetry"
+    epoch: int
+    seconds: float
+    battery_j: float | None       # |current_now x voltage_now| integrated (power_supply)
+    battery_w: float | None       # its mean
+    rapl_j: float | None          # Linux RAPL powercap energy_uj difference
+    temps: dict                   # thermal zone type -> °C at the epoch's end (None: unreadable)
+    temp_max: float | None        # highest zone temperature seen during the epoch
+    t: float = field(default_factory=_now)
+
+
 EVENTS = {c.ev: c for c in (Hello, Device, Plan, Progress, Step, Epoch, Eval, Checkpoint, Cache, Done,
-                          Infer, Error, LayerTime, BenchDone)}
+                          Infer, Error, LayerTime, BenchDone, Telemetry)}
 
 
 def parse_event(line: str) -> Event:
