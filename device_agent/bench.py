@@ -97,7 +97,7 @@ def _rows(backend: str, times: dict, costs: dict, flops: dict | None, order: lis
         if name not in times:
             continue
         fw, bw = times[name]
-        c = costs.get(name, {"op": "Optimizer" if name == "optimizer" else "?", "flops": 0, "bytes": 0})
+        c = costs.get(name, {"op": "Optimizer" if name == "optimizer" else name.strip("<>"), "flops": 0, "bytes": 0})
         if flops and name in flops:
             ff, fb = flops[name]
         else:
