@@ -82,6 +82,11 @@ def load_program(ctx: cl.Context, device: cl.Device, name: str, defines: dict | 
             # NOTE: seen with a corrupted PoCL kernel cache: the build "succeeds" with no kernels.
             raise KernelBuildError(f"{name} built without kernels on {device.name.strip()} "
                                    f"(corrupt driver cache? clear POCL_CACHE_DIR / ~/.cache/pocl)")
+        if "portable computing language" in device.platform.name.lower():
+            # NOTE: on PoCL, fetching BINARIES compiles every kernel of the program for every
+            # local size (116 s for the GPU-shaped GEMM file); PoCL keeps its own kernel cache.
+            _memory[mem_key] = prg
+            return prg
         try:
             (binary,) = prg.get_info(cl.program_info.BINARIES)
             path.parent.mkdir(parents=True, exist_ok=True)
