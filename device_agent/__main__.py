@@ -143,6 +143,10 @@ def main(argv: list[str]) -> int:
         from . import bench
 
         return bench.main(args, emit)
+    if cmd == "tune" and len(args) == 1:
+        from . import tune
+
+        return tune.main(args, emit)
     emit(Error("usage", USAGE))
     print(USAGE, file=sys.stderr)
     return 2

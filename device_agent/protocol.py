@@ -415,8 +415,34 @@ class Telemetry(Event):
     t: float = field(default_factory=_now)
 
 
+@dataclass
+class TuneVariant(Event):
+    """`tune`: one timed variant (ms None and `error` set when it did not build)."""
+    ev: ClassVar[str] = "tune_variant"
+    index: int
+    params: dict
+    ms: float | None              # median of the model's GEMM launches, finish() around them
+    gemms: int                    # GEMM launches timed
+    error: str | None
+    t: float = field(default_factory=_now)
+
+
+@dataclass
+class Tune(Event):
+    """`tune`: the winner, saved in the device's tuning file under `key` ("<device>|<driver>")."""
+    ev: ClassVar[str] = "tune"
+    key: str
+    op: str
+    index: int
+    params: dict
+    ms: float
+    default_ms: float | None
+    path: str
+    t: float = field(default_factory=_now)
+
+
 EVENTS = {c.ev: c for c in (Hello, Device, Plan, Progress, Step, Epoch, Eval, Checkpoint, Cache, Done,
-                          Infer, Error, LayerTime, BenchDone, Telemetry)}
+                          Infer, Error, LayerTime, BenchDone, Telemetry, TuneVariant, Tune)}
 
 
 def parse_event(line: str) -> Event:

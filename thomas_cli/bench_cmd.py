@@ -184,3 +184,39 @@ def bench(
     sp = results[0][1]["summary"].get("speedup")
     if compare == "cpu" and sp:
         out.print(f"OpenCL is [bold]{sp:.1f}x[/] the serial single-core numpy baseline")
+
+
+@app.command()
+@guarded
+def tune(
+    model: str = typer.Argument("mobilenet_v2", help="Model on the device, package directory or zoo name."),
+    batch: int = typer.Option(8, "--batch", min=1),
+    size: int = typer.Option(224, "--size", min=8, help="Input size of a zoo model."),
+    steps: int = typer.Option(3, "--steps", min=1, help="Timed repetitions per variant (median)."),
+    width: float = typer.Option(1.0, "--width", help="Width multiplier of a zoo model."),
+    classes: int = typer.Option(1000, "--classes", min=1, help="Classes of a zoo model's head."),
+    as_json: bool = typer.Option(False, "--json", help="The events as JSON lines on stdout."),
+):
+    """Time GEMM tile variants on the model's GEMMs once; the device keeps the winner for every later run."""
+    s = Session(open_transport(note=console_note), note=console_note)
+    pkg = _model(s, model, size, width, classes)
+    job_rel = f"jobs/tune-{store.new_run_id()}.json"
+    s.t.write_bytes(job_rel, (json.dumps({"model": pkg, "batch": batch, "steps": steps}) + "\n").encode())
+    res = s.call(["tune", job_rel], on_event=(lambda ev: sys.stdout.write(json.dumps(ev) + "\n")) if as_json else None,
+                 timeout=DEFAULT_TIMEOUT)
+    last = res.events[-1] if res.events else {}
+    if last.get("ev") != "tune":
+        msg = last.get("message") if last.get("ev") == "error" else f"agent ended ({res.returncode}) without a result"
+        raise RunFailed(last.get("code", "error"), f"tune failed on {s.t.serial}: {msg}")
+    if as_json:
+        return
+    t = Table("#", "tile", "GEMM ms", "launches", title=f"GEMM variants on {last['key']}")
+    for e in res.events:
+        if e["ev"] == "tune_variant":
+            p = e["params"]
+            tile = " ".join(f"{k}={p[k]}" for k in sorted(p) if k.isupper()) or "defaults"
+            t.add_row(str(e["index"]) + (" *" if e["index"] == last["index"] else ""), tile,
+                      _f(e["ms"], ".2f") if e["ms"] is not None else f"[red]{e['error']}[/]", str(e["gemms"]))
+    out.print(t)
+    gain = f" ({last['default_ms'] / last['ms']:.2f}x the defaults)" if last.get("default_ms") else ""
+    out.print(f"saved variant {last['index']}{gain} to {s.t.serial}:{last['path']}")

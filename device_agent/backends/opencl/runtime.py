@@ -14,7 +14,10 @@ and set from the step's values right before the enqueue.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyopencl as cl
@@ -36,12 +39,15 @@ class Tuning:
         self.vendor = device.vendor.strip()
         self.device = device.name.strip()
         self.kind = kind_of(device)
+        self.key = device_key(device)
         self.db: dict = {}
         root = configs_dir() / "tuning"
         for path in sorted(root.glob("*.json")):
             self._merge(json.loads(path.read_text()))
         if extra:
             self._merge(extra)
+        self.tuned = read_device_tuning(self.key)   # `thomas tune` winners for this device + driver
+        self.override: dict = {}                    # op -> params, set by `thomas tune` while it times
 
     def _merge(self, doc: dict) -> None:
         for k, v in doc.items():
@@ -60,7 +66,37 @@ class Tuning:
         for dev_key, dev_params in vendor.items():
             if dev_key != "default" and dev_key.lower() in self.device.lower():
                 out.update(dev_params.get(op, {}))
+        out.update(self.tuned.get(op, {}).get("params", {}))
+        out.update(self.override.get(op, {}))
         return out
+
+
+def tuning_file() -> Path:
+    """The device's own tuning file (THOMAS_TUNING_FILE, else tuning/devices.json under the agent's
+    working directory, i.e. the device root): {"<device>|<driver>": {op: {"params": {...}, ...}}}."""
+    return Path(os.environ.get("THOMAS_TUNING_FILE") or Path("tuning") / "devices.json")
+
+
+def device_key(device: cl.Device) -> str:
+    return f"{device.name.strip()}|{device.driver_version.strip()}"
+
+
+def read_device_tuning(key: str) -> dict:
+    """This device's winners; a corrupt file is a warning on stderr and the defaults, never an error."""
+    path = tuning_file()
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        entry = doc.get(key, {}) if isinstance(doc, dict) else None
+        if not isinstance(entry, dict) or not all(isinstance(v, dict) and isinstance(v.get("params", {}), dict)
+                                                  for v in entry.values()):
+            raise ValueError("not a {device|driver: {op: {params: {...}}}} object")
+        return entry
+    except (OSError, ValueError) as e:
+        print(f"thomas: warning: ignoring the tuning file {path} ({e}); using the default tuning",
+              file=sys.stderr, flush=True)
+        return {}
 
 
 def _deep_merge(a: dict, b: dict) -> None:
