@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ThomasError
+from .errors import BackendError, InputError, ThomasError
 from .protocol import Tune, TuneVariant
 
 # a small set of plausible tiles per device kind (the kernel defaults come first)
@@ -60,8 +60,6 @@ def load_job(path: str) -> dict:
 
 def _time_gemms(rt, g, batch: int, steps: int, params: dict) -> tuple[float, int]:
     """(median ms of the model's GEMM launches, how many) with `params` over the tuning."""
-    import pyopencl as cl
-
     from .backends.opencl.runtime import replay
     from .bench import _inputs
     from .plan import OptimConfig, Plan
@@ -83,7 +81,6 @@ def _time_gemms(rt, g, batch: int, steps: int, params: dict) -> tuple[float, int
         rt.queue.finish()
         ts.append((time.perf_counter() - t0) * 1e3)
     _KEEP.append(plan)
-    del cl
     return float(np.median(ts)), len(gemms)
 
 
@@ -91,10 +88,13 @@ _KEEP = []   # NOTE: plans stay alive to the process's end (tearing one down mid
 
 
 def main(args: list[str], emit) -> int:
-    from .backends.opencl.runtime import Runtime, device_key, tuning_file
     from .graph import load_package
 
     job = load_job(args[0])
+    try:
+        from .backends.opencl.runtime import Runtime, device_key, tuning_file
+    except ImportError as e:
+        raise BackendError(f"tune needs pyopencl and an OpenCL device: pyopencl is not installed ({e})") from None
     g = load_package(job["model"])
     rt = Runtime()
     base = rt.tuning.get("gemm")

@@ -80,3 +80,19 @@ def test_a_plan_trains_on_tuned_and_on_corrupt_tuning(tmp_path, monkeypatch):
         plan = Plan(g, batch=4, optimizer=OptimConfig("sgd"), runtime=Runtime())
         losses.append(plan.train_step(x, y, lr=0.0)[0])
     assert np.isfinite(losses).all() and abs(losses[0] - losses[1]) < 1e-4
+
+
+def test_tune_without_pyopencl_is_a_clean_error(tmp_path, monkeypatch):
+    import sys
+
+    from device_agent import tune
+    from device_agent.errors import BackendError
+
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"model": "m"}))
+    for mod in [m for m in sys.modules if m.startswith("device_agent.backends.opencl")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "pyopencl", None)
+    monkeypatch.setattr("device_agent.graph.load_package", lambda p: None)
+    with pytest.raises(BackendError, match="pyopencl is not installed"):
+        tune.main([str(job)], print)
