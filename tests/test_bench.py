@@ -60,6 +60,8 @@ def test_bench_compare_cpu_every_layer_in_both_columns(dev, tmp_path):
     assert evs[0] == "hello" and evs[-1] == "bench" and "layer_time" in evs
     listed = thomas_json(dev, "runs", "list")
     assert any(r["id"] == doc["id"] for r in listed)
+    shown = thomas(dev, "runs", "show", doc["id"]).stdout
+    assert "totals" in shown and "steps=1" in shown
 
 
 def test_bench_table_and_desktop_compare(tmp_path, monkeypatch, request):

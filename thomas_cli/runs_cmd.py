@@ -71,7 +71,15 @@ def runs_show(run: str = typer.Argument(..., help="Run id (see `thomas runs list
         out.print(f"[red]error:[/] {rec['error']}", highlight=False, soft_wrap=True)
     job = rec.get("job", {})
     out.print("job: " + ", ".join(f"{k}={job[k]}" for k in ("layers", "init", "epochs", "batch", "lr", "optimizer",
-                                                              "backend", "seed") if k in job), highlight=False)
+                                                              "backend", "seed", "steps") if k in job), highlight=False)
+    bench = store.read_json(store.run_dir(run) / "bench.json") if rec.get("kind") == "bench" else None
+    if bench:
+        from .bench_cmd import layer_table, totals_table
+
+        out.print(layer_table([("", bench)], f"{rec.get('model')} {rec.get('stage')}, batch {job.get('batch')}"))
+        out.print(totals_table([("", bench)]))
+        out.print(f"{len(events)} events in {store.run_dir(run) / 'events.jsonl'}", highlight=False)
+        return
     t = Table("epoch", "train loss", "train acc", "val loss", "val acc", "img/s", "time")
     for e in epochs:
         t.add_row(str(e["epoch"]), _fmt(e.get("train_loss"), ".4f"), _fmt(e.get("train_acc"), ".3f"),
