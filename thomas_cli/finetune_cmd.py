@@ -90,6 +90,13 @@ class RunView:
                 err.print(f"epoch {ev['epoch']}: train loss {ev['train_loss']:.4f} acc {ev['train_acc']:.3f}"
                           + (f", val loss {ev['val_loss']:.4f} acc {ev['val_acc']:.3f}" if ev.get('val_acc') is not None else "")
                           + f", {ev.get('img_s') or 0:.0f} img/s", highlight=False)
+        elif kind == "telemetry" and not self.tty:
+            parts = [f"{ev[k]:.1f} J {name}" for k, name in (("battery_j", "battery"), ("rapl_j", "RAPL"))
+                     if ev.get(k) is not None]
+            if ev.get("temp_max") is not None:
+                parts.append(f"max {ev['temp_max']:.0f} °C")
+            if parts:
+                err.print(f"epoch {ev['epoch']} energy: " + ", ".join(parts), highlight=False)
 
     def table(self, rec: dict, done: dict) -> Table:
         t = Table("epoch", "train loss", "train acc", "val loss", "val acc", "img/s", "time",
