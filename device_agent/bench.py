@@ -211,7 +211,12 @@ def bench_numpy(g, stage: str, batch: int, steps: int, costs: dict) -> dict:
         t2 = time.perf_counter()
         return t2 - t0, t2 - t1
 
+    import tracemalloc
+
+    tracemalloc.start()              # numpy reports its buffers to tracemalloc: the step's peak, untimed
     step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     ms, opt, samples = [], [], {}
     for _ in range(steps):
         be.timings = {}
@@ -229,6 +234,7 @@ def bench_numpy(g, stage: str, batch: int, steps: int, costs: dict) -> dict:
     step_ms = float(np.median(ms))
     nbytes = lambda ks: 4 * sum(int(be.weights[k].size) for k in ks)  # noqa: E731
     mem = {"params": nbytes(be.weights), "grads": nbytes(trainable), "optimizer": nbytes(mom)}
+    mem["peak"] = mem["params"] + mem["optimizer"] + peak    # weights and momentum live outside the step
     return {"backend": "numpy", "threads": os.environ.get("THOMAS_THREADS"), "ms_step": step_ms,
             "img_s": batch * 1e3 / step_ms, "memory": mem, "layers": rows}
 

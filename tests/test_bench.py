@@ -37,6 +37,7 @@ def test_bench_compare_cpu_every_layer_in_both_columns(dev, tmp_path):
     res = summary["results"]
     assert set(res) == {"opencl", "numpy"}
     assert res["numpy"]["threads"] == "1" and res["numpy"]["ms_step"] > 0
+    assert res["numpy"]["memory"]["peak"] > res["numpy"]["memory"]["params"]
     g = load_package(dev.root / "models" / "bench-mobilenet_v2-32-w0.35")
     nodes = {n.name for n in g.nodes}
     np_layers = {e["layer"] for e in doc["layers"] if e["backend"] == "numpy"}
