@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 from devicekit import thomas, thomas_json
+
+
+def home() -> Path:
+    return Path(__import__("os").environ["THOMAS_HOME"])
 from test_device_cli import make_target, shared_vdev  # noqa: F401  (fixture)
 
 from device_agent.graph import load_package
@@ -75,6 +79,11 @@ def test_bench_table_and_desktop_compare(tmp_path, monkeypatch, request):
     for side in doc.values():
         assert side["summary"]["stage"] == "last"
         assert {"opencl", "numpy"} == set(side["summary"]["results"])
+    # a model only the device has is copied to the desktop side first
+    thomas(dev, "push-model", "mobilenet_v2", "--classes", "3", "--size", "32", "--width", "0.35", "--name", "mine")
+    r = thomas(dev, "bench", "mine", "--batch", "2", "--steps", "1", "--stage", "infer", "--compare", "desktop")
+    assert "mine infer, batch 2" in r.stdout and "totals" in r.stdout
+    assert sum(json.loads(p.read_text()).get("kind") == "bench" for p in home().glob("runs/*/run.json")) == 5
 
 
 def test_bench_without_pyopencl_still_runs_the_baseline(tmp_path, monkeypatch, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,17 @@ def _model(s: Session, model: str, size: int, width: float, classes: int) -> str
         return f"models/{name}"
     raise ThomasError(f"no model '{model}' on {s.t.serial}: push it with `thomas push-model`, or give a "
                       f"package directory or a zoo name ({', '.join(zoo.ZOO)})")
+
+
+def _pull_model(name: str, tmp: Path) -> Path:
+    """models/<name> of the selected device copied to tmp/<name> (for `--compare desktop`)."""
+    store.check_name(name, "model")
+    t = open_transport(note=console_note)
+    if not t.exists(f"models/{name}/model.json"):
+        raise ThomasError(f"no model '{name}' on {t.serial}: push it with `thomas push-model`, or give a "
+                          f"package directory or a zoo name ({', '.join(zoo.ZOO)})")
+    t.pull_tree(f"models/{name}", tmp / name)
+    return tmp / name
 
 
 def run_bench(target: Target | None, model: str, stage: str, batch: int, size: int, steps: int, width: float,
@@ -104,8 +116,8 @@ def layer_table(results: list[tuple[str, dict]], title: str) -> Table:
     for head, _ in cols:
         for h in ("fw ms", "bw ms", "GFLOP/s", "GB/s", "%"):
             t.add_column(f"{head}\n{h}", justify="right")
-    if len(cols) == 2:
-        t.add_column("speed-up", justify="right")
+    if len(cols) == 2:   # cpu: numpy time / OpenCL time; desktop: device time / desktop time
+        t.add_column("speed-up" if len(results) == 1 else "device ÷\ndesktop", justify="right")
     for name in order:
         op = next((rows[name]["op"] for _, rows in cols if name in rows), "")
         cells, tot = [], []
@@ -164,11 +176,15 @@ def bench(
     if compare == "desktop":
         targets = [("desktop ", replace(session.TARGET, device="local", serial=None, root=None, python=None,
                                         su=False)), ("device ", None)]
-    results = []
-    for label, target in targets:
-        if not as_json:
-            err.print(f"bench {model} {stage} batch {batch} on {label.strip() or 'the device'} ...", highlight=False)
-        results.append((label, run_bench(target, model, stage, batch, size, steps, width, classes)))
+    results, name = [], model
+    with tempfile.TemporaryDirectory(prefix="thomas-bench-") as tmp:
+        if compare == "desktop" and model not in zoo.ZOO and not Path(model).is_dir():
+            model = str(_pull_model(model, Path(tmp)))       # a model only the device has: bench its copy here too
+        for label, target in targets:
+            if not as_json:
+                err.print(f"bench {model} {stage} batch {batch} on {label.strip() or 'the device'} ...",
+                          highlight=False)
+            results.append((label, run_bench(target, model, stage, batch, size, steps, width, classes)))
     if as_json:
         doc = {lbl.strip() or "device": r for lbl, r in results} if compare == "desktop" else results[0][1]
         sys.stdout.write(json.dumps(doc, indent=1) + "\n")
@@ -179,7 +195,7 @@ def bench(
                                                                   if k == "opencl"})))
                    for lbl, r in results] if all("ms_step" in r["summary"]["results"].get("opencl", {})
                                                  for _, r in results) else results
-    out.print(layer_table(results, f"{model} {stage}, batch {batch} (run {', '.join(r['id'] for _, r in results)})"))
+    out.print(layer_table(results, f"{name} {stage}, batch {batch} (run {', '.join(r['id'] for _, r in results)})"))
     out.print(totals_table(results))
     sp = results[0][1]["summary"].get("speedup")
     if compare == "cpu" and sp:
