@@ -6,32 +6,30 @@ A MobileNetV2 (width 0.5, 32x32) is trained from scratch on 0-4, then that model
 5-9 with a new 5-class head in three stages: last layer, last 3 layers, all layers. The table
 compares the stages: val accuracy, time per epoch, peak memory, per backend.
 
-Each stage is one device_agent TrainJob run in-process by device_agent.train.run, exactly what
-the agent runs on a phone; runs land in $THOMAS_HOME/demo/runs/<backend>-<stage>/.
+It runs through the CLI's own machinery on the local device (or the device the global options
+name, e.g. `thomas -s SERIAL demo`): the model and both datasets are pushed like `thomas push-model` /
+`push-data` do, each stage is a `thomas finetune` run (agent payload, handshake, streamed events,
+watchdog), mirrored to $THOMAS_HOME/runs/<id>/ and listed by `thomas runs list`.
 """
 from __future__ import annotations
 
-import shutil
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from rich import box
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from device_agent.data import write_dataset
 from device_agent.errors import ThomasError
-from device_agent.graph import save_package
-from device_agent.protocol import TrainJob
-from device_agent.train import run
 
 from . import zoo
+from .finetune_cmd import new_run
 from .main import err, out
-from .store import home
+from .push_cmd import push_arrays, push_model
+from .session import TARGET, Session, Target, open_transport, run_job
 
 SIZE, WIDTH = 32, 0.5
 
@@ -74,42 +72,48 @@ class StageResult:
     final: str = ""
 
 
-def prepare(root: Path) -> tuple[dict, Path]:
-    """Write the two datasets and the untrained model under root; returns ({name: data dir}, model dir)."""
+def prepare(s: Session) -> tuple[dict, dict]:
+    """Push the two datasets and the untrained model; returns ({name: data meta}, model meta)."""
     imgs, labels = digits_dataset()
     data = {}
     for name, lo in (("digits0-4", 0), ("digits5-9", 5)):
         sel = (labels >= lo) & (labels < lo + 5)
-        data[name] = write_dataset(root / "data" / name, imgs[sel], labels[sel] - lo,
-                                   [str(d) for d in range(lo, lo + 5)], val_fraction=0.2, seed=0)
-    model = save_package(zoo.build("mobilenet_v2", num_classes=5, size=SIZE, width=WIDTH, seed=0),
-                         root / "models" / "mobilenet_v2_w05")
+        data[name] = push_arrays(s, imgs[sel], labels[sel] - lo, [str(d) for d in range(lo, lo + 5)], name,
+                                 val=0.2, seed=0, source="scikit-learn digits")
+    g = zoo.build("mobilenet_v2", num_classes=5, size=SIZE, width=WIDTH, seed=0)
+    model = push_model(s, g, "demo_mobilenet_v2_w05", source="zoo mobilenet_v2 width 0.5")
     return data, model
 
 
-def run_stage(stage: str, backend: str, model: Path, data: Path, out_dir: Path, cache_dir: Path,
+def run_stage(s: Session, stage: str, backend: str, model: dict, data: dict, base_run: str | None,
               progress: Progress | None) -> StageResult:
-    job = TrainJob.from_dict(dict(RECIPES[stage], model=str(model), data=str(data), out=str(out_dir),
-                                  backend=backend, cache_dir=str(cache_dir),
-                                  num_classes=None if stage == "scratch" else 5))
-    res = StageResult(stage, backend, data.name, job.epochs)
-    task = progress.add_task(f"{stage:>7} {backend}", total=None) if progress else None
+    fields = dict(RECIPES[stage], backend=backend)
+    if stage != "scratch":
+        fields["num_classes"] = 5          # a fresh 5-class head for digits 5-9
+    rec = new_run(s, model, data, fields)
+    if base_run:                           # fine-tune the scratch run's final model, on the device
+        rec["job"]["model"] = f"runs/{base_run}/final"
+        rec["model"] = f"{base_run}/final"
+    res = StageResult(stage, backend, data["name"], rec["job"]["epochs"])
+    task = progress.add_task(f"{stage:>7} {backend}", total=None, info="") if progress else None
 
-    def emit(ev):
-        if ev.ev == "plan" and progress:
-            progress.update(task, total=ev.total_steps)
-        elif ev.ev == "step" and progress:
-            progress.update(task, completed=ev.step, info=f"epoch {ev.epoch} loss {ev.loss:.3f}")
-        elif ev.ev == "epoch":
-            res.epoch_s.append(ev.ms / 1e3)
-        elif ev.ev == "cache" and ev.split == "train" and ev.epoch == 1:
-            res.cache = "hit" if ev.hit else "miss"
-        elif ev.ev == "done":
-            res.val_acc, res.final = ev.val_acc, ev.final
-            res.peak = ev.memory.get("peak", 0) + ev.memory.get("prefix", 0)
+    def on_event(ev: dict) -> None:
+        kind = ev.get("ev")
+        if kind == "plan" and progress:
+            progress.update(task, total=ev.get("total_steps"))
+        elif kind == "step" and progress:
+            progress.update(task, completed=ev["step"], info=f"epoch {ev['epoch']} loss {ev['loss']:.3f}")
+        elif kind == "epoch":
+            res.epoch_s.append(ev["ms"] / 1e3)
+        elif kind == "cache" and ev.get("split") == "train" and ev.get("epoch") == 1:
+            res.cache = "hit" if ev.get("hit") else "miss"
+        elif kind == "done":
+            res.val_acc, res.final = ev.get("val_acc"), rec["id"]
+            mem = ev.get("memory") or {}
+            res.peak = mem.get("peak", 0) + mem.get("prefix", 0)
 
     t0 = time.perf_counter()
-    run(job, emit)
+    run_job(s, rec, on_event=on_event)
     res.total_s = time.perf_counter() - t0
     if progress:
         progress.update(task, info=f"val {res.val_acc:.1%}")
@@ -118,25 +122,25 @@ def run_stage(stage: str, backend: str, model: Path, data: Path, out_dir: Path, 
 
 def run_demo(backends=("numpy",)) -> list[StageResult]:
     """Every stage on every backend (a backend = one more row per stage in the table)."""
-    root = home() / "demo"
-    shutil.rmtree(root / "runs", ignore_errors=True)
+    target = TARGET if TARGET.device != "auto" else Target(device="local", root=TARGET.root, python=TARGET.python)
+    s = Session(open_transport(target), note=lambda m: err.print(m, highlight=False))
     t0 = time.perf_counter()
-    data, model = prepare(root)
+    s.ensure_agent()
+    data, model = prepare(s)
     out.print(f"[bold]THOMAS demo[/]: MobileNetV2 (width {WIDTH}, {SIZE}x{SIZE}) on scikit-learn's digits: "
-              f"from scratch on 0-4, then fine-tuned on 5-9 (new 5-class head); runs in {root / 'runs'}")
+              f"from scratch on 0-4, then fine-tuned on 5-9 (new 5-class head), on the {s.t.kind} device "
+              f"{s.t.serial} ({s.t.root}); runs are listed by `thomas runs list`")
     results = []
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err,
                         disable=not sys.stderr.isatty())
     with progress:
         for backend in backends:
-            base = run_stage("scratch", backend, model, data["digits0-4"], root / "runs" / f"{backend}-scratch",
-                             root / "cache", progress)
+            base = run_stage(s, "scratch", backend, model, data["digits0-4"], None, progress)
             results.append(base)
             _line(base)
             for stage in FINE_TUNE:
-                r = run_stage(stage, backend, Path(base.final), data["digits5-9"],
-                              root / "runs" / f"{backend}-{stage}", root / "cache", progress)
+                r = run_stage(s, stage, backend, model, data["digits5-9"], base.final, progress)
                 results.append(r)
                 _line(r)
     out.print(table(results))
