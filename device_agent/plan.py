@@ -82,7 +82,6 @@ def fold_batchnorm(graph: Graph) -> Graph:
     consumers = g.consumers()
     producers = g.producers()
     drop: set[str] = set()
-    rename: dict[str, str] = {}
     for bn in g.nodes:
         if bn.op != "BatchNorm":
             continue
@@ -102,15 +101,12 @@ def fold_batchnorm(graph: Graph) -> Graph:
         g.params[bname] = copy.copy(g.params[wname])
         g.params[bname].shape = (w.shape[0],)
         conv.inputs = list(conv.inputs[:2]) + [bname]
-        rename[bn.outputs[0]] = conv.outputs[0]
+        conv.outputs = list(bn.outputs)    # the conv now produces the BN's tensor: names stay stable
         drop.add(bn.name)
         for t in bn.inputs[1:5]:
             g.params.pop(t, None)
             g.weights.pop(t, None)
     g.nodes = [n for n in g.nodes if n.name not in drop]
-    for n in g.nodes:
-        n.inputs = [rename.get(t, t) for t in n.inputs]
-    g.outputs = [rename.get(t, t) for t in g.outputs]
     return g
 
 

@@ -177,3 +177,23 @@ def test_kernel_build_error_carries_the_log():
     msg = str(e.value)
     assert "eltwise.cl failed to build" in msg and "-DREAL=flaot" in msg
     assert "flaot" in msg.split("\n", 1)[1]   # the compiler's own log follows verbatim
+
+
+def test_inference_plan_keeps_output_names_when_a_folded_bn_is_an_output():
+    """A prefix graph cut right after a BN (the feature cache's split) still returns that tensor."""
+    import copy
+
+    g = copy.deepcopy(_zoo("mobilenet_v2", 32, width=0.35))
+    bn = next(n for n in reversed(g.nodes) if n.op == "BatchNorm")
+    g.outputs = [bn.outputs[0]]
+    cut = g.nodes.index(bn) + 1
+    g.nodes = g.nodes[:cut]
+    used = {t for n in g.nodes for t in n.inputs}
+    g.params = {k: v for k, v in g.params.items() if k in used}
+    g.weights = {k: v for k, v in g.weights.items() if k in used}
+    g.validate()
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    plan = _plan(g, batch=2, trainable=set())
+    out = plan.forward_all(x)
+    assert list(out) == [bn.outputs[0]]
+    _close(out[bn.outputs[0]], NumpyRef(g).forward(x)[bn.outputs[0]], "folded output")
