@@ -26,7 +26,7 @@ import numpy as np
 
 from . import checkpoint
 from .builder import reinit, replace_head
-from .data import Dataset, normalize, open_dataset
+from .data import RNG_AUGMENT, Dataset, augment_batch, normalize, open_dataset
 from .engine import engine_classes, resolve_backend
 from .errors import JobError, ThomasError, TrainError
 from .graph import Graph, load_package, save_package
@@ -145,7 +145,12 @@ def _run(r: _Run) -> Done:
     trainable = trainable_params(graph, job.layers)
     split = split_graph(graph, trainable)
     Engine, Infer = engine_classes(backend)
-    prefix = Infer(split.prefix, dtype) if split.prefix is not None else None
+    prefix_engine = []                    # built on first use: a cache hit never runs the prefix
+
+    def prefix():
+        if not prefix_engine:
+            prefix_engine.append(Infer(split.prefix, dtype))
+        return prefix_engine[0]
     order = [k for k in split.suffix.params if k in trainable]
     opt = make_optimizer(job.optimizer, {k: graph.params[k].shape for k in order}, dtype,
                          momentum=job.momentum, nesterov=job.nesterov, weight_decay=job.weight_decay,
@@ -191,7 +196,7 @@ def _run(r: _Run) -> Done:
 
     # ---------------------------------------------------------------- features
     cache = None
-    if job.feature_cache and not job.augment and prefix is not None:
+    if job.feature_cache and not job.augment and split.prefix is not None:
         root = Path(job.cache_dir) if job.cache_dir else default_cache_dir(job.data)
         cache = FeatureCache(root, split, ds.digest, backend, dtype,
                              {"model": str(Path(job.model).resolve()), "data": str(Path(job.data).resolve())})
@@ -217,7 +222,7 @@ def _run(r: _Run) -> Done:
                 if done == n or done - shown[0] >= n / 10:
                     shown[0] = done
                     r.send(Progress("features", done, n))
-            cache.fill({"train": ds.train, "val": ds.val}, prefix, max(job.batch, 64), preprocess, progress)
+            cache.fill({"train": ds.train, "val": ds.val}, prefix(), max(job.batch, 64), preprocess, progress)
             computed.update(cache.loaded)
         if split_name in computed:           # filled by this run: its first use is the miss
             hit = False
@@ -234,12 +239,11 @@ def _run(r: _Run) -> Done:
             return {t: np.asarray(feats[t][rows]) for t in split.cut}
         u8 = part.rows(rows)
         if augment:
-            from .data import RNG_AUGMENT, augment_batch
             u8 = augment_batch(u8, np.random.default_rng([job.seed, RNG_AUGMENT, epoch, batch_idx]))
         x = normalize(u8, preprocess, dtype)
-        if prefix is None:
+        if split.prefix is None:
             return x
-        outs = prefix.forward(x)
+        outs = prefix().forward(x)
         return {t: outs[t] for t in split.cut}
 
     def evaluate(epoch: int):
@@ -316,8 +320,8 @@ def _run(r: _Run) -> Done:
                                                           "matrix": cm.tolist()}) + "\n")
     final = _save_final(graph, engine.params(), r.out / "final", job, ds)
     mem = dict(engine.memory())
-    if prefix is not None:
-        mem["prefix"] = prefix.memory()["peak"]
+    if prefix_engine:
+        mem["prefix"] = prefix_engine[0].memory()["peak"]
     if cache is not None:
         mem["feature_cache"] = cache.nbytes()
     done = Done(str(r.out), str(final), job.epochs, step, train_loss, train_acc, val_loss, val_acc,
