@@ -452,3 +452,111 @@ def parse_event(line: str) -> Event:
     if cls is None:
         raise ValueError(f"not a THOMAS event: {line[:80]!r}")
     return cls(**d)
+
+
+# ============================================================================ the daemon wire (issue 6)
+# `python -m device_agent serve` (device_agent/serve.py) listens on 127.0.0.1:DAEMON_PORT of the phone,
+# inside Termux; the host reaches it through `adb forward tcp:L tcp:DAEMON_PORT`
+# (thomas_cli/transport/daemon.py). Everything below is the whole contract between the two.
+#
+# Frames: one JSON object on one '\n'-terminated UTF-8 line (at most MAX_HEADER bytes). A frame with
+# "n": N > 0 is followed by exactly N raw bytes (a file chunk). Requests carry "op" and "id" (the host's
+# counter); the answer carries the same "id" and "ok": true plus fields, or "ok": false, "code", "message"
+# (one line, naming what is wrong). One request is answered before the next is read.
+#
+# Connecting. The daemon speaks first:
+#   {"op": "welcome", "protocol": PROTOCOL_VERSION, "agent": "0.1.0", "payload": hash|null, "python": "3.12.4",
+#    "root": "/data/data/com.termux/files/home/thomas", "nonce": 32 hex, "pairing": bool (a code is open)}
+# then the host either authenticates
+#   {"op": "auth", "id": 1, "host": HOST_ID, "mac": auth_mac(token, nonce, HOST_ID)}  -> {"ok": true}
+# or pairs (once per host and phone; the 6-digit code is shown in Termux by `serve` or
+# `python -m device_agent pair`, valid PAIR_TTL_S, PAIR_ATTEMPTS wrong tries close it)
+#   {"op": "pair", "id": 1, "code": "123456", "name": "my-laptop"} -> {"ok": true, "host": HOST_ID, "token": 64 hex}
+# Any other first request, a wrong mac or code: {"ok": false, "code": "auth", ...} and the daemon hangs up
+# without running anything.
+#
+# Requests after auth (paths are relative to the daemon root, '/'-separated, checked like check_rel;
+# the daemon's own folder DAEMON_DIR is never reachable):
+#   status                     -> {"running": job|null, "queue": [job...], "jobs": n, "uptime": s,
+#                                  "free": bytes|null, "pid": n}
+#   stat {path}                -> {"entry": {"name", "is_dir", "size", "mtime"} | null}
+#   list {path}                -> {"entries": [entry...]}        ([] when missing; sorted by name)
+#   remove {path}              -> {}                             (file or tree; no error when missing)
+#   move {src, dst}            -> {}                             (replaces dst)
+#   put_begin {path, size, sha256}            -> {"offset": bytes already received (resume after a drop)}
+#   put_chunk {path, size, sha256, offset, chunk_sha256, n} + n bytes
+#                              -> {"offset": next} | {"offset": size, "done": true} (whole file verified
+#                                 and published atomically) | ok false, code "bad_chunk" (chunk dropped:
+#                                 send it again) | code "bad_file" (whole-file hash differs; partial dropped)
+#                                 | code "offset" with "offset": what the daemon has (resend from there)
+#   get {path, offset, max}    -> {"size", "mtime", "chunk_sha256", "n"} + n bytes (n = 0 at the end)
+#   hash {path}                -> {"sha256", "size"}
+#   install {path}             -> {"restart": bool}  (path: a pushed agent zip; becomes <root>/agent whole;
+#                                 restart: the daemon itself runs older code than the new payload)
+#   restart                    -> {} then the daemon re-executes itself with <root>/agent (only when idle;
+#                                 else ok false, code "busy")
+#   start {args}               -> {"job": id, "state": "running"|"queued", "position": n}; the connection
+#                                 then carries only the job's stream (below) until "end"
+#   attach {job, seq}          -> {"job", "state"}; replays the stream from line `seq` (0-based) then
+#   attach {job, events}          follows it; `events` instead of `seq`: start after that many events
+#   jobs                       -> {"jobs": [{"job", "args", "state", "rc", "created", "started", "ended",
+#                                            "lines", "events", "host"}...]}
+#   cancel {job}               -> {"state"}  (queued: dropped; running: SIGTERM, SIGKILL after 5 s)
+# Job streams (one connection per stream): {"op": "queued", "job", "position"} about every
+# QUEUED_EVERY_S while waiting, {"op": "out", "job", "seq", "line"} for each line of the agent's merged
+# stdout/stderr, and last {"op": "end", "job", "rc": int|null, "state": "done"|"cancelled"|"lost"}.
+# A job runs `python -u -m device_agent ARGS` with cwd = root and <root>/agent first on sys.path; it keeps
+# running when the host goes away. Commands in QUEUED_COMMANDS run one at a time (others queue behind);
+# the rest (hello, doctor) start at once.
+
+DAEMON_PORT = 7878
+DAEMON_DIR = ".daemon"
+MAX_HEADER = 1 << 20
+CHUNK = 1 << 20
+PAIR_TTL_S = 600
+PAIR_ATTEMPTS = 5
+QUEUED_EVERY_S = 2.0
+QUEUED_COMMANDS = ("run", "bench", "tune", "infer")
+
+
+class WireError(ConnectionError):
+    """The peer broke the framing (or hung up mid-frame); the connection is unusable."""
+
+
+def auth_mac(token: str, nonce: str, host: str) -> str:
+    """HMAC-SHA256 of nonce + host id under the pairing token (hex): the token never crosses the wire."""
+    import hashlib
+    import hmac
+
+    return hmac.new(bytes.fromhex(token), f"{nonce}:{host}".encode(), hashlib.sha256).hexdigest()
+
+
+def encode_frame(header: dict, data: bytes = b"") -> bytes:
+    """One frame: the header line (with "n" set when data follows), then the data."""
+    if data:
+        header = dict(header, n=len(data))
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + data
+
+
+def read_frame(rfile) -> tuple[dict, bytes]:
+    """The next (header, data) from a binary file object (socket.makefile("rb")).
+    WireError on a hang-up (EOF) or anything that is not a frame."""
+    line = rfile.readline(MAX_HEADER + 1)
+    if not line:
+        raise WireError("the connection closed")
+    if not line.endswith(b"\n"):
+        raise WireError("the connection closed mid-frame" if len(line) <= MAX_HEADER
+                        else f"frame header longer than {MAX_HEADER} bytes")
+    try:
+        header = json.loads(line)
+    except ValueError:
+        raise WireError(f"not a frame: {line[:60]!r}") from None
+    if not isinstance(header, dict):
+        raise WireError(f"not a frame: {line[:60]!r}")
+    n = header.get("n", 0)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or n > 4 * CHUNK:
+        raise WireError(f"bad frame length {n!r}")
+    data = rfile.read(n) if n else b""
+    if len(data) != n:
+        raise WireError("the connection closed mid-frame")
+    return header, data

@@ -70,6 +70,44 @@ def test_virtual_device_speaks_adb_to_real_adbutils(adb_env):
             conn.check_okay()
 
 
+def test_virtual_device_forwards_tcp_through_the_real_adb_server(adb_env):
+    """`adb forward tcp:L tcp:R` through the real server reaches a server on the phone's loopback port R,
+    both ways, with payloads larger than one adb packet; a refused port just closes the connection."""
+    import socket
+    import threading
+
+    import adbutils
+
+    vd = adb_env
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(2)
+    remote = srv.getsockname()[1]
+
+    def echo():
+        conn, _ = srv.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    d = adbutils.AdbClient(port=vd.server_port).device(vd.serial)
+    local = d.forward_port(remote)
+    assert any(f.remote == f"tcp:{remote}" for f in d.forward_list())
+    blob = os.urandom(200_000)
+    with socket.create_connection(("127.0.0.1", local), timeout=10) as c:
+        c.sendall(blob)
+        got = bytearray()
+        while len(got) < len(blob):
+            got += c.recv(65536)
+    assert bytes(got) == blob
+    srv.close()
+    closed = d.forward_port(remote + 1 if remote < 65535 else remote - 1)    # nobody listens there
+    with socket.create_connection(("127.0.0.1", closed), timeout=10) as c:
+        c.settimeout(10)
+        assert c.recv(10) == b""
+
+
 def test_adb_transport_exit_status_and_quoting(adb_env, tmp_path):
     from thomas_cli.transport.adb import AdbTransport
 

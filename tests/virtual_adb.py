@@ -17,7 +17,9 @@ What the fake adbd implements (docs: adb's protocol.txt, SERVICES.TXT, SYNC.TXT)
   * `shell:CMD` — `sh -c CMD` on this machine, cwd = the device root, stdout and stderr merged and
     the exit status lost, exactly like a legacy adbd. `getprop` answers from `props`.
   * `sync:` — STAT, LIST, SEND, RECV, DATA, DONE, QUIT (v1), confined to the device root.
-  * services are a table (SERVICES): issue 6 adds `tcp:PORT` with one more Stream subclass.
+  * `tcp:PORT` — a byte pipe to 127.0.0.1:PORT on this machine: what the adb server opens for each
+    connection to a port set up with `adb forward tcp:L tcp:PORT` (the Termux daemon's path).
+  * services are a table (SERVICES), one Stream subclass each.
 
 Commands run on this machine for real: paths the host uses must be host paths under `root`.
 """
@@ -278,7 +280,56 @@ class SyncStream(Stream):
         self.write(b"DONE" + struct.pack("<I", 0))
 
 
-SERVICES: dict[str, type[Stream]] = {"shell:": ShellStream, "sync:": SyncStream}
+class TcpStream(Stream):
+    """`tcp:PORT` (what `adb forward tcp:L tcp:PORT` opens for each connection to L): a byte pipe to
+    127.0.0.1:PORT on the 'phone'. A refused connect closes the stream, as adbd does."""
+
+    def start(self) -> None:
+        try:
+            port = int(self.arg.partition(":")[2] if ":" in self.arg else self.arg)
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except (ValueError, OSError):
+            self.sock = None
+            self.close()
+            return
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn.device.socks.add(self.sock)
+        threading.Thread(target=self._pump, daemon=True, name="vadb-tcp").start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data or not self.write(data):
+                break
+        self.close()
+        self._drop()
+
+    def on_data(self, data: bytes) -> None:
+        # NOTE: called on the connection's reader thread; a blocking sendall here is the flow control
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self.close()
+
+    def on_close(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+            self.conn.device.socks.discard(sock)
+
+
+SERVICES: dict[str, type[Stream]] = {"shell:": ShellStream, "sync:": SyncStream, "tcp:": TcpStream}
 
 
 # ============================================================================ connection
@@ -388,6 +439,7 @@ class VirtualDevice:
             raise RuntimeError("the virtual adb device needs the `adb` binary (Debian package `adb`; "
                                "`make setup` installs it)")
         self.procs: set[subprocess.Popen] = set()
+        self.socks: set[socket.socket] = set()     # tcp: streams' sockets to 'phone' loopback ports
         self.conns: list[Connection] = []
         self.unfrozen = threading.Event()
         self.unfrozen.set()
@@ -481,6 +533,12 @@ class VirtualDevice:
                 c.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        for sock in list(self.socks):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.socks.clear()
         for p in list(self.procs):
             _killpg(p)
         for p in list(self.procs):
