@@ -7,6 +7,7 @@ real adbutils against a real server, and nothing in adbutils is mocked.
         vd.serial                                     # "127.0.0.1:PORT", as `adb devices` lists it
         vd.freeze()                                   # the phone hangs: nothing more goes out
         vd.kill()                                     # the phone vanishes: sockets and processes die
+        vd.drop_tcp()                                 # forwarded connections break (adb forward stays)
 
     python tests/virtual_adb.py DIR        # a standalone virtual phone; prints the env to export
 
@@ -559,6 +560,17 @@ class VirtualDevice:
         """The phone vanishes: its processes die and its connection drops (the adb server stays)."""
         self.unfrozen.set()
         self._close_device()
+
+    def drop_tcp(self) -> int:
+        """A USB hiccup for forwarded ports: every open `tcp:` stream breaks (the forwards stay, so new
+        connections work). Returns how many were dropped."""
+        socks = list(self.socks)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return len(socks)
 
     def freeze(self) -> None:
         """The phone hangs: the connection stays up but nothing is read or sent any more."""

@@ -264,7 +264,11 @@ def finetune(
     view = RunView(as_json)
     with view:
         done = run_job(s, rec, on_event=view, timeout=timeout)
-    if as_json:
+    show_done(view, rec, done)
+
+
+def show_done(view: RunView, rec: dict, done: dict) -> None:
+    if view.as_json:
         return
     out.print(view.table(rec, done))
     host = store.run_dir(rec["id"])

@@ -4,6 +4,7 @@
     thomas runs show RUN                 # job, status, the epoch table
     thomas runs pull RUN [PATH ...]      # everything (checkpoints too), or some paths of the run
     thomas runs rm RUN [--keep-device]
+    thomas runs attach RUN               # follow a daemon run again after this computer lost it
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from . import store
 from .main import app, err, guarded, out, print_json
-from .session import Target, console_note, open_transport, pull_run
+from .session import DEFAULT_TIMEOUT, Session, Target, attach_run, console_note, open_transport, pull_run
 from .transport.base import DeviceError, check_rel
 
 runs_app = typer.Typer(no_args_is_help=True, help="Runs started from this computer.")
@@ -97,8 +98,38 @@ def _transport_for(rec: dict):
     tgt = session.TARGET
     if d["transport"] == "local":
         return open_transport(Target(device="local", root=d["root"], python=tgt.python or d.get("python")))
+    if d["transport"] == "daemon":
+        return open_transport(Target(serial=d["serial"], device="adb", mode="daemon"), note=console_note)
     return open_transport(Target(serial=d["serial"], device="adb", root=d["root"], python=tgt.python or d.get("python"),
-                                 su=d.get("su", False)))
+                                 su=d.get("su", False), mode="shell"))
+
+
+@runs_app.command("attach")
+@guarded
+def runs_attach(
+    run: str = typer.Argument(..., help="Run id (a run started through the Termux daemon)."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", min=1,
+                                  help="Watchdog: stop following after this many seconds without an event."),
+    as_json: bool = typer.Option(False, "--json", help="Stream the events as JSON lines on stdout."),
+):
+    """Follow a run that keeps going on the phone's daemon after this computer lost it (unplugged,
+    closed, Ctrl-C): the events missed meanwhile are replayed, each exactly once, then the run is
+    followed to its end and its results are pulled. Ctrl-C detaches again; the run goes on."""
+    from .finetune_cmd import RunView, show_done
+
+    rec = store.load_run(run)
+    s = Session(_transport_for(rec), note=console_note)
+    view = RunView(as_json)
+    if not as_json:
+        err.print(f"attaching to run [bold]{run}[/] (daemon job {rec.get('daemon_job')}) on {s.t.serial}",
+                  highlight=False)
+    with view:
+        if not as_json:
+            for ev in store.read_events(run):        # the progress bar picks up where the mirror ends
+                if ev.get("ev") in ("plan", "epoch"):
+                    view(ev)
+        done = attach_run(s, rec, on_event=view, timeout=timeout)
+    show_done(view, rec, done)
 
 
 @runs_app.command("pull")

@@ -57,6 +57,7 @@ class Target:
     root: str | None = None       # --device-root
     python: str | None = None     # --python / THOMAS_DEVICE_PYTHON
     su: bool = False              # --su: run the agent through `su -c` (rooted phones)
+    mode: str = "auto"            # --mode auto|shell|daemon: how a phone runs the agent (docs/ANDROID.md)
 
 
 TARGET = Target()
@@ -66,30 +67,45 @@ def local_root() -> Path:
     return store.home() / "device"
 
 
-def open_transport(target: Target | None = None, note: Callable[[str], None] | None = None) -> Transport:
-    """The device the global options name; with none named: the one attached phone, else local."""
+def pick_serial(target: Target | None = None, note: Callable[[str], None] | None = None) -> str | None:
+    """The phone the global options name (None: the local device); with none named, the one attached."""
     from .transport import adb
-    from .transport.local import LocalTransport
 
     t = target or TARGET
     if t.device not in ("auto", "local", "adb"):
         raise ThomasError(f"--device must be auto, local or adb, got '{t.device}'")
     if t.device == "local":
+        return None
+    if t.serial:
+        return t.serial
+    rows = [r for r in adb.list_devices() if r.state == "device"]
+    if len(rows) > 1:
+        raise DeviceError("more than one device attached (" + ", ".join(r.serial for r in rows) +
+                          "); pick one with -s SERIAL or THOMAS_SERIAL")
+    if rows:
+        return rows[0].serial
+    if t.device == "adb":
+        raise DeviceError("no phone attached (see `thomas devices`; enable USB debugging)")
+    if note:
+        note(f"no phone attached: using the local device ({t.root or local_root()})")
+    return None
+
+
+def open_transport(target: Target | None = None, note: Callable[[str], None] | None = None) -> Transport:
+    """The device the global options name; with none named: the one attached phone, else local.
+    A phone paired with its Termux daemon is reached through it (--mode shell|daemon overrides)."""
+    from .transport import adb, daemon
+    from .transport.local import LocalTransport
+
+    t = target or TARGET
+    serial = pick_serial(t, note)
+    if serial is None:
         return LocalTransport(Path(t.root) if t.root else local_root(), t.python)
-    if not t.serial:
-        rows = [r for r in adb.list_devices() if r.state == "device"]
-        if len(rows) > 1:
-            raise DeviceError("more than one device attached (" + ", ".join(r.serial for r in rows) +
-                              "); pick one with -s SERIAL or THOMAS_SERIAL")
-        if not rows:
-            if t.device == "adb":
-                raise DeviceError("no phone attached (see `thomas devices`; enable USB debugging)")
-            if note:
-                note(f"no phone attached: using the local device ({t.root or local_root()})")
-            return LocalTransport(Path(t.root) if t.root else local_root(), t.python)
-        serial = rows[0].serial
-    else:
-        serial = t.serial
+    if t.mode not in ("auto", "shell", "daemon"):
+        raise ThomasError(f"--mode must be auto, shell or daemon, got '{t.mode}'")
+    if t.mode == "daemon" or (t.mode == "auto" and daemon.load_pairing(serial) is not None):
+        # NOTE: a paired phone means the user set up Termux: its daemon is the way in (--mode shell overrides)
+        return daemon.DaemonTransport(serial, note=note)
     return adb.AdbTransport(serial, t.root or adb.DEFAULT_ROOT, t.python or adb.DEFAULT_PYTHON, su=t.su)
 
 
@@ -188,14 +204,18 @@ class Session:
 
     # ------------------------------------------------------------------ calls
     def call(self, args: list[str], on_event: Callable[[dict], None] | None = None,
-             on_log: Callable[[str], None] | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> CallResult:
+             on_log: Callable[[str], None] | None = None, timeout: float | None = DEFAULT_TIMEOUT,
+             on_start: Callable[[object], None] | None = None) -> CallResult:
         """Run the agent with `args`, streaming events to on_event (hello included) until it exits.
 
         `timeout` is the watchdog: seconds allowed without an event (None: wait forever).
+        `on_start(proc)` sees the AgentProcess first (the daemon's job id is `proc.job`).
         Raises DeviceLost / WatchdogTimeout / ProtocolMismatch / DeviceError."""
         self.ensure_agent()
         for attempt in (0, 1):
             proc = self.t.start_agent(args)
+            if on_start:
+                on_start(proc)
             try:
                 return self._stream(proc, on_event, on_log, timeout)
             except _Mismatch as m:
@@ -210,13 +230,28 @@ class Session:
                     f"(agent {m.hello.get('agent')}), this thomas speaks protocol {PROTOCOL_VERSION} "
                     f"(agent {device_agent.__version__}), even after pushing it again; check that "
                     f"{self.t.root}/agent is writable and that --python runs it, or update thomas") from None
+            except DeviceLost:
+                if not getattr(proc, "job", None):   # a daemon job outlives the connection: leave it
+                    proc.cancel()
+                raise
             except BaseException:
                 proc.cancel()
                 raise
         raise AssertionError("unreachable")
 
-    def _stream(self, proc, on_event, on_log, timeout) -> CallResult:
-        hello, events, logs = None, [], []
+    def follow(self, proc, on_event=None, on_log=None, timeout: float | None = DEFAULT_TIMEOUT) -> CallResult:
+        """Stream an agent process re-attached mid-run (its hello was seen before), until it ends."""
+        try:
+            return self._stream(proc, on_event, on_log, timeout, hello={"ev": "hello", "attached": True})
+        except WatchdogTimeout:
+            proc.cancel()
+            raise
+        except BaseException:
+            proc.ended = True        # NOTE: Ctrl-C or a drop detaches; the job goes on on the daemon
+            raise
+
+    def _stream(self, proc, on_event, on_log, timeout, hello: dict | None = None) -> CallResult:
+        events, logs = [], []
         last_event = time.monotonic()
         while True:
             # the watchdog counts from the last event: log lines alone do not prove progress
@@ -318,7 +353,50 @@ def run_job(s: Session, rec: dict, on_event: Callable[[dict], None] | None = Non
     job_rel = f"jobs/{run_id}.json"
     s.t.write_bytes(job_rel, (json.dumps(rec["job"], indent=1) + "\n").encode())
     rec.update(status="running", error=None)
+    rec.pop("daemon_job", None)
     store.save_run(rec)
+
+    def started(proc) -> None:
+        if getattr(proc, "job", None):
+            rec["daemon_job"] = proc.job     # `thomas runs attach` follows it after a drop
+            store.save_run(rec)
+
+    return _mirror(s, rec, lambda ev, log: s.call(["run", job_rel], on_event=ev, on_log=log, timeout=timeout,
+                                                  on_start=started), on_event)
+
+
+def attach_run(s: Session, rec: dict, on_event: Callable[[dict], None] | None = None,
+               timeout: float | None = DEFAULT_TIMEOUT) -> dict:
+    """Follow a run still going on a daemon (after the host dropped or was closed): the events the
+    host's mirror lacks are replayed (each exactly once), then the run is followed to its end."""
+    job = rec.get("daemon_job")
+    if not job or not hasattr(s.t, "attach_agent"):
+        raise ThomasError(f"run {rec['id']} was not started through a THOMAS daemon: nothing to attach to "
+                          f"(shell and local runs end with their connection; `thomas finetune --resume {rec['id']}`)")
+    mirror = store.run_dir(rec["id"]) / "events.jsonl"
+    if mirror.is_file():
+        # NOTE: a host killed mid-write leaves half a line; drop it, the daemon replays that event whole
+        data = mirror.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(mirror, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+    seen = len(store.read_events(rec["id"]))
+    rec.update(status="running", error=None)
+    store.save_run(rec)
+    try:
+        proc = s.t.attach_agent(job, events=seen)
+    except ThomasError as e:
+        if getattr(e, "code", "") == "no_job":
+            raise ThomasError(f"the daemon on {s.t.serial} no longer knows job {job} of run {rec['id']} (it was "
+                              f"restarted or the job is too old); `thomas finetune --resume {rec['id']}`") from None
+        raise
+    return _mirror(s, rec, lambda ev, log: s.follow(proc, on_event=ev, on_log=log, timeout=timeout), on_event)
+
+
+def _mirror(s: Session, rec: dict, stream: Callable, on_event: Callable[[dict], None] | None) -> dict:
+    """Run `stream(event, log)` appending events/logs to the host's run folder; settle the record."""
+    run_id = rec["id"]
+    host = store.run_dir(run_id)
     count = 0
     with open(host / "events.jsonl", "a") as evf, open(host / "agent.log", "a") as logf:
         def event(ev: dict) -> None:
@@ -334,11 +412,15 @@ def run_job(s: Session, rec: dict, on_event: Callable[[dict], None] | None = Non
             logf.flush()
 
         try:
-            res = s.call(["run", job_rel], on_event=event, on_log=log, timeout=timeout)
+            res = stream(event, log)
         except (DeviceLost, WatchdogTimeout) as e:
             kept = f"{count} events so far are kept in {host / 'events.jsonl'}"
             rec.update(status="lost" if isinstance(e, DeviceLost) else "timeout", error=str(e))
             store.save_run(rec)
+            if rec.get("daemon_job") and isinstance(e, DeviceLost):
+                raise DeviceLost(f"{e}; {kept}; the run may still be going on the daemon: `thomas runs attach "
+                                 f"{run_id}` follows it; if the daemon was stopped, restart it and "
+                                 f"`thomas finetune --resume {run_id}`") from None
             raise type(e)(f"{e}; {kept}; `thomas finetune --resume {run_id}` continues from the last "
                           f"checkpoint") from None
         except KeyboardInterrupt:
