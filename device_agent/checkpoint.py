@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError
+from .fsutil import atomic_write, fsync_dir
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{8,})\.npz$")
@@ -72,17 +72,8 @@ def save(directory, step: int, *, params: dict, optimizer: dict, meta: dict, kee
     doc = dict(meta, format=FORMAT_VERSION, step=int(step), sha256=_digest(arrays))
     arrays["meta"] = np.frombuffer(json.dumps(doc).encode(), np.uint8)
     dest = d / f"ckpt-{int(step):08d}.npz"
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(d)
+    atomic_write(dest, lambda f: np.savez(f, **arrays), prefix=".ckpt-", suffix=".tmp")
+    fsync_dir(d)
     for _, p in checkpoints(d)[:-keep]:
         p.unlink(missing_ok=True)
     for p in d.glob(".ckpt-*.tmp"):          # temp files of a writer that was killed
@@ -128,16 +119,3 @@ def load_latest(directory, quarantine: bool = False) -> Loaded | None:
         ck.skipped = skipped
         return ck
     return None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .fsutil import fsync_dir
 
 FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
@@ -112,7 +113,7 @@ def write_dataset(path, images, labels, classes, val_fraction: float = 0.2, seed
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -127,19 +128,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ============================================================================ reader

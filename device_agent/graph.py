@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PackageError
+from .fsutil import atomic_write
 from .ops import OpError, get_op, normalize_attrs
 
 FORMAT_VERSION = 1
@@ -215,23 +215,10 @@ def save_package(graph: Graph, path: str | os.PathLike) -> Path:
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(graph.weights[k]) for k in graph.params}
-    _atomic_write(root / WEIGHTS_NPZ, lambda f: np.savez(f, **arrays))
+    atomic_write(root / WEIGHTS_NPZ, lambda f: np.savez(f, **arrays))
     text = json.dumps(graph.to_json(), indent=1) + "\n"
-    _atomic_write(root / MODEL_JSON, lambda f: f.write(text.encode()))
+    atomic_write(root / MODEL_JSON, lambda f: f.write(text.encode()))
     return root
-
-
-def _atomic_write(dest: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(v):

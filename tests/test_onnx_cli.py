@@ -187,7 +187,8 @@ def test_infer_arrays_images_and_folders(pkg, tmp_path):
                "--json")
     rep = json.loads(p.stdout)
     logits = np.load(tmp_path / "logits.npy")
-    assert logits.shape == (3, 7) and np.allclose(logits, infer_package(g, x))
+    # NOTE: the device runs its auto backend (OpenCL where there is a device): float32 sums in another order
+    assert logits.shape == (3, 7) and np.allclose(logits, infer_package(g, x), rtol=1e-4, atol=1e-5)
     assert [r["input"] for r in rep["results"]] == ["x.npy[0]", "x.npy[1]", "x.npy[2]"]
     top = rep["results"][0]["top"]
     assert len(top) == 3 and top[0]["index"] == int(np.argmax(logits[0]))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from device_agent.errors import OnnxError, PackageError
+from device_agent.fsutil import atomic_write
 from device_agent.graph import Graph, Node, ParamSpec, TensorSpec
 from device_agent.ops import OpError, get_op, normalize_attrs
 
@@ -1339,14 +1339,4 @@ def export_onnx(graph: Graph, path, opset: int = DEFAULT_OPSET) -> Path:
         raise OnnxError(f"{dest}: is a directory; give the .onnx file to write")
     dest.parent.mkdir(parents=True, exist_ok=True)
     data = m.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return atomic_write(dest, lambda f: f.write(data))
