@@ -45,7 +45,8 @@ __kernel void clip_fwd(__global const REAL* x, __global REAL* y, const int n,
     y[i] = v;
 }
 
-// undoes: y = min(max(x, lo), hi); the gradient passes strictly inside (lo, hi) (relu6 convention)
+// undoes: y = min(max(x, lo), hi); the gradient passes strictly inside (lo, hi) (relu6 convention).
+// `x` may be the input or the output y: lo < x < hi <=> lo < y < hi (the launcher passes y)
 __kernel void clip_bwd(__global const REAL* x, __global const REAL* gy, __global REAL* gx, const int n,
                        const REAL lo, const REAL hi, const int has_lo, const int has_hi) {
     const int i = get_global_id(0);

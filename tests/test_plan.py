@@ -147,6 +147,27 @@ def test_memory_reuse_changes_bytes_not_results():
     assert ma["saved_by_reuse"] > 0 and mb["saved_by_reuse"] == 0
 
 
+def test_arena_pool_shares_buffers_only_between_disjoint_lifetimes():
+    """Activations are whole pooled buffers (no sub-buffers: NVIDIA's driver syncs on overlapping
+    ones), and two storages share a buffer only when their lifetimes do not intersect."""
+    import pyopencl as cl
+
+    g = _zoo("mobilenet_v2", 32, width=0.35)
+    plan = _plan(g, batch=2, bn_batch_stats=True)
+    pools: dict[int, list] = {}
+    for st in {id(s): s for s in plan._storage_of.values()}.values():
+        pools.setdefault(st.pool, []).append(st)
+    assert len(pools) == len(plan.arena) < len(plan._storage_of)
+    for members in pools.values():
+        for i, a in enumerate(members):
+            assert a.nbytes <= plan.arena[a.pool].size
+            for b in members[i + 1:]:
+                assert a.end < b.start or b.end < a.start, (a, b)
+    for name, ref in plan.refs.items():
+        assert ref.buf.get_info(cl.mem_info.ASSOCIATED_MEMOBJECT) is None, name
+    assert plan.memory()["activations"] == sum(b.size for b in plan.arena)
+
+
 def test_inference_plan_folds_bn_and_matches():
     g = _zoo("mobilenet_v3_small", 32)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
