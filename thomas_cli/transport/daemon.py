@@ -210,7 +210,16 @@ class DaemonProcess(AgentProcess):
         self.state = ans.get("state", "running")
         self.position = ans.get("position", 0)
         self._queued_note = False
+        if self.state == "queued":
+            self._note_queued()
         self._start_reader(self._frames)
+
+    def _note_queued(self) -> None:
+        if not self._queued_note:
+            self._queued_note = True
+            ahead = "the running job" + (f" and {self.position - 1} queued" if self.position > 1 else "")
+            self.t.note(f"job {self.job} is queued on {self.t.serial} behind {ahead} (one job at a time); "
+                        f"it starts by itself")
 
     def _frames(self):
         """The base reader's `read()`: returns the bytes of each out line; b"" at the end."""
@@ -233,10 +242,7 @@ class DaemonProcess(AgentProcess):
                 return (str(head.get("line", "")) + "\n").encode()
             if op == "queued":
                 self.state, self.position = "queued", head.get("position", 0)
-                if not self._queued_note:
-                    self._queued_note = True
-                    self.t.note(f"job {self.job} is queued on {self.t.serial} behind {self.position} other(s); "
-                                f"it starts when they end")
+                self._note_queued()
                 continue
             if op == "end":
                 self.state = head.get("state") or "done"
