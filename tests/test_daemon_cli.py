@@ -204,6 +204,26 @@ def test_wrong_or_missing_token_runs_nothing(daemon_dev, tmp_path):
     assert not (dev.root / ".daemon" / "jobs").exists() or not any((dev.root / ".daemon" / "jobs").iterdir())
 
 
+def test_bench_infer_and_runs_rm_through_the_daemon(daemon_dev, tmp_path):
+    """The other commands run unchanged over the daemon transport."""
+    import numpy as np
+
+    dev, d = daemon_dev
+    paired(dev, d)
+    doc = thomas_json(dev, "bench", "mobilenet_v2", "--width", "0.35", "--size", "32", "--classes", "10",
+                      "--batch", "2", "--steps", "1", "--stage", "infer")
+    assert doc["summary"]["ev"] == "bench" and doc["layers"]
+    thomas(dev, "push-model", "mobilenet_v2", *ZOO_ARGS, "--name", "mnv2")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    rep = thomas_json(dev, "infer", "mnv2", "--input", str(tmp_path / "x.npy"), "--output",
+                      str(tmp_path / "y.npy"), "--backend", "numpy")
+    assert rep["throughput"]["transport"] == "daemon" and np.load(tmp_path / "y.npy").shape == (2, 3)
+    runs = thomas_json(dev, "runs", "list")
+    assert runs and all(r["status"] == "done" for r in runs)
+    thomas(dev, "runs", "rm", runs[0]["id"])
+    assert not (dev.root / "runs" / runs[0]["id"]).exists()
+
+
 # ============================================================================ drops and re-attaching
 def _start(dev, tmp_path, epochs: int, per_class: int = 16, extra=()):
     push_basics(dev, tmp_path, per_class=per_class)
