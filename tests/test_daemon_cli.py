@@ -157,6 +157,8 @@ def test_pair_doctor_finetune_pull(daemon_dev, tmp_path):
 
     assert stat.S_IMODE(pairing_path(dev.vdev.serial).stat().st_mode) == 0o600 and len(rec["token"]) == 64
     assert stat.S_IMODE((dev.root / ".daemon" / "hosts.json").stat().st_mode) == 0o600
+    (row,) = [r for r in thomas_json(dev, "devices") if r["serial"] == dev.vdev.serial]
+    assert "paired with its THOMAS daemon" in row["detail"]
     doc = thomas_json(dev, "doctor")
     checks = {c["check"]: c for c in doc["checks"]}
     assert doc["device"]["transport"] == "daemon" and doc["ok"], doc

@@ -15,7 +15,7 @@ from rich.table import Table
 from . import session
 from .main import app, err, guarded, out, print_json
 from .session import Session, Target, console_note, open_transport
-from .transport.base import DeviceRow
+from .transport.base import DeviceError, DeviceRow
 
 
 @app.callback()
@@ -52,7 +52,17 @@ def device_rows() -> list[DeviceRow]:
     tgt = session.TARGET
     local = DeviceRow("local", "device", "local", "this computer", str(tgt.root if tgt.device == "local" and tgt.root
                                                                       else session.local_root()))
-    return ([] if tgt.device == "local" else list_devices()) + [local]
+    from .transport.daemon import load_pairing, pairing_path
+
+    phones = [] if tgt.device == "local" else list_devices()
+    for r in phones:
+        try:
+            paired = load_pairing(r.serial) is not None
+        except DeviceError:
+            paired = pairing_path(r.serial).exists()
+        if paired:
+            r.detail = f"{r.detail}; paired with its THOMAS daemon".lstrip("; ")
+    return phones + [local]
 
 
 @app.command()
