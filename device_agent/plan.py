@@ -76,9 +76,20 @@ class _Slot:
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
 
 
-def fold_batchnorm(graph: Graph) -> Graph:
-    """Inference graph with every Conv2d -> BatchNorm pair (conv output read only by the BN)
-    folded into the conv's weight and bias: w' = w·γ/σ, b' = (b − μ)·γ/σ + β."""
+def _folded(w, b0, gamma, beta, mean, var, eps) -> tuple[np.ndarray, np.ndarray]:
+    """conv (w, b0) followed by BN with statistics (mean, var) -> one conv, in float64:
+    w' = w·γ/σ, b' = (b0 − μ)·γ/σ + β, σ = sqrt(var + eps)."""
+    gamma, beta, mean, var = (np.asarray(t, np.float64) for t in (gamma, beta, mean, var))
+    scale = gamma / np.sqrt(var + eps)
+    w = np.asarray(w, np.float64) * scale[:, None, None, None]
+    b0 = 0.0 if b0 is None else np.asarray(b0, np.float64)
+    return w.astype(np.float32), ((b0 - mean) * scale + beta).astype(np.float32)
+
+
+def fold_batchnorm(graph: Graph, only: set[str] | None = None, record: dict | None = None) -> Graph:
+    """Graph with every Conv2d -> BatchNorm pair (conv output read only by the BN) folded into the
+    conv's weight and bias (`_folded`); `only`: the BN nodes that may fold (None: all).
+    `record` gets {bn name: (conv weight, conv bias or None, folded bias, [γ, β, μ, var], eps)}."""
     g = copy.copy(graph)
     g.nodes = [copy.copy(n) for n in graph.nodes]
     g.params = dict(graph.params)
@@ -87,23 +98,23 @@ def fold_batchnorm(graph: Graph) -> Graph:
     producers = g.producers()
     drop: set[str] = set()
     for bn in g.nodes:
-        if bn.op != "BatchNorm":
+        if bn.op != "BatchNorm" or (only is not None and bn.name not in only):
             continue
         conv = producers.get(bn.inputs[0])
         if conv is None or conv.op != "Conv2d" or len(consumers[bn.inputs[0]]) != 1 \
                 or bn.inputs[0] in g.outputs:
             continue
-        a = normalize_attrs(get_op("BatchNorm"), bn.attrs)
-        gamma, beta, mean, var = (g.weights[t].astype(np.float64) for t in bn.inputs[1:5])
-        scale = gamma / np.sqrt(var + a["eps"])
+        eps = normalize_attrs(get_op("BatchNorm"), bn.attrs)["eps"]
         wname = conv.inputs[1]
-        w = g.weights[wname].astype(np.float64) * scale[:, None, None, None]
-        b0 = g.weights[conv.inputs[2]].astype(np.float64) if len(conv.inputs) > 2 else 0.0
-        bname = conv.inputs[2] if len(conv.inputs) > 2 else f"{conv.name}.folded_bias"
-        g.weights[wname] = w.astype(np.float32)
-        g.weights[bname] = ((b0 - mean) * scale + beta).astype(np.float32)
+        b0 = conv.inputs[2] if len(conv.inputs) > 2 else None
+        bname = b0 or f"{conv.name}.folded_bias"
+        w, b = _folded(g.weights[wname], None if b0 is None else g.weights[b0],
+                       *(g.weights[t] for t in bn.inputs[1:5]), eps)
+        g.weights[wname], g.weights[bname] = w, b
         g.params[bname] = copy.copy(g.params[wname])
         g.params[bname].shape = (w.shape[0],)
+        if record is not None:
+            record[bn.name] = (wname, b0, bname, list(bn.inputs[1:5]), eps)
         conv.inputs = list(conv.inputs[:2]) + [bname]
         conv.outputs = list(bn.outputs)    # the conv now produces the BN's tensor: names stay stable
         drop.add(bn.name)
@@ -112,6 +123,19 @@ def fold_batchnorm(graph: Graph) -> Graph:
             g.weights.pop(t, None)
     g.nodes = [n for n in g.nodes if n.name not in drop]
     return g
+
+
+def frozen_batchnorms(graph: Graph, trainable: set[str]) -> set[str]:
+    """BN nodes no gradient passes through (a frozen prefix): none of their inputs depends on a
+    trainable parameter, and their own weight and bias are frozen."""
+    req = set(trainable)
+    out = set()
+    for n in graph.nodes:
+        if any(t in req for t in n.inputs):
+            req.update(n.outputs)
+        elif n.op == "BatchNorm":
+            out.add(n.name)
+    return out
 
 
 class Plan:
@@ -128,10 +152,20 @@ class Plan:
         if bad:
             raise BackendError(f"'{bad[0]}' is not a trainable parameter of model '{graph.name}'")
         self.inference = not self.trainable
-        self.graph = fold_batchnorm(graph) if (self.inference and fold_bn) else graph
         self.optimizer = optimizer or OptimConfig()
         self.training = training and not self.inference
         self.bn_batch_stats = self.training if bn_batch_stats is None else (bn_batch_stats and not self.inference)
+        # BN folded into the conv before it: every one in inference, the frozen prefix's in training
+        # with frozen statistics (a last-layer step then runs the inference forward up to the head).
+        # params() / load_params() still speak the unfolded weights: the fold's sources are kept here.
+        self._fold: dict = {}
+        self.graph = graph
+        if fold_bn and not self.bn_batch_stats:
+            only = None if self.inference else frozen_batchnorms(graph, self.trainable)
+            self.graph = fold_batchnorm(graph, only, self._fold)
+        self._fold_src = {t: np.array(graph.weights[t], np.float32) for wn, b0, bn_, st, eps in self._fold.values()
+                          for t in [wn] + ([b0] if b0 else []) + st}
+        self._fold_out = {t for wn, b0, bname, st, eps in self._fold.values() for t in (wn, bname)}
         self.label_smoothing = float(label_smoothing)
         self.reuse = reuse
         self.step_count = 0
@@ -548,12 +582,26 @@ class Plan:
         return host
 
     def params(self) -> dict[str, np.ndarray]:
-        return {k: self._read(r) for k, r in self.param_ref.items()}
+        """The graph's parameters as given (a folded conv + BN pair as its unfolded tensors)."""
+        out = {k: self._read(r) for k, r in self.param_ref.items() if k not in self._fold_out}
+        out.update({k: v.copy() for k, v in self._fold_src.items()})
+        return out
 
     def load_params(self, weights: dict[str, np.ndarray]) -> None:
+        """Unfolded tensors by name; a folded pair is folded again from what changed."""
+        refold = set()
         for k, v in weights.items():
-            if k in self.param_ref:
+            if k in self._fold_src:
+                self._fold_src[k] = np.array(v, np.float32).reshape(self._fold_src[k].shape)
+                refold.update(bn for bn, (wn, b0, _, st, _) in self._fold.items() if k in [wn, b0, *st])
+            elif k in self.param_ref:
                 cl.enqueue_copy(self.rt.queue, self.param_ref[k].buf, np.ascontiguousarray(v, np.float32))
+        for bn in refold:
+            wn, b0, bname, st, eps = self._fold[bn]
+            src = self._fold_src
+            w, b = _folded(src[wn], src[b0] if b0 else None, *(src[t] for t in st), eps)
+            cl.enqueue_copy(self.rt.queue, self.param_ref[wn].buf, w)
+            cl.enqueue_copy(self.rt.queue, self.param_ref[bname].buf, b)
         self.rt.queue.finish()
 
     def memory(self) -> dict:

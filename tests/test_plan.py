@@ -189,6 +189,45 @@ def test_frozen_prefix_records_no_backward_work():
     assert plan.memory()["grads"] < 4 * 1300 * 10 + 4096
 
 
+def test_last_layer_plan_folds_the_frozen_prefix_bn_and_matches():
+    """Frozen statistics + frozen prefix: each conv + BN pair runs as one folded conv; gradients match
+    numpy, params() returns the unfolded weights, load_params() of a frozen BN folds it again."""
+    g = _zoo("mobilenet_v2", 32, width=0.35)
+    last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    y = np.array([1, 2, 7])
+    plan = _plan(g, batch=3, trainable=last, bn_batch_stats=False)
+    assert not [n for n in plan.graph.nodes if n.op == "BatchNorm"]
+    assert not [lbl for lbl in plan.launch_labels() if "bn_apply" in lbl]
+    unfolded = _plan(g, batch=3, trainable=last, bn_batch_stats=False, fold_bn=False)
+    assert [n for n in unfolded.graph.nodes if n.op == "BatchNorm"]
+
+    def check(weights, what):
+        ref = NumpyRef(g, trainable=last)
+        ref.weights.update({k: np.asarray(v, np.float32) for k, v in weights.items()})
+        ref.forward(x, training=True, bn_batch_stats=False, grad=True, seed=5)
+        ref_loss = ref.loss(y)
+        ref_grads = ref.backward()
+        loss, grads = plan.loss_and_grads(x, y, seed=5)
+        assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss), what
+        assert set(grads) == last
+        for k in last:
+            _close(grads[k], ref_grads[k], f"{what} {k}")
+
+    check(g.weights, "folded")
+    got = plan.params()
+    assert set(got) == set(g.weights)
+    for k in g.weights:
+        np.testing.assert_array_equal(got[k], g.weights[k])
+    bn = next(n for n in g.nodes if n.op == "BatchNorm")
+    w2 = dict(g.weights)
+    w2[bn.inputs[1]] = g.weights[bn.inputs[1]] * 1.5
+    w2[bn.inputs[3]] = g.weights[bn.inputs[3]] + 0.25
+    plan.load_params({k: w2[k] for k in (bn.inputs[1], bn.inputs[3])})
+    check(w2, "reloaded")
+    np.testing.assert_array_equal(plan.params()[bn.inputs[1]], w2[bn.inputs[1]])
+
+
 def test_kernel_build_error_carries_the_log():
     from device_agent.backends.opencl.loader import KernelBuildError
 
