@@ -1,6 +1,7 @@
 // BatchNorm over channel axis 1 of x (N,C,L), L = H*W (1 for 2-D (N,C) inputs).
-// Per-channel reductions: one work-group (power-of-two size) per channel; its work-items stride
-// over the N*L values of the channel, then a tree sum in local memory (deterministic).
+// Per-channel reductions: one work-group (power-of-two size) per segment of a channel; its work-items
+// stride over the segment, a tree sum in local memory, then one work-item per channel adds the
+// segments in a fixed order (deterministic).
 // `frozen` kernels read (running_mean, running_var) and form invstd = 1/sqrt(var + eps) inline;
 // batch-statistics kernels read (mean, invstd) from the node's state.
 
@@ -23,31 +24,57 @@ REAL bn_invstd(__global const REAL* s, const int c, const int frozen, const REAL
     return frozen ? (REAL)1 / sqrt(s[c] + eps) : s[c];
 }
 
-// Batch statistics, two passes over the channel (mean, then Σ (x - mean)²: no cancellation):
-//   mean[c], invstd[c] = 1/sqrt(var + eps), var biased over cnt = N*L values;
-//   running stats updated IN PLACE (torch momentum): r <- om*r + mm*stat, running_var with
-//   the unbiased var*unb (om = 1 - momentum, mm = momentum, unb = cnt/(cnt-1), from the host).
-__kernel void bn_stats(__global const REAL* x, __global REAL* rmean, __global REAL* rvar,
-                       __global REAL* mean, __global REAL* invstd, const int N, const int C, const int L,
-                       const REAL eps, const REAL om, const REAL mm, const REAL unb, __local REAL* s) {
-    const int c = get_group_id(0);
+// Batch statistics in two launches, so that a few wide channels still fill a GPU: the cnt = N*L
+// values of channel c are cut in S segments of `seg` values; one work-group per (segment, channel).
+// bn_stats_part: each segment's count, mean and M2 = sum (x - mean_s)^2 (two passes over the
+//   segment, the second from cache: no cancellation); part[part_off + (c*S + s)*2 + {0,1}] = mean_s, M2_s.
+// bn_stats_finish: one work-item per channel merges its S segments in order (Chan et al.):
+//   mean[c], invstd[c] = 1/sqrt(var + eps), var biased over cnt values; running stats updated IN
+//   PLACE (torch momentum): r <- om*r + mm*stat, running_var with the unbiased var*unb
+//   (om = 1 - momentum, mm = momentum, unb = cnt/(cnt-1), from the host). Deterministic.
+// Global sizes: part (S*wg, C) with local (wg, 1); finish (C).
+__kernel void bn_stats_part(__global const REAL* x, __global REAL* part, const int part_off, const int N,
+                            const int C, const int L, const int seg, __local REAL* s) {
+    part += part_off;
+    const int c = get_global_id(1), sg = get_group_id(0), S = get_num_groups(0);
     const int cnt = N * L, step = get_local_size(0);
+    const int k0 = sg * seg, k1 = min(cnt, k0 + seg);
     REAL acc = (REAL)0;
-    for (int k = get_local_id(0); k < cnt; k += step) acc += x[BN_AT(k)];
-    const REAL mu = bn_wg_sum(acc, s) / (REAL)cnt;
+    for (int k = k0 + get_local_id(0); k < k1; k += step) acc += x[BN_AT(k)];
+    const REAL mu = bn_wg_sum(acc, s) / (REAL)(k1 - k0);
     acc = (REAL)0;
-    for (int k = get_local_id(0); k < cnt; k += step) {
+    for (int k = k0 + get_local_id(0); k < k1; k += step) {
         const REAL d = x[BN_AT(k)] - mu;
         acc += d * d;
     }
-    const REAL var = bn_wg_sum(acc, s) / (REAL)cnt;
-    if (get_local_id(0) == 0 && c < C) {
-        const REAL is = (REAL)1 / sqrt(var + eps);
-        mean[c] = mu;
-        invstd[c] = is;
-        rmean[c] = om * rmean[c] + mm * mu;
-        rvar[c] = om * rvar[c] + mm * (var * unb);
+    const REAL m2 = bn_wg_sum(acc, s);
+    if (get_local_id(0) == 0) {
+        part[(c * S + sg) * 2] = mu;
+        part[(c * S + sg) * 2 + 1] = m2;
     }
+}
+
+__kernel void bn_stats_finish(__global const REAL* part, const int part_off, const int S, const int seg,
+                              __global REAL* rmean, __global REAL* rvar, __global REAL* mean,
+                              __global REAL* invstd, const int N, const int C, const int L,
+                              const REAL eps, const REAL om, const REAL mm, const REAL unb) {
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    part += part_off;
+    const int cnt = N * L;
+    REAL na = (REAL)0, mu = (REAL)0, m2 = (REAL)0;
+    for (int sg = 0; sg < S; sg++) {
+        const REAL nb = (REAL)(min(cnt, (sg + 1) * seg) - sg * seg);
+        const REAL d = part[(c * S + sg) * 2] - mu, n = na + nb;
+        mu += d * (nb / n);
+        m2 += part[(c * S + sg) * 2 + 1] + d * d * (na * nb / n);
+        na = n;
+    }
+    const REAL var = m2 / (REAL)cnt;
+    mean[c] = mu;
+    invstd[c] = (REAL)1 / sqrt(var + eps);
+    rmean[c] = om * rmean[c] + mm * mu;
+    rvar[c] = om * rvar[c] + mm * (var * unb);
 }
 
 // y = (x - mean) * invstd * w + b   (xhat = (x - mean) * invstd; y = xhat * w + b)
@@ -61,31 +88,51 @@ __kernel void bn_apply(__global const REAL* x, __global const REAL* w, __global 
     y[i] = xhat * w[c] + b[c];
 }
 
-// Backward sums per channel: sums[c] = Σ g, sums[C + c] = Σ g * xhat; copied to db / dw when
-// want_db / want_dw (then those pointers are the bias / weight gradients).
-// undoes: y = xhat * w + b   (db = Σ g, dw = Σ g xhat)
-__kernel void bn_bwd_sums(__global const REAL* x, __global const REAL* g, __global const REAL* mean,
-                          __global const REAL* var_or_invstd, __global REAL* sums, __global REAL* dw,
-                          __global REAL* db, const int N, const int C, const int L, const int frozen,
-                          const REAL eps, const int want_dw, const int want_db, __local REAL* s) {
-    const int c = get_group_id(0);
+// Backward sums per channel, segmented like the statistics: bn_bwd_part writes each segment's
+// part[(c*S + s)*2 + {0,1}] = (sum g, sum g * xhat); bn_bwd_finish adds a channel's S segments in
+// order: sums[c] = sum g, sums[C + c] = sum g * xhat, copied to db / dw when want_db / want_dw
+// (then those pointers are the bias / weight gradients).
+// undoes: y = xhat * w + b   (db = sum g, dw = sum g xhat)
+// Global sizes: part (S*wg, C) with local (wg, 1); finish (C).
+__kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __global const REAL* mean,
+                          __global const REAL* var_or_invstd, __global REAL* part, const int part_off,
+                          const int N, const int C, const int L, const int seg, const int frozen, const REAL eps,
+                          __local REAL* s) {
+    part += part_off;
+    const int c = get_global_id(1), sg = get_group_id(0), S = get_num_groups(0);
     const int cnt = N * L, step = get_local_size(0);
+    const int k0 = sg * seg, k1 = min(cnt, k0 + seg);
     const REAL mu = mean[c], is = bn_invstd(var_or_invstd, c, frozen, eps);
-    REAL sg = (REAL)0, sgx = (REAL)0;
-    for (int k = get_local_id(0); k < cnt; k += step) {
+    REAL sg_ = (REAL)0, sgx = (REAL)0;
+    for (int k = k0 + get_local_id(0); k < k1; k += step) {
         const int i = BN_AT(k);
         const REAL gi = g[i];
-        sg += gi;
+        sg_ += gi;
         sgx += gi * ((x[i] - mu) * is);
     }
-    sg = bn_wg_sum(sg, s);
+    sg_ = bn_wg_sum(sg_, s);
     sgx = bn_wg_sum(sgx, s);
-    if (get_local_id(0) == 0 && c < C) {
-        sums[c] = sg;
-        sums[C + c] = sgx;
-        if (want_db) db[c] = sg;
-        if (want_dw) dw[c] = sgx;
+    if (get_local_id(0) == 0) {
+        part[(c * S + sg) * 2] = sg_;
+        part[(c * S + sg) * 2 + 1] = sgx;
     }
+}
+
+__kernel void bn_bwd_finish(__global const REAL* part, const int part_off, const int S, __global REAL* sums,
+                            __global REAL* dw, __global REAL* db, const int C, const int want_dw,
+                            const int want_db) {
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    part += part_off;
+    REAL a = (REAL)0, b = (REAL)0;
+    for (int sg = 0; sg < S; sg++) {
+        a += part[(c * S + sg) * 2];
+        b += part[(c * S + sg) * 2 + 1];
+    }
+    sums[c] = a;
+    sums[C + c] = b;
+    if (want_db) db[c] = a;
+    if (want_dw) dw[c] = b;
 }
 
 // dx. frozen: undoes xhat = (x - running_mean) * invstd with constant statistics:

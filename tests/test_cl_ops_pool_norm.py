@@ -74,6 +74,22 @@ def test_bn(xshape, batch):
     _bn_check(xshape, batch, {})
 
 
+@pytest.mark.parametrize("seg", [1, 5, 7, 64])
+@pytest.mark.parametrize("xshape", [(8, 16, 9, 9), (300, 4), (3, 2, 1, 1)])
+def test_bn_segmented_reductions(xshape, seg):
+    """Channels cut in many segments (a remainder segment, the MAX_SEGS cap at seg=1): the merged
+    statistics and backward sums still match the reference."""
+    from clcheck import runtime
+
+    rt = runtime()
+    rt.tuning.override["bn"] = {"seg": seg}
+    try:
+        for batch in (True, False):
+            _bn_check(xshape, batch, {"eps": 1e-3, "momentum": 0.2})
+    finally:
+        rt.tuning.override.pop("bn")
+
+
 @pytest.mark.parametrize("batch", [True, False])
 @pytest.mark.parametrize("needs", [[True, False, False, False, False], [False, True, False, False, False],
                                    [False, False, True, False, False]])

@@ -108,15 +108,32 @@ def bn_backward(attrs, saved, gys, needs, ctx):
 #   state "mean", "invstd" (C,) float32: the batch statistics the forward normalised with
 #   (written only with bn_batch_stats; allocated either way, 8*C bytes).
 #   batch statistics: x[3] running_mean and x[4] running_var are updated IN PLACE by the forward.
-#   workspace: 2*C floats for the backward's per-channel sums (Σ g, Σ g xhat).
+#   workspace: 2*C floats for the backward's per-channel sums (Σ g, Σ g xhat), then 2 floats per
+#   (channel, segment) of the segmented reductions.
 #   backward reads x (saved), weight, and the statistics (state, or the running buffers if frozen).
+# Reductions: the N*L values of a channel are cut in S segments of `seg` values, one work-group
+# each, so that a few wide channels (MobileNetV2's first layers: 32 channels of 32*112*112 values)
+# still fill a GPU; a second tiny launch merges each channel's segments in a fixed order.
+# seg: tuning "bn" -> "seg", default SEG_ITEMS values per work-item; never more than MAX_SEGS segments.
+SEG_ITEMS = 8
+MAX_SEGS = 256
+
+
 def bn_cl_state(attrs, in_shapes, out_shapes, training):
     c = in_shapes[0][1]
     return {"mean": ((c,), np.float32), "invstd": ((c,), np.float32)}
 
 
 def bn_cl_workspace(attrs, in_shapes, out_shapes):
-    return 2 * in_shapes[0][1] * 4
+    n, c, length = _ncl(in_shapes[0])
+    return 4 * 2 * c * (1 + min(MAX_SEGS, n * length))
+
+
+def _segments(b, cnt: int, wg: int) -> tuple[int, int]:
+    """(seg, S): values per segment and segments per channel"""
+    seg = int(b.tuning("bn").get("seg", wg * SEG_ITEMS))
+    seg = max(1, seg, -(-cnt // MAX_SEGS))
+    return seg, -(-cnt // seg)
 
 
 def _ncl(shape):
@@ -136,9 +153,13 @@ def cl_bn_forward(b, io):
                               f"got input shape {x.shape}")
     m = io.attrs["momentum"]
     mean, invstd = io.state["mean"], io.state["invstd"]
-    wg = reduce_wg(b, "bn.cl", "bn_stats", cnt)
-    b.launch("bn.cl", "bn_stats", (c * wg,), (wg,), x, rm, rv, mean, invstd, n, c, length, eps,
-             np.float32(1 - m), np.float32(m), np.float32(cnt / (cnt - 1)), local_floats(wg))
+    wg = reduce_wg(b, "bn.cl", "bn_stats_part", cnt)
+    seg, segs = _segments(b, cnt, wg)
+    part = io.workspace   # floats [2C, 2C + 2*C*S)
+    b.launch("bn.cl", "bn_stats_part", (segs * wg, c), (wg, 1), x, part, 2 * c, n, c, length, seg,
+             local_floats(wg))
+    b.launch("bn.cl", "bn_stats_finish", (c,), elt(b), part, 2 * c, segs, seg, rm, rv, mean, invstd, n, c, length,
+             eps, np.float32(1 - m), np.float32(m), np.float32(cnt / (cnt - 1)))
     b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, invstd, y, x.size, c, length, 0, eps)
 
 
@@ -153,9 +174,12 @@ def cl_bn_backward(b, io):
     sums = io.workspace
     if not frozen or gw is not None or gb is not None:
         # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
-        wg = reduce_wg(b, "bn.cl", "bn_bwd_sums", n * length)
-        b.launch("bn.cl", "bn_bwd_sums", (c * wg,), (wg,), x, g, mean, vi, sums, gw or sums, gb or sums,
-                 n, c, length, frozen, eps, gw is not None, gb is not None, local_floats(wg))
+        wg = reduce_wg(b, "bn.cl", "bn_bwd_part", n * length)
+        seg, segs = _segments(b, n * length, wg)
+        b.launch("bn.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, mean, vi, sums, 2 * c, n, c, length, seg,
+                 frozen, eps, local_floats(wg))
+        b.launch("bn.cl", "bn_bwd_finish", (c,), elt(b), sums, 2 * c, segs, sums, gw or sums, gb or sums, c,
+                 gw is not None, gb is not None)
     if gx is not None:
         # undoes: xhat = (x - mean) * invstd  (frozen: constants; batch: statistics of x)
         b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, w, mean, vi, sums, gx, x.size, c, length,
