@@ -5,10 +5,13 @@
     python -m device_agent run JOB.json               # hello, plan, step..., epoch..., done | error
     python -m device_agent infer MODEL X.npy OUT.npy [--batch N] [--backend auto|opencl|numpy]
                                                       # hello, infer | error
+    python -m device_agent serve [--port 7878] [--root DIR] [--pair]   # the daemon (serve.py), no events
+    python -m device_agent pair [--root DIR]          # a pairing code for the running daemon, no events
 
-The first line is always `hello` (protocol and agent versions, the payload hash, the pid), written
+The first line of every agent call is `hello` (protocol and agent versions, the payload hash, the pid), written
 before anything heavy is imported, so the host can check versions in milliseconds. The last line of
 `run` and `infer` is `done`/`infer` or `error`. Exit status: 0 ok, 1 error, 2 usage.
+`serve` and `pair` are not agent calls: long-running or interactive, they write human lines only.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from .errors import InputError, JobError
 from .protocol import PROTOCOL_VERSION, Device, Error, Event, Hello, Infer
 
 USAGE = ("usage: python -m device_agent hello | doctor | run JOB.json | "
-         "infer MODEL X.npy OUT.npy [--batch N] [--backend auto|opencl|numpy]")
+         "infer MODEL X.npy OUT.npy [--batch N] [--backend auto|opencl|numpy] | "
+         "serve [--port 7878] [--root DIR] [--pair] | pair [--root DIR]")
 
 
 def emit(ev: Event) -> None:
@@ -127,6 +131,10 @@ def infer(args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"] or argv[:1] == ["pair"]:
+        from . import serve      # a server, not an agent call: no hello on stdout
+
+        return serve.serve_main(argv[1:], payload_hash()) if argv[0] == "serve" else serve.pair_main(argv[1:])
     hello()
     cmd, args = (argv[0], argv[1:]) if argv else ("", [])
     if cmd == "hello" and not args:
