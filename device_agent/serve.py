@@ -384,7 +384,8 @@ class Daemon:
         with self.lock:
             p = self.open_code()
             if p is None:
-                raise Refused("auth", "no pairing code is open: run `python -m device_agent pair` in Termux")
+                raise Refused("auth", "no pairing code is open: run `thomas-daemon pair` in Termux "
+                                      "(or `python -m device_agent pair --root ROOT`)")
             given = hashlib.sha256(str(code).encode()).hexdigest()
             if not hmac.compare_digest(given, str(p.get("sha256"))):
                 p["attempts"] -= 1

@@ -104,6 +104,8 @@ class LocalTransport(Transport):
 
     def move(self, src: str, dst: str) -> None:
         s, d = self._p(src), self._p(dst)
+        if d == s or d in s.parents or s in d.parents:
+            raise DeviceError(f"cannot move {src} to {dst} on the local device: one holds the other")
         self.remove(dst)
         d.parent.mkdir(parents=True, exist_ok=True)
         os.replace(s, d)
