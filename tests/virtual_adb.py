@@ -433,8 +433,9 @@ def _killpg(proc: subprocess.Popen) -> None:
 class VirtualDevice:
     """A fake adbd on 127.0.0.1 plus a private `adb` server that has `adb connect`ed to it."""
 
-    def __init__(self, root, adb: str | None = None):
+    def __init__(self, root, adb: str | None = None, packages: tuple[str, ...] = ()):
         self.root = str(Path(root).resolve())
+        self.packages = tuple(packages)   # what `pm` knows: "name[@installer][+storage]" (no Termux by default)
         self.adb = adb or shutil.which("adb")
         if self.adb is None:
             raise RuntimeError("the virtual adb device needs the `adb` binary (Debian package `adb`; "
@@ -598,16 +599,61 @@ class VirtualDevice:
             self.conns.append(Connection(self, sock))
 
     def _write_shims(self) -> None:
-        """`getprop` for the shell, as the phone's toolbox would answer it."""
+        """`getprop` and `pm` for the shell, as the phone's toolbox would answer them."""
         self.bindir = os.path.join(self.home, "bin")
         os.makedirs(self.bindir)
         lines = "\n".join(f"  {k}) echo '{v}' ;;" for k, v in PROPS.items())
         listing = "\\n".join(f"[{k}]: [{v}]" for k, v in PROPS.items())
         script = (f"#!/bin/sh\ncase \"$1\" in\n{lines}\n  '') printf '{listing}\\n' ;;\n  *) echo ;;\nesac\n")
-        path = os.path.join(self.bindir, "getprop")
+        self._shim("getprop", script)
+        self._shim("pm", self._pm_script())
+
+    def _shim(self, name: str, script: str) -> None:
+        path = os.path.join(self.bindir, name)
         with open(path, "w") as f:
             f.write(script)
         os.chmod(path, 0o755)
+
+    def _pm_script(self) -> str:
+        """`pm path PKG`, `pm list packages [-i] [FILTER]` and `pm dump PKG` (its runtime permissions)
+        answered from `packages` ("com.termux@org.fdroid.fdroid+storage": installer, storage granted)."""
+        import re
+
+        rows = []
+        for spec in self.packages:
+            m = re.fullmatch(r"([\w.]+)(?:@([\w.]+))?(\+storage)?", spec)
+            if m is None:
+                raise ValueError(f"bad package spec {spec!r}: name[@installer][+storage]")
+            rows.append((m.group(1), m.group(2) or "null", "true" if m.group(3) else "false"))
+        table = "".join(f"{n} {i} {g}\n" for n, i, g in rows)
+        return f"""#!/bin/sh
+# pm, as far as the tests ask it; the package table: name installer storage-granted
+table='{table}'
+cmd=${{1:-}}; shift 2>/dev/null || true
+case "$cmd" in
+  path)
+    printf '%s' "$table" | while read -r n i g; do
+      [ "$n" = "${{1:-}}" ] && echo "package:/data/app/~~virtual==/$n-1/base.apk"
+    done ;;
+  list)
+    [ "${{1:-}}" = packages ] && shift
+    inst=; if [ "${{1:-}}" = -i ]; then inst=1; shift; fi
+    printf '%s' "$table" | while read -r n i g; do
+      case "$n" in *"${{1:-}}"*)
+        if [ -n "$inst" ]; then echo "package:$n  installer=$i"; else echo "package:$n"; fi ;;
+      esac
+    done ;;
+  dump)
+    printf '%s' "$table" | while read -r n i g; do
+      [ "$n" = "${{1:-}}" ] || continue
+      printf 'Packages:\n  Package [%s] (1a2b3c):\n    userId=10123\n    User 0: installed=true\n' "$n"
+      printf '      runtime permissions:\n'
+      printf '        android.permission.READ_EXTERNAL_STORAGE: granted=%s, flags=[ USER_SET ]\n' "$g"
+      printf '        android.permission.WRITE_EXTERNAL_STORAGE: granted=%s, flags=[ USER_SET ]\n' "$g"
+    done ;;
+  *) echo "Error: unknown command '$cmd'" ;;
+esac
+"""
 
     def shell_env(self) -> dict:
         """The environment of a shell command: this machine's PATH behind the phone's tools, and no
