@@ -338,23 +338,31 @@ def test_setup_end_to_end_through_adb_forward(vphone, termux):
     assert res["ok"] is True and "is paired with the daemon" in res["steps"][-2]["value"], r.stderr
 
 
-def test_setup_sees_an_outdated_daemon_until_the_script_upgrades_it(vphone, termux):
+def _restart_on_tampered_agent(termux: Termux, d: Daemon, path: str, old: str, new: str) -> Daemon:
+    """Stop the daemon, change one file of the agent Termux has, start it again with `thomas-daemon`."""
+    os.killpg(d.proc.pid, signal.SIGTERM)
+    d.exited()
+    f = termux.home / "thomas" / "agent" / path
+    f.write_text(f.read_text().replace(old, new))
+    d = termux.start([str(termux.prefix / "bin" / "thomas-daemon")])
+    d.wait_for(r"listening on")
+    return d
+
+
+def test_setup_refuses_a_daemon_of_another_protocol_until_the_script_upgrades_it(vphone, termux):
     _need_serve()
+    from device_agent.protocol import PROTOCOL_VERSION
+
     vd, dev, shared = vphone(packages=TERMUX_OK)
     port = free_port()
     thomas(dev, "setup", "termux", "--yes", "--shared-dir", shared, "--port", str(port), expect=1)
     d = termux.run_script(f"{shared}/thomas-termux.sh")
     d.wait_for(r"listening on")
-    # the agent Termux has is from another build: restart the daemon on it with `thomas-daemon`
-    os.killpg(d.proc.pid, signal.SIGTERM)
-    d.exited()
-    payload = termux.home / "thomas" / "agent" / "PAYLOAD"
-    payload.write_text(json.dumps(dict(json.loads(payload.read_text()), hash="f" * 64)))
-    old = termux.start([str(termux.prefix / "bin" / "thomas-daemon")])
-    old.wait_for(r"listening on")
+    old = _restart_on_tampered_agent(termux, d, "device_agent/protocol.py", f"PROTOCOL_VERSION = {PROTOCOL_VERSION}",
+                                     "PROTOCOL_VERSION = 999")
 
     r = thomas(dev, "setup", "termux", "--yes", "--shared-dir", shared, "--port", str(port), expect=1)
-    assert "runs another agent" in r.stderr and "payload ffffffffffff" in r.stderr, r.stderr
+    assert "speaks protocol 999" in r.stderr and "thomas-termux.sh` again" in r.stderr, r.stderr
     # the script, typed again, stops that daemon and starts the agent this computer pushed
     new = termux.run_script(f"{shared}/thomas-termux.sh")
     new.wait_for(rf"stopping the running THOMAS daemon \(pid {old.proc.pid}\)")
@@ -363,3 +371,26 @@ def test_setup_sees_an_outdated_daemon_until_the_script_upgrades_it(vphone, term
     states = {c["step"]: c["state"] for c in json.loads(r.stdout)["steps"]}
     assert states["daemon"] == "ok" and states["pair"] == "fail"      # not paired yet: --code needed
     assert "rerun with --code CODE" in r.stderr
+
+
+def test_setup_updates_an_older_agent_through_the_daemon(vphone, termux):
+    """Same protocol, older payload: no script rerun; once paired, doctor installs this computer's agent."""
+    _need_serve()
+    vd, dev, shared = vphone(packages=TERMUX_OK)
+    port = free_port()
+    thomas(dev, "setup", "termux", "--yes", "--shared-dir", shared, "--port", str(port), expect=1)
+    d = termux.run_script(f"{shared}/thomas-termux.sh")
+    d.wait_for(r"listening on")
+    payload = termux.home / "thomas" / "agent" / "PAYLOAD"
+    digest = json.loads(payload.read_text())["hash"]
+    d = _restart_on_tampered_agent(termux, d, "PAYLOAD", digest, "e" * 64)
+    code = d.wait_for(r"pairing code: (\d{6})").group(1)
+
+    r = thomas(dev, "setup", "termux", "--yes", "--json", "--shared-dir", shared, "--port", str(port),
+               "--code", code, "--wait", "5")
+    res = json.loads(r.stdout)
+    steps = {c["step"]: c for c in res["steps"]}
+    assert res["ok"] is True and "updated through it at step 7" in steps["daemon"]["value"], r.stderr
+    assert json.loads(payload.read_text())["hash"] == digest          # the daemon installed the pushed agent
+    checks = {c["check"]: c for c in res["doctor"]["checks"]}
+    assert "pushed now" in checks["agent"]["value"]

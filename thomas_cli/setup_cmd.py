@@ -289,12 +289,11 @@ def check_daemon(serial: str, port: int, digest: str, wait: float, spin: bool = 
     try:
         while True:
             welcome = probe_daemon(serial, port)
-            if welcome is not None and welcome.get("protocol") == PROTOCOL_VERSION \
-                    and welcome.get("payload") in (digest, None):
+            if welcome is not None and welcome.get("protocol") == PROTOCOL_VERSION:
                 break
             if welcome is not None and status is not None:
-                status.update(f"a daemon with an older agent answers on port {port}: stop it in Termux (Ctrl-C) "
-                              f"and type `sh {shlex.quote(script)}` again; waiting ...")
+                status.update(f"a daemon that speaks another protocol answers on port {port}: stop it in Termux "
+                              f"(Ctrl-C) and type `sh {shlex.quote(script)}` again; waiting ...")
             if time.monotonic() + POLL_S > deadline:
                 break
             time.sleep(POLL_S)
@@ -306,13 +305,16 @@ def check_daemon(serial: str, port: int, digest: str, wait: float, spin: bool = 
                      (f" after {wait:.0f} s" if wait > 0 else ""),
                      f"in Termux type `sh {shlex.quote(script)}` and leave it running (`thomas-daemon` once "
                      f"it is installed)"), None
-    if welcome.get("protocol") != PROTOCOL_VERSION or welcome.get("payload") not in (digest, None):
-        return Check("daemon", "fail", f"the daemon on port {port} runs another agent ({welcome.get('agent')}, payload "
-                                       f"{str(welcome.get('payload'))[:12]}, protocol {welcome.get('protocol')}) "
-                                       f"than this computer's (payload {digest[:12]})",
+    if welcome.get("protocol") != PROTOCOL_VERSION:
+        return Check("daemon", "fail", f"the daemon on port {port} speaks protocol {welcome.get('protocol')} (agent "
+                                       f"{welcome.get('agent')}), this computer {PROTOCOL_VERSION}",
                      f"in Termux stop it (Ctrl-C) and type `sh {shlex.quote(script)}` again"), welcome
-    return Check("daemon", "ok", f"agent {welcome.get('agent')} answers on 127.0.0.1:{port} (python "
-                                 f"{welcome.get('python')}, root {welcome.get('root')})"), welcome
+    value = (f"agent {welcome.get('agent')} answers on 127.0.0.1:{port} (python {welcome.get('python')}, "
+             f"root {welcome.get('root')})")
+    if welcome.get("payload") not in (digest, None):
+        # NOTE: same protocol: the daemon installs this computer's agent itself once paired (doctor, step 7)
+        value += f"; its agent (payload {str(welcome.get('payload'))[:12]}) is updated through it at step 7"
+    return Check("daemon", "ok", value), welcome
 
 
 def check_paired(serial: str, port: int) -> Check | None:
