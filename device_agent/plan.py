@@ -125,23 +125,52 @@ def fold_batchnorm(graph: Graph, only: set[str] | None = None, record: dict | No
     return g
 
 
-def frozen_batchnorms(graph: Graph, trainable: set[str]) -> set[str]:
-    """BN nodes no gradient passes through (a frozen prefix): none of their inputs depends on a
-    trainable parameter, and their own weight and bias are frozen."""
+def frozen_nodes(graph: Graph, trainable: set[str]) -> set[str]:
+    """Nodes no gradient passes through (a frozen prefix): none of their inputs depends on a
+    trainable parameter (so their own parameters are frozen too)."""
     req = set(trainable)
     out = set()
     for n in graph.nodes:
         if any(t in req for t in n.inputs):
             req.update(n.outputs)
-        elif n.op == "BatchNorm":
+        else:
             out.add(n.name)
     return out
+
+
+def fuse_activations(graph: Graph, only: set[str], record: dict) -> Graph:
+    """Graph with each Conv2d/Gemm -> Relu or Clip(0, 6) pair (the producer's output read only by
+    the activation; both in `only`) merged into the producer, which then writes the activation's
+    tensor; `record` gets {producer name: "relu" | "relu6"} (the launchers' `io.act`). Without a
+    backward the intermediate is never needed, so this is for inference and frozen prefixes."""
+    g = copy.copy(graph)
+    g.nodes = [copy.copy(n) for n in graph.nodes]
+    consumers = g.consumers()
+    producers = g.producers()
+    drop: set[str] = set()
+    for a in g.nodes:
+        if a.name not in only or a.op not in ("Relu", "Clip"):
+            continue
+        kind = "relu"
+        if a.op == "Clip":
+            at = normalize_attrs(get_op("Clip"), a.attrs)
+            kind = "relu6" if (at["min"], at["max"]) == (0.0, 6.0) else None
+        p = producers.get(a.inputs[0])
+        if kind is None or p is None or p.op not in ("Conv2d", "Gemm") or p.name not in only \
+                or p.name in record or len(consumers[a.inputs[0]]) != 1 or a.inputs[0] in g.outputs:
+            continue
+        p.outputs = list(a.outputs)
+        record[p.name] = kind
+        drop.add(a.name)
+    g.nodes = [n for n in g.nodes if n.name not in drop]
+    return g
 
 
 class Plan:
     def __init__(self, graph: Graph, batch: int, *, trainable=None, optimizer: OptimConfig | None = None,
                  training: bool = True, bn_batch_stats: bool | None = None, label_smoothing: float = 0.0,
-                 runtime: "Runtime | None" = None, reuse: bool = True, fold_bn: bool = True):
+                 runtime: "Runtime | None" = None, reuse: bool = True, fold_bn: bool = True,
+                 fuse_act: bool = True):
         if cl is None:
             raise BackendError("the OpenCL backend needs pyopencl (pip install pyopencl)")
         self.rt = runtime or Runtime()
@@ -158,11 +187,15 @@ class Plan:
         # BN folded into the conv before it: every one in inference, the frozen prefix's in training
         # with frozen statistics (a last-layer step then runs the inference forward up to the head).
         # params() / load_params() still speak the unfolded weights: the fold's sources are kept here.
+        # Then each frozen conv/FC + ReLU(6) pair becomes one launch (the activation in its epilogue).
         self._fold: dict = {}
+        self.acts: dict[str, str] = {}
         self.graph = graph
+        frozen = {n.name for n in graph.nodes} if self.inference else frozen_nodes(graph, self.trainable)
         if fold_bn and not self.bn_batch_stats:
-            only = None if self.inference else frozen_batchnorms(graph, self.trainable)
-            self.graph = fold_batchnorm(graph, only, self._fold)
+            self.graph = fold_batchnorm(graph, None if self.inference else frozen, self._fold)
+        if fuse_act and frozen:
+            self.graph = fuse_activations(self.graph, frozen, self.acts)
         self._fold_src = {t: np.array(graph.weights[t], np.float32) for wn, b0, bn_, st, eps in self._fold.values()
                           for t in [wn] + ([b0] if b0 else []) + st}
         self._fold_out = {t for wn, b0, bname, st, eps in self._fold.values() for t in (wn, bname)}
@@ -421,7 +454,7 @@ class Plan:
         st = {k: self.refs[v] for k, v in self.state_ref.get(n.name, {}).items()}
         return NodeIO(n.name, n.op, a, [self._ref(t) for t in n.inputs], [self.refs[t] for t in n.outputs],
                       state=st, workspace=self.workspace, training=self.training,
-                      bn_batch_stats=self.bn_batch_stats)
+                      bn_batch_stats=self.bn_batch_stats, act=self.acts.get(n.name))
 
     @staticmethod
     def _scope_dyn(launches, node: str) -> None:

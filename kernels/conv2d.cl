@@ -68,9 +68,10 @@ __kernel void col2im(__global const float* cols, const int ldp, __global float* 
 }
 
 // Depthwise (groups == C, K = C*mult): y[n,k,p,q] = b[k] + sum_{r,s} x[n, k/mult, h, w] * w[k,0,r,s].
+// mode bit 0: add the bias; bits 1-2: then an activation (1 relu, 2 relu6, as gemm.cl's epilogue).
 // Global size (P*Q, K, N).
 __kernel void dw_fwd(__global const float* x, __global const float* wt, __global const float* bias,
-                     const int has_bias, __global float* y,
+                     const int mode, __global float* y,
                      const int C, const int H, const int W, const int mult, const int R, const int S,
                      const int P, const int Q, const int sh, const int sw, const int dh, const int dw,
                      const int pt, const int pl) {
@@ -88,7 +89,14 @@ __kernel void dw_fwd(__global const float* x, __global const float* wt, __global
             if (w >= 0 && w < W) acc += xp[h * W + w] * wp[r * S + s];
         }
     }
-    y[(n * C * mult + k) * P * Q + pq] = has_bias ? acc + bias[k] : acc;
+    if (mode & 1) acc += bias[k];
+    const int act = mode >> 1;
+    if (act == 1) acc = fmax(acc, 0.0f);
+    else if (act == 2) {
+        if (acc < 0.0f) acc = 0.0f;
+        if (acc > 6.0f) acc = 6.0f;
+    }
+    y[(n * C * mult + k) * P * Q + pq] = acc;
 }
 
 // undoes dw_fwd for x: dx[n,c,h,w] = sum_{j<mult, r, s : h = p*sh + r*dh - pt, w = q*sw + s*dw - pl}

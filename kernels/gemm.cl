@@ -3,7 +3,9 @@
 //   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C (+ bias)      for z in 0..batch-1
 //   op(A) = A (M x K, lda >= K) or A^T (A stored K x M, lda >= M); op(B) likewise (K x N or N x K)
 //   A, B, C of batch z start at a_off + z*stride_a (b_off + z*stride_b, c_off + z*stride_c)
-//   bias_mode 0: none, 1: + bias[bias_off + n] (per column), 2: + bias[bias_off + m] (per row)
+//   bias_mode bits 0-1: 0 no bias, 1 + bias[bias_off + n] (per column), 2 + bias[bias_off + m] (per row);
+//   bits 2-3: an activation applied last (0 none, 1 relu as eltwise.cl's relu_fwd, 2 relu6 as its
+//   clip_fwd with (0, 6)): a frozen conv/FC + activation pair runs as one launch (device_agent/plan.py)
 //   beta == 0 never reads C (it may hold NaN).
 //
 // Two families, one kernel per form (nn, nt, tn, tt) each, all from one build:
@@ -83,8 +85,14 @@ inline float epilogue(const float acc, const float alpha, const float beta, __gl
                       __global const float* bias, const int bias_mode, const int m, const int n) {
     float v = alpha * acc;
     if (beta != 0.0f) v = MULADD(beta, *c, v);
-    if (bias_mode == 1) v += bias[n];
-    else if (bias_mode == 2) v += bias[m];
+    const int bm = bias_mode & 3, act = bias_mode >> 2;
+    if (bm == 1) v += bias[n];
+    else if (bm == 2) v += bias[m];
+    if (act == 1) v = fmax(v, 0.0f);
+    else if (act == 2) {
+        if (v < 0.0f) v = 0.0f;
+        if (v > 6.0f) v = 6.0f;
+    }
     return v;
 }
 

@@ -55,7 +55,8 @@ def download(rt, t: "TensorRef") -> np.ndarray:
     return out
 
 
-def cl_run(op_name, attrs, inputs, *, training=False, bn_batch_stats=False, seed=0, gys=None, needs=None):
+def cl_run(op_name, attrs, inputs, *, training=False, bn_batch_stats=False, seed=0, gys=None, needs=None,
+           act=None):
     """Run forward (and backward if gys is given) of one op on OpenCL.
     Returns (ys, gxs, state) as numpy arrays."""
     rt = runtime()
@@ -78,7 +79,7 @@ def cl_run(op_name, attrs, inputs, *, training=False, bn_batch_stats=False, seed
         if nbytes:
             ws = empty(rt, "workspace", (max(1, nbytes // 4),))
     io = NodeIO(op_name.lower(), op_name, a, xs, ys, state=state, workspace=ws, training=training,
-                bn_batch_stats=bn_batch_stats)
+                bn_batch_stats=bn_batch_stats, act=act)
     b = LaunchBuilder(rt)
     op.cl.forward(b, io)
     values = {"seed": np.uint32(draw_seed(np.random.default_rng(seed)))}  # as Ctx(rng=default_rng(seed))

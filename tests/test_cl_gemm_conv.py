@@ -19,12 +19,16 @@ GPU_SMALL = {"MWG": 16, "NWG": 16, "KWG": 4, "MDIMC": 4, "NDIMC": 4}
 VARIANTS = {"cpu": None, "gpu": GPU_SMALL}
 
 
+ACT_REF = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0), "relu6": lambda v: np.clip(v, 0, 6)}
+
+
 def _mat(rng, shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
 def run_gemm(form, M, N, K, variant, params=None, *, alpha=1.0, beta=0.0, batch=1, pad=(0, 0, 0),
-             offs=(0, 0, 0), bias_mode=None, seed=0, reduce_batch=False, work_floats=None, expect_launches=None):
+             offs=(0, 0, 0), bias_mode=None, seed=0, reduce_batch=False, work_floats=None, expect_launches=None,
+             act=None):
     """One gemm() over padded, offset, batched operands; returns (got, want) as (batch, M, N), or
     (1, M, N) with reduce_batch. pad adds to each leading dimension, offs shifts each matrix's first
     element; work_floats sizes a NaN-filled scratch buffer for split-K / batch reductions."""
@@ -51,7 +55,7 @@ def run_gemm(form, M, N, K, variant, params=None, *, alpha=1.0, beta=0.0, batch=
     launches = gemm(b, ta, tb, M, N, K, tA, offs[0], lda, tB, offs[1], ldb, tC, offs[2], ldc, alpha, beta,
                     batch, sa, sb, sc, bias=tbias if bias_mode else None, bias_off=1 if bias_mode else 0,
                     bias_mode=bias_mode, reduce_batch=reduce_batch, work=work, work_off=7,
-                    work_floats=work_floats or 0, variant=variant, params=params)
+                    work_floats=work_floats or 0, act=act, variant=variant, params=params)
     if expect_launches is not None:
         assert len(launches) == expect_launches, [ln.kernel.function_name for ln in launches]
     replay(rt.queue, b.launches)
@@ -62,7 +66,7 @@ def run_gemm(form, M, N, K, variant, params=None, *, alpha=1.0, beta=0.0, batch=
         prod = sum((a.T if ta else a).astype(np.float64) @ (bm.T if tb else bm) for a, bm in zip(a3, b3))
         w = alpha * prod + beta * C0[offs[2]:][:M * ldc].reshape(M, ldc)[:, :N]
         w = w + (bias[1:1 + N][None, :] if bias_mode == "col" else bias[1:1 + M][:, None] if bias_mode else 0)
-        return out[offs[2]:][:M * ldc].reshape(M, ldc)[None, :, :N], w[None]
+        return out[offs[2]:][:M * ldc].reshape(M, ldc)[None, :, :N], ACT_REF[act](w)[None]
     got, want = [], []
     for z in range(batch):
         a = A[offs[0] + z * sa:][:ar * lda].reshape(ar, lda)[:, :ac]
@@ -74,7 +78,7 @@ def run_gemm(form, M, N, K, variant, params=None, *, alpha=1.0, beta=0.0, batch=
         elif bias_mode == "row":
             w = w + bias[1:1 + M][:, None]
         got.append(out[offs[2] + z * sc:][:M * ldc].reshape(M, ldc)[:, :N])
-        want.append(w)
+        want.append(ACT_REF[act](w))
     # the padding between rows and batches is untouched
     keep = np.ones(out.shape, bool)
     for z in range(batch):
@@ -167,6 +171,48 @@ def test_gemm_reduce_batch(variant, form):
         got, want = run_gemm(form, M, N, K, variant, p, batch=batch, beta=beta, bias_mode=bias, reduce_batch=True,
                              work_floats=work, expect_launches=gpu_launches if variant == "gpu" else batch)
         check(got, want, K * batch)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_gemm_epilogue_activation(variant, act):
+    """act after alpha/beta/bias, on every path: one launch, split-K (applied after the reduction
+    only) and a chunked batch reduction (applied to the last chunk only)"""
+    p = VARIANTS[variant]
+    for form in FORMS:
+        for (M, N, K), beta, bias in [((17, 64, 129), 0.0, "row"), ((64, 17, 33), 1.5, "col"), ((5, 3, 64), 0.0, None)]:
+            got, want = run_gemm(form, M, N, K, variant, p, beta=beta, batch=2, bias_mode=bias, act=act)
+            assert (got == 0).any() and (act != "relu6" or (got == 6).any())   # both bounds exercised
+            check(got, want, K)
+        if variant == "gpu":
+            got, want = run_gemm(form, 3, 17, 129, "gpu", SPLIT, batch=2, bias_mode="col", act=act,
+                                 work_floats=64 * 2 * 3 * 17, expect_launches=2)
+            check(got, want, 129)
+        got, want = run_gemm(form, 17, 5, 64, variant, SPLIT if variant == "gpu" else None, batch=3, beta=0.5,
+                             bias_mode="col", reduce_batch=True, work_floats=2 * 17 * 5, act=act)
+        check(got, want, 64 * 3)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
+def test_conv2d_fused_activation(case, act):
+    """io.act (the Plan's frozen conv + ReLU/ReLU6 fusion) on every conv path == act(reference)"""
+    _, x_shape, attrs, bias = case
+    ins = [np.asarray(v, np.float32) * 3 for v in conv_inputs(x_shape, attrs, bias, np.float32)]
+    op = get_op("Conv2d")
+    (y,), _ = op.forward(normalize_attrs(op, attrs), ins, Ctx())
+    (yc,), _, _ = cl_run("Conv2d", attrs, ins, act=act)
+    np.testing.assert_allclose(yc, ACT_REF[act](y), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+def test_gemm_op_fused_activation(act):
+    ins = [np.asarray(v, np.float32) * 3 for v in gemm_inputs(3, 17, 129, True)]
+    op = get_op("Gemm")
+    (y,), _ = op.forward(normalize_attrs(op, {"out_features": 129}), ins, Ctx())
+    (yc,), _, _ = cl_run("Gemm", {"out_features": 129}, ins, act=act)
+    assert (yc == 0).any() and (act != "relu6" or (yc == 6).any())
+    np.testing.assert_allclose(yc, ACT_REF[act](y), rtol=1e-4, atol=1e-4)
 
 
 def test_gemm_rejects_short_leading_dimension():

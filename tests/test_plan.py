@@ -228,6 +228,37 @@ def test_last_layer_plan_folds_the_frozen_prefix_bn_and_matches():
     np.testing.assert_array_equal(plan.params()[bn.inputs[1]], w2[bn.inputs[1]])
 
 
+@pytest.mark.parametrize("name,size", [("mobilenet_v2", 32), ("alexnet", 63)])
+def test_frozen_conv_activation_pairs_run_fused(name, size):
+    """Inference and a last-layer step: each frozen conv/FC + ReLU/ReLU6 is one launch (the activation
+    in the epilogue); the trainable head keeps its own activations; results match numpy."""
+    g = _zoo(name, size, width=0.35) if name == "mobilenet_v2" else _zoo(name, size)
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    inf = _plan(g, batch=2, trainable=set())
+    assert inf.acts and not [n for n in inf.graph.nodes if n.op in ("Relu", "Clip")]
+    assert set(inf.acts.values()) == ({"relu6"} if name == "mobilenet_v2" else {"relu"})
+    _close(inf.infer(x), NumpyRef(g).forward(x)["logits"], "fused inference logits")
+    plain = _plan(g, batch=2, trainable=set(), fuse_act=False)
+    assert not plain.acts and [n for n in plain.graph.nodes if n.op in ("Relu", "Clip")]
+
+    groups = g.param_groups()
+    head = {k for k in g.params if g.params[k].group in groups[-2:] and g.params[k].trainable}   # two layers
+    y = np.array([1, 2])
+    plan = _plan(g, batch=2, trainable=head, bn_batch_stats=False)
+    kept = [n for n in plan.graph.nodes if n.op in ("Relu", "Clip")]
+    assert plan.acts and all(n.name not in plan.acts for n in plan.graph.nodes if set(n.inputs) & head)
+    ref = NumpyRef(g, trainable=head)
+    ref.forward(x, training=True, bn_batch_stats=False, grad=True, seed=3)
+    ref_loss = ref.loss(y)
+    ref_grads = ref.backward()
+    loss, grads = plan.loss_and_grads(x, y, seed=3)
+    assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss)
+    for k in head:
+        _close(grads[k], ref_grads[k], k)
+    if name == "alexnet":
+        assert kept    # the ReLU between the two trainable FC layers has a backward: not fused
+
+
 def test_kernel_build_error_carries_the_log():
     from device_agent.backends.opencl.loader import KernelBuildError
 

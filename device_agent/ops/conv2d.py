@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..backends.opencl.gemm import gemm, gemm_config, row_local_size, split_floats
+from ..backends.opencl.gemm import ACTS, gemm, gemm_config, row_local_size, split_floats
 from . import register
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
@@ -301,20 +301,22 @@ def _regions(io) -> tuple[int, dict]:
 
 
 def cl_conv_forward(b, io):
-    """x (N,C,H,W), w (K,C/g,R,S), b? (K,) -> y (N,K,P,Q)"""
+    """x (N,C,H,W), w (K,C/g,R,S), b? (K,) -> y (N,K,P,Q); io.act "relu"/"relu6": y = act(conv)
+    (a frozen conv + activation pair fused by the Plan)"""
     n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = _cl_geometry(io)
     x, w, y = io.x[0], io.x[1], io.y[0]
     bias = io.x[2] if len(io.x) > 2 else None
     geo = (r, s, p, q, sh, sw, dh, dw, pt, pl)
     if _is_depthwise(c, g):
+        mode = int(bias is not None) | ACTS[io.act] << 1
         b.launch("conv2d.cl", "dw_fwd", (p * q, k, n), row_local_size(b), x, w, bias if bias is not None else w,
-                 bias is not None, y, c, h, wd, k // c, *geo, defines=_dw_defines(b),
+                 mode, y, c, h, wd, k // c, *geo, defines=_dw_defines(b),
                  flops=2 * n * k * p * q * r * s)
         return
     kg, cg = k // g, c // g
     crs, crsg, pq = c * r * s, cg * r * s, p * q
     nb, work = _regions(io)
-    bias_kw = {"bias": bias, "bias_mode": "row" if bias is not None else None}
+    bias_kw = {"bias": bias, "bias_mode": "row" if bias is not None else None, "act": io.act}
     if _is_pointwise(io.attrs):
         for gi in range(g):
             gemm(b, False, False, kg, pq, cg, w, gi * kg * cg, cg, x, gi * cg * pq, pq, y, gi * kg * pq, pq,

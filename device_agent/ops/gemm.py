@@ -81,7 +81,7 @@ def cl_gemm_forward(b, io):
     (n, f), m = x.shape, w.shape[0]
     bias = io.x[2] if len(io.x) > 2 else None
     gemm(b, False, True, n, m, f, x, 0, f, w, 0, f, io.y[0], 0, m,
-         bias=bias, bias_mode="col" if bias is not None else None, **_work(io))
+         bias=bias, bias_mode="col" if bias is not None else None, act=io.act, **_work(io))
 
 
 def cl_gemm_backward(b, io):

@@ -30,6 +30,7 @@ MAX_SPLIT = 64           # K parts per product at most
 MIN_KCHUNK_SLICES = 4    # each part gets at least 4 K-slices (KWG each)
 WORK_CAP = 1 << 22       # floats of partial products an op reserves at most (16 MiB)
 _BIAS = {None: 0, "col": 1, "row": 2}
+ACTS = {None: 0, 0: 0, "relu": 1, "relu6": 2}   # epilogue activations, bits 2-3 of bias_mode
 
 
 def gemm_config(b, variant: str | None = None, params: dict | None = None, M: int | None = None) -> tuple[str, dict]:
@@ -108,9 +109,10 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
          C, c_off: int, ldc: int, alpha: float = 1.0, beta: float = 0.0, batch: int = 1,
          stride_a: int = 0, stride_b: int = 0, stride_c: int = 0, label: str | None = None, *,
          bias=None, bias_off: int = 0, bias_mode: str | None = None, reduce_batch: bool = False,
-         work=None, work_off: int = 0, work_floats: int = 0,
+         work=None, work_off: int = 0, work_floats: int = 0, act: str | None = None,
          variant: str | None = None, params: dict | None = None) -> list:
-    """Record the launches of one GEMM on builder `b`; returns them (none when M, N or batch is 0)."""
+    """Record the launches of one GEMM on builder `b`; returns them (none when M, N or batch is 0).
+    act "relu" / "relu6": applied to C after the bias (with beta, to the final C only)."""
     M, N, K, batch = int(M), int(N), int(K), int(batch)
     if min(M, N, batch) <= 0:
         return []
@@ -124,16 +126,17 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
     form = ("t" if ta else "n") + ("t" if tb else "n")
     flops = 2 * M * N * K * batch
     bias_buf = bias if bias is not None else C
+    mode = _BIAS[bias_mode] | ACTS[act] << 2
     with _scoped(b, label or f"gemm_{form}"):
         if fam == "cpu":
             if reduce_batch:  # one product at a time, accumulating (beta = 1 after the first)
                 return [_launch_cpu(b, form, p, M, N, K, A, a_off + z * stride_a, lda, B, b_off + z * stride_b,
                                     ldb, C, c_off, ldc, alpha, beta if z == 0 else 1.0, 1, 0, 0, 0,
                                     bias_buf if z == batch - 1 else C, bias_off,
-                                    _BIAS[bias_mode] if z == batch - 1 else 0)
+                                    mode if z == batch - 1 else 0)
                         for z in range(batch)]
             return [_launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta,
-                                batch, stride_a, stride_b, stride_c, bias_buf, bias_off, _BIAS[bias_mode])]
+                                batch, stride_a, stride_b, stride_c, bias_buf, bias_off, mode)]
         min_groups = int(p.get("min_groups", 2 * _units(b)))
         t = _gpu_tiles(p, M, N, batch, min_groups)
         room = work_floats if work is not None else 0
@@ -149,12 +152,11 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
                             c_off, ldc, alpha, beta if z0 == 0 else 1.0, zc, stride_a, stride_b, 0, label=label,
                             bias=bias if last else None, bias_off=bias_off, bias_mode=bias_mode if last else None,
                             reduce_batch=zc > 1, work=work, work_off=work_off, work_floats=work_floats,
-                            variant=variant, params=params)
+                            act=act if last else None, variant=variant, params=params)
             return out
         if s == 1 and not reduce_batch:
             return [_launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta,
-                                batch, stride_a, stride_b, stride_c, bias_buf, bias_off, _BIAS[bias_mode], 1, K,
-                                flops)]
+                                batch, stride_a, stride_b, stride_c, bias_buf, bias_off, mode, 1, K, flops)]
         # partial products into work (packed M x N each), then one reduction
         kchunk = -(-K // s)
         kchunk = -(-kchunk // t["KWG"]) * t["KWG"]          # whole K-slices: keeps the float4 path aligned
@@ -164,7 +166,7 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
         outs, per = (1, batch * s) if reduce_batch else (batch, s)
         red = b.launch("gemm.cl", "gemm_reduce", (N, M, outs), row_local_size(b), work, work_off, per, M, N, C,
                        c_off, ldc,
-                       stride_c, float(alpha), float(beta), bias_buf, bias_off, _BIAS[bias_mode],
+                       stride_c, float(alpha), float(beta), bias_buf, bias_off, mode,
                        defines=_defines(b, fam, t), flops=M * N * batch * s)
         return [parts, red]
 

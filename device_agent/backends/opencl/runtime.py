@@ -173,6 +173,7 @@ class NodeIO:
     workspace: TensorRef | None = None
     training: bool = False          # dropout active
     bn_batch_stats: bool = False    # BatchNorm normalises with batch statistics (and updates running stats)
+    act: str | None = None          # Conv2d/Gemm: an activation fused into the forward ("relu", "relu6")
 
 
 @dataclass
