@@ -138,26 +138,29 @@ def frozen_nodes(graph: Graph, trainable: set[str]) -> set[str]:
     return out
 
 
-def fuse_activations(graph: Graph, only: set[str], record: dict) -> Graph:
-    """Graph with each Conv2d/Gemm -> Relu or Clip(0, 6) pair (the producer's output read only by
-    the activation; both in `only`) merged into the producer, which then writes the activation's
-    tensor; `record` gets {producer name: "relu" | "relu6"} (the launchers' `io.act`). Without a
-    backward the intermediate is never needed, so this is for inference and frozen prefixes."""
+def fuse_activations(graph: Graph, frozen: set[str], record: dict) -> Graph:
+    """Graph with each producer -> Relu or Clip(0, 6) pair (the producer's output read only by the
+    activation) merged into the producer, which then writes the activation's tensor; `record` gets
+    {producer name: "relu" | "relu6"} (the launchers' `io.act`). Producers: BatchNorm always (its
+    backward applies the activation's mask, read from the output), Conv2d/Gemm only when both nodes
+    are `frozen` (their backward knows no activation)."""
     g = copy.copy(graph)
     g.nodes = [copy.copy(n) for n in graph.nodes]
     consumers = g.consumers()
     producers = g.producers()
     drop: set[str] = set()
     for a in g.nodes:
-        if a.name not in only or a.op not in ("Relu", "Clip"):
+        if a.op not in ("Relu", "Clip"):
             continue
         kind = "relu"
         if a.op == "Clip":
             at = normalize_attrs(get_op("Clip"), a.attrs)
             kind = "relu6" if (at["min"], at["max"]) == (0.0, 6.0) else None
         p = producers.get(a.inputs[0])
-        if kind is None or p is None or p.op not in ("Conv2d", "Gemm") or p.name not in only \
-                or p.name in record or len(consumers[a.inputs[0]]) != 1 or a.inputs[0] in g.outputs:
+        if kind is None or p is None or p.name in record or len(consumers[a.inputs[0]]) != 1 \
+                or a.inputs[0] in g.outputs:
+            continue
+        if not (p.op == "BatchNorm" or p.op in ("Conv2d", "Gemm") and {p.name, a.name} <= frozen):
             continue
         p.outputs = list(a.outputs)
         record[p.name] = kind
@@ -187,14 +190,15 @@ class Plan:
         # BN folded into the conv before it: every one in inference, the frozen prefix's in training
         # with frozen statistics (a last-layer step then runs the inference forward up to the head).
         # params() / load_params() still speak the unfolded weights: the fold's sources are kept here.
-        # Then each frozen conv/FC + ReLU(6) pair becomes one launch (the activation in its epilogue).
+        # Then each BN + ReLU(6) pair, and each frozen conv/FC + ReLU(6) pair, becomes one launch (the
+        # activation in the producer's epilogue; a BN's backward reads the output for its mask).
         self._fold: dict = {}
         self.acts: dict[str, str] = {}
         self.graph = graph
         frozen = {n.name for n in graph.nodes} if self.inference else frozen_nodes(graph, self.trainable)
         if fold_bn and not self.bn_batch_stats:
             self.graph = fold_batchnorm(graph, None if self.inference else frozen, self._fold)
-        if fuse_act and frozen:
+        if fuse_act:
             self.graph = fuse_activations(self.graph, frozen, self.acts)
         self._fold_src = {t: np.array(graph.weights[t], np.float32) for wn, b0, bn_, st, eps in self._fold.values()
                           for t in [wn] + ([b0] if b0 else []) + st}
@@ -294,7 +298,8 @@ class Plan:
             touch(t, END if self.inference else F)
         for n in bw_nodes:
             op, a = self.specs[n.name]
-            for s in op.cl.saves:
+            saves = op.cl.saves + (("y0",) if n.name in self.acts else ())   # a fused activation's mask
+            for s in saves:
                 kind, idx = s[0], int(s[1:])
                 t = n.inputs[idx] if kind == "x" else n.outputs[idx]
                 if t in storage_of:

@@ -24,6 +24,24 @@ REAL bn_invstd(__global const REAL* s, const int c, const int frozen, const REAL
     return frozen ? (REAL)1 / sqrt(s[c] + eps) : s[c];
 }
 
+// A ReLU / ReLU6 after the BN fused into it (act 1 / 2; the Plan does this when the BN output feeds only
+// the activation): the forward writes act(y), the backward masks the incoming gradient with the mask
+// the activation's own backward takes from its output (eltwise.cl relu_bwd: y > 0; clip_bwd: 0 < y < 6).
+REAL bn_act(REAL v, const int act) {
+    if (act == 1) return fmax(v, (REAL)0);
+    if (act == 2) {
+        if (v < (REAL)0) v = (REAL)0;
+        if (v > (REAL)6) v = (REAL)6;
+    }
+    return v;
+}
+
+REAL bn_gy(__global const REAL* g, __global const REAL* y, const int i, const int act) {
+    if (act == 1) return y[i] > (REAL)0 ? g[i] : (REAL)0;
+    if (act == 2) return y[i] > (REAL)0 && y[i] < (REAL)6 ? g[i] : (REAL)0;
+    return g[i];
+}
+
 // Batch statistics in two launches, so that a few wide channels still fill a GPU: the cnt = N*L
 // values of channel c are cut in S segments of `seg` values; one work-group per (segment, channel).
 // bn_stats_part: each segment's count, mean and M2 = sum (x - mean_s)^2 (two passes over the
@@ -77,15 +95,15 @@ __kernel void bn_stats_finish(__global const REAL* part, const int part_off, con
     rvar[c] = om * rvar[c] + mm * (var * unb);
 }
 
-// y = (x - mean) * invstd * w + b   (xhat = (x - mean) * invstd; y = xhat * w + b)
+// y = (x - mean) * invstd * w + b   (xhat = (x - mean) * invstd; y = xhat * w + b), then act(y)
 __kernel void bn_apply(__global const REAL* x, __global const REAL* w, __global const REAL* b,
                        __global const REAL* mean, __global const REAL* var_or_invstd, __global REAL* y,
-                       const int n, const int C, const int L, const int frozen, const REAL eps) {
+                       const int n, const int C, const int L, const int frozen, const REAL eps, const int act) {
     const int i = get_global_id(0);
     if (i >= n) return;
     const int c = (i / L) % C;
     const REAL xhat = (x[i] - mean[c]) * bn_invstd(var_or_invstd, c, frozen, eps);
-    y[i] = xhat * w[c] + b[c];
+    y[i] = bn_act(xhat * w[c] + b[c], act);
 }
 
 // Backward sums per channel, segmented like the statistics: bn_bwd_part writes each segment's
@@ -94,7 +112,8 @@ __kernel void bn_apply(__global const REAL* x, __global const REAL* w, __global 
 // (then those pointers are the bias / weight gradients).
 // undoes: y = xhat * w + b   (db = sum g, dw = sum g xhat)
 // Global sizes: part (S*wg, C) with local (wg, 1); finish (C).
-__kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __global const REAL* mean,
+__kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __global const REAL* y,
+                          const int act, __global const REAL* mean,
                           __global const REAL* var_or_invstd, __global REAL* part, const int part_off,
                           const int N, const int C, const int L, const int seg, const int frozen, const REAL eps,
                           __local REAL* s) {
@@ -106,7 +125,7 @@ __kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __glob
     REAL sg_ = (REAL)0, sgx = (REAL)0;
     for (int k = k0 + get_local_id(0); k < k1; k += step) {
         const int i = BN_AT(k);
-        const REAL gi = g[i];
+        const REAL gi = bn_gy(g, y, i, act);
         sg_ += gi;
         sgx += gi * ((x[i] - mu) * is);
     }
@@ -139,15 +158,15 @@ __kernel void bn_bwd_finish(__global const REAL* part, const int part_off, const
 //   dx = g * w * invstd
 // batch: undoes xhat = (x - mean(x)) * invstd(x), mean and biased var over cnt values:
 //   dx = invstd/cnt * (cnt*dxhat - Σ dxhat - xhat Σ dxhat xhat),  dxhat = g * w
-__kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global const REAL* w,
-                    __global const REAL* mean, __global const REAL* var_or_invstd,
+__kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global const REAL* y, const int act,
+                    __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
                     __global const REAL* sums, __global REAL* dx, const int n, const int C, const int L,
                     const int frozen, const REAL eps, const int cnt) {
     const int i = get_global_id(0);
     if (i >= n) return;
     const int c = (i / L) % C;
     const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
-    const REAL dxhat = g[i] * w[c];
+    const REAL dxhat = bn_gy(g, y, i, act) * w[c];
     if (frozen) {
         dx[i] = dxhat * is;
         return;

@@ -74,6 +74,30 @@ def test_bn(xshape, batch):
     _bn_check(xshape, batch, {})
 
 
+@pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+@pytest.mark.parametrize("xshape", [(2, 3, 4, 5), (8, 16, 9, 9), (300, 4)])
+def test_bn_fused_activation(xshape, act, batch):
+    """io.act (the Plan's BN + ReLU/ReLU6 fusion): y = act(BN(x)); the backward masks the incoming
+    gradient where the activation cut (mask from y, as relu_bwd / clip_bwd take it)"""
+    ins = bn_inputs(xshape, 2, np.float32)
+    ins[1] = ins[1] * 4                     # gamma: outputs reach past 6 and below 0
+    ctx = Ctx(bn_batch_stats=batch)
+    op = get_op("BatchNorm")
+    a = normalize_attrs(op, {})
+    (y,), saved = op.forward(a, [v.copy() for v in ins], ctx)
+    hi = 6.0 if act == "relu6" else np.inf
+    ya = np.clip(y, 0, hi)
+    g = rnd(xshape, 5, np.float32)
+    ref = op.backward(a, saved, [g * ((y > 0) & (y < hi))], [True, True, True, False, False], ctx)
+    (yc,), gxs, _ = cl_run("BatchNorm", {}, ins, bn_batch_stats=batch, gys=[g], needs=[True, True, True, False, False],
+                           act=act)
+    assert (yc == 0).any() and (act == "relu" or (yc == 6).any())
+    np.testing.assert_allclose(yc, ya, rtol=1e-4, atol=1e-5)
+    for r, c in zip(ref[:3], gxs[:3]):
+        np.testing.assert_allclose(c, r, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("seg", [1, 5, 7, 64])
 @pytest.mark.parametrize("xshape", [(8, 16, 9, 9), (300, 4), (3, 2, 1, 1)])
 def test_bn_segmented_reductions(xshape, seg):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.opencl.gemm import ACTS
 from . import register
 from ._cl import elt, local_floats, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
@@ -141,11 +142,14 @@ def _ncl(shape):
 
 
 def cl_bn_forward(b, io):
+    """x (N,C,...), w, b, running mean/var (C,) -> y = act(BN(x)); io.act: a ReLU/ReLU6 fused by the
+    Plan (its backward then reads y for the activation's mask)"""
     (x, w, bias, rm, rv), (y,) = io.x, io.y
     n, c, length = _ncl(x.shape)
     eps = np.float32(io.attrs["eps"])
+    act = ACTS[io.act]
     if not io.bn_batch_stats:
-        b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, rm, rv, y, x.size, c, length, 1, eps)
+        b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, rm, rv, y, x.size, c, length, 1, eps, act)
         return
     cnt = n * length
     if cnt < 2:
@@ -160,7 +164,7 @@ def cl_bn_forward(b, io):
              local_floats(wg))
     b.launch("bn.cl", "bn_stats_finish", (c,), elt(b), part, 2 * c, segs, seg, rm, rv, mean, invstd, n, c, length,
              eps, np.float32(1 - m), np.float32(m), np.float32(cnt / (cnt - 1)))
-    b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, invstd, y, x.size, c, length, 0, eps)
+    b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, invstd, y, x.size, c, length, 0, eps, act)
 
 
 def cl_bn_backward(b, io):
@@ -172,17 +176,18 @@ def cl_bn_backward(b, io):
     frozen = not io.bn_batch_stats
     mean, vi = (rm, rv) if frozen else (io.state["mean"], io.state["invstd"])
     sums = io.workspace
+    y, act = io.y[0], ACTS[io.act]   # undoes the fused act(): g masked where the activation cut
     if not frozen or gw is not None or gb is not None:
         # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
         wg = reduce_wg(b, "bn.cl", "bn_bwd_part", n * length)
         seg, segs = _segments(b, n * length, wg)
-        b.launch("bn.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, mean, vi, sums, 2 * c, n, c, length, seg,
-                 frozen, eps, local_floats(wg))
+        b.launch("bn.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, y, act, mean, vi, sums, 2 * c, n, c,
+                 length, seg, frozen, eps, local_floats(wg))
         b.launch("bn.cl", "bn_bwd_finish", (c,), elt(b), sums, 2 * c, segs, sums, gw or sums, gb or sums, c,
                  gw is not None, gb is not None)
     if gx is not None:
         # undoes: xhat = (x - mean) * invstd  (frozen: constants; batch: statistics of x)
-        b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, w, mean, vi, sums, gx, x.size, c, length,
+        b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, y, act, w, mean, vi, sums, gx, x.size, c, length,
                  frozen, eps, n * length)
 
 
