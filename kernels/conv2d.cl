@@ -5,11 +5,31 @@
 // Every kernel writes each output element exactly once (no atomics): results are deterministic.
 
 #ifndef LWG
-#define LWG 64     // work-items per work-group of the reductions (dw_bwd_filter, bias_grad); power of 2.
+#define LWG 64     // work-items per work-group of the reductions (dw_bwd_filter_part, bias_grad); power of 2.
                    // 1 on CPU devices: one work-item walks the whole reduction, no barriers
 #endif
 #if LWG & (LWG - 1)
 #error "conv2d.cl: LWG must be a power of two"
+#endif
+
+// Kernel size, stride and dilation fixed at build time when GEO_R is defined (the launchers build one
+// program per such geometry): divisions by the stride and the tap loops get constant operands. The
+// gathers (dw_bwd_data, col2im) otherwise spent most of their time in integer division on a GPU.
+// Without GEO_R the kernels read the same values from their arguments. Kernel bodies use KR_ etc.
+#ifdef GEO_R
+#define KR_ GEO_R
+#define KS_ GEO_S
+#define SH_ GEO_SH
+#define SW_ GEO_SW
+#define DH_ GEO_DH
+#define DW_ GEO_DW
+#else
+#define KR_ R
+#define KS_ S
+#define SH_ sh
+#define SW_ sw
+#define DH_ dh
+#define DW_ dw
 #endif
 
 // x images [img0, img0+nb) -> cols (nb, C*R*S, ldp), rows ordered (c, r, s) like w.reshape(K, -1);
@@ -19,10 +39,10 @@ __kernel void im2col(__global const float* x, const int x_off, __global float* c
                      const int C, const int H, const int W, const int R, const int S, const int P, const int Q,
                      const int sh, const int sw, const int dh, const int dw, const int pt, const int pl) {
     const int pq = get_global_id(0), row = get_global_id(1), img = get_global_id(2);
-    if (pq >= P * Q || row >= C * R * S) return;
-    const int c = row / (R * S), r = (row / S) % R, s = row % S;
-    const int h = (pq / Q) * sh + r * dh - pt, w = (pq % Q) * sw + s * dw - pl;
-    cols[(img * C * R * S + row) * ldp + pq] =
+    if (pq >= P * Q || row >= C * KR_ * KS_) return;
+    const int c = row / (KR_ * KS_), r = (row / KS_) % KR_, s = row % KS_;
+    const int h = (pq / Q) * SH_ + r * DH_ - pt, w = (pq % Q) * SW_ + s * DW_ - pl;
+    cols[(img * C * KR_ * KS_ + row) * ldp + pq] =
         h >= 0 && h < H && w >= 0 && w < W ? x[x_off + ((img * C + c) * H + h) * W + w] : 0.0f;
 }
 
@@ -33,10 +53,10 @@ __kernel void im2row(__global const float* x, const int x_off, __global float* r
                      const int C, const int H, const int W, const int R, const int S, const int P, const int Q,
                      const int sh, const int sw, const int dh, const int dw, const int pt, const int pl) {
     const int row = get_global_id(0), pq = get_global_id(1), img = get_global_id(2);
-    if (pq >= P * Q || row >= C * R * S) return;
-    const int c = row / (R * S), r = (row / S) % R, s = row % S;
-    const int h = (pq / Q) * sh + r * dh - pt, w = (pq % Q) * sw + s * dw - pl;
-    rows[(img * P * Q + pq) * C * R * S + row] =
+    if (pq >= P * Q || row >= C * KR_ * KS_) return;
+    const int c = row / (KR_ * KS_), r = (row / KS_) % KR_, s = row % KS_;
+    const int h = (pq / Q) * SH_ + r * DH_ - pt, w = (pq % Q) * SW_ + s * DW_ - pl;
+    rows[(img * P * Q + pq) * C * KR_ * KS_ + row] =
         h >= 0 && h < H && w >= 0 && w < W ? x[x_off + ((img * C + c) * H + h) * W + w] : 0.0f;
 }
 
@@ -48,20 +68,20 @@ __kernel void col2im(__global const float* cols, const int ldp, __global float* 
     const int hw = get_global_id(0), c = get_global_id(1), img = get_global_id(2);
     if (hw >= H * W || c >= C) return;
     const int h = hw / W, w = hw % W;
-    __global const float* col = cols + (img * C + c) * R * S * ldp;
+    __global const float* col = cols + (img * C + c) * KR_ * KS_ * ldp;
     float acc = 0.0f;
-    for (int r = 0; r < R; r++) {
-        const int t = h + pt - r * dh;          // = p * sh
+    for (int r = 0; r < KR_; r++) {
+        const int t = h + pt - r * DH_;          // = p * sh
         if (t < 0) break;                       // t only falls as r grows
-        if (t % sh) continue;
-        const int p = t / sh;
+        if (t % SH_) continue;
+        const int p = t / SH_;
         if (p >= P) continue;
-        for (int s = 0; s < S; s++) {
-            const int u = w + pl - s * dw;      // = q * sw
+        for (int s = 0; s < KS_; s++) {
+            const int u = w + pl - s * DW_;      // = q * sw
             if (u < 0) break;
-            if (u % sw) continue;
-            const int q = u / sw;
-            if (q < Q) acc += col[(r * S + s) * ldp + p * Q + q];
+            if (u % SW_) continue;
+            const int q = u / SW_;
+            if (q < Q) acc += col[(r * KS_ + s) * ldp + p * Q + q];
         }
     }
     dx[dx_off + (img * C + c) * H * W + hw] = acc;
@@ -79,14 +99,14 @@ __kernel void dw_fwd(__global const float* x, __global const float* wt, __global
     if (pq >= P * Q || k >= C * mult) return;
     const int p = pq / Q, q = pq % Q;
     __global const float* xp = x + (n * C + k / mult) * H * W;
-    __global const float* wp = wt + k * R * S;
+    __global const float* wp = wt + k * KR_ * KS_;
     float acc = 0.0f;
-    for (int r = 0; r < R; r++) {
-        const int h = p * sh + r * dh - pt;
+    for (int r = 0; r < KR_; r++) {
+        const int h = p * SH_ + r * DH_ - pt;
         if (h < 0 || h >= H) continue;
-        for (int s = 0; s < S; s++) {
-            const int w = q * sw + s * dw - pl;
-            if (w >= 0 && w < W) acc += xp[h * W + w] * wp[r * S + s];
+        for (int s = 0; s < KS_; s++) {
+            const int w = q * SW_ + s * DW_ - pl;
+            if (w >= 0 && w < W) acc += xp[h * W + w] * wp[r * KS_ + s];
         }
     }
     if (mode & 1) acc += bias[k];
@@ -112,19 +132,19 @@ __kernel void dw_bwd_data(__global const float* gy, __global const float* wt, __
     for (int j = 0; j < mult; j++) {
         const int k = c * mult + j;
         __global const float* g = gy + (n * C * mult + k) * P * Q;
-        __global const float* wp = wt + k * R * S;
-        for (int r = 0; r < R; r++) {
-            const int t = h + pt - r * dh;
+        __global const float* wp = wt + k * KR_ * KS_;
+        for (int r = 0; r < KR_; r++) {
+            const int t = h + pt - r * DH_;
             if (t < 0) break;
-            if (t % sh) continue;
-            const int p = t / sh;
+            if (t % SH_) continue;
+            const int p = t / SH_;
             if (p >= P) continue;
-            for (int s = 0; s < S; s++) {
-                const int u = w + pl - s * dw;
+            for (int s = 0; s < KS_; s++) {
+                const int u = w + pl - s * DW_;
                 if (u < 0) break;
-                if (u % sw) continue;
-                const int q = u / sw;
-                if (q < Q) acc += g[p * Q + q] * wp[r * S + s];
+                if (u % SW_) continue;
+                const int q = u / SW_;
+                if (q < Q) acc += g[p * Q + q] * wp[r * KS_ + s];
             }
         }
     }
@@ -143,31 +163,42 @@ inline float group_sum(float acc, __local float* part) {
     return part[0];
 }
 
-// undoes dw_fwd for w: dw[k,0,r,s] = sum_{n,p,q} gy[n,k,p,q] * x[n, k/mult, h, w]. One work-group of
-// LWG work-items per weight (k, r, s); work-item l takes the rows (n, p) = l, l+LWG, ... and walks q.
-// Global size (K*R*S*LWG), local size (LWG).
-__kernel void dw_bwd_filter(__global const float* x, __global const float* gy, __global float* dwt,
-                            const int N, const int C, const int H, const int W, const int mult,
-                            const int R, const int S, const int P, const int Q, const int sh, const int sw,
-                            const int dh, const int dw, const int pt, const int pl) {
-    __local float part[LWG];
-    const int widx = get_group_id(0), lid = get_local_id(0);
-    const int k = widx / (R * S), r = (widx / S) % R, s = widx % S, c = k / mult, K = C * mult;
+// undoes dw_fwd for w: dw[k,0,r,s] = sum_{n,p,q} gy[n,k,p,q] * x[n, k/mult, h, w], in two launches so
+// that wide maps with few channels fill a GPU. The N*P rows (n, p) are cut in S segments of `seg`
+// rows; work-group (sg, weight widx = (k, r, s)) of LWG work-items takes rows sg*seg + l, + LWG, ...,
+// walks q, and writes its sum to part[widx*S + sg]; dw_bwd_filter_finish adds each weight's S parts in
+// order (deterministic). Global sizes: part (S*LWG, K*R*S) with local (LWG, 1); finish (K*R*S).
+__kernel void dw_bwd_filter_part(__global const float* x, __global const float* gy, __global float* part,
+                                 const int N, const int C, const int H, const int W, const int mult,
+                                 const int R, const int S, const int P, const int Q, const int sh, const int sw,
+                                 const int dh, const int dw, const int pt, const int pl, const int seg) {
+    __local float lpart[LWG];
+    const int widx = get_global_id(1), sg = get_group_id(0), NS = get_num_groups(0), lid = get_local_id(0);
+    const int k = widx / (KR_ * KS_), r = (widx / KS_) % KR_, s = widx % KS_, c = k / mult, K = C * mult;
     // the q range whose input column w = q*sw + s*dw - pl lies inside [0, W)
-    const int off = s * dw - pl;
-    const int q0 = off >= 0 ? 0 : (-off + sw - 1) / sw;
-    const int q1 = min(Q, (W - 1 - off) / sw + 1);     // W - 1 - off >= 0 unless no column is inside
+    const int off = s * DW_ - pl;
+    const int q0 = off >= 0 ? 0 : (-off + SW_ - 1) / SW_;
+    const int q1 = min(Q, (W - 1 - off) / SW_ + 1);     // W - 1 - off >= 0 unless no column is inside
+    const int np1 = min(N * P, (sg + 1) * seg);
     float acc = 0.0f;
-    for (int np = lid; np < N * P; np += LWG) {
+    for (int np = sg * seg + lid; np < np1; np += LWG) {
         const int n = np / P, p = np % P;
-        const int h = p * sh + r * dh - pt;
+        const int h = p * SH_ + r * DH_ - pt;
         if (h < 0 || h >= H || W - 1 - off < 0) continue;
         __global const float* g = gy + ((n * K + k) * P + p) * Q;
         __global const float* xr = x + ((n * C + c) * H + h) * W + off;
-        for (int q = q0; q < q1; q++) acc += g[q] * xr[q * sw];
+        for (int q = q0; q < q1; q++) acc += g[q] * xr[q * SW_];
     }
-    acc = group_sum(acc, part);
-    if (lid == 0) dwt[widx] = acc;
+    acc = group_sum(acc, lpart);
+    if (lid == 0) part[widx * NS + sg] = acc;
+}
+
+__kernel void dw_bwd_filter_finish(__global const float* part, const int NS, __global float* dwt, const int KRS) {
+    const int widx = get_global_id(0);
+    if (widx >= KRS) return;
+    float acc = 0.0f;
+    for (int sg = 0; sg < NS; sg++) acc += part[widx * NS + sg];
+    dwt[widx] = acc;
 }
 
 // undoes y += b[k]: db[k] = sum_{n, pq} gy[n, k, pq]. One work-group of LWG work-items per channel.

@@ -193,6 +193,24 @@ def test_gemm_epilogue_activation(variant, act):
         check(got, want, 64 * 3)
 
 
+DEPTHWISE = [c for c in CONV_CASES if c[0].startswith("depthwise")]
+
+
+@pytest.mark.parametrize("dw_seg", [1, 3])
+@pytest.mark.parametrize("case", DEPTHWISE, ids=_ids(DEPTHWISE))
+def test_conv2d_depthwise_dw_segments(case, dw_seg):
+    """the depthwise dW reduction cut in many row segments (a remainder, the DW_MAX_SEGS cap at 1)"""
+    _, x_shape, attrs, bias = case
+    rt = runtime()
+    rt.tuning.override["conv2d"] = {"dw_seg": dw_seg}
+    try:
+        cl_check("Conv2d", attrs, conv_inputs(x_shape, attrs, bias, np.float32))
+        big = (3, x_shape[1], 23, 21)   # N*P = 69 rows at stride 1: more than DW_MAX_SEGS
+        cl_check("Conv2d", attrs, conv_inputs(big, attrs, bias, np.float32))
+    finally:
+        rt.tuning.override.pop("conv2d")
+
+
 @pytest.mark.parametrize("act", ["relu", "relu6"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
 def test_conv2d_fused_activation(case, act):

@@ -233,7 +233,7 @@ def conv_backward(attrs, saved, gys, needs, ctx):
 
 # ----------------------------------------------------------------------------- OpenCL
 # Three paths, picked per node:
-#   depthwise (groups == C > 1): direct kernels dw_fwd / dw_bwd_data / dw_bwd_filter (conv2d.cl)
+#   depthwise (groups == C > 1): direct kernels dw_fwd / dw_bwd_data / dw_bwd_filter_{part,finish} (conv2d.cl)
 #   pointwise (1x1, stride 1, no pads): the NCHW image *is* the GEMM operand, no columns
 #   general: im2col of nb images into the workspace (nb, C*R*S, P*Q), then per group one GEMM batched
 #            over the nb images; nb = as many images as _CL_COLS_BUDGET holds (whole batch when it fits)
@@ -271,13 +271,25 @@ def _cols_images(attrs, x_shape, y_shape) -> tuple[int, int]:
     return max(1, min(n, _CL_COLS_BUDGET // per_image)), per_image
 
 
+DW_SEG_ROWS = 4    # rows (n, p) per work-item of a depthwise dW segment (tuning "conv2d" -> "dw_seg" rows)
+DW_MAX_SEGS = 64   # segments per weight at most (their partial sums live in the workspace)
+
+
+def _dw_segments(b, rows: int, lwg: int) -> tuple[int, int]:
+    """(rows per segment, segments) of the depthwise dW reduction over N*P rows"""
+    seg = int(b.tuning("conv2d").get("dw_seg", lwg * DW_SEG_ROWS))
+    seg = max(1, seg, -(-rows // DW_MAX_SEGS))
+    return seg, -(-rows // seg)
+
+
 def cl_conv_workspace(attrs, in_shapes, out_shapes):
     """bytes: im2col columns of nb images (nb = whole batch if within _CL_COLS_BUDGET; pointwise
     convolutions use them only for dW on CPU devices), then GEMM partial products (GPU split-K)."""
     n, c = in_shapes[0][:2]
     g = attrs["groups"]
-    if _is_depthwise(c, g):
-        return 0
+    if _is_depthwise(c, g):   # the dW segments' partial sums
+        r, s = attrs["kernel"]
+        return 4 * out_shapes[0][1] * r * s * min(DW_MAX_SEGS, n * out_shapes[0][2])
     nb, per_image = _cols_images(attrs, in_shapes[0], out_shapes[0])
     k, (r, s), pq = out_shapes[0][1], attrs["kernel"], out_shapes[0][2] * out_shapes[0][3]
     kg, crsg = k // g, c // g * r * s
@@ -286,9 +298,12 @@ def cl_conv_workspace(attrs, in_shapes, out_shapes):
     return 4 * (nb * per_image + partials)
 
 
-def _dw_defines(b) -> dict:
-    """conv2d.cl's build: LWG work-items per reduction (1 on CPUs: one work-item walks it, no barriers)"""
-    return {"LWG": int(b.tuning("conv2d").get("LWG", 1 if b.kind == "cpu" else 64))}
+def _dw_defines(b, attrs: dict) -> dict:
+    """conv2d.cl's build: LWG work-items per reduction (1 on CPUs: one work-item walks it, no barriers),
+    and the node's kernel size, stride and dilation as constants (one build per such geometry)."""
+    (r, s), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    return {"LWG": int(b.tuning("conv2d").get("LWG", 1 if b.kind == "cpu" else 64)),
+            "GEO_R": r, "GEO_S": s, "GEO_SH": sh, "GEO_SW": sw, "GEO_DH": dh, "GEO_DW": dw}
 
 
 def _regions(io) -> tuple[int, dict]:
@@ -310,7 +325,7 @@ def cl_conv_forward(b, io):
     if _is_depthwise(c, g):
         mode = int(bias is not None) | ACTS[io.act] << 1
         b.launch("conv2d.cl", "dw_fwd", (p * q, k, n), row_local_size(b), x, w, bias if bias is not None else w,
-                 mode, y, c, h, wd, k // c, *geo, defines=_dw_defines(b),
+                 mode, y, c, h, wd, k // c, *geo, defines=_dw_defines(b, io.attrs),
                  flops=2 * n * k * p * q * r * s)
         return
     kg, cg = k // g, c // g
@@ -326,7 +341,7 @@ def cl_conv_forward(b, io):
     for i0 in range(0, n, nb):
         m = min(nb, n - i0)
         b.launch("conv2d.cl", "im2col", (pq, crs, m), row_local_size(b), x, i0 * c * h * wd, cols, ldp, c, h, wd, *geo,
-                 defines=_dw_defines(b))
+                 defines=_dw_defines(b, io.attrs))
         for gi in range(g):
             gemm(b, False, False, kg, pq, crsg, w, gi * kg * crsg, crsg, cols, gi * crsg * ldp, ldp,
                  y, i0 * k * pq + gi * kg * pq, pq, batch=m, stride_b=crs * ldp, stride_c=k * pq,
@@ -339,7 +354,7 @@ def cl_conv_backward(b, io):
     gx, gw = io.gx[0], io.gx[1]
     gb = io.gx[2] if len(io.gx) > 2 else None
     geo = (r, s, p, q, sh, sw, dh, dw, pt, pl)
-    defs = _dw_defines(b)
+    defs = _dw_defines(b, io.attrs)
     lwg = defs["LWG"]
     if gb is not None:
         # undoes: y += b[None, :, None, None]
@@ -350,8 +365,11 @@ def cl_conv_backward(b, io):
             b.launch("conv2d.cl", "dw_bwd_data", (h * wd, c, n), row_local_size(b), gy, w, gx, c, h, wd, k // c, *geo,
                      defines=defs, flops=2 * n * k * p * q * r * s)
         if gw is not None:
-            b.launch("conv2d.cl", "dw_bwd_filter", (k * r * s * lwg,), (lwg,), x, gy, gw, n, c, h, wd, k // c,
-                     *geo, defines=defs, flops=2 * n * k * p * q * r * s)
+            seg, segs = _dw_segments(b, n * p, lwg)
+            b.launch("conv2d.cl", "dw_bwd_filter_part", (segs * lwg, k * r * s), (lwg, 1), x, gy, io.workspace,
+                     n, c, h, wd, k // c, *geo, seg, defines=defs, flops=2 * n * k * p * q * r * s)
+            b.launch("conv2d.cl", "dw_bwd_filter_finish", (k * r * s,), row_local_size(b)[:1], io.workspace, segs,
+                     gw, k * r * s, defines=defs)
         return
     if gx is None and gw is None:
         return
