@@ -807,27 +807,28 @@ def serve_main(argv: list[str], payload: str | None) -> int:
         log(f"another daemon (pid {info['pid']}, port {info.get('port')}) already serves {root}; stop it first")
         return 1
     d = Daemon(root, payload)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # NOTE: before anything listens, so a SIGTERM right after "listening on" still cleans up
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         server = Server(a.port, d)
     except OSError as e:
         log(f"cannot listen on 127.0.0.1:{a.port} ({e.strerror}); is a daemon already running? try --port")
         return 1
     port = server.server_address[1]
-    write_json(root / DAEMON_DIR / "daemon.json", {"pid": os.getpid(), "port": port, "started": d.started,
-                                                   "root": str(root)})
-    log(f"thomas daemon {__version__} listening on 127.0.0.1:{port} (root {root})")
-    if a.pair or not d.hosts():
-        code = open_pairing(root)
-        log("=" * 60)
-        log(f"pairing code: {code}   (on the laptop: thomas pair; valid {PAIR_TTL_S // 60} min)")
-        log("=" * 60)
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     try:
+        write_json(root / DAEMON_DIR / "daemon.json", {"pid": os.getpid(), "port": port, "started": d.started,
+                                                       "root": str(root)})
+        log(f"thomas daemon {__version__} listening on 127.0.0.1:{port} (root {root})")
+        if a.pair or not d.hosts():
+            code = open_pairing(root)
+            log("=" * 60)
+            log(f"pairing code: {code}   (on the laptop: thomas pair; valid {PAIR_TTL_S // 60} min)")
+            log("=" * 60)
         server.serve_forever()
     except KeyboardInterrupt:
         log("stopping: cancelling running jobs")

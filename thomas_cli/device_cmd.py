@@ -190,6 +190,15 @@ def run_doctor(s: Session, repush: bool = False, modes: dict | None = None) -> d
     return {"device": desc, "ok": ok, "checks": checks, "report": report, "agent": agent}
 
 
+def doctor_table(res: dict, t) -> Table:
+    """run_doctor's checks as the table `thomas doctor` prints (one row a check, with its fix)."""
+    tb = Table("", "check", "value", "fix", title=f"thomas doctor: {t.serial} ({t.kind})")
+    marks = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+    for c in res["checks"]:
+        tb.add_row(marks[c["state"]], c["check"], c["value"], c["fix"])
+    return tb
+
+
 @app.command()
 @guarded
 def doctor(
@@ -211,11 +220,7 @@ def doctor(
     if as_json:
         print_json(res)
     else:
-        tb = Table("", "check", "value", "fix", title=f"thomas doctor: {t.serial} ({t.kind})")
-        marks = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
-        for c in res["checks"]:
-            tb.add_row(marks[c["state"]], c["check"], c["value"], c["fix"])
-        out.print(tb)
+        out.print(doctor_table(res, t))
     if not res["ok"]:
         raise typer.Exit(1)
 

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 import device_agent
 from device_agent.errors import ThomasError
@@ -535,7 +534,7 @@ def termux(
 
 
 def _doctor(serial: str, walk: Walk) -> dict:
-    from .device_cmd import detect_modes, run_doctor
+    from .device_cmd import detect_modes, doctor_table, run_doctor
 
     modes = detect_modes(serial)
     t = session.open_transport(dataclasses.replace(session.TARGET, serial=serial, device="adb", mode="daemon"),
@@ -544,11 +543,7 @@ def _doctor(serial: str, walk: Walk) -> dict:
         res = run_doctor(Session(t, note=console_note), modes=modes)
     finally:
         t.close()
-    tb = Table("", "check", "value", "fix", title=f"thomas doctor: {t.serial} ({t.kind})")
-    marks = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
-    for c in res["checks"]:
-        tb.add_row(marks[c["state"]], c["check"], c["value"], c["fix"])
-    walk.con.print(tb)
+    walk.con.print(doctor_table(res, t))
     failed = [c["check"] for c in res["checks"] if c["state"] == "fail"]
     walk.checks.append(Check("doctor", "ok" if res["ok"] else "fail",
                              "every essential check passed" if res["ok"] else f"failed: {', '.join(failed)}"))

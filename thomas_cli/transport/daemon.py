@@ -367,7 +367,8 @@ class DaemonTransport(Transport):
         theirs = self.welcome.get("protocol")
         raise ProtocolMismatch(f"the THOMAS daemon on {self.serial} speaks protocol {theirs} (agent "
                                f"{self.welcome.get('agent')}), this thomas speaks {PROTOCOL_VERSION}: run "
-                               f"`thomas setup termux` again to install the matching daemon, then restart it")
+                               f"`thomas setup termux` again and type the command it shows in Termux (it "
+                               f"replaces the daemon)")
 
     # ------------------------------------------------------------------ files
     def stat(self, rel: str) -> Entry | None:
