@@ -18,7 +18,13 @@ REAL bn_wg_sum(REAL v, __local REAL* s) {
     return r;
 }
 
-#define BN_AT(n_l) (((n_l) / L * C + c) * L + (n_l) % L)   // element k of channel c: (n, l) = divmod(k, L)
+// Walks this work-item's elements k = k0 + lid, + step, ... < k1 of channel c; BN_I is the address of
+// element k = (n, l) = divmod(k, L). (n, l) advance by (dn_, dl_) = divmod(step, L) with a carry: no
+// division per element.
+#define BN_FOR(k0, k1) \
+    for (int k = (k0) + (int)get_local_id(0), n_ = k / L, l_ = k % L; k < (k1); \
+         k += step, n_ += dn_ + (l_ + dl_ >= L), l_ = l_ + dl_ >= L ? l_ + dl_ - L : l_ + dl_)
+#define BN_I ((n_ * C + c) * L + l_)
 
 REAL bn_invstd(__global const REAL* s, const int c, const int frozen, const REAL eps) {
     return frozen ? (REAL)1 / sqrt(s[c] + eps) : s[c];
@@ -58,11 +64,12 @@ __kernel void bn_stats_part(__global const REAL* x, __global REAL* part, const i
     const int cnt = N * L, step = get_local_size(0);
     const int k0 = sg * seg, k1 = min(cnt, k0 + seg);
     REAL acc = (REAL)0;
-    for (int k = k0 + get_local_id(0); k < k1; k += step) acc += x[BN_AT(k)];
+    const int dn_ = step / L, dl_ = step % L;
+    BN_FOR(k0, k1) acc += x[BN_I];
     const REAL mu = bn_wg_sum(acc, s) / (REAL)(k1 - k0);
     acc = (REAL)0;
-    for (int k = k0 + get_local_id(0); k < k1; k += step) {
-        const REAL d = x[BN_AT(k)] - mu;
+    BN_FOR(k0, k1) {
+        const REAL d = x[BN_I] - mu;
         acc += d * d;
     }
     const REAL m2 = bn_wg_sum(acc, s);
@@ -106,6 +113,17 @@ __kernel void bn_apply(__global const REAL* x, __global const REAL* w, __global 
     y[i] = bn_act(xhat * w[c] + b[c], act);
 }
 
+// bn_apply over a (L, C, N) grid (global size (L, C, N), local (wg, 1, 1)): no division per element;
+// the launcher uses it when L is long enough to fill the work-groups' first dimension.
+__kernel void bn_apply_lcn(__global const REAL* x, __global const REAL* w, __global const REAL* b,
+                           __global const REAL* mean, __global const REAL* var_or_invstd, __global REAL* y,
+                           const int C, const int L, const int frozen, const REAL eps, const int act) {
+    const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L + l;
+    if (l >= L) return;
+    const REAL xhat = (x[i] - mean[c]) * bn_invstd(var_or_invstd, c, frozen, eps);
+    y[i] = bn_act(xhat * w[c] + b[c], act);
+}
+
 // Backward sums per channel, segmented like the statistics: bn_bwd_part writes each segment's
 // part[(c*S + s)*2 + {0,1}] = (sum g, sum g * xhat); bn_bwd_finish adds a channel's S segments in
 // order: sums[c] = sum g, sums[C + c] = sum g * xhat, copied to db / dw when want_db / want_dw
@@ -123,8 +141,9 @@ __kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __glob
     const int k0 = sg * seg, k1 = min(cnt, k0 + seg);
     const REAL mu = mean[c], is = bn_invstd(var_or_invstd, c, frozen, eps);
     REAL sg_ = (REAL)0, sgx = (REAL)0;
-    for (int k = k0 + get_local_id(0); k < k1; k += step) {
-        const int i = BN_AT(k);
+    const int dn_ = step / L, dl_ = step % L;
+    BN_FOR(k0, k1) {
+        const int i = BN_I;
         const REAL gi = bn_gy(g, y, i, act);
         sg_ += gi;
         sgx += gi * ((x[i] - mu) * is);
@@ -165,6 +184,24 @@ __kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global con
     const int i = get_global_id(0);
     if (i >= n) return;
     const int c = (i / L) % C;
+    const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
+    const REAL dxhat = bn_gy(g, y, i, act) * w[c];
+    if (frozen) {
+        dx[i] = dxhat * is;
+        return;
+    }
+    const REAL xhat = (x[i] - mean[c]) * is;
+    const REAL fc = (REAL)cnt;
+    dx[i] = (is / fc) * (fc * dxhat - w[c] * sums[c] - xhat * (w[c] * sums[C + c]));
+}
+
+// bn_dx over a (L, C, N) grid, as bn_apply_lcn.
+__kernel void bn_dx_lcn(__global const REAL* x, __global const REAL* g, __global const REAL* y, const int act,
+                        __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
+                        __global const REAL* sums, __global REAL* dx, const int C, const int L,
+                        const int frozen, const REAL eps, const int cnt) {
+    const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L + l;
+    if (l >= L) return;
     const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
     const REAL dxhat = bn_gy(g, y, i, act) * w[c];
     if (frozen) {

@@ -196,13 +196,15 @@ def test_gemm_epilogue_activation(variant, act):
 DEPTHWISE = [c for c in CONV_CASES if c[0].startswith("depthwise")]
 
 
-@pytest.mark.parametrize("dw_seg", [1, 3])
+@pytest.mark.parametrize("tun", [{"dw_seg": 1}, {"dw_seg": 3}, {"LWG": 64}, {"LWG": 64, "dw_seg": 5}],
+                         ids=["seg1", "seg3", "lwg64", "lwg64_seg5"])
 @pytest.mark.parametrize("case", DEPTHWISE, ids=_ids(DEPTHWISE))
-def test_conv2d_depthwise_dw_segments(case, dw_seg):
-    """the depthwise dW reduction cut in many row segments (a remainder, the DW_MAX_SEGS cap at 1)"""
+def test_conv2d_depthwise_dw_segments(case, tun):
+    """the depthwise dW reduction cut in many row segments (a remainder, the DW_MAX_SEGS cap at 1), and
+    with the GPU's work-group of 64 (rows x q lanes, local tree sums) on whatever device runs the tests"""
     _, x_shape, attrs, bias = case
     rt = runtime()
-    rt.tuning.override["conv2d"] = {"dw_seg": dw_seg}
+    rt.tuning.override["conv2d"] = tun
     try:
         cl_check("Conv2d", attrs, conv_inputs(x_shape, attrs, bias, np.float32))
         big = (3, x_shape[1], 23, 21)   # N*P = 69 rows at stride 1: more than DW_MAX_SEGS

@@ -98,8 +98,8 @@ def test_bn_fused_activation(xshape, act, batch):
         np.testing.assert_allclose(c, r, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("seg", [1, 5, 7, 64])
-@pytest.mark.parametrize("xshape", [(8, 16, 9, 9), (300, 4), (3, 2, 1, 1)])
+@pytest.mark.parametrize("seg", [1, 5, 7, 64, 100_000])
+@pytest.mark.parametrize("xshape", [(8, 16, 9, 9), (300, 4), (3, 2, 1, 1), (3, 2, 20, 21)])
 def test_bn_segmented_reductions(xshape, seg):
     """Channels cut in many segments (a remainder segment, the MAX_SEGS cap at seg=1): the merged
     statistics and backward sums still match the reference."""

@@ -141,6 +141,18 @@ def _ncl(shape):
     return shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))
 
 
+LCN_MIN_L = 32   # elementwise passes on a (L, C, N) grid (no division per element) from this L up
+
+
+def _apply(b, x, w, bias, mean, var_or_invstd, y, c, length, frozen, eps, act):
+    if length >= LCN_MIN_L:
+        b.launch("bn.cl", "bn_apply_lcn", (length, c, x.shape[0]), elt(b) + (1, 1), x, w, bias, mean, var_or_invstd,
+                 y, c, length, frozen, eps, act)
+    else:
+        b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, var_or_invstd, y, x.size, c, length,
+                 frozen, eps, act)
+
+
 def cl_bn_forward(b, io):
     """x (N,C,...), w, b, running mean/var (C,) -> y = act(BN(x)); io.act: a ReLU/ReLU6 fused by the
     Plan (its backward then reads y for the activation's mask)"""
@@ -149,7 +161,7 @@ def cl_bn_forward(b, io):
     eps = np.float32(io.attrs["eps"])
     act = ACTS[io.act]
     if not io.bn_batch_stats:
-        b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, rm, rv, y, x.size, c, length, 1, eps, act)
+        _apply(b, x, w, bias, rm, rv, y, c, length, 1, eps, act)
         return
     cnt = n * length
     if cnt < 2:
@@ -164,7 +176,7 @@ def cl_bn_forward(b, io):
              local_floats(wg))
     b.launch("bn.cl", "bn_stats_finish", (c,), elt(b), part, 2 * c, segs, seg, rm, rv, mean, invstd, n, c, length,
              eps, np.float32(1 - m), np.float32(m), np.float32(cnt / (cnt - 1)))
-    b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, invstd, y, x.size, c, length, 0, eps, act)
+    _apply(b, x, w, bias, mean, invstd, y, c, length, 0, eps, act)
 
 
 def cl_bn_backward(b, io):
@@ -187,8 +199,12 @@ def cl_bn_backward(b, io):
                  gw is not None, gb is not None)
     if gx is not None:
         # undoes: xhat = (x - mean) * invstd  (frozen: constants; batch: statistics of x)
-        b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, y, act, w, mean, vi, sums, gx, x.size, c, length,
-                 frozen, eps, n * length)
+        if length >= LCN_MIN_L:
+            b.launch("bn.cl", "bn_dx_lcn", (length, c, n), elt(b) + (1, 1), x, g, y, act, w, mean, vi, sums, gx, c,
+                     length, frozen, eps, n * length)
+        else:
+            b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, y, act, w, mean, vi, sums, gx, x.size, c, length,
+                     frozen, eps, n * length)
 
 
 register(OpDef("BatchNorm", ("x", "weight", "bias", "running_mean", "running_var"),

@@ -271,13 +271,13 @@ def _cols_images(attrs, x_shape, y_shape) -> tuple[int, int]:
     return max(1, min(n, _CL_COLS_BUDGET // per_image)), per_image
 
 
-DW_SEG_ROWS = 4    # rows (n, p) per work-item of a depthwise dW segment (tuning "conv2d" -> "dw_seg" rows)
+DW_SEG_ROWS = 4    # rows (n, p) per row lane of a depthwise dW segment (tuning "conv2d" -> "dw_seg" rows)
 DW_MAX_SEGS = 64   # segments per weight at most (their partial sums live in the workspace)
 
 
-def _dw_segments(b, rows: int, lwg: int) -> tuple[int, int]:
-    """(rows per segment, segments) of the depthwise dW reduction over N*P rows"""
-    seg = int(b.tuning("conv2d").get("dw_seg", lwg * DW_SEG_ROWS))
+def _dw_segments(b, rows: int, lanes: int) -> tuple[int, int]:
+    """(rows per segment, segments) of the depthwise dW reduction over N*P rows, `lanes` rows at a time"""
+    seg = int(b.tuning("conv2d").get("dw_seg", lanes * DW_SEG_ROWS))
     seg = max(1, seg, -(-rows // DW_MAX_SEGS))
     return seg, -(-rows // seg)
 
@@ -365,9 +365,10 @@ def cl_conv_backward(b, io):
             b.launch("conv2d.cl", "dw_bwd_data", (h * wd, c, n), row_local_size(b), gy, w, gx, c, h, wd, k // c, *geo,
                      defines=defs, flops=2 * n * k * p * q * r * s)
         if gw is not None:
-            seg, segs = _dw_segments(b, n * p, lwg)
+            lq = min(lwg, 1 << max(0, q - 1).bit_length())    # lanes along q: a power of two >= Q, <= LWG
+            seg, segs = _dw_segments(b, n * p, lwg // lq)
             b.launch("conv2d.cl", "dw_bwd_filter_part", (segs * lwg, k * r * s), (lwg, 1), x, gy, io.workspace,
-                     n, c, h, wd, k // c, *geo, seg, defines=defs, flops=2 * n * k * p * q * r * s)
+                     n, c, h, wd, k // c, *geo, seg, lq, defines=defs, flops=2 * n * k * p * q * r * s)
             b.launch("conv2d.cl", "dw_bwd_filter_finish", (k * r * s,), row_local_size(b)[:1], io.workspace, segs,
                      gw, k * r * s, defines=defs)
         return
