@@ -17,3 +17,31 @@ def _thomas_home(tmp_path, monkeypatch):
     """Every test gets its own THOMAS_HOME, never the user's ~/.thomas."""
     monkeypatch.setenv("THOMAS_HOME", str(tmp_path / "thomas_home"))
     yield
+
+
+# ============================================================================ virtual phones (tests/virtual_adb.py)
+def need_adb() -> None:
+    import shutil
+
+    if shutil.which("adb") is None:
+        pytest.skip("the virtual adb device needs the `adb` binary (Debian package adb; `make setup` installs it)")
+
+
+@pytest.fixture(scope="module")
+def shared_vdev(tmp_path_factory):
+    """One virtual phone for a module's happy-path tests (each test gets its own root on it)."""
+    from virtual_adb import VirtualDevice
+
+    need_adb()
+    with VirtualDevice(tmp_path_factory.mktemp("phone")) as vd:
+        yield vd
+
+
+@pytest.fixture
+def own_vdev(tmp_path):
+    """A virtual phone of one test alone (for the tests that kill, freeze or cut it)."""
+    from virtual_adb import VirtualDevice
+
+    need_adb()
+    with VirtualDevice(tmp_path / "phone") as vd:
+        yield vd

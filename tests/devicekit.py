@@ -56,6 +56,18 @@ def thomas_proc(dev: DeviceTarget, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def start_long_run(dev: DeviceTarget, home: Path, epochs: int, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """`thomas finetune mnv2 --layers all` as a real subprocess (for kill/hang tests), once its run
+    folder exists: (the process, the host's run folder). The model and data must be on the device."""
+    p = thomas_proc(dev, "finetune", "mnv2", "--data", "digits", "--layers", "all", "--epochs", str(epochs),
+                    *RUN_ARGS, *extra)
+    deadline = time.monotonic() + 60
+    while not (home / "runs").is_dir() or not any((home / "runs").iterdir()):
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.02)
+    return p, only_run(home)
+
+
 def wait_for_event(events: Path, pred, timeout: float = 60, proc: subprocess.Popen | None = None) -> dict:
     """Poll the host's events.jsonl mirror until an event satisfies `pred`."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ from devicekit import thomas, thomas_json
 
 def home() -> Path:
     return Path(__import__("os").environ["THOMAS_HOME"])
-from test_device_cli import make_target, shared_vdev  # noqa: F401  (fixture)
+from test_device_cli import make_target
 
 from device_agent.graph import load_package
 

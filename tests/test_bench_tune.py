@@ -7,7 +7,7 @@ import json
 import pytest
 
 from devicekit import thomas
-from test_device_cli import make_target, shared_vdev  # noqa: F401  (fixture)
+from test_device_cli import make_target
 
 cl = pytest.importorskip("pyopencl")
 try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -24,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from devicekit import RUN_ARGS, ZOO_ARGS, DeviceTarget, image_folder, only_run, thomas, thomas_json, thomas_proc, \
-    wait_for_event
-from virtual_adb import VirtualDevice
+from devicekit import (RUN_ARGS, ZOO_ARGS, DeviceTarget, image_folder, only_run, start_long_run, thomas,
+                       thomas_json, thomas_proc, wait_for_event)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REPO = Path(__file__).resolve().parent.parent
@@ -89,25 +87,6 @@ class Daemon:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-def _need_adb():
-    if shutil.which("adb") is None:
-        pytest.skip("daemon tests need the `adb` binary (Debian package adb; `make setup` installs it)")
-
-
-@pytest.fixture(scope="module")
-def shared_vdev(tmp_path_factory):
-    _need_adb()
-    with VirtualDevice(tmp_path_factory.mktemp("phone")) as vd:
-        yield vd
-
-
-@pytest.fixture
-def own_vdev(tmp_path):
-    _need_adb()
-    with VirtualDevice(tmp_path / "phone") as vd:
-        yield vd
 
 
 def _target(vd, tmp_path, monkeypatch, home_name: str = "home") -> DeviceTarget:
@@ -229,14 +208,7 @@ def test_bench_infer_and_runs_rm_through_the_daemon(daemon_dev, tmp_path):
 # ============================================================================ drops and re-attaching
 def _start(dev, tmp_path, epochs: int, per_class: int = 16, extra=()):
     push_basics(dev, tmp_path, per_class=per_class)
-    home = Path(dev.env["THOMAS_HOME"])
-    p = thomas_proc(dev, "finetune", "mnv2", "--data", "digits", "--layers", "all", "--epochs", str(epochs),
-                    *RUN_ARGS, *extra)
-    deadline = time.monotonic() + 60
-    while not (home / "runs").is_dir() or not any((home / "runs").iterdir()):
-        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
-        time.sleep(0.02)
-    return p, only_run(home)
+    return start_long_run(dev, Path(dev.env["THOMAS_HOME"]), epochs, *extra)
 
 
 def test_connection_drop_reattaches_every_event_once(daemon_dev, tmp_path):

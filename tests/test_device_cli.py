@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devicekit import (RUN_ARGS, ZOO_ARGS, DeviceTarget, image_folder, only_run, thomas, thomas_json,
-                       thomas_proc, wait_for_event)
-from virtual_adb import VirtualDevice
+from devicekit import (RUN_ARGS, ZOO_ARGS, DeviceTarget, image_folder, only_run, start_long_run, thomas,
+                       thomas_json, wait_for_event)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 HAVE_ADB = shutil.which("adb") is not None
@@ -43,27 +42,6 @@ def _no_stray_adb_server():
     before = _adb_default_server_up()
     yield
     assert before or not _adb_default_server_up(), "a test started an adb server on the default port 5037"
-
-
-def _need_adb():
-    if not HAVE_ADB:
-        pytest.skip("the virtual adb device needs the `adb` binary (Debian package adb; `make setup` installs it)")
-
-
-@pytest.fixture(scope="module")
-def shared_vdev(tmp_path_factory):
-    """One virtual phone for the happy-path tests of this module (each test has its own root on it)."""
-    _need_adb()
-    with VirtualDevice(tmp_path_factory.mktemp("phone")) as vd:
-        yield vd
-
-
-@pytest.fixture
-def own_vdev(tmp_path):
-    """A virtual phone of this test alone (for the tests that kill or freeze it)."""
-    _need_adb()
-    with VirtualDevice(tmp_path / "phone") as vd:
-        yield vd
 
 
 def make_target(kind: str, request, tmp_path: Path, monkeypatch, vdev_fixture: str, root_name: str = "thomas",
@@ -214,13 +192,7 @@ def test_finetune_pushes_what_is_missing(dev, tmp_path, home):
 # ============================================================================ failure paths
 def _start_long_run(dev, tmp_path, home, epochs: int = 3):
     push_basics(dev, tmp_path, per_class=16)
-    p = thomas_proc(dev, "finetune", "mnv2", "--data", "digits", "--layers", "all", "--epochs", str(epochs),
-                    *RUN_ARGS, "--timeout", "3")
-    deadline = time.monotonic() + 60
-    while not (home / "runs").is_dir() or not any((home / "runs").iterdir()):
-        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
-        time.sleep(0.02)
-    return p, only_run(home)
+    return start_long_run(dev, home, epochs, "--timeout", "3")
 
 
 def test_device_killed_mid_run_keeps_events_and_resumes(own_dev, tmp_path, home):

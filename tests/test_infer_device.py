@@ -13,7 +13,7 @@ from PIL import Image
 from device_agent.graph import load_package, save_package
 from device_agent.infer import infer_package
 from devicekit import thomas, thomas_json
-from test_device_cli import _no_stray_adb_server, make_target, shared_vdev  # noqa: F401  (fixtures)
+from test_device_cli import _no_stray_adb_server, make_target  # noqa: F401  (fixture)
 from thomas_cli import zoo
 from thomas_cli.infer_input import load_inputs
 

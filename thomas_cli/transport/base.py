@@ -24,7 +24,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, ClassVar
 
 from device_agent.errors import ThomasError
