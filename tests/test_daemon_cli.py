@@ -316,11 +316,13 @@ def test_two_hosts_second_queues(daemon_dev, tmp_path, monkeypatch):
 # ============================================================================ corrupted chunks
 class Corrupter:
     """A frame-aware proxy in front of the forwarded port: flips one byte of the data of the first
-    `bad` put_chunk frames (host -> daemon)."""
+    `bad` put_chunk frames (host -> daemon); with `drop_after`, cuts the connection (both ways) right
+    after forwarding that many put_chunk frames, once."""
 
-    def __init__(self, target_port: int, bad: int):
-        self.target, self.bad = target_port, bad
-        self.flipped = 0
+    def __init__(self, target_port: int, bad: int = 0, drop_after: int | None = None):
+        self.target, self.bad, self.drop_after = target_port, bad, drop_after
+        self.flipped = self.chunks = 0
+        self.chunk_bytes = 0
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
         self.srv.listen(8)
@@ -347,6 +349,12 @@ class Corrupter:
                     self.flipped += 1
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
                 u.sendall(line + data)
+                if head.get("op") == "put_chunk":
+                    self.chunks += 1
+                    self.chunk_bytes += len(data)
+                    if self.chunks == self.drop_after:    # the chunk went out, its answer is lost
+                        c.shutdown(socket.SHUT_RDWR)
+                        break
         except OSError:
             pass
         finally:
@@ -385,4 +393,23 @@ def test_corrupted_chunk_retried_then_refused(daemon_dev, tmp_path, monkeypatch,
         with pytest.raises(dmod.DeviceError, match="corrupted 3 times"):
             t.push_file(src, "data/blob.bin")
         assert not (dev.root / "data" / "blob.bin").exists()
+    t.close()
+
+
+def test_upload_resumes_after_a_drop(daemon_dev, tmp_path, monkeypatch):
+    """The connection dies mid-upload: the transport reconnects and sends only what the daemon lacks."""
+    dev, d = daemon_dev
+    paired(dev, d)
+    from device_agent.protocol import CHUNK
+    from thomas_cli.transport import daemon as dmod
+
+    proxy = Corrupter(dmod.forward(dev.vdev.serial, d.port), drop_after=2)
+    monkeypatch.setattr(dmod, "forward", lambda serial, port: proxy.port)
+    t = dmod.DaemonTransport(dev.vdev.serial)
+    blob = os.urandom(3 * CHUNK + 12345)
+    (tmp_path / "big.bin").write_bytes(blob)
+    assert t.push_file(tmp_path / "big.bin", "data/big.bin") == len(blob)
+    assert (dev.root / "data" / "big.bin").read_bytes() == blob
+    # resumed, not restarted: at most the chunk in flight at the drop went twice
+    assert proxy.chunks >= 4 and len(blob) <= proxy.chunk_bytes <= len(blob) + CHUNK
     t.close()
