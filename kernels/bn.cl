@@ -113,6 +113,53 @@ __kernel void bn_apply(__global const REAL* x, __global const REAL* w, __global 
     y[i] = bn_act(xhat * w[c] + b[c], act);
 }
 
+#define BN_VEC4_(t) t##4
+#define BN_VEC4(t) BN_VEC4_(t)
+#define REAL4 BN_VEC4(REAL)
+
+REAL4 bn_act4(REAL4 v, const int act) {
+    if (act == 1) return fmax(v, (REAL4)0);
+    if (act == 2) {
+        v = select(v, (REAL4)0, v < (REAL4)0);
+        v = select(v, (REAL4)6, v > (REAL4)6);
+    }
+    return v;
+}
+
+REAL4 bn_gy4(const REAL4 g, const REAL4 y, const int act) {
+    if (act == 1) return select((REAL4)0, g, y > (REAL4)0);
+    if (act == 2) return select((REAL4)0, g, y > (REAL4)0 && y < (REAL4)6);
+    return g;
+}
+
+// bn_apply / bn_dx four values per work-item (L % 4 == 0; global size (L/4, C, N)): the elementwise
+// passes are bound by memory, and one float per work-item reached only ~0.7 TB/s on an H100.
+__kernel void bn_apply_lcn4(__global const REAL* x, __global const REAL* w, __global const REAL* b,
+                            __global const REAL* mean, __global const REAL* var_or_invstd, __global REAL* y,
+                            const int C, const int L4, const int frozen, const REAL eps, const int act) {
+    const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L4 + l;
+    if (l >= L4) return;
+    const REAL4 xhat = (vload4(i, x) - mean[c]) * bn_invstd(var_or_invstd, c, frozen, eps);
+    vstore4(bn_act4(xhat * w[c] + b[c], act), i, y);
+}
+
+__kernel void bn_dx_lcn4(__global const REAL* x, __global const REAL* g, __global const REAL* y, const int act,
+                         __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
+                         __global const REAL* sums, __global REAL* dx, const int C, const int L4,
+                         const int frozen, const REAL eps, const int cnt) {
+    const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L4 + l;
+    if (l >= L4) return;
+    const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
+    const REAL4 dxhat = bn_gy4(vload4(i, g), act ? vload4(i, y) : (REAL4)0, act) * w[c];
+    if (frozen) {
+        vstore4(dxhat * is, i, dx);
+        return;
+    }
+    const REAL4 xhat = (vload4(i, x) - mean[c]) * is;
+    const REAL fc = (REAL)cnt;
+    vstore4((is / fc) * (fc * dxhat - w[c] * sums[c] - xhat * (w[c] * sums[C + c])), i, dx);
+}
+
 // bn_apply over a (L, C, N) grid (global size (L, C, N), local (wg, 1, 1)): no division per element;
 // the launcher uses it when L is long enough to fill the work-groups' first dimension.
 __kernel void bn_apply_lcn(__global const REAL* x, __global const REAL* w, __global const REAL* b,

@@ -165,36 +165,53 @@ inline float group_sum(float acc, __local float* part) {
 
 // undoes dw_fwd for w: dw[k,0,r,s] = sum_{n,p,q} gy[n,k,p,q] * x[n, k/mult, h, w], in two launches so
 // that wide maps with few channels fill a GPU. The N*P rows (n, p) are cut in S segments of `seg`
-// rows; work-group (sg, weight widx = (k, r, s)) sums its segment into part[widx*S + sg], and
-// dw_bwd_filter_finish adds each weight's S parts in order (deterministic). Within a work-group the
-// LWG work-items are LR rows x LQ columns (LQ = lq, a power of two near Q): neighbours read
-// neighbouring q, so the loads coalesce. Global sizes: part (S*LWG, K*R*S) with local (LWG, 1);
-// finish (K*R*S).
+// rows; work-group (sg, k) sums its segment for all R*S taps of channel k at once (each gy value is
+// read once, the x window from cache) into part[(k*R*S + tap)*S + sg], and dw_bwd_filter_finish adds
+// each weight's S parts in order (deterministic). Within a work-group the LWG work-items are
+// LR rows x LQ columns (LQ = lq, a power of two near Q): neighbours read neighbouring q, so loads
+// coalesce. Global sizes: part (S*LWG, K) with local (LWG, 1); finish (K*R*S).
+#ifdef GEO_R
+#define DW_TAPS (GEO_R * GEO_S)
+#else
+#define DW_TAPS 49   // without a build-time geometry: kernels up to 7x7 (the launchers always set GEO_R)
+#endif
 __kernel void dw_bwd_filter_part(__global const float* x, __global const float* gy, __global float* part,
                                  const int N, const int C, const int H, const int W, const int mult,
                                  const int R, const int S, const int P, const int Q, const int sh, const int sw,
                                  const int dh, const int dw, const int pt, const int pl, const int seg,
                                  const int lq) {
-    __local float lpart[LWG];
-    const int widx = get_global_id(1), sg = get_group_id(0), NS = get_num_groups(0), lid = get_local_id(0);
-    const int k = widx / (KR_ * KS_), r = (widx / KS_) % KR_, s = widx % KS_, c = k / mult, K = C * mult;
-    const int lr = LWG / lq, qi = lid % lq;
-    // the q range whose input column w = q*sw + s*dw - pl lies inside [0, W)
-    const int off = s * DW_ - pl;
-    const int q0 = off >= 0 ? 0 : (-off + SW_ - 1) / SW_;
-    const int q1 = min(Q, (W - 1 - off) / SW_ + 1);     // W - 1 - off >= 0 unless no column is inside
+    __local float lpart[DW_TAPS * LWG];
+    const int k = get_global_id(1), sg = get_group_id(0), NS = get_num_groups(0), lid = get_local_id(0);
+    const int c = k / mult, K = C * mult, lr = LWG / lq, qi = lid % lq;
     const int np1 = min(N * P, (sg + 1) * seg);
-    float acc = 0.0f;
+    float acc[DW_TAPS];
+    for (int t = 0; t < DW_TAPS; t++) acc[t] = 0.0f;
     for (int np = sg * seg + lid / lq; np < np1; np += lr) {
         const int n = np / P, p = np % P;
-        const int h = p * SH_ + r * DH_ - pt;
-        if (h < 0 || h >= H || W - 1 - off < 0) continue;
         __global const float* g = gy + ((n * K + k) * P + p) * Q;
-        __global const float* xr = x + ((n * C + c) * H + h) * W + off;
-        for (int q = q0 + qi; q < q1; q += lq) acc += g[q] * xr[q * SW_];
+        __global const float* xc = x + (n * C + c) * H * W;
+        for (int q = qi; q < Q; q += lq) {
+            const float gv = g[q];
+            for (int r = 0; r < KR_; r++) {
+                const int h = p * SH_ + r * DH_ - pt;
+                if (h < 0 || h >= H) continue;
+                for (int s = 0; s < KS_; s++) {
+                    const int w = q * SW_ + s * DW_ - pl;
+                    if (w >= 0 && w < W) acc[r * KS_ + s] += gv * xc[h * W + w];
+                }
+            }
+        }
     }
-    acc = group_sum(acc, lpart);
-    if (lid == 0) part[widx * NS + sg] = acc;
+    // all taps' sums over the work-group at once: one tree in local memory (deterministic)
+    for (int t = 0; t < KR_ * KS_; t++) lpart[t * LWG + lid] = acc[t];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int step = LWG / 2; step > 0; step >>= 1) {
+        if (lid < step)
+            for (int t = 0; t < KR_ * KS_; t++) lpart[t * LWG + lid] += lpart[t * LWG + lid + step];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0)
+        for (int t = 0; t < KR_ * KS_; t++) part[(k * KR_ * KS_ + t) * NS + sg] = lpart[t * LWG];
 }
 
 __kernel void dw_bwd_filter_finish(__global const float* part, const int NS, __global float* dwt, const int KRS) {

@@ -76,7 +76,7 @@ def test_bn(xshape, batch):
 
 @pytest.mark.parametrize("batch", [True, False])
 @pytest.mark.parametrize("act", ["relu", "relu6"])
-@pytest.mark.parametrize("xshape", [(2, 3, 4, 5), (8, 16, 9, 9), (300, 4)])
+@pytest.mark.parametrize("xshape", [(2, 3, 4, 5), (8, 16, 9, 9), (300, 4), (3, 4, 8, 8)])
 def test_bn_fused_activation(xshape, act, batch):
     """io.act (the Plan's BN + ReLU/ReLU6 fusion): y = act(BN(x)); the backward masks the incoming
     gradient where the activation cut (mask from y, as relu_bwd / clip_bwd take it)"""

@@ -141,13 +141,14 @@ def _ncl(shape):
     return shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))
 
 
-LCN_MIN_L = 32   # elementwise passes on a (L, C, N) grid (no division per element) from this L up
+LCN_MIN_L = 32   # elementwise passes on a (L, C, N) grid (no division per element; float4 when L % 4 == 0)
 
 
 def _apply(b, x, w, bias, mean, var_or_invstd, y, c, length, frozen, eps, act):
     if length >= LCN_MIN_L:
-        b.launch("bn.cl", "bn_apply_lcn", (length, c, x.shape[0]), elt(b) + (1, 1), x, w, bias, mean, var_or_invstd,
-                 y, c, length, frozen, eps, act)
+        v = 4 if length % 4 == 0 else 1    # float4 loads and stores when rows allow
+        b.launch("bn.cl", "bn_apply_lcn4" if v == 4 else "bn_apply_lcn", (length // v, c, x.shape[0]),
+                 elt(b) + (1, 1), x, w, bias, mean, var_or_invstd, y, c, length // v, frozen, eps, act)
     else:
         b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, var_or_invstd, y, x.size, c, length,
                  frozen, eps, act)
@@ -200,8 +201,9 @@ def cl_bn_backward(b, io):
     if gx is not None:
         # undoes: xhat = (x - mean) * invstd  (frozen: constants; batch: statistics of x)
         if length >= LCN_MIN_L:
-            b.launch("bn.cl", "bn_dx_lcn", (length, c, n), elt(b) + (1, 1), x, g, y, act, w, mean, vi, sums, gx, c,
-                     length, frozen, eps, n * length)
+            v = 4 if length % 4 == 0 else 1
+            b.launch("bn.cl", "bn_dx_lcn4" if v == 4 else "bn_dx_lcn", (length // v, c, n), elt(b) + (1, 1), x, g, y,
+                     act, w, mean, vi, sums, gx, c, length // v, frozen, eps, n * length)
         else:
             b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, y, act, w, mean, vi, sums, gx, x.size, c, length,
                      frozen, eps, n * length)

@@ -367,7 +367,7 @@ def cl_conv_backward(b, io):
         if gw is not None:
             lq = min(lwg, 1 << max(0, q - 1).bit_length())    # lanes along q: a power of two >= Q, <= LWG
             seg, segs = _dw_segments(b, n * p, lwg // lq)
-            b.launch("conv2d.cl", "dw_bwd_filter_part", (segs * lwg, k * r * s), (lwg, 1), x, gy, io.workspace,
+            b.launch("conv2d.cl", "dw_bwd_filter_part", (segs * lwg, k), (lwg, 1), x, gy, io.workspace,
                      n, c, h, wd, k // c, *geo, seg, lq, defines=defs, flops=2 * n * k * p * q * r * s)
             b.launch("conv2d.cl", "dw_bwd_filter_finish", (k * r * s,), row_local_size(b)[:1], io.workspace, segs,
                      gw, k * r * s, defines=defs)
