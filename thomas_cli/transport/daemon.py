@@ -323,7 +323,7 @@ class DaemonTransport(Transport):
         w = c.welcome
         self.welcome = w
         self.root = str(w.get("root") or self.root)
-        self.python = f"Termux python {w.get('python', '?')} (daemon)"
+        self.python = "the daemon's python (Termux)"
         if w.get("protocol") != PROTOCOL_VERSION:
             self._upgrade_or_fail()
 
