@@ -20,6 +20,8 @@ What the Plan owns (llm.c's "malloc all parameters at once"):
               sub-buffer overlapping one still in use (an H100 MobileNetV2 last-layer step spent
               31.7 ms of host time enqueueing 7.9 ms of kernels); whole buffers cost ~6 % more bytes
   workspace   one scratch buffer, the largest any node asks for (im2col columns)
+  recompute   (Plan(recompute=True)) BN outputs are not kept for the backward: each is rewritten
+              from the BN input and statistics right before the first backward that reads it
 
 A step is `replay(queue, launches)`: no allocation, no host round trip between ops, no finish()
 until the two scalars are read back. Frozen nodes record no backward launches at all.
@@ -173,7 +175,7 @@ class Plan:
     def __init__(self, graph: Graph, batch: int, *, trainable=None, optimizer: OptimConfig | None = None,
                  training: bool = True, bn_batch_stats: bool | None = None, label_smoothing: float = 0.0,
                  runtime: "Runtime | None" = None, reuse: bool = True, fold_bn: bool = True,
-                 fuse_act: bool = True):
+                 fuse_act: bool = True, recompute: bool = False):
         if cl is None:
             raise BackendError("the OpenCL backend needs pyopencl (pip install pyopencl)")
         self.rt = runtime or Runtime()
@@ -205,6 +207,7 @@ class Plan:
         self._fold_out = {t for wn, b0, bname, st, eps in self._fold.values() for t in (wn, bname)}
         self.label_smoothing = float(label_smoothing)
         self.reuse = reuse
+        self.recompute = recompute
         self.step_count = 0
         self._build()
 
@@ -296,14 +299,26 @@ class Plan:
                     touch(t, i)
         for t in g.outputs:
             touch(t, END if self.inference else F)
+        # recompute: a BN output a consumer's backward reads is not kept from the forward; a copy is
+        # rewritten (ClSpec.recompute) right before the first such backward and lives only until the last
+        producers = g.producers()
+        self.recomputed: dict[str, list[str]] = {}      # tensor -> the backward nodes that read its copy
         for n in bw_nodes:
             op, a = self.specs[n.name]
-            saves = op.cl.saves + (("y0",) if n.name in self.acts else ())   # a fused activation's mask
-            for s in saves:
+            for s in op.cl.saves:
                 kind, idx = s[0], int(s[1:])
                 t = n.inputs[idx] if kind == "x" else n.outputs[idx]
-                if t in storage_of:
+                if t not in storage_of:
+                    continue
+                p = producers.get(t)
+                if self.recompute and kind == "x" and p is not None and p.name in t_bw \
+                        and self.specs[p.name][0].cl.recompute is not None:
+                    self.recomputed.setdefault(t, []).append(n.name)
+                else:
                     touch(t, t_bw[n.name])
+        for t, readers in self.recomputed.items():
+            times = [t_bw[r] for r in readers]
+            new_slot(f"{t}@recomputed", shapes[t], min(times), max(times))
 
         # per-node state: forward -> backward (or just the forward in inference)
         self.state_ref: dict[str, dict[str, str]] = {}
@@ -488,6 +503,21 @@ class Plan:
         if any(g is None for g in io.gy):
             raise BackendError(f"node '{n.name}': an output gradient has no writer")
         io.gx = [self._grad_target(t, n.name) if t in self.req else None for t in n.inputs]
+        producers = self.graph.producers()
+        done = set()
+        for i, t in enumerate(n.inputs):
+            if n.name not in self.recomputed.get(t, []):
+                continue
+            io.x[i] = self.refs[f"{t}@recomputed"]
+            if self.recomputed[t][0] == n.name and t not in done:   # the first reader rewrites the copy
+                done.add(t)
+                p = producers[t]
+                pio = self._io(p)
+                pio.y = [io.x[i]]
+                b.label = f"{p.name}:recompute"
+                first = len(b.launches)
+                self.specs[p.name][0].cl.recompute(b, pio)
+                self._scope_dyn(b.launches[first:], f"{p.name}:recompute")
         b.label = f"{n.name}:backward"
         first = len(b.launches)
         if op.cl.alias:

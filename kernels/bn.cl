@@ -31,8 +31,9 @@ REAL bn_invstd(__global const REAL* s, const int c, const int frozen, const REAL
 }
 
 // A ReLU / ReLU6 after the BN fused into it (act 1 / 2; the Plan does this when the BN output feeds only
-// the activation): the forward writes act(y), the backward masks the incoming gradient with the mask
-// the activation's own backward takes from its output (eltwise.cl relu_bwd: y > 0; clip_bwd: 0 < y < 6).
+// the activation): the forward writes act(v), v = xhat * w + b; the backward masks the incoming gradient
+// as the activation's own backward does (relu_bwd: act(v) > 0 <=> v > 0; clip_bwd: 0 < act(v) < 6
+// <=> 0 < v < 6), with v recomputed from x.
 REAL bn_act(REAL v, const int act) {
     if (act == 1) return fmax(v, (REAL)0);
     if (act == 2) {
@@ -42,10 +43,12 @@ REAL bn_act(REAL v, const int act) {
     return v;
 }
 
-REAL bn_gy(__global const REAL* g, __global const REAL* y, const int i, const int act) {
-    if (act == 1) return y[i] > (REAL)0 ? g[i] : (REAL)0;
-    if (act == 2) return y[i] > (REAL)0 && y[i] < (REAL)6 ? g[i] : (REAL)0;
-    return g[i];
+// the incoming gradient masked where the fused activation cut, v = xhat * w + b its input (recomputed
+// from x: the backward never reads y, so y need not be kept for it)
+REAL bn_gy(const REAL g, const REAL v, const int act) {
+    if (act == 1) return v > (REAL)0 ? g : (REAL)0;
+    if (act == 2) return v > (REAL)0 && v < (REAL)6 ? g : (REAL)0;
+    return g;
 }
 
 // Batch statistics in two launches, so that a few wide channels still fill a GPU: the cnt = N*L
@@ -126,9 +129,9 @@ REAL4 bn_act4(REAL4 v, const int act) {
     return v;
 }
 
-REAL4 bn_gy4(const REAL4 g, const REAL4 y, const int act) {
-    if (act == 1) return select((REAL4)0, g, y > (REAL4)0);
-    if (act == 2) return select((REAL4)0, g, y > (REAL4)0 && y < (REAL4)6);
+REAL4 bn_gy4(const REAL4 g, const REAL4 v, const int act) {
+    if (act == 1) return select((REAL4)0, g, v > (REAL4)0);
+    if (act == 2) return select((REAL4)0, g, v > (REAL4)0 && v < (REAL4)6);
     return g;
 }
 
@@ -143,19 +146,19 @@ __kernel void bn_apply_lcn4(__global const REAL* x, __global const REAL* w, __gl
     vstore4(bn_act4(xhat * w[c] + b[c], act), i, y);
 }
 
-__kernel void bn_dx_lcn4(__global const REAL* x, __global const REAL* g, __global const REAL* y, const int act,
+__kernel void bn_dx_lcn4(__global const REAL* x, __global const REAL* g, __global const REAL* b, const int act,
                          __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
                          __global const REAL* sums, __global REAL* dx, const int C, const int L4,
                          const int frozen, const REAL eps, const int cnt) {
     const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L4 + l;
     if (l >= L4) return;
     const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
-    const REAL4 dxhat = bn_gy4(vload4(i, g), act ? vload4(i, y) : (REAL4)0, act) * w[c];
+    const REAL4 xhat = (vload4(i, x) - mean[c]) * is;
+    const REAL4 dxhat = bn_gy4(vload4(i, g), xhat * w[c] + b[c], act) * w[c];
     if (frozen) {
         vstore4(dxhat * is, i, dx);
         return;
     }
-    const REAL4 xhat = (vload4(i, x) - mean[c]) * is;
     const REAL fc = (REAL)cnt;
     vstore4((is / fc) * (fc * dxhat - w[c] * sums[c] - xhat * (w[c] * sums[C + c])), i, dx);
 }
@@ -177,8 +180,8 @@ __kernel void bn_apply_lcn(__global const REAL* x, __global const REAL* w, __glo
 // (then those pointers are the bias / weight gradients).
 // undoes: y = xhat * w + b   (db = sum g, dw = sum g xhat)
 // Global sizes: part (S*wg, C) with local (wg, 1); finish (C).
-__kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __global const REAL* y,
-                          const int act, __global const REAL* mean,
+__kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __global const REAL* w,
+                          __global const REAL* b, const int act, __global const REAL* mean,
                           __global const REAL* var_or_invstd, __global REAL* part, const int part_off,
                           const int N, const int C, const int L, const int seg, const int frozen, const REAL eps,
                           __local REAL* s) {
@@ -191,9 +194,10 @@ __kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __glob
     const int dn_ = step / L, dl_ = step % L;
     BN_FOR(k0, k1) {
         const int i = BN_I;
-        const REAL gi = bn_gy(g, y, i, act);
+        const REAL xhat = (x[i] - mu) * is;
+        const REAL gi = bn_gy(g[i], xhat * w[c] + b[c], act);
         sg_ += gi;
-        sgx += gi * ((x[i] - mu) * is);
+        sgx += gi * xhat;
     }
     sg_ = bn_wg_sum(sg_, s);
     sgx = bn_wg_sum(sgx, s);
@@ -224,7 +228,7 @@ __kernel void bn_bwd_finish(__global const REAL* part, const int part_off, const
 //   dx = g * w * invstd
 // batch: undoes xhat = (x - mean(x)) * invstd(x), mean and biased var over cnt values:
 //   dx = invstd/cnt * (cnt*dxhat - Σ dxhat - xhat Σ dxhat xhat),  dxhat = g * w
-__kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global const REAL* y, const int act,
+__kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global const REAL* b, const int act,
                     __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
                     __global const REAL* sums, __global REAL* dx, const int n, const int C, const int L,
                     const int frozen, const REAL eps, const int cnt) {
@@ -232,30 +236,30 @@ __kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global con
     if (i >= n) return;
     const int c = (i / L) % C;
     const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
-    const REAL dxhat = bn_gy(g, y, i, act) * w[c];
+    const REAL xhat = (x[i] - mean[c]) * is;
+    const REAL dxhat = bn_gy(g[i], xhat * w[c] + b[c], act) * w[c];
     if (frozen) {
         dx[i] = dxhat * is;
         return;
     }
-    const REAL xhat = (x[i] - mean[c]) * is;
     const REAL fc = (REAL)cnt;
     dx[i] = (is / fc) * (fc * dxhat - w[c] * sums[c] - xhat * (w[c] * sums[C + c]));
 }
 
 // bn_dx over a (L, C, N) grid, as bn_apply_lcn.
-__kernel void bn_dx_lcn(__global const REAL* x, __global const REAL* g, __global const REAL* y, const int act,
+__kernel void bn_dx_lcn(__global const REAL* x, __global const REAL* g, __global const REAL* b, const int act,
                         __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
                         __global const REAL* sums, __global REAL* dx, const int C, const int L,
                         const int frozen, const REAL eps, const int cnt) {
     const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L + l;
     if (l >= L) return;
     const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
-    const REAL dxhat = bn_gy(g, y, i, act) * w[c];
+    const REAL xhat = (x[i] - mean[c]) * is;
+    const REAL dxhat = bn_gy(g[i], xhat * w[c] + b[c], act) * w[c];
     if (frozen) {
         dx[i] = dxhat * is;
         return;
     }
-    const REAL xhat = (x[i] - mean[c]) * is;
     const REAL fc = (REAL)cnt;
     dx[i] = (is / fc) * (fc * dxhat - w[c] * sums[c] - xhat * (w[c] * sums[C + c]));
 }

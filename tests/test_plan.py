@@ -260,6 +260,26 @@ def test_frozen_conv_activation_pairs_run_fused(name, size):
         assert kept    # the ReLU between the two trainable FC layers has a backward: not fused
 
 
+@pytest.mark.parametrize("stats", [True, False], ids=["batch_stats", "frozen_stats"])
+def test_recompute_trades_memory_for_the_same_gradients(stats):
+    """recompute=True: BN outputs are rewritten in the backward instead of kept; same bits, fewer bytes"""
+    g = _zoo("mobilenet_v2", 32, width=0.35)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = np.array([1, 2, 7, 3])
+    groups = g.param_groups()
+    train = None if stats else {k for k in g.params if g.params[k].group in groups[-4:] and g.params[k].trainable}
+    a = _plan(g, batch=4, trainable=train, bn_batch_stats=stats)
+    b = _plan(g, batch=4, trainable=train, bn_batch_stats=stats, recompute=True)
+    assert b.recomputed and not a.recomputed
+    assert any(lbl.endswith(":recompute") or ":recompute/" in lbl for lbl in b.launch_labels())
+    la, ga = a.loss_and_grads(x, y, seed=2)
+    lb, gb = b.loss_and_grads(x, y, seed=2)
+    assert la == lb
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+    assert b.memory()["activations"] < a.memory()["activations"]
+
+
 def test_kernel_build_error_carries_the_log():
     from device_agent.backends.opencl.loader import KernelBuildError
 

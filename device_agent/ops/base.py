@@ -88,6 +88,9 @@ class ClSpec:
     workspace(attrs, in_shapes, out_shapes) -> bytes of scratch one launch sequence needs
                      (shared by all nodes; im2col columns)
     alias            output 0 is input 0 reinterpreted (Flatten, Reshape, Identity): no launch
+    recompute(b, io) enqueue launches that rewrite io.y from the saved inputs and io.state alone (no
+                     side effects): a Plan built with recompute=True calls it in the backward instead
+                     of keeping y alive for the consumers that save it (BatchNorm)
     """
 
     forward: Callable | None = None
@@ -96,6 +99,7 @@ class ClSpec:
     state: Callable | None = None
     workspace: Callable | None = None
     alias: bool = False
+    recompute: Callable | None = None
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def _apply(b, x, w, bias, mean, var_or_invstd, y, c, length, frozen, eps, act):
 
 def cl_bn_forward(b, io):
     """x (N,C,...), w, b, running mean/var (C,) -> y = act(BN(x)); io.act: a ReLU/ReLU6 fused by the
-    Plan (its backward then reads y for the activation's mask)"""
+    Plan (its backward recomputes the activation's input from x for the mask)"""
     (x, w, bias, rm, rv), (y,) = io.x, io.y
     n, c, length = _ncl(x.shape)
     eps = np.float32(io.attrs["eps"])
@@ -180,8 +180,19 @@ def cl_bn_forward(b, io):
     _apply(b, x, w, bias, mean, invstd, y, c, length, 0, eps, act)
 
 
+def cl_bn_recompute(b, io):
+    """y = act(BN(x)) again from the saved x and the statistics the forward used (no stats update)"""
+    (x, w, bias, rm, rv), (y,) = io.x, io.y
+    n, c, length = _ncl(x.shape)
+    eps = np.float32(io.attrs["eps"])
+    if io.bn_batch_stats:
+        _apply(b, x, w, bias, io.state["mean"], io.state["invstd"], y, c, length, 0, eps, ACTS[io.act])
+    else:
+        _apply(b, x, w, bias, rm, rv, y, c, length, 1, eps, ACTS[io.act])
+
+
 def cl_bn_backward(b, io):
-    x, w, _, rm, rv = io.x
+    x, w, bias, rm, rv = io.x
     g = io.gy[0]
     gx, gw, gb = io.gx[:3]
     n, c, length = _ncl(x.shape)
@@ -189,12 +200,12 @@ def cl_bn_backward(b, io):
     frozen = not io.bn_batch_stats
     mean, vi = (rm, rv) if frozen else (io.state["mean"], io.state["invstd"])
     sums = io.workspace
-    y, act = io.y[0], ACTS[io.act]   # undoes the fused act(): g masked where the activation cut
+    act = ACTS[io.act]   # undoes the fused act(): g masked where it cut (its input recomputed from x)
     if not frozen or gw is not None or gb is not None:
         # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
         wg = reduce_wg(b, "bn.cl", "bn_bwd_part", n * length)
         seg, segs = _segments(b, n * length, wg)
-        b.launch("bn.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, y, act, mean, vi, sums, 2 * c, n, c,
+        b.launch("bn.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, w, bias, act, mean, vi, sums, 2 * c, n, c,
                  length, seg, frozen, eps, local_floats(wg))
         b.launch("bn.cl", "bn_bwd_finish", (c,), elt(b), sums, 2 * c, segs, sums, gw or sums, gb or sums, c,
                  gw is not None, gb is not None)
@@ -202,10 +213,10 @@ def cl_bn_backward(b, io):
         # undoes: xhat = (x - mean) * invstd  (frozen: constants; batch: statistics of x)
         if length >= LCN_MIN_L:
             v = 4 if length % 4 == 0 else 1
-            b.launch("bn.cl", "bn_dx_lcn4" if v == 4 else "bn_dx_lcn", (length // v, c, n), elt(b) + (1, 1), x, g, y,
-                     act, w, mean, vi, sums, gx, c, length // v, frozen, eps, n * length)
+            b.launch("bn.cl", "bn_dx_lcn4" if v == 4 else "bn_dx_lcn", (length // v, c, n), elt(b) + (1, 1), x, g,
+                     bias, act, w, mean, vi, sums, gx, c, length // v, frozen, eps, n * length)
         else:
-            b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, y, act, w, mean, vi, sums, gx, x.size, c, length,
+            b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, bias, act, w, mean, vi, sums, gx, x.size, c, length,
                      frozen, eps, n * length)
 
 
@@ -215,4 +226,4 @@ register(OpDef("BatchNorm", ("x", "weight", "bias", "running_mean", "running_var
                buffers=("running_mean", "running_var"), param_shapes=bn_param_shapes,
                doc="batch norm over channel axis 1; batch or frozen running statistics",
                cl=ClSpec(cl_bn_forward, cl_bn_backward, saves=("x0",), state=bn_cl_state,
-                         workspace=bn_cl_workspace)))
+                         workspace=bn_cl_workspace, recompute=cl_bn_recompute)))
