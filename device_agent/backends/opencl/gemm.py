@@ -33,17 +33,27 @@ _BIAS = {None: 0, "col": 1, "row": 2}
 ACTS = {None: 0, 0: 0, "relu": 1, "relu6": 2}   # epilogue activations, bits 2-3 of bias_mode
 
 
-def gemm_config(b, variant: str | None = None, params: dict | None = None, M: int | None = None) -> tuple[str, dict]:
-    """(family, params) for this builder's device: tuning data, then the caller's overrides; with M
-    given, a "skinny" tile set replaces the tiles for M <= skinny_m (FC layers: M = batch)."""
+def shape_key(form: str, M: int, N: int, K: int, batch: int = 1, reduce_batch: bool = False) -> str:
+    """How `thomas tune` names one GEMM shape: "nt 8x1000x1280", "+b32" batched, "+r32" batch-reduced."""
+    return f"{form} {M}x{N}x{K}" + (f" {'r' if reduce_batch else 'b'}{batch}" if batch > 1 else "")
+
+
+def gemm_config(b, variant: str | None = None, params: dict | None = None, M: int | None = None,
+                shape: str | None = None) -> tuple[str, dict]:
+    """(family, params) for this builder's device: tuning data (with the tiles `thomas tune` chose for
+    this `shape`, when it chose some), then the caller's overrides; with M given, a "skinny" tile set
+    replaces the tiles for M <= skinny_m (FC layers: M = batch)."""
     tun = dict(b.tuning("gemm"))
     fam = variant or tun.get("variant") or b.kind
     if fam not in ("gpu", "cpu"):
         raise ValueError(f"gemm variant must be 'gpu' or 'cpu', got {fam!r}")
     if variant is not None and variant != (tun.get("variant") or b.kind):
         tun = {}  # a forced family does not inherit the other family's tuning
+    shapes = tun.pop("shapes", None)
     out = dict(GPU_DEFAULT if fam == "gpu" else CPU_DEFAULT)
     out.update(tun)
+    if shape is not None and isinstance(shapes, dict) and isinstance(shapes.get(shape), dict):
+        out.update(shapes[shape])
     out.update(params or {})
     if M is not None and out.get("skinny") and M <= int(out.get("skinny_m", 8)):
         out.update(out["skinny"])
@@ -122,7 +132,20 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
                          f"leading dimensions lda={lda} ldb={ldb} ldc={ldc} too small")
     if (bias is None) != (bias_mode is None):
         raise ValueError("gemm: bias and bias_mode go together")
-    fam, p = gemm_config(b, variant, params, M)
+    form = ("t" if ta else "n") + ("t" if tb else "n")
+    key = shape_key(form, M, N, K, batch, reduce_batch)
+    launches = _gemm(b, ta, tb, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, batch,
+                     stride_a, stride_b, stride_c, label, bias, bias_off, bias_mode, reduce_batch, work, work_off,
+                     work_floats, act, variant, params, key)
+    for ln in launches:
+        ln.tag = ln.tag or key
+    return launches
+
+
+def _gemm(b, ta, tb, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, batch, stride_a, stride_b,
+          stride_c, label, bias, bias_off, bias_mode, reduce_batch, work, work_off, work_floats, act, variant, params,
+          key):
+    fam, p = gemm_config(b, variant, params, M, shape=key)
     form = ("t" if ta else "n") + ("t" if tb else "n")
     flops = 2 * M * N * K * batch
     bias_buf = bias if bias is not None else C
