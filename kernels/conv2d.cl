@@ -89,66 +89,75 @@ __kernel void col2im(__global const float* cols, const int ldp, __global float* 
 
 // Depthwise (groups == C, K = C*mult): y[n,k,p,q] = b[k] + sum_{r,s} x[n, k/mult, h, w] * w[k,0,r,s].
 // mode bit 0: add the bias; bits 1-2: then an activation (1 relu, 2 relu6, as gemm.cl's epilogue).
-// Global size (P*Q, K, N).
+// Each work-item computes a run of qb consecutive outputs of one row (GPUs: qb = 1, one output per
+// work-item; CPUs: a whole row, no index division per output). Global size (P*ceil(Q/qb), K, N).
 __kernel void dw_fwd(__global const float* x, __global const float* wt, __global const float* bias,
                      const int mode, __global float* y,
                      const int C, const int H, const int W, const int mult, const int R, const int S,
                      const int P, const int Q, const int sh, const int sw, const int dh, const int dw,
-                     const int pt, const int pl) {
-    const int pq = get_global_id(0), k = get_global_id(1), n = get_global_id(2);
-    if (pq >= P * Q || k >= C * mult) return;
-    const int p = pq / Q, q = pq % Q;
+                     const int pt, const int pl, const int qb) {
+    const int nq = (Q + qb - 1) / qb;
+    const int t = get_global_id(0), k = get_global_id(1), n = get_global_id(2);
+    if (t >= P * nq || k >= C * mult) return;
+    const int p = t / nq, q0 = (t % nq) * qb, q1 = min(Q, q0 + qb);
     __global const float* xp = x + (n * C + k / mult) * H * W;
     __global const float* wp = wt + k * KR_ * KS_;
-    float acc = 0.0f;
-    for (int r = 0; r < KR_; r++) {
-        const int h = p * SH_ + r * DH_ - pt;
-        if (h < 0 || h >= H) continue;
-        for (int s = 0; s < KS_; s++) {
-            const int w = q * SW_ + s * DW_ - pl;
-            if (w >= 0 && w < W) acc += xp[h * W + w] * wp[r * KS_ + s];
-        }
-    }
-    if (mode & 1) acc += bias[k];
+    __global float* yp = y + ((n * C * mult + k) * P + p) * Q;
     const int act = mode >> 1;
-    if (act == 1) acc = fmax(acc, 0.0f);
-    else if (act == 2) {
-        if (acc < 0.0f) acc = 0.0f;
-        if (acc > 6.0f) acc = 6.0f;
+    for (int q = q0; q < q1; q++) {
+        float acc = 0.0f;
+        for (int r = 0; r < KR_; r++) {
+            const int h = p * SH_ + r * DH_ - pt;
+            if (h < 0 || h >= H) continue;
+            for (int s = 0; s < KS_; s++) {
+                const int w = q * SW_ + s * DW_ - pl;
+                if (w >= 0 && w < W) acc += xp[h * W + w] * wp[r * KS_ + s];
+            }
+        }
+        if (mode & 1) acc += bias[k];
+        if (act == 1) acc = fmax(acc, 0.0f);
+        else if (act == 2) {
+            if (acc < 0.0f) acc = 0.0f;
+            if (acc > 6.0f) acc = 6.0f;
+        }
+        yp[q] = acc;
     }
-    y[(n * C * mult + k) * P * Q + pq] = acc;
 }
 
 // undoes dw_fwd for x: dx[n,c,h,w] = sum_{j<mult, r, s : h = p*sh + r*dh - pt, w = q*sw + s*dw - pl}
-//   gy[n, c*mult+j, p, q] * w[c*mult+j, 0, r, s]    (a gather; global size (H*W, C, N))
+//   gy[n, c*mult+j, p, q] * w[c*mult+j, 0, r, s]    (a gather; runs of wb values of a row per work-item
+//   as dw_fwd's qb; global size (H*ceil(W/wb), C, N))
 __kernel void dw_bwd_data(__global const float* gy, __global const float* wt, __global float* dx,
                           const int C, const int H, const int W, const int mult, const int R, const int S,
                           const int P, const int Q, const int sh, const int sw, const int dh, const int dw,
-                          const int pt, const int pl) {
-    const int hw = get_global_id(0), c = get_global_id(1), n = get_global_id(2);
-    if (hw >= H * W || c >= C) return;
-    const int h = hw / W, w = hw % W;
-    float acc = 0.0f;
-    for (int j = 0; j < mult; j++) {
-        const int k = c * mult + j;
-        __global const float* g = gy + (n * C * mult + k) * P * Q;
-        __global const float* wp = wt + k * KR_ * KS_;
-        for (int r = 0; r < KR_; r++) {
-            const int t = h + pt - r * DH_;
-            if (t < 0) break;
-            if (t % SH_) continue;
-            const int p = t / SH_;
-            if (p >= P) continue;
-            for (int s = 0; s < KS_; s++) {
-                const int u = w + pl - s * DW_;
-                if (u < 0) break;
-                if (u % SW_) continue;
-                const int q = u / SW_;
-                if (q < Q) acc += g[p * Q + q] * wp[r * KS_ + s];
+                          const int pt, const int pl, const int wb) {
+    const int nw = (W + wb - 1) / wb;
+    const int t0 = get_global_id(0), c = get_global_id(1), n = get_global_id(2);
+    if (t0 >= H * nw || c >= C) return;
+    const int h = t0 / nw, w0 = (t0 % nw) * wb, w1 = min(W, w0 + wb);
+    for (int w = w0; w < w1; w++) {
+        float acc = 0.0f;
+        for (int j = 0; j < mult; j++) {
+            const int k = c * mult + j;
+            __global const float* g = gy + (n * C * mult + k) * P * Q;
+            __global const float* wp = wt + k * KR_ * KS_;
+            for (int r = 0; r < KR_; r++) {
+                const int t = h + pt - r * DH_;
+                if (t < 0) break;
+                if (t % SH_) continue;
+                const int p = t / SH_;
+                if (p >= P) continue;
+                for (int s = 0; s < KS_; s++) {
+                    const int u = w + pl - s * DW_;
+                    if (u < 0) break;
+                    if (u % SW_) continue;
+                    const int q = u / SW_;
+                    if (q < Q) acc += g[p * Q + q] * wp[r * KS_ + s];
+                }
             }
         }
+        dx[((n * C + c) * H + h) * W + w] = acc;
     }
-    dx[(n * C + c) * H * W + hw] = acc;
 }
 
 // Sums `acc` over the work-group into part[0] (deterministic tree; LWG a power of two).

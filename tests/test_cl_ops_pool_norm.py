@@ -98,15 +98,17 @@ def test_bn_fused_activation(xshape, act, batch):
         np.testing.assert_allclose(c, r, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("wg", [1, 8, 1024])
 @pytest.mark.parametrize("seg", [1, 5, 7, 64, 100_000])
 @pytest.mark.parametrize("xshape", [(8, 16, 9, 9), (300, 4), (3, 2, 1, 1), (3, 2, 20, 21)])
-def test_bn_segmented_reductions(xshape, seg):
-    """Channels cut in many segments (a remainder segment, the MAX_SEGS cap at seg=1): the merged
-    statistics and backward sums still match the reference."""
+def test_bn_segmented_reductions(xshape, seg, wg):
+    """Channels cut in many segments (a remainder segment, the MAX_SEGS cap at seg=1), with work-groups
+    of 1, 8 and the full reduce width (the GPU's): the merged statistics and backward sums still match
+    the reference."""
     from clcheck import runtime
 
     rt = runtime()
-    rt.tuning.override["bn"] = {"seg": seg}
+    rt.tuning.override["bn"] = {"seg": seg, "wg": wg}
     try:
         for batch in (True, False):
             _bn_check(xshape, batch, {"eps": 1e-3, "momentum": 0.2})

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backends.opencl.gemm import ACTS
 from . import register
-from ._cl import elt, local_floats, reduce_wg
+from ._cl import elt, local_floats, pow2_floor, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 SLOTS = ("weight", "bias", "running_mean", "running_var")
@@ -130,6 +130,14 @@ def bn_cl_workspace(attrs, in_shapes, out_shapes):
     return 4 * 2 * c * (1 + min(MAX_SEGS, n * length))
 
 
+def _wg(b, kernel: str, cnt: int) -> int:
+    """work-group size of a segmented reduction: reduce_wg, capped by tuning "bn" -> "wg" (the cpu
+    default is 8: on PoCL, 256-wide groups with local trees ran the BN reductions ~1.5x slower)"""
+    wg = reduce_wg(b, "bn.cl", kernel, cnt)
+    cap = b.tuning("bn").get("wg")
+    return min(wg, pow2_floor(int(cap))) if cap else wg
+
+
 def _segments(b, cnt: int, wg: int) -> tuple[int, int]:
     """(seg, S): values per segment and segments per channel"""
     seg = int(b.tuning("bn").get("seg", wg * SEG_ITEMS))
@@ -170,7 +178,7 @@ def cl_bn_forward(b, io):
                               f"got input shape {x.shape}")
     m = io.attrs["momentum"]
     mean, invstd = io.state["mean"], io.state["invstd"]
-    wg = reduce_wg(b, "bn.cl", "bn_stats_part", cnt)
+    wg = _wg(b, "bn_stats_part", cnt)
     seg, segs = _segments(b, cnt, wg)
     part = io.workspace   # floats [2C, 2C + 2*C*S)
     b.launch("bn.cl", "bn_stats_part", (segs * wg, c), (wg, 1), x, part, 2 * c, n, c, length, seg,
@@ -203,7 +211,7 @@ def cl_bn_backward(b, io):
     act = ACTS[io.act]   # undoes the fused act(): g masked where it cut (its input recomputed from x)
     if not frozen or gw is not None or gb is not None:
         # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
-        wg = reduce_wg(b, "bn.cl", "bn_bwd_part", n * length)
+        wg = _wg(b, "bn_bwd_part", n * length)
         seg, segs = _segments(b, n * length, wg)
         b.launch("bn.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, w, bias, act, mean, vi, sums, 2 * c, n, c,
                  length, seg, frozen, eps, local_floats(wg))

@@ -275,6 +275,13 @@ DW_SEG_ROWS = 4    # rows (n, p) per row lane of a depthwise dW segment (tuning 
 DW_MAX_SEGS = 64   # segments per weight at most (their partial sums live in the workspace)
 
 
+def _dw_run(b, length: int) -> int:
+    """outputs per work-item along a row in dw_fwd / dw_bwd_data: tuning "conv2d" -> "dw_run", 0 = the
+    whole row; default one on GPUs, the whole row on CPUs (no index division per output there)"""
+    run = int(b.tuning("conv2d").get("dw_run", 0 if b.kind == "cpu" else 1))
+    return length if run <= 0 else min(run, length)
+
+
 def _dw_segments(b, rows: int, lanes: int) -> tuple[int, int]:
     """(rows per segment, segments) of the depthwise dW reduction over N*P rows, `lanes` rows at a time"""
     seg = int(b.tuning("conv2d").get("dw_seg", lanes * DW_SEG_ROWS))
@@ -324,9 +331,10 @@ def cl_conv_forward(b, io):
     geo = (r, s, p, q, sh, sw, dh, dw, pt, pl)
     if _is_depthwise(c, g):
         mode = int(bias is not None) | ACTS[io.act] << 1
-        b.launch("conv2d.cl", "dw_fwd", (p * q, k, n), row_local_size(b), x, w, bias if bias is not None else w,
-                 mode, y, c, h, wd, k // c, *geo, defines=_dw_defines(b, io.attrs),
-                 flops=2 * n * k * p * q * r * s)
+        qb = _dw_run(b, q)
+        b.launch("conv2d.cl", "dw_fwd", (p * -(-q // qb), k, n), row_local_size(b), x, w,
+                 bias if bias is not None else w, mode, y, c, h, wd, k // c, *geo, qb,
+                 defines=_dw_defines(b, io.attrs), flops=2 * n * k * p * q * r * s)
         return
     kg, cg = k // g, c // g
     crs, crsg, pq = c * r * s, cg * r * s, p * q
@@ -362,7 +370,9 @@ def cl_conv_backward(b, io):
     if _is_depthwise(c, g):
         # undoes: y[n,k] = sum_{r,s} x[n, k/mult, p*sh+r*dh-pt, q*sw+s*dw-pl] * w[k,0,r,s]
         if gx is not None:
-            b.launch("conv2d.cl", "dw_bwd_data", (h * wd, c, n), row_local_size(b), gy, w, gx, c, h, wd, k // c, *geo,
+            wb = _dw_run(b, wd)
+            b.launch("conv2d.cl", "dw_bwd_data", (h * -(-wd // wb), c, n), row_local_size(b), gy, w, gx, c, h, wd,
+                     k // c, *geo, wb,
                      defines=defs, flops=2 * n * k * p * q * r * s)
         if gw is not None:
             lq = min(lwg, 1 << max(0, q - 1).bit_length())    # lanes along q: a power of two >= Q, <= LWG
