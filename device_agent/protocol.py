@@ -438,6 +438,8 @@ class Tune(Event):
     ms: float
     default_ms: float | None
     path: str
+    shapes: dict = field(default_factory=dict)   # GEMM shape key -> its own tiles (where another variant won)
+    tuned_ms: float | None = None                # the winner with those per-shape tiles (the sum of its parts)
     t: float = field(default_factory=_now)
 
 

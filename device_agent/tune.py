@@ -7,9 +7,12 @@ once, and save the winner in the device's tuning file (DeepCL's ForwardAuto; CLB
 For each variant of the device kind (VARIANTS) a full-training Plan (every layer, SGD momentum) is
 built with the variant as a tuning override; after one warm-up step the model's GEMM launches (labels
 `.../gemm*`: every distinct GEMM shape of its forward and backward, split-K reductions included) are
-replayed alone between two queue.finish() calls, median over `steps`. A variant that fails to build
-is reported and skipped. The winner goes to tuning_file() under "<device>|<driver>" -> "gemm", which
-every later Runtime on this device reads (runtime.Tuning); training never re-times.
+replayed alone between two queue.finish() calls, median over `steps`, and then each GEMM shape's
+launches alone (Launch.tag, gemm.shape_key). A variant that fails to build is reported and skipped.
+The variant fastest over all the GEMMs wins; a shape that another variant ran more than 5 % faster
+keeps that variant's tiles (gemm.shapes: FC layers at a small batch and skinny dW products want other
+tiles than the big convolutions). The result goes to tuning_file() under "<device>|<driver>" ->
+"gemm", which every later Runtime on this device reads (runtime.Tuning); training never re-times.
 """
 from __future__ import annotations
 
@@ -58,13 +61,15 @@ def load_job(path: str) -> dict:
     return job
 
 
-def _time_gemms(rt, g, batch: int, steps: int, params: dict) -> tuple[float, int]:
-    """(median ms of the model's GEMM launches, how many) with `params` over the tuning."""
+def _time_gemms(rt, g, batch: int, steps: int, params: dict, shapes: dict | None = None
+                ) -> tuple[float, int, dict[str, float]]:
+    """(median ms of all the model's GEMM launches, how many, median ms per GEMM shape) with `params`
+    over the tuning and `shapes` as the per-shape tiles (those of an earlier tune are set aside)."""
     from .backends.opencl.runtime import replay
     from .bench import _inputs
     from .plan import OptimConfig, Plan
 
-    rt.tuning.override = {"gemm": params} if params else {}
+    rt.tuning.override = {"gemm": dict(params, shapes=shapes or {})}
     try:
         plan = Plan(g, batch=batch, trainable=None, optimizer=OptimConfig("sgd", momentum=0.9), runtime=rt)
     finally:
@@ -72,16 +77,41 @@ def _time_gemms(rt, g, batch: int, steps: int, params: dict) -> tuple[float, int
     x, y = _inputs(g, batch)
     plan.train_step(x, y, lr=1e-4)
     gemms = [ln for ln in plan.fw_launches + plan.bw_launches if "gemm" in ln.label.split("/")[-1]]
+    by_shape: dict[str, list] = {}
+    for ln in gemms:
+        by_shape.setdefault(ln.tag or ln.label, []).append(ln)
     vals = plan._values(0, 1e-4)
-    ts = []
+    ts, per = [], {k: [] for k in by_shape}
     for _ in range(steps):
         rt.queue.finish()
         t0 = time.perf_counter()
         replay(rt.queue, gemms, vals)
         rt.queue.finish()
         ts.append((time.perf_counter() - t0) * 1e3)
+        for k, lns in by_shape.items():       # each shape alone, repeated so that one finish() is noise
+            reps, t0 = 0, time.perf_counter()
+            while reps < 3 or (time.perf_counter() - t0 < 2e-3 and reps < 64):
+                replay(rt.queue, lns, vals)
+                reps += 1
+                if reps in (3, 12):
+                    rt.queue.finish()
+            rt.queue.finish()
+            per[k].append((time.perf_counter() - t0) * 1e3 / reps)
     _KEEP.append(plan)
-    return float(np.median(ts)), len(gemms)
+    return float(np.median(ts)), len(gemms), {k: float(np.median(v)) for k, v in per.items()}
+
+
+def pick_shapes(results: list[tuple[float, int, dict, dict]], best: int, margin: float = 0.1,
+                min_ms: float = 0.02) -> dict[str, dict]:
+    """Per GEMM shape, the tiles of the variant that ran it fastest, kept only where that beats the overall
+    winner `best` on the shape by more than `margin` and `min_ms` (timing noise must not scatter the tiles)."""
+    shapes: dict[str, dict] = {}
+    base = next(r for r in results if r[1] == best)
+    for key, ms0 in base[3].items():
+        ms, i, params, _ = min(((r[3][key], r[1], r[2], r[3]) for r in results if key in r[3]), key=lambda r: r[0])
+        if i != best and ms < ms0 * (1 - margin) and ms0 - ms > min_ms:
+            shapes[key] = {k: v for k, v in params.items() if isinstance(v, (int, float)) and k.isupper()}
+    return shapes
 
 
 _KEEP = []   # NOTE: plans stay alive to the process's end (tearing one down mid-run crashed NVIDIA's driver in GC)
@@ -101,17 +131,23 @@ def main(args: list[str], emit) -> int:
     fam = base.get("variant") or rt.kind
     results = []
     for i, v in enumerate(VARIANTS["gpu" if fam == "gpu" else "cpu"]):
-        params = dict(base, **v)
+        params = {k: x for k, x in dict(base, **v).items() if k != "shapes"}
         try:
-            ms, n = _time_gemms(rt, g, job["batch"], job["steps"], params)
-            results.append((ms, i, params))
+            ms, n, per = _time_gemms(rt, g, job["batch"], job["steps"], params)
+            results.append((ms, i, params, per))
             emit(TuneVariant(i, {k: params[k] for k in sorted(params) if not isinstance(params[k], dict)}, ms, n, None))
         except (ThomasError, RuntimeError) as e:   # cl.Error is a RuntimeError: a tile this device cannot build
             emit(TuneVariant(i, v, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
     if not results:
         raise ThomasError("no GEMM variant built on this device; the default tuning stays")
-    ms, i, params = min(results)
-    default_ms = next(m for m, j, _ in results if j == 0) if any(j == 0 for _, j, _ in results) else None
+    ms, i, params, per = min(results, key=lambda r: (r[0], r[1]))
+    default_ms = next((m for m, j, _, _ in results if j == 0), None)
+    shapes, tuned_ms = pick_shapes(results, i), ms
+    if shapes:
+        # what the Plan will run, measured: the winner with its per-shape tiles; kept only if faster whole
+        tuned_ms = _time_gemms(rt, g, job["batch"], job["steps"], params, shapes)[0]
+        if tuned_ms >= ms:
+            shapes, tuned_ms = {}, ms
     path = tuning_file()
     try:
         doc = json.loads(path.read_text()) if path.exists() else {}
@@ -120,12 +156,13 @@ def main(args: list[str], emit) -> int:
     except (OSError, ValueError):
         doc = {}                                   # a corrupt file is replaced by a good one
     key = device_key(rt.device)
-    doc.setdefault(key, {})["gemm"] = {"params": params, "ms": round(ms, 3), "default_ms": default_ms,
+    doc.setdefault(key, {})["gemm"] = {"params": dict(params, shapes=shapes), "ms": round(ms, 3),
+                                       "default_ms": default_ms, "tuned_ms": round(tuned_ms, 3),
                                        "model": job["model"], "batch": job["batch"], "variant": i,
                                        "tuned": time.strftime("%Y-%m-%d %H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, path)
-    emit(Tune(key, "gemm", i, params, ms, default_ms, str(path)))
+    emit(Tune(key, "gemm", i, params, ms, default_ms, str(path), shapes, round(tuned_ms, 3)))
     return 0

@@ -37,7 +37,9 @@ def test_tune_saves_the_winner_for_this_device_and_driver(dev):
     assert len(variants) == len(VARIANTS[rt.tuning.get("gemm").get("variant") or rt.kind])
     assert all(v["gemms"] > 0 for v in variants if v["error"] is None)
     doc = json.loads((dev.root / "tuning" / "devices.json").read_text())
-    assert list(doc) == [last["key"]] and doc[last["key"]]["gemm"]["params"] == last["params"]
+    assert list(doc) == [last["key"]] and doc[last["key"]]["gemm"]["params"] == dict(last["params"],
+                                                                                   shapes=last["shapes"])
+    assert last["tuned_ms"] <= last["ms"] and all(" " in k for k in last["shapes"])
     assert last["key"] == f"{rt.device.name.strip()}|{rt.device.driver_version.strip()}"
 
 
@@ -96,3 +98,54 @@ def test_tune_without_pyopencl_is_a_clean_error(tmp_path, monkeypatch):
     monkeypatch.setattr("device_agent.graph.load_package", lambda p: None)
     with pytest.raises(BackendError, match="pyopencl is not installed"):
         tune.main([str(job)], print)
+
+
+def test_per_shape_tiles_are_picked_past_noise_and_used_by_the_plan(tmp_path, monkeypatch):
+    """pick_shapes keeps another variant's tiles for a shape only when clearly faster there; a Plan built
+    with a per-shape entry runs those tiles for that shape alone and still computes the same step."""
+    import numpy as np
+
+    from device_agent.backends.opencl.gemm import gemm_config, shape_key
+    from device_agent.backends.opencl.runtime import LaunchBuilder, Runtime, device_key
+    from device_agent.bench import _inputs
+    from device_agent.builder import GraphBuilder
+    from device_agent.plan import OptimConfig, Plan
+    from device_agent.tune import pick_shapes
+
+    a, b = {"TM": 4}, {"TM": 8}
+    results = [(10.0, 0, a, {"s1": 5.0, "s2": 5.0, "s3": 0.010}),
+               (11.0, 1, b, {"s1": 4.0, "s2": 4.8, "s3": 0.001})]
+    assert pick_shapes(results, 0) == {"s1": b}           # s2: within 10 %; s3: within 0.02 ms
+    assert shape_key("nt", 8, 10, 64) == "nt 8x10x64" and shape_key("nn", 4, 5, 6, 32, True) == "nn 4x5x6 r32"
+
+    f = tmp_path / "devices.json"
+    monkeypatch.setenv("THOMAS_TUNING_FILE", str(f))
+    rt0 = Runtime()
+    fam = rt0.tuning.get("gemm").get("variant") or rt0.kind
+    other = {"TM": 4, "TN": 16, "VW": 8} if fam == "cpu" else {"MWG": 32, "NWG": 32, "KWG": 16, "MDIMC": 8, "NDIMC": 8}
+    gb = GraphBuilder("fc", (None, 1, 4, 4))
+    g = gb.finish([gb.linear(gb.flatten(gb.input), 10, name="fc")])
+    x, y = _inputs(g, 8)
+    ref = Plan(g, batch=8, trainable=None, optimizer=OptimConfig("sgd"), runtime=rt0)
+    want = ref.train_step(x, y, lr=0.1)
+    fwd = [ln for ln in ref.fw_launches if ln.tag]
+    assert fwd and all(ln.tag.split()[0] in ("nn", "nt", "tn", "tt") for ln in fwd)
+    key = fwd[0].tag
+    f.write_text(json.dumps({device_key(rt0.device): {"gemm": {"params": {"shapes": {key: other}}}}}))
+    rt = Runtime()
+    lb = LaunchBuilder(rt)
+    assert gemm_config(lb, shape=key)[1].items() >= other.items()
+    assert gemm_config(lb, shape="nn 1x1x1")[1] == gemm_config(LaunchBuilder(rt0))[1]
+    tuned = Plan(g, batch=8, trainable=None, optimizer=OptimConfig("sgd"), runtime=rt)
+    got = tuned.train_step(x, y, lr=0.1)
+    assert np.isclose(got[0], want[0], rtol=1e-5) and got[1] == want[1]
+
+    def builds(plan):      # the compiled program behind each GEMM launch, by shape
+        import pyopencl as cl
+
+        return {ln.tag: ln.kernel.get_info(cl.kernel_info.PROGRAM).int_ptr for ln in plan.fw_launches + plan.bw_launches
+                if ln.tag}
+
+    before, after = builds(ref), builds(tuned)
+    assert after[key] != before[key]                                     # that shape: the other tiles
+    assert all(after[k] == before[k] for k in before if k != key)                 # the rest: unchanged

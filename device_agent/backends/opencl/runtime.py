@@ -184,10 +184,10 @@ class Launch:
     label: str
     dyn: dict[int, str] = field(default_factory=dict)   # arg index -> name of a per-step value
     flops: int = 0
-    tag: str = ""            # what `thomas tune` groups launches by (a GEMM's shape key)
     # NOTE: clSetKernelArg does not retain buffers; holding the args here keeps a launcher's
     # temporary buffers alive as long as the launch list that uses them.
     args: tuple = ()
+    tag: str = ""            # what `thomas tune` groups launches by (a GEMM's shape key)
 
 
 def _arg(a):
