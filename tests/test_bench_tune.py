@@ -39,7 +39,7 @@ def test_tune_saves_the_winner_for_this_device_and_driver(dev):
     doc = json.loads((dev.root / "tuning" / "devices.json").read_text())
     assert list(doc) == [last["key"]] and doc[last["key"]]["gemm"]["params"] == dict(last["params"],
                                                                                    shapes=last["shapes"])
-    assert last["tuned_ms"] <= last["ms"] and all(" " in k for k in last["shapes"])
+    assert last["tuned_ms"] <= last["ms"] + 1e-3 and all(" " in k for k in last["shapes"])
     assert last["key"] == f"{rt.device.name.strip()}|{rt.device.driver_version.strip()}"
 
 
@@ -147,5 +147,7 @@ def test_per_shape_tiles_are_picked_past_noise_and_used_by_the_plan(tmp_path, mo
                 if ln.tag}
 
     before, after = builds(ref), builds(tuned)
-    assert after[key] != before[key]                                     # that shape: the other tiles
-    assert all(after[k] == before[k] for k in before if k != key)                 # the rest: unchanged
+    same = [k for k in before if k != key and before[k] == before[key]]  # shared key's program before
+    assert same and len(set(before.values())) == 1
+    assert all(after[k] != after[key] for k in same)                     # that shape alone: other tiles
+    assert len({after[k] for k in same}) == 1                            # the rest: still one program
