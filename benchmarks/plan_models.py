@@ -5,7 +5,9 @@ the same process (CPU threads here; CUDA with TF32 off on the accelerator machin
                                      [--steps 5] [--torch cpu|cuda|none]
 
 Stages: infer (inference plan, BN folded), last (classifier only, SGD momentum), full (all layers,
-BN batch statistics, SGD momentum). Medians after two warm-up steps; each step ends with the
+BN batch statistics, SGD momentum), full_rc (full with Plan(recompute=True): BN outputs rewritten in
+the backward instead of kept; the same torch step as full). The Plan's step uploads its batch from the host; on CUDA torch is
+timed twice: with the batch already on the GPU, and with the same host-to-device copy in its step. Medians after two warm-up steps; each step ends with the
 Plan's single sync (the loss read-back), torch steps with torch.cuda.synchronize() on CUDA.
 Writes benchmarks/results/plan_models.json and prints a Markdown table.
 """
@@ -49,14 +51,16 @@ def bench_plan(g, stage, x, y, steps):
     else:
         last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
         plan = Plan(g, batch=len(x), trainable=last if stage == "last" else None,
-                    optimizer=OptimConfig("sgd", momentum=0.9), bn_batch_stats=stage == "full")
+                    optimizer=OptimConfig("sgd", momentum=0.9), bn_batch_stats=stage.startswith("full"),
+                    recompute=stage == "full_rc")
         fn = lambda: plan.train_step(x, y, lr=1e-4)  # noqa: E731
     ms = median_ms(fn, steps)
     _KEEP.append(plan)
     return ms, plan.memory()["peak"], plan.rt.info["device"]
 
 
-def bench_torch(g, stage, x, y, steps, device):
+def bench_torch(g, stage, x, y, steps, device, upload=False):
+    """upload: each step also copies the batch from the host (as the Plan's step does)."""
     import torch
     from torch_twin import TorchTwin
 
@@ -75,13 +79,14 @@ def bench_torch(g, stage, x, y, steps, device):
         torch.cuda.reset_peak_memory_stats()
 
     def step():
+        xs, ys = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) if upload else (xt, yt)
         if stage == "infer":
             with torch.no_grad():
-                tw.forward({inp: xt}, training=False)
+                tw.forward({inp: xs}, training=False)
         else:
             opt.zero_grad(set_to_none=True)
-            out = tw.forward({inp: xt}, training=True, bn_batch_stats=stage == "full")["logits"]
-            torch.nn.functional.cross_entropy(out, yt).backward()
+            out = tw.forward({inp: xs}, training=True, bn_batch_stats=stage.startswith("full"))["logits"]
+            torch.nn.functional.cross_entropy(out, ys).backward()
             opt.step()
         sync()
 
@@ -116,6 +121,9 @@ def main() -> None:
             if a.torch != "none":
                 tms, tpeak = bench_torch(g, stage, x, y, a.steps, a.torch)
                 row.update(torch_ms=tms, torch_peak=tpeak, ratio=ms / tms)
+                if a.torch == "cuda":   # the Plan's step uploads its batch; this torch step does too
+                    ums, _ = bench_torch(g, stage, x, y, a.steps, a.torch, upload=True)
+                    row.update(torch_upload_ms=ums, ratio_upload=ms / ums)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "python": platform.python_version(),
@@ -130,13 +138,15 @@ def main() -> None:
         pass
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    print(f"| model | stage | THOMAS OpenCL ms | torch {a.torch} ms | ratio | THOMAS peak MB | torch peak MB |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| model | stage | THOMAS OpenCL ms | torch {a.torch} ms | ratio | torch + upload ms | ratio | "
+          f"THOMAS peak MB | torch peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for r in rows:
         tp = r.get("torch_peak")
-        print(f"| {r['model']} | {r['stage']} | {r['thomas_ms']:.1f} | {r.get('torch_ms', float('nan')):.1f} | "
-              f"{r.get('ratio', float('nan')):.2f} | {r['thomas_peak'] / 2**20:.0f} | "
-              f"{'' if tp is None else f'{tp / 2**20:.0f}'} |")
+        print(f"| {r['model']} | {r['stage']} | {r['thomas_ms']:.1f} | {r.get('torch_ms', nan):.1f} | "
+              f"{r.get('ratio', nan):.2f} | {r.get('torch_upload_ms', nan):.1f} | {r.get('ratio_upload', nan):.2f} | "
+              f"{r['thomas_peak'] / 2**20:.0f} | {'' if tp is None else f'{tp / 2**20:.0f}'} |")
     sys.stdout.flush()
     sys.stderr.flush()
     # NOTE: on NVIDIA's OpenCL driver the interpreter's final teardown of Plans (sub-buffers,
