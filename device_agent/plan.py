@@ -579,13 +579,21 @@ class Plan:
             raise BackendError(f"unknown optimizer '{o.kind}' (sgd, adam, adamw)")
 
     # ================================================================== running
-    def _upload(self, x: np.ndarray) -> None:
-        ref = self.refs[self.input_name]
-        x = np.ascontiguousarray(x, np.float32)
-        if tuple(x.shape) != ref.shape:
-            raise BackendError(f"input has shape {tuple(x.shape)}, the plan was built for {ref.shape}")
-        cl.enqueue_copy(self.rt.queue, ref.buf, x, is_blocking=False)
-        self._keep = x   # the copy is asynchronous: keep the host array alive until the step ends
+    def _upload(self, x) -> None:
+        """x: the input array, or {input name: array} for a graph with several inputs (a training
+        suffix whose cut crosses a residual branch)."""
+        feeds = x if isinstance(x, dict) else {self.input_name: x}
+        names = [s.name for s in self.graph.inputs]
+        if sorted(feeds) != sorted(names):
+            raise BackendError(f"the plan takes inputs {names}, got {sorted(feeds)}")
+        keep = []
+        for name in names:
+            ref, a = self.refs[name], np.ascontiguousarray(feeds[name], np.float32)
+            if tuple(a.shape) != ref.shape:
+                raise BackendError(f"input '{name}' has shape {tuple(a.shape)}, the plan was built for {ref.shape}")
+            cl.enqueue_copy(self.rt.queue, ref.buf, a, is_blocking=False)
+            keep.append(a)
+        self._keep = keep   # the copies are asynchronous: keep the host arrays alive until the step ends
 
     def _values(self, seed, lr: float = 0.0) -> dict:
         """Per-step kernel arguments. seed (an int or a sequence, as numpy's default_rng takes)

@@ -32,12 +32,18 @@ def _check_dtype(dtype) -> None:
                            f"(use backend 'numpy' for float64)")
 
 
-def _feeds(graph: Graph, x) -> np.ndarray:
+def _feeds(graph: Graph, x):
+    """The array of a one-input graph, or {input name: array} (a suffix cut across a residual branch)."""
     if isinstance(x, dict):
-        if len(x) != 1:
-            raise BackendError("the OpenCL backend runs graphs with one input")
-        (x,) = x.values()
+        if len(x) == 1 and len(graph.inputs) == 1:
+            (x,) = x.values()
+        else:
+            return {k: np.asarray(v, np.float32) for k, v in x.items()}
     return np.asarray(x, np.float32)
+
+
+def _batch(x) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
 
 
 def _loss_sum(logits: np.ndarray, y: np.ndarray) -> float:
@@ -53,8 +59,6 @@ class OpenCLEngine:
                  clip_grad_norm: float | None = None, label_smoothing: float = 0.0, dtype=np.float32,
                  seed: int = 0, runtime=None):
         _check_dtype(dtype)
-        if len(graph.inputs) != 1:
-            raise BackendError("the OpenCL backend trains graphs with one input")
         from .runtime import shared_runtime
 
         self.graph = graph
@@ -117,7 +121,7 @@ class OpenCLEngine:
     # ------------------------------------------------------------------ TrainEngine
     def train_step(self, x, y, lr):
         x = _feeds(self.graph, x)
-        plan = self._train_plan(len(x))
+        plan = self._train_plan(_batch(x))
         loss, correct = plan.train_step(x, np.asarray(y), lr, seed=[self.seed, 3, self.t])
         self.t += 1
         self._eval_stale = True
@@ -125,9 +129,10 @@ class OpenCLEngine:
 
     def eval_batch(self, x, y):
         x = _feeds(self.graph, x)
-        ev = self.evals.get(len(x))
+        n = _batch(x)
+        ev = self.evals.get(n)
         if ev is None:
-            ev = self.evals[len(x)] = Plan(self.graph, len(x), trainable=set(), fold_bn=False, runtime=self.rt)
+            ev = self.evals[n] = Plan(self.graph, n, trainable=set(), fold_bn=False, runtime=self.rt)
             self._eval_stale = True
         if self._eval_stale:
             w = self.params()
@@ -186,9 +191,10 @@ class OpenCLInfer:
 
     def forward(self, x):
         x = _feeds(self.graph, x)
-        plan = self.plans.get(len(x))
+        n = _batch(x)
+        plan = self.plans.get(n)
         if plan is None:
-            plan = self.plans[len(x)] = Plan(self.graph, len(x), trainable=set(), runtime=self.rt)
+            plan = self.plans[n] = Plan(self.graph, n, trainable=set(), runtime=self.rt)
         return plan.forward_all(x)
 
     def memory(self):
