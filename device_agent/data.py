@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .fsutil import fsync_dir
+from .fsutil import atomic_write, fsync_dir
 
 FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
@@ -196,12 +196,18 @@ class Dataset:
                             f"{model} expects {shape[2]}x{shape[3]} (push the data again at that size)")
 
 
+VERIFIED_JSON = ".verified.json"   # shard -> [size, mtime_ns, sha256] already checked (a cache, never trusted alone)
+
+
 def open_dataset(path, verify: bool = True) -> Dataset:
     """Open and validate a dataset directory; every problem is a one-line DataError naming the file.
-    verify: check each shard's sha256 (one sequential read of the data)."""
+    verify: check each shard's sha256 (one sequential read of the data) — once: a shard whose size and
+    mtime still match what the last check recorded in VERIFIED_JSON is not read again."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset directory")
+    seen = _read_verified(root) if verify else {}
+    checked: dict = {}
     doc = _read_json(root / DATASET_JSON, dict)
     classes = _read_json(root / CLASSES_JSON, list)
     where = root / DATASET_JSON
@@ -225,7 +231,7 @@ def open_dataset(path, verify: bool = True) -> Dataset:
         s = splits.get(split, {"count": 0, "shards": []}) if isinstance(splits, dict) else None
         if not isinstance(s, dict) or not isinstance(s.get("shards"), list):
             raise DataError(f"{where}: field 'splits.{split}' must hold a 'shards' list")
-        parts[split] = _open_split(root, split, s, (h, w), len(classes), verify)
+        parts[split] = _open_split(root, split, s, (h, w), len(classes), verify, seen, checked)
     train = parts["train"]
     if len(train) == 0:
         raise DataError(f"{where}: the dataset has no training images")
@@ -234,7 +240,29 @@ def open_dataset(path, verify: bool = True) -> Dataset:
         raise DataError(f"{where}: the training split holds a single class "
                         f"({classes[int(present[0])]!r}); a classifier needs at least 2")
     digest = hashlib.sha256((root / DATASET_JSON).read_bytes()).hexdigest()
+    if verify and checked != seen:
+        try:   # NOTE: best effort: a read-only dataset is verified again next time
+            atomic_write(root / VERIFIED_JSON, lambda f: f.write(json.dumps(checked).encode()))
+        except OSError:
+            pass
     return Dataset(root, list(classes), h, w, train, parts["val"], digest)
+
+
+def _read_verified(root: Path) -> dict:
+    try:
+        d = json.loads((root / VERIFIED_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _check_shard(f: Path, want: str, seen: dict, checked: dict) -> None:
+    """sha256 of shard f against `want`, unless the same size/mtime was verified against it before."""
+    st = f.stat()
+    stamp = [st.st_size, st.st_mtime_ns, want]
+    if seen.get(f.name) != stamp and _sha256(f) != want:
+        raise DataError(f"{f}: corrupt shard (sha256 differs from {DATASET_JSON})")
+    checked[f.name] = stamp
 
 
 def _read_json(path: Path, kind):
@@ -249,7 +277,8 @@ def _read_json(path: Path, kind):
     return v
 
 
-def _open_split(root: Path, split: str, s: dict, hw: tuple, k: int, verify: bool) -> Split:
+def _open_split(root: Path, split: str, s: dict, hw: tuple, k: int, verify: bool, seen: dict,
+                checked: dict) -> Split:
     images, labels, offsets = [], [], [0]
     for rec in s["shards"]:
         try:
@@ -263,8 +292,8 @@ def _open_split(root: Path, split: str, s: dict, hw: tuple, k: int, verify: bool
             if not f.is_file():
                 raise DataError(f"{f}: missing shard")
             want = (rec.get("sha256") or {}).get(key)
-            if verify and want and _sha256(f) != want:
-                raise DataError(f"{f}: corrupt shard (sha256 differs from {DATASET_JSON})")
+            if verify and want:
+                _check_shard(f, want, seen, checked)
         im = _load_npy(files["images"], np.uint8, (count,) + tuple(hw) + (3,))
         lab = np.array(_load_npy(files["labels"], np.int64, (count,)))
         if count and (lab.min() < 0 or lab.max() >= k):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -135,6 +136,37 @@ def test_corrupt_shard(tmp_path):
     with pytest.raises(DataError) as e:
         open_dataset(d, verify=False)
     _one_line(e, "train-00000.labels.npy")
+
+
+def test_shards_are_hashed_once_until_they_change(tmp_path, monkeypatch):
+    """The sha256 check reads each shard once: a later open trusts a shard whose size and mtime match
+    the recorded check; a shard rewritten since (same size, new bytes) is read and refused again."""
+    import device_agent.data as data
+
+    d = _write(tmp_path)
+    reads = []
+    real = data._sha256
+    monkeypatch.setattr(data, "_sha256", lambda p: reads.append(p.name) or real(p))
+    open_dataset(d)
+    first = sorted(reads)
+    assert first and all(n.endswith(".npy") for n in first) and (d / data.VERIFIED_JSON).is_file()
+    reads.clear()
+    open_dataset(d)
+    assert reads == []                                      # nothing changed: nothing hashed
+    f = d / "val-00000.images.npy"
+    b = bytearray(f.read_bytes())
+    b[-5] ^= 0xFF
+    f.write_bytes(bytes(b))
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(DataError) as e:
+        open_dataset(d)
+    _one_line(e, "val-00000.images.npy", "corrupt")
+    assert reads == ["val-00000.images.npy"]                # only the changed shard was read
+    (d / data.VERIFIED_JSON).write_text("{not json")         # a broken record: everything checked again
+    reads.clear()
+    with pytest.raises(DataError):
+        open_dataset(d)
+    assert len(reads) > 1
 
 
 def test_labels_out_of_range(tmp_path):
