@@ -37,21 +37,26 @@ STAGES = ("infer", "last", "all")
 LR = 1e-4
 
 
-def load_job(path: str) -> dict:
+def read_job(path: str, kind: str, defaults: dict) -> dict:
+    """A small agent job file (bench, tune): a JSON object with 'model' (a package directory) and the
+    fields of `defaults`, whose integer fields must be integers >= 1; InputError (one line) otherwise."""
     try:
         job = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable bench job ({e})") from None
+        raise InputError(f"{path}: not a readable {kind} job ({e})") from None
     if not isinstance(job, dict) or not isinstance(job.get("model"), str):
-        raise InputError(f"{path}: a bench job needs 'model' (a package directory)")
-    job.setdefault("stage", "last")
-    job.setdefault("batch", 8)
-    job.setdefault("steps", 10)
+        raise InputError(f"{path}: a {kind} job needs 'model' (a package directory)")
+    for k, v in defaults.items():
+        job.setdefault(k, v)
+        if isinstance(v, int) and (isinstance(job[k], bool) or not isinstance(job[k], int) or job[k] < 1):
+            raise InputError(f"{kind} field '{k}' must be an integer >= 1, got {job[k]!r}")
+    return job
+
+
+def load_job(path: str) -> dict:
+    job = read_job(path, "bench", {"stage": "last", "batch": 8, "steps": 10})
     if job["stage"] not in STAGES:
         raise InputError(f"bench field 'stage' must be one of {', '.join(STAGES)}, got {job['stage']!r}")
-    for k in ("batch", "steps"):
-        if isinstance(job[k], bool) or not isinstance(job[k], int) or job[k] < 1:
-            raise InputError(f"bench field '{k}' must be an integer >= 1, got {job[k]!r}")
     return job
 
 

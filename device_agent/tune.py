@@ -19,11 +19,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendError, InputError, ThomasError
+from .errors import BackendError, ThomasError
 from .protocol import Tune, TuneVariant
 
 # a small set of plausible tiles per device kind (the kernel defaults come first)
@@ -47,18 +46,9 @@ VARIANTS = {
 
 
 def load_job(path: str) -> dict:
-    try:
-        job = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable tune job ({e})") from None
-    if not isinstance(job, dict) or not isinstance(job.get("model"), str):
-        raise InputError(f"{path}: a tune job needs 'model' (a package directory)")
-    job.setdefault("batch", 8)
-    job.setdefault("steps", 3)
-    for k in ("batch", "steps"):
-        if isinstance(job[k], bool) or not isinstance(job[k], int) or job[k] < 1:
-            raise InputError(f"tune field '{k}' must be an integer >= 1, got {job[k]!r}")
-    return job
+    from .bench import read_job
+
+    return read_job(path, "tune", {"batch": 8, "steps": 3})
 
 
 def _time_gemms(rt, g, batch: int, steps: int, params: dict, shapes: dict | None = None

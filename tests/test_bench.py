@@ -115,3 +115,15 @@ def test_bench_job_errors_name_the_field(tmp_path):
     job.write_text(json.dumps({"model": "x", "stage": "middle"}))
     with pytest.raises(InputError, match="stage"):
         bench.load_job(str(job))
+    from device_agent import tune
+
+    for doc, words in (({"model": "x", "batch": 0}, "tune field 'batch' must be an integer >= 1, got 0"),
+                       ({"model": "x", "steps": True}, "tune field 'steps'"), ({"batch": 2}, "needs 'model'")):
+        job.write_text(json.dumps(doc))
+        with pytest.raises(InputError, match=words):
+            tune.load_job(str(job))
+    job.write_text("{")
+    with pytest.raises(InputError, match="not a readable tune job"):
+        tune.load_job(str(job))
+    job.write_text(json.dumps({"model": "x"}))
+    assert tune.load_job(str(job)) == {"model": "x", "batch": 8, "steps": 3}
