@@ -193,6 +193,18 @@ def test_gemm_epilogue_activation(variant, act):
         check(got, want, 64 * 3)
 
 
+@pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
+def test_conv2d_im2col_float4(case):
+    """the GPUs' im2col4 (four pq per work-item, float4 stores, zeros in the row padding) on the test device"""
+    _, x_shape, attrs, bias = case
+    rt = runtime()
+    rt.tuning.override["conv2d"] = {"im2col_vec": 4}
+    try:
+        cl_check("Conv2d", attrs, conv_inputs(x_shape, attrs, bias, np.float32))
+    finally:
+        rt.tuning.override.pop("conv2d")
+
+
 DEPTHWISE = [c for c in CONV_CASES if c[0].startswith("depthwise")]
 
 
@@ -372,8 +384,11 @@ def test_conv2d_frozen_records_no_work():
     assert b.launches == []
 
 
-def test_conv2d_chunked_workspace(monkeypatch):
-    """a workspace for fewer images than the batch: the columns go chunk by chunk, same result"""
+@pytest.mark.parametrize("vec", [1, 4])
+def test_conv2d_chunked_workspace(monkeypatch, vec):
+    """a workspace for fewer images than the batch: the columns go chunk by chunk, same result (both
+    im2col forms: the chunk offset x_off reaches each)"""
+    monkeypatch.setitem(runtime().tuning.override, "conv2d", {"im2col_vec": vec})
     _, x_shape, attrs, bias = next(c for c in CONV_CASES if c[0] == "mixed_groups2")
     x_shape = (5,) + x_shape[1:]
     op = get_op("Conv2d")

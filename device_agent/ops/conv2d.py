@@ -275,6 +275,20 @@ DW_SEG_ROWS = 4    # rows (n, p) per row lane of a depthwise dW segment (tuning 
 DW_MAX_SEGS = 64   # segments per weight at most (their partial sums live in the workspace)
 
 
+def _cl_im2col(b, io, x, x_off, cols, ldp, crs, m, geo):
+    """x images -> cols (m, C*R*S, ldp): four pq per work-item with float4 stores on GPUs (tuning
+    "conv2d" -> "im2col_vec" 4 or 1; CPUs default to 1)"""
+    c, h, wd = io.x[0].shape[1:]
+    pq = geo[2] * geo[3]
+    vec = int(b.tuning("conv2d").get("im2col_vec", 1 if b.kind == "cpu" else 4))
+    if vec == 4:
+        b.launch("conv2d.cl", "im2col4", (ldp // 4, crs, m), row_local_size(b), x, x_off, cols, ldp, c, h, wd, *geo,
+                 defines=_dw_defines(b, io.attrs))
+    else:
+        b.launch("conv2d.cl", "im2col", (pq, crs, m), row_local_size(b), x, x_off, cols, ldp, c, h, wd, *geo,
+                 defines=_dw_defines(b, io.attrs))
+
+
 def _dw_run(b, length: int) -> int:
     """outputs per work-item along a row in dw_fwd / dw_bwd_data: tuning "conv2d" -> "dw_run", 0 = the
     whole row; default one on GPUs, the whole row on CPUs (no index division per output there)"""
@@ -348,8 +362,7 @@ def cl_conv_forward(b, io):
     cols, ldp = io.workspace, _ldp(pq)
     for i0 in range(0, n, nb):
         m = min(nb, n - i0)
-        b.launch("conv2d.cl", "im2col", (pq, crs, m), row_local_size(b), x, i0 * c * h * wd, cols, ldp, c, h, wd, *geo,
-                 defines=_dw_defines(b, io.attrs))
+        _cl_im2col(b, io, x, i0 * c * h * wd, cols, ldp, crs, m, geo)
         for gi in range(g):
             gemm(b, False, False, kg, pq, crsg, w, gi * kg * crsg, crsg, cols, gi * crsg * ldp, ldp,
                  y, i0 * k * pq + gi * kg * pq, pq, batch=m, stride_b=crs * ldp, stride_c=k * pq,
@@ -407,9 +420,7 @@ def cl_conv_backward(b, io):
                 continue
             # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dw[gi] = sum_n gy[n,gi] @ cols[n,gi]^T  (pointwise: x[n,gi])
             if not pointwise:
-                b.launch("conv2d.cl", "im2col", (pq, crs, m), row_local_size(b), x, i0 * c * h * wd, cols, ldp, c, h,
-                         wd,
-                         *geo, defines=defs)
+                _cl_im2col(b, io, x, i0 * c * h * wd, cols, ldp, crs, m, geo)
             src, ld = (x, pq) if pointwise else (cols, ldp)
             off, stride = (i0 * c * pq, c * pq) if pointwise else (0, crs * ldp)
             for gi in range(g):
