@@ -82,6 +82,25 @@ __kernel void bn_stats_part(__global const REAL* x, __global REAL* part, const i
     }
 }
 
+// bn_stats_part for CPU devices: segment = one image's plane of channel c (L contiguous values), one
+// work-item each with plain loops (no work-group tree, nothing to carry). Global size (N, C); S = N.
+__kernel void bn_stats_plane(__global const REAL* x, __global REAL* part, const int part_off, const int N,
+                             const int C, const int L) {
+    const int n = get_global_id(0), c = get_global_id(1);
+    if (n >= N || c >= C) return;
+    __global const REAL* xp = x + (n * C + c) * L;
+    REAL acc = (REAL)0;
+    for (int l = 0; l < L; l++) acc += xp[l];
+    const REAL mu = acc / (REAL)L;
+    acc = (REAL)0;
+    for (int l = 0; l < L; l++) {
+        const REAL d = xp[l] - mu;
+        acc += d * d;
+    }
+    part[part_off + (c * N + n) * 2] = mu;
+    part[part_off + (c * N + n) * 2 + 1] = acc;
+}
+
 __kernel void bn_stats_finish(__global const REAL* part, const int part_off, const int S, const int seg,
                               __global REAL* rmean, __global REAL* rvar, __global REAL* mean,
                               __global REAL* invstd, const int N, const int C, const int L,
@@ -205,6 +224,26 @@ __kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __glob
         part[(c * S + sg) * 2] = sg_;
         part[(c * S + sg) * 2 + 1] = sgx;
     }
+}
+
+// bn_bwd_part for CPU devices, one work-item per (image, channel) plane as bn_stats_plane.
+__kernel void bn_bwd_plane(__global const REAL* x, __global const REAL* g, __global const REAL* w,
+                           __global const REAL* b, const int act, __global const REAL* mean,
+                           __global const REAL* var_or_invstd, __global REAL* part, const int part_off,
+                           const int N, const int C, const int L, const int frozen, const REAL eps) {
+    const int n = get_global_id(0), c = get_global_id(1);
+    if (n >= N || c >= C) return;
+    const int i0 = (n * C + c) * L;
+    const REAL mu = mean[c], is = bn_invstd(var_or_invstd, c, frozen, eps);
+    REAL sg_ = (REAL)0, sgx = (REAL)0;
+    for (int i = i0; i < i0 + L; i++) {
+        const REAL xhat = (x[i] - mu) * is;
+        const REAL gi = bn_gy(g[i], xhat * w[c] + b[c], act);
+        sg_ += gi;
+        sgx += gi * xhat;
+    }
+    part[part_off + (c * N + n) * 2] = sg_;
+    part[part_off + (c * N + n) * 2 + 1] = sgx;
 }
 
 __kernel void bn_bwd_finish(__global const REAL* part, const int part_off, const int S, __global REAL* sums,

@@ -74,6 +74,22 @@ def test_bn(xshape, batch):
     _bn_check(xshape, batch, {})
 
 
+@pytest.mark.parametrize("planes", [True, False])
+@pytest.mark.parametrize("xshape", [(3, 2, 20, 21), (5, 3, 4, 4), (2, 3, 3, 5)])
+def test_bn_plane_reductions(xshape, planes):
+    """per-plane segments (one work-item per image and channel; the CPU default, used from L >= 16) or
+    the work-group segments, on the test device: same statistics and sums"""
+    from clcheck import runtime
+
+    rt = runtime()
+    rt.tuning.override["bn"] = {"planes": planes}
+    try:
+        for batch in (True, False):
+            _bn_check(xshape, batch, {"eps": 1e-3, "momentum": 0.2})
+    finally:
+        rt.tuning.override.pop("bn")
+
+
 @pytest.mark.parametrize("batch", [True, False])
 @pytest.mark.parametrize("act", ["relu", "relu6"])
 @pytest.mark.parametrize("xshape", [(2, 3, 4, 5), (8, 16, 9, 9), (300, 4), (3, 4, 8, 8)])
@@ -108,7 +124,7 @@ def test_bn_segmented_reductions(xshape, seg, wg):
     from clcheck import runtime
 
     rt = runtime()
-    rt.tuning.override["bn"] = {"seg": seg, "wg": wg}
+    rt.tuning.override["bn"] = {"seg": seg, "wg": wg, "planes": False}
     try:
         for batch in (True, False):
             _bn_check(xshape, batch, {"eps": 1e-3, "momentum": 0.2})

@@ -118,6 +118,7 @@ def bn_backward(attrs, saved, gys, needs, ctx):
 # seg: tuning "bn" -> "seg", default SEG_ITEMS values per work-item; never more than MAX_SEGS segments.
 SEG_ITEMS = 8
 MAX_SEGS = 256
+PLANE_MIN_L = 16   # per-plane segments (CPU) only for planes of at least this many values
 
 
 def bn_cl_state(attrs, in_shapes, out_shapes, training):
@@ -136,6 +137,13 @@ def _wg(b, kernel: str, cnt: int) -> int:
     wg = reduce_wg(b, "bn.cl", kernel, cnt)
     cap = b.tuning("bn").get("wg")
     return min(wg, pow2_floor(int(cap))) if cap else wg
+
+
+def _planes(b, n: int, length: int) -> bool:
+    """segments = the images' planes, one work-item each (tuning "bn" -> "planes"; CPUs by default):
+    plain contiguous loops where PoCL ran the strided group walk at ~1 value per 5 cycles"""
+    want = b.tuning("bn").get("planes", b.kind == "cpu")
+    return bool(want) and length >= PLANE_MIN_L and n <= MAX_SEGS
 
 
 def _segments(b, cnt: int, wg: int) -> tuple[int, int]:
@@ -178,11 +186,15 @@ def cl_bn_forward(b, io):
                               f"got input shape {x.shape}")
     m = io.attrs["momentum"]
     mean, invstd = io.state["mean"], io.state["invstd"]
-    wg = _wg(b, "bn_stats_part", cnt)
-    seg, segs = _segments(b, cnt, wg)
     part = io.workspace   # floats [2C, 2C + 2*C*S)
-    b.launch("bn.cl", "bn_stats_part", (segs * wg, c), (wg, 1), x, part, 2 * c, n, c, length, seg,
-             local_floats(wg))
+    if _planes(b, n, length):
+        seg, segs = length, n
+        b.launch("bn.cl", "bn_stats_plane", (n, c), None, x, part, 2 * c, n, c, length)
+    else:
+        wg = _wg(b, "bn_stats_part", cnt)
+        seg, segs = _segments(b, cnt, wg)
+        b.launch("bn.cl", "bn_stats_part", (segs * wg, c), (wg, 1), x, part, 2 * c, n, c, length, seg,
+                 local_floats(wg))
     b.launch("bn.cl", "bn_stats_finish", (c,), elt(b), part, 2 * c, segs, seg, rm, rv, mean, invstd, n, c, length,
              eps, np.float32(1 - m), np.float32(m), np.float32(cnt / (cnt - 1)))
     _apply(b, x, w, bias, mean, invstd, y, c, length, 0, eps, act)
@@ -211,10 +223,15 @@ def cl_bn_backward(b, io):
     act = ACTS[io.act]   # undoes the fused act(): g masked where it cut (its input recomputed from x)
     if not frozen or gw is not None or gb is not None:
         # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
-        wg = _wg(b, "bn_bwd_part", n * length)
-        seg, segs = _segments(b, n * length, wg)
-        b.launch("bn.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, w, bias, act, mean, vi, sums, 2 * c, n, c,
-                 length, seg, frozen, eps, local_floats(wg))
+        if _planes(b, n, length):
+            segs = n
+            b.launch("bn.cl", "bn_bwd_plane", (n, c), None, x, g, w, bias, act, mean, vi, sums, 2 * c, n, c, length,
+                     frozen, eps)
+        else:
+            wg = _wg(b, "bn_bwd_part", n * length)
+            seg, segs = _segments(b, n * length, wg)
+            b.launch("bn.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, w, bias, act, mean, vi, sums, 2 * c, n,
+                     c, length, seg, frozen, eps, local_floats(wg))
         b.launch("bn.cl", "bn_bwd_finish", (c,), elt(b), sums, 2 * c, segs, sums, gw or sums, gb or sums, c,
                  gw is not None, gb is not None)
     if gx is not None:
