@@ -147,6 +147,81 @@ __kernel void dw_fwd(__global const float* x, __global const float* wt, __global
     }
 }
 
+// CPU-shaped depthwise kernels: one work-item per row, the taps outside and each tap's contiguous q
+// (or w) range inside, without per-element bounds checks or index division (the compiler can
+// vectorise along the row; PoCL vectorises across work-items only when they read neighbours).
+// Input column of output column q and tap offset o = s*dw - pl: w = q*sw + o, inside [0, W) for
+// q in [dw_qlo, dw_qhi).
+inline int dw_qlo(const int o, const int sw) { return o >= 0 ? 0 : (-o + sw - 1) / sw; }
+inline int dw_qhi(const int o, const int sw, const int W, const int Q) {
+    return W - 1 - o < 0 ? 0 : min(Q, (W - 1 - o) / sw + 1);
+}
+
+// dw_fwd by output rows (n, k, p); same sums in the same order. Global size (P, K, N).
+__kernel void dw_fwd_rows(__global const float* x, __global const float* wt, __global const float* bias,
+                          const int mode, __global float* y,
+                          const int C, const int H, const int W, const int mult, const int R, const int S,
+                          const int P, const int Q, const int sh, const int sw, const int dh, const int dw,
+                          const int pt, const int pl) {
+    const int p = get_global_id(0), k = get_global_id(1), n = get_global_id(2);
+    if (p >= P || k >= C * mult) return;
+    __global const float* xp = x + (n * C + k / mult) * H * W;
+    __global const float* wp = wt + k * KR_ * KS_;
+    __global float* yr = y + ((n * C * mult + k) * P + p) * Q;
+    for (int q = 0; q < Q; q++) yr[q] = 0.0f;
+    for (int r = 0; r < KR_; r++) {
+        const int h = p * SH_ + r * DH_ - pt;
+        if (h < 0 || h >= H) continue;
+        __global const float* xr = xp + h * W;
+        for (int s = 0; s < KS_; s++) {
+            const int o = s * DW_ - pl, q1 = dw_qhi(o, SW_, W, Q);
+            const float wv = wp[r * KS_ + s];
+            for (int q = dw_qlo(o, SW_); q < q1; q++) yr[q] += xr[q * SW_ + o] * wv;
+        }
+    }
+    const int act = mode >> 1;
+    const float b0 = (mode & 1) ? bias[k] : 0.0f;
+    for (int q = 0; q < Q; q++) {
+        float v = (mode & 1) ? yr[q] + b0 : yr[q];
+        if (act == 1) v = fmax(v, 0.0f);
+        else if (act == 2) {
+            if (v < 0.0f) v = 0.0f;
+            if (v > 6.0f) v = 6.0f;
+        }
+        yr[q] = v;
+    }
+}
+
+// dw_bwd_data by input rows (n, c, h): each tap scatters a gy row into the dx row (private to this
+// work-item: no races); same sums in the same order as dw_bwd_data. Global size (H, C, N).
+__kernel void dw_bwd_data_rows(__global const float* gy, __global const float* wt, __global float* dx,
+                               const int C, const int H, const int W, const int mult, const int R, const int S,
+                               const int P, const int Q, const int sh, const int sw, const int dh, const int dw,
+                               const int pt, const int pl) {
+    const int h = get_global_id(0), c = get_global_id(1), n = get_global_id(2);
+    if (h >= H || c >= C) return;
+    __global float* dr = dx + ((n * C + c) * H + h) * W;
+    for (int w = 0; w < W; w++) dr[w] = 0.0f;
+    for (int j = 0; j < mult; j++) {
+        const int k = c * mult + j;
+        __global const float* g = gy + (n * C * mult + k) * P * Q;
+        __global const float* wp = wt + k * KR_ * KS_;
+        for (int r = 0; r < KR_; r++) {
+            const int t = h + pt - r * DH_;
+            if (t < 0) break;
+            if (t % SH_) continue;
+            const int p = t / SH_;
+            if (p >= P) continue;
+            __global const float* gr = g + p * Q;
+            for (int s = 0; s < KS_; s++) {
+                const int o = s * DW_ - pl, q1 = dw_qhi(o, SW_, W, Q);
+                const float wv = wp[r * KS_ + s];
+                for (int q = dw_qlo(o, SW_); q < q1; q++) dr[q * SW_ + o] += gr[q] * wv;
+            }
+        }
+    }
+}
+
 // undoes dw_fwd for x: dx[n,c,h,w] = sum_{j<mult, r, s : h = p*sh + r*dh - pt, w = q*sw + s*dw - pl}
 //   gy[n, c*mult+j, p, q] * w[c*mult+j, 0, r, s]    (a gather; runs of wb values of a row per work-item
 //   as dw_fwd's qb; global size (H*ceil(W/wb), C, N))
@@ -222,6 +297,20 @@ __kernel void dw_bwd_filter_part(__global const float* x, __global const float* 
         const int n = np / P, p = np % P;
         __global const float* g = gy + ((n * K + k) * P + p) * Q;
         __global const float* xc = x + (n * C + c) * H * W;
+        if (lq == 1) {   // one lane per row (CPUs): taps outside, each tap's contiguous q range inside
+            for (int r = 0; r < KR_; r++) {
+                const int h = p * SH_ + r * DH_ - pt;
+                if (h < 0 || h >= H) continue;
+                __global const float* xr = xc + h * W;
+                for (int s = 0; s < KS_; s++) {
+                    const int o = s * DW_ - pl, q1 = dw_qhi(o, SW_, W, Q);
+                    float a = acc[r * KS_ + s];
+                    for (int q = dw_qlo(o, SW_); q < q1; q++) a += g[q] * xr[q * SW_ + o];
+                    acc[r * KS_ + s] = a;
+                }
+            }
+            continue;
+        }
         for (int q = qi; q < Q; q += lq) {
             const float gv = g[q];
             for (int r = 0; r < KR_; r++) {

@@ -208,14 +208,16 @@ def test_conv2d_im2col_float4(case):
 DEPTHWISE = [c for c in CONV_CASES if c[0].startswith("depthwise")]
 
 
-@pytest.mark.parametrize("tun", [{"dw_seg": 1}, {"dw_seg": 3}, {"LWG": 64, "dw_run": 1},
-                                 {"LWG": 64, "dw_seg": 5, "dw_run": 3}, {"dw_run": 0}, {"dw_run": 2}],
-                         ids=["seg1", "seg3", "lwg64_run1", "lwg64_seg5_run3", "whole_rows", "run2"])
+@pytest.mark.parametrize("tun", [{"dw_seg": 1}, {"dw_seg": 3}, {"LWG": 64, "dw_run": 1, "dw_rows": False},
+                                 {"LWG": 64, "dw_seg": 5, "dw_run": 3, "dw_rows": False},
+                                 {"dw_run": 0, "dw_rows": False}, {"dw_run": 2, "dw_rows": False},
+                                 {"dw_rows": True}],
+                         ids=["seg1", "seg3", "lwg64_run1", "lwg64_seg5_run3", "whole_rows", "run2", "row_kernels"])
 @pytest.mark.parametrize("case", DEPTHWISE, ids=_ids(DEPTHWISE))
 def test_conv2d_depthwise_dw_segments(case, tun):
     """the depthwise dW reduction cut in many row segments (a remainder, the DW_MAX_SEGS cap at 1), the
     GPU's work-group of 64 (rows x q lanes, local tree sums) and one output per work-item, whole rows
-    (the CPU default) and runs with a remainder, on whatever device runs the tests"""
+    and runs with a remainder, and the CPU row kernels, on whatever device runs the tests"""
     _, x_shape, attrs, bias = case
     rt = runtime()
     rt.tuning.override["conv2d"] = tun

@@ -289,6 +289,12 @@ def _cl_im2col(b, io, x, x_off, cols, ldp, crs, m, geo):
                  defines=_dw_defines(b, io.attrs))
 
 
+def _dw_rows(b) -> bool:
+    """depthwise forward / dX as the row kernels (taps outside, contiguous row ranges inside):
+    tuning "conv2d" -> "dw_rows", CPUs by default"""
+    return bool(b.tuning("conv2d").get("dw_rows", b.kind == "cpu"))
+
+
 def _dw_run(b, length: int) -> int:
     """outputs per work-item along a row in dw_fwd / dw_bwd_data: tuning "conv2d" -> "dw_run", 0 = the
     whole row; default one on GPUs, the whole row on CPUs (no index division per output there)"""
@@ -345,6 +351,11 @@ def cl_conv_forward(b, io):
     geo = (r, s, p, q, sh, sw, dh, dw, pt, pl)
     if _is_depthwise(c, g):
         mode = int(bias is not None) | ACTS[io.act] << 1
+        if _dw_rows(b):
+            b.launch("conv2d.cl", "dw_fwd_rows", (p, k, n), row_local_size(b), x, w, bias if bias is not None else w,
+                     mode, y, c, h, wd, k // c, *geo, defines=_dw_defines(b, io.attrs),
+                     flops=2 * n * k * p * q * r * s)
+            return
         qb = _dw_run(b, q)
         b.launch("conv2d.cl", "dw_fwd", (p * -(-q // qb), k, n), row_local_size(b), x, w,
                  bias if bias is not None else w, mode, y, c, h, wd, k // c, *geo, qb,
@@ -382,7 +393,10 @@ def cl_conv_backward(b, io):
         b.launch("conv2d.cl", "bias_grad", (k * lwg,), (lwg,), gy, gb, n, k, p * q, defines=defs)
     if _is_depthwise(c, g):
         # undoes: y[n,k] = sum_{r,s} x[n, k/mult, p*sh+r*dh-pt, q*sw+s*dw-pl] * w[k,0,r,s]
-        if gx is not None:
+        if gx is not None and _dw_rows(b):
+            b.launch("conv2d.cl", "dw_bwd_data_rows", (h, c, n), row_local_size(b), gy, w, gx, c, h, wd, k // c,
+                     *geo, defines=defs, flops=2 * n * k * p * q * r * s)
+        elif gx is not None:
             wb = _dw_run(b, wd)
             b.launch("conv2d.cl", "dw_bwd_data", (h * -(-wd // wb), c, n), row_local_size(b), gy, w, gx, c, h, wd,
                      k // c, *geo, wb,
