@@ -8,10 +8,12 @@ For each variant of the device kind (VARIANTS) a full-training Plan (every layer
 built with the variant as a tuning override; after one warm-up step the model's GEMM launches (labels
 `.../gemm*`: every distinct GEMM shape of its forward and backward, split-K reductions included) are
 replayed alone between two queue.finish() calls, median over `steps`, and then each GEMM shape's
-launches alone (Launch.tag, gemm.shape_key). A variant that fails to build is reported and skipped.
-The variant fastest over all the GEMMs wins; a shape that another variant ran more than 5 % faster
-keeps that variant's tiles (gemm.shapes: FC layers at a small batch and skinny dW products want other
-tiles than the big convolutions). The result goes to tuning_file() under "<device>|<driver>" ->
+launches alone (Launch.tag, gemm.shape_key). A variant that fails to build is reported and
+skipped, and so is one whose warm-up step computes another loss than the shipped tiles (a fast wrong
+tile never wins). The variant fastest over all the GEMMs wins; a shape that another variant ran more
+than 10 % (and 0.02 ms) faster keeps that variant's tiles (gemm.shapes: FC layers at a small batch and
+skinny dW products want other tiles than the big convolutions), kept only if the whole set re-timed is
+faster. The result goes to tuning_file() under "<device>|<driver>" ->
 "gemm", which every later Runtime on this device reads (runtime.Tuning); training never re-times.
 """
 from __future__ import annotations
@@ -32,8 +34,13 @@ VARIANTS = {
         {"MWG": 32, "NWG": 32, "KWG": 16, "MDIMC": 8, "NDIMC": 8},
         {"MWG": 64, "NWG": 64, "KWG": 32, "MDIMC": 8, "NDIMC": 8},
         {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 16, "NDIMC": 16},
+        {"MWG": 64, "NWG": 64, "KWG": 32, "MDIMC": 16, "NDIMC": 16},
         {"MWG": 128, "NWG": 128, "KWG": 16, "MDIMC": 16, "NDIMC": 16},
         {"MWG": 128, "NWG": 64, "KWG": 16, "MDIMC": 16, "NDIMC": 8},
+        {"MWG": 128, "NWG": 64, "KWG": 16, "MDIMC": 16, "NDIMC": 16},
+        {"MWG": 64, "NWG": 128, "KWG": 16, "MDIMC": 16, "NDIMC": 16},
+        {"MWG": 32, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 16},
+        {"MWG": 64, "NWG": 32, "KWG": 16, "MDIMC": 16, "NDIMC": 8},
     ],
     "cpu": [
         {},
@@ -52,9 +59,10 @@ def load_job(path: str) -> dict:
 
 
 def _time_gemms(rt, g, batch: int, steps: int, params: dict, shapes: dict | None = None
-                ) -> tuple[float, int, dict[str, float]]:
-    """(median ms of all the model's GEMM launches, how many, median ms per GEMM shape) with `params`
-    over the tuning and `shapes` as the per-shape tiles (those of an earlier tune are set aside)."""
+                ) -> tuple[float, int, dict[str, float], float]:
+    """(median ms of all the model's GEMM launches, how many, median ms per GEMM shape, the loss of the
+    warm-up step) with `params` over the tuning and `shapes` as the per-shape tiles (those of an
+    earlier tune are set aside)."""
     from .backends.opencl.runtime import replay
     from .bench import _inputs
     from .plan import OptimConfig, Plan
@@ -65,7 +73,7 @@ def _time_gemms(rt, g, batch: int, steps: int, params: dict, shapes: dict | None
     finally:
         rt.tuning.override = {}
     x, y = _inputs(g, batch)
-    plan.train_step(x, y, lr=1e-4)
+    loss, _ = plan.train_step(x, y, lr=1e-4)
     gemms = [ln for ln in plan.fw_launches + plan.bw_launches if "gemm" in ln.label.split("/")[-1]]
     by_shape: dict[str, list] = {}
     for ln in gemms:
@@ -88,7 +96,12 @@ def _time_gemms(rt, g, batch: int, steps: int, params: dict, shapes: dict | None
             rt.queue.finish()
             per[k].append((time.perf_counter() - t0) * 1e3 / reps)
     _KEEP.append(plan)
-    return float(np.median(ts)), len(gemms), {k: float(np.median(v)) for k, v in per.items()}
+    return float(np.median(ts)), len(gemms), {k: float(np.median(v)) for k, v in per.items()}, float(loss)
+
+
+def _agrees(loss: float, ref: float | None) -> bool:
+    """A variant must compute what the shipped tiles compute (same seeded step): a fast wrong tile never wins."""
+    return ref is None or (np.isfinite(loss) and abs(loss - ref) <= 1e-3 * max(1.0, abs(ref)))
 
 
 def pick_shapes(results: list[tuple[float, int, dict, dict]], best: int, margin: float = 0.1,
@@ -119,15 +132,23 @@ def main(args: list[str], emit) -> int:
     rt = Runtime()
     base = rt.tuning.get("gemm")
     fam = base.get("variant") or rt.kind
-    results = []
+    results, ref = [], None
     for i, v in enumerate(VARIANTS["gpu" if fam == "gpu" else "cpu"]):
         params = {k: x for k, x in dict(base, **v).items() if k != "shapes"}
+        shown = {k: params[k] for k in sorted(params) if not isinstance(params[k], dict)}
         try:
-            ms, n, per = _time_gemms(rt, g, job["batch"], job["steps"], params)
-            results.append((ms, i, params, per))
-            emit(TuneVariant(i, {k: params[k] for k in sorted(params) if not isinstance(params[k], dict)}, ms, n, None))
+            ms, n, per, loss = _time_gemms(rt, g, job["batch"], job["steps"], params)
         except (ThomasError, RuntimeError) as e:   # cl.Error is a RuntimeError: a tile this device cannot build
             emit(TuneVariant(i, v, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+            continue
+        if i == 0:
+            ref = loss
+        if not _agrees(loss, ref):
+            emit(TuneVariant(i, shown, None, n, f"wrong results: loss {loss:.6g} where the shipped tiles give "
+                                                 f"{ref:.6g}; variant skipped"))
+            continue
+        results.append((ms, i, params, per))
+        emit(TuneVariant(i, shown, ms, n, None))
     if not results:
         raise ThomasError("no GEMM variant built on this device; the default tuning stays")
     ms, i, params, per = min(results, key=lambda r: (r[0], r[1]))
@@ -135,8 +156,8 @@ def main(args: list[str], emit) -> int:
     shapes, tuned_ms = pick_shapes(results, i), ms
     if shapes:
         # what the Plan will run, measured: the winner with its per-shape tiles; kept only if faster whole
-        tuned_ms = _time_gemms(rt, g, job["batch"], job["steps"], params, shapes)[0]
-        if tuned_ms >= ms:
+        tuned_ms, _, _, loss = _time_gemms(rt, g, job["batch"], job["steps"], params, shapes)
+        if tuned_ms >= ms or not _agrees(loss, ref):
             shapes, tuned_ms = {}, ms
     path = tuning_file()
     try:

@@ -151,3 +151,32 @@ def test_per_shape_tiles_are_picked_past_noise_and_used_by_the_plan(tmp_path, mo
     assert same and len(set(before.values())) == 1
     assert all(after[k] != after[key] for k in same)                     # that shape alone: other tiles
     assert len({after[k] for k in same}) == 1                            # the rest: still one program
+
+
+def test_a_variant_that_computes_another_loss_never_wins(tmp_path, monkeypatch, capsys):
+    """tune compares each variant's warm-up loss with the shipped tiles' and skips a wrong one, even
+    when it is the fastest."""
+    import device_agent.tune as tune
+    from device_agent.graph import save_package
+    from thomas_cli.zoo import build
+
+    monkeypatch.setenv("THOMAS_TUNING_FILE", str(tmp_path / "devices.json"))
+    pkg = save_package(build("mobilenet_v2", num_classes=4, size=32, width=0.25), tmp_path / "m")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"model": str(pkg), "batch": 2, "steps": 1}))
+    real = tune._time_gemms
+    calls = []
+
+    def fake(rt, g, batch, steps, params, shapes=None):
+        ms, n, per, loss = real(rt, g, batch, steps, params, shapes)
+        calls.append(params)
+        if len(calls) == 2:                       # the second variant: fastest by far, and wrong
+            return ms / 100, n, {k: v / 100 for k, v in per.items()}, loss + 1.0
+        return ms, n, per, loss
+
+    monkeypatch.setattr(tune, "_time_gemms", fake)
+    events = []
+    assert tune.main([str(job)], events.append) == 0
+    variants = [e for e in events if e.ev == "tune_variant"]
+    assert variants[1].ms is None and "wrong results" in variants[1].error
+    assert events[-1].ev == "tune" and events[-1].index != 1
