@@ -66,7 +66,8 @@ class NumpyEngine:
 
     def __init__(self, graph: Graph, trainable: set[str], optimizer: Optimizer, bn_batch_stats: bool,
                  clip_grad_norm: float | None = None, label_smoothing: float = 0.0, dtype=np.float32,
-                 seed: int = 0):
+                 seed: int = 0, recompute: bool = False):
+        # recompute: an OpenCL memory option; the reference already frees what no backward reads
         self.graph = graph
         self.ref = NumpyRef(graph, trainable=trainable, dtype=dtype)
         self.opt = optimizer

@@ -69,6 +69,7 @@ class TrainJob:
     keep_checkpoints: int = 3
     checkpoint_every: int = 0         # steps; 0 = at each epoch end
     drop_last: bool = False
+    recompute: bool = False           # OpenCL: BN outputs recomputed for the backward, not kept (less memory)
     resume: bool = False              # continue `out` from its last good checkpoint
 
     @classmethod
@@ -125,7 +126,7 @@ class TrainJob:
         for x in b:
             _float("betas", x, ge=0, lt=1)
         v["betas"] = (float(b[0]), float(b[1]))
-        for k in ("nesterov", "augment", "feature_cache", "drop_last", "resume"):
+        for k in ("nesterov", "augment", "feature_cache", "drop_last", "resume", "recompute"):
             if not isinstance(v[k], bool):
                 raise JobError(f"job field '{k}' must be true or false, got {v[k]!r}")
         if v["nesterov"] and (v["optimizer"] != "sgd" or v["momentum"] == 0):

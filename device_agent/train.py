@@ -156,7 +156,7 @@ def _run(r: _Run) -> Done:
                          momentum=job.momentum, nesterov=job.nesterov, weight_decay=job.weight_decay,
                          betas=job.betas, eps=job.eps)
     engine = Engine(split.suffix, trainable, opt, job.bn_batch_stats, job.clip_grad_norm,
-                    job.label_smoothing, dtype, job.seed)
+                    job.label_smoothing, dtype, job.seed, recompute=job.recompute)
     preprocess = graph.inputs[0].preprocess
     spe = ds.train.num_batches(job.batch, job.drop_last)
     if spe == 0:

@@ -133,3 +133,28 @@ def test_opencl_engine_trains_a_suffix_cut_across_a_residual():
         np.testing.assert_allclose(pc[k], pn[k], rtol=1e-4, atol=1e-5)
     loss, correct, logits = engines[1].eval_batch(dict(feats), y)
     assert logits.shape == (6, 10) and np.isfinite(loss)
+
+
+@needs_cl
+def test_recompute_job_field_reaches_the_opencl_plan():
+    """job field recompute: the OpenCL engine's Plans rewrite BN outputs for the backward — the same
+    bits, fewer activation bytes; a non-bool value is one JobError line."""
+    from device_agent.backends.opencl.engine import OpenCLEngine
+    from device_agent.protocol import TrainJob
+
+    assert TrainJob.from_dict({"model": "m", "data": "d", "out": "o", "recompute": True}).recompute
+    with pytest.raises(JobError, match="job field 'recompute' must be true or false"):
+        TrainJob.from_dict({"model": "m", "data": "d", "out": "o", "recompute": "yes"})
+    g = build("mobilenet_v2", num_classes=3, size=32, width=0.25, seed=0)
+    trainable = trainable_params(g, "all")
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = np.arange(4) % 3
+    runs = []
+    for rc in (False, True):
+        opt = make_optimizer("sgd", {k: g.params[k].shape for k in sorted(trainable)}, momentum=0.9)
+        e = OpenCLEngine(g, trainable, opt, bn_batch_stats=True, recompute=rc)
+        runs.append(([e.train_step(x, y, 0.05)[0] for _ in range(2)], e.params(), e.memory(), e.current))
+    (l0, p0, m0, plan0), (l1, p1, m1, plan1) = runs
+    assert plan1.recomputed and not plan0.recomputed
+    assert l1 == l0 and all(np.array_equal(p1[k], p0[k]) for k in p0)
+    assert m1["activations"] < m0["activations"]

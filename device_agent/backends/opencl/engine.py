@@ -57,7 +57,7 @@ class OpenCLEngine:
 
     def __init__(self, graph: Graph, trainable: set[str], optimizer, bn_batch_stats: bool,
                  clip_grad_norm: float | None = None, label_smoothing: float = 0.0, dtype=np.float32,
-                 seed: int = 0, runtime=None):
+                 seed: int = 0, recompute: bool = False, runtime=None):
         _check_dtype(dtype)
         from .runtime import shared_runtime
 
@@ -70,6 +70,7 @@ class OpenCLEngine:
         self.bn_batch_stats = bool(bn_batch_stats)
         self.label_smoothing = float(label_smoothing)
         self.seed = int(seed)
+        self.recompute = bool(recompute)     # Plan(recompute=True): BN outputs rewritten for the backward
         self.t = int(optimizer.t)
         self.plans: dict[int, Plan] = {}
         self.current: Plan | None = None
@@ -89,7 +90,8 @@ class OpenCLEngine:
         if plan is None:
             plan = self.plans[batch] = Plan(self.graph, batch, trainable=self.trainable, optimizer=self.config,
                                             training=True, bn_batch_stats=self.bn_batch_stats,
-                                            label_smoothing=self.label_smoothing, runtime=self.rt)
+                                            label_smoothing=self.label_smoothing, recompute=self.recompute,
+                                            runtime=self.rt)
         plan.load_params(self._weights)
         if self._opt is not None:
             self._write_opt(plan, self._opt)
