@@ -851,10 +851,33 @@ def serve_main(argv: list[str], payload: str | None) -> int:
 
 
 def pair_main(argv: list[str]) -> int:
+    """A new pairing code for the running daemon; --list / --revoke HOST manage the paired computers
+    (hosts.json is read at every authentication, so a revoked host is refused from its next connection)."""
     ap = argparse.ArgumentParser(prog="python -m device_agent pair")
     ap.add_argument("--root", default="~/thomas", help="the device root of the daemon (default ~/thomas)")
-    root = Path(ap.parse_args(argv).root).expanduser().resolve()
+    ap.add_argument("--list", action="store_true", help="list the paired computers")
+    ap.add_argument("--revoke", metavar="HOST", help="unpair a computer: its id or name (see --list)")
+    a = ap.parse_args(argv)
+    root = Path(a.root).expanduser().resolve()
     (root / DAEMON_DIR).mkdir(parents=True, exist_ok=True)
+    path = root / DAEMON_DIR / "hosts.json"
+    doc = read_json(path)
+    hosts = doc["hosts"] if isinstance(doc, dict) and isinstance(doc.get("hosts"), list) else []
+    if a.list:
+        for h in hosts:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(h.get("paired_at", 0)))
+            print(f"{h.get('id')}  {h.get('name')}  paired {when}")
+        if not hosts:
+            print("no computer is paired with this daemon")
+        return 0
+    if a.revoke is not None:
+        keep = [h for h in hosts if a.revoke not in (h.get("id"), h.get("name"))]
+        if len(keep) == len(hosts):
+            print(f"no paired computer has the id or name {a.revoke!r} (see --list)", file=sys.stderr)
+            return 1
+        write_json(path, {"hosts": keep})
+        print(f"revoked {len(hosts) - len(keep)} computer(s) named or numbered {a.revoke!r}; it must pair again")
+        return 0
     code = open_pairing(root)
     print(f"pairing code: {code}   (on the laptop: thomas pair; valid {PAIR_TTL_S // 60} min, one use)")
     info = read_json(root / DAEMON_DIR / "daemon.json") or {}

@@ -205,6 +205,27 @@ def test_bench_infer_and_runs_rm_through_the_daemon(daemon_dev, tmp_path):
     assert not (dev.root / "runs" / runs[0]["id"]).exists()
 
 
+def test_revoked_host_is_refused_from_its_next_connection(daemon_dev):
+    """`thomas-daemon pair --list / --revoke` in Termux: the revoked laptop must pair again."""
+    dev, d = daemon_dev
+    rec = paired(dev, d)
+    thomas(dev, "doctor")
+
+    def termux(*args):
+        return subprocess.run([sys.executable, "-m", "device_agent", "pair", "--root", str(d.root), *args], cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=30)
+
+    listed = termux("--list")
+    assert rec["host"] in listed.stdout and "test-laptop" in listed.stdout
+    assert termux("--revoke", "nobody").returncode == 1
+    assert termux("--revoke", "test-laptop").returncode == 0
+    r = thomas(dev, "doctor", expect=1)
+    assert "refused this computer" in r.stderr and "Traceback" not in r.stderr
+    assert "no computer is paired" in termux("--list").stdout
+    paired(dev, d, code=d.new_code())                          # pairing again works
+    thomas(dev, "doctor")
+
+
 # ============================================================================ drops and re-attaching
 def _start(dev, tmp_path, epochs: int, per_class: int = 16, extra=()):
     push_basics(dev, tmp_path, per_class=per_class)
