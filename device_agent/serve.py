@@ -2,6 +2,7 @@
 
     python -m device_agent serve [--port 7878] [--root ~/thomas] [--pair]   # inside Termux
     python -m device_agent pair [--root ~/thomas]        # a fresh pairing code for the running daemon
+    python -m device_agent pair --list | --revoke HOST   # the paired computers; unpair one
 
 It listens on 127.0.0.1 only (the laptop comes in through `adb forward`) and speaks the daemon wire
 of protocol.py, which is the contract: frames, welcome, auth/pair, ops, job streams. One thread per
