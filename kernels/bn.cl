@@ -5,19 +5,6 @@
 // `frozen` kernels read (running_mean, running_var) and form invstd = 1/sqrt(var + eps) inline;
 // batch-statistics kernels read (mean, invstd) from the node's state.
 
-REAL bn_wg_sum(REAL v, __local REAL* s) {
-    const int l = get_local_id(0);
-    s[l] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int h = (int)get_local_size(0) >> 1; h > 0; h >>= 1) {
-        if (l < h) s[l] += s[l + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const REAL r = s[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return r;
-}
-
 // Walks this work-item's elements k = k0 + lid, + step, ... < k1 of channel c; BN_I is the address of
 // element k = (n, l) = divmod(k, L). (n, l) advance by (dn_, dl_) = divmod(step, L) with a carry: no
 // division per element.
@@ -69,13 +56,13 @@ __kernel void bn_stats_part(__global const REAL* x, __global REAL* part, const i
     REAL acc = (REAL)0;
     const int dn_ = step / L, dl_ = step % L;
     BN_FOR(k0, k1) acc += x[BN_I];
-    const REAL mu = bn_wg_sum(acc, s) / (REAL)(k1 - k0);
+    const REAL mu = wg_sum(acc, s) / (REAL)(k1 - k0);
     acc = (REAL)0;
     BN_FOR(k0, k1) {
         const REAL d = x[BN_I] - mu;
         acc += d * d;
     }
-    const REAL m2 = bn_wg_sum(acc, s);
+    const REAL m2 = wg_sum(acc, s);
     if (get_local_id(0) == 0) {
         part[(c * S + sg) * 2] = mu;
         part[(c * S + sg) * 2 + 1] = m2;
@@ -218,8 +205,8 @@ __kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __glob
         sg_ += gi;
         sgx += gi * xhat;
     }
-    sg_ = bn_wg_sum(sg_, s);
-    sgx = bn_wg_sum(sgx, s);
+    sg_ = wg_sum(sg_, s);
+    sgx = wg_sum(sgx, s);
     if (get_local_id(0) == 0) {
         part[(c * S + sg) * 2] = sg_;
         part[(c * S + sg) * 2 + 1] = sgx;

@@ -12,21 +12,6 @@ __kernel void relu_bwd(__global const REAL* y, __global const REAL* gy, __global
     if (i < n) gx[i] = y[i] > (REAL)0 ? gy[i] : (REAL)0;
 }
 
-// ---------------------------------------------------------------------------- tree sum
-// Sum of v over the work-group (size a power of two); every work-item gets the total.
-REAL eltwise_wg_sum(REAL v, __local REAL* s) {
-    const int l = get_local_id(0);
-    s[l] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int h = (int)get_local_size(0) >> 1; h > 0; h >>= 1) {
-        if (l < h) s[l] += s[l + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const REAL r = s[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return r;
-}
-
 // ---------------------------------------------------------------------------- copy
 __kernel void copy_f(__global const REAL* x, __global REAL* y, const int n) {
     const int i = get_global_id(0);
@@ -218,7 +203,7 @@ __kernel void bcast_grad(__global const REAL* g, __global const REAL* a, __globa
         acc += bcast_term(mode, g[o], a, b, ba + r0 * sa.x + r1 * sa.y + r2 * sa.z + r3 * sa.w,
                           bb + r0 * sb.x + r1 * sb.y + r2 * sb.z + r3 * sb.w);
     }
-    const REAL total = eltwise_wg_sum(acc, scratch);
+    const REAL total = wg_sum(acc, scratch);
     if (get_local_id(0) == 0) gx[j] = total;
 }
 

@@ -6,19 +6,6 @@
 #define LABEL_T int  // labels' element type: int32 (the Plan's buffers); the op tests also use long
 #endif
 
-REAL sm_wg_sum(REAL v, __local REAL* s) {
-    const int l = get_local_id(0);
-    s[l] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int h = (int)get_local_size(0) >> 1; h > 0; h >>= 1) {
-        if (l < h) s[l] += s[l + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const REAL r = s[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return r;
-}
-
 REAL sm_wg_max(REAL v, __local REAL* s) {
     const int l = get_local_id(0);
     s[l] = v;
@@ -42,7 +29,7 @@ __kernel void softmax_fwd(__global const REAL* x, __global REAL* y, const int ro
     m = sm_wg_max(m, s);
     REAL acc = (REAL)0;
     for (int k = l; k < K; k += step) acc += exp(x[base + k * inner] - m);
-    const REAL sum = sm_wg_sum(acc, s);
+    const REAL sum = wg_sum(acc, s);
     if (r >= rows) return;
     for (int k = l; k < K; k += step) y[base + k * inner] = exp(x[base + k * inner] - m) / sum;
 }
@@ -54,7 +41,7 @@ __kernel void softmax_bwd(__global const REAL* y, __global const REAL* g, __glob
     const int base = (r / inner) * K * inner + r % inner;
     REAL acc = (REAL)0;
     for (int k = l; k < K; k += step) acc += g[base + k * inner] * y[base + k * inner];
-    const REAL dot = sm_wg_sum(acc, s);
+    const REAL dot = wg_sum(acc, s);
     if (r >= rows) return;
     for (int k = l; k < K; k += step) {
         const int e = base + k * inner;
@@ -101,14 +88,14 @@ __kernel void sce_rows(__global const REAL* logits, __global const LABEL_T* labe
     const int label = (int)labels[n];
     REAL acc = (REAL)0;
     for (int k = l; k < K; k += step) acc += exp(x[k] - m);
-    const REAL sum = sm_wg_sum(acc, s);
+    const REAL sum = wg_sum(acc, s);
     const REAL logs = log(sum);
     acc = (REAL)0;
     for (int k = l; k < K; k += step) {
         const REAL q = k == label ? epsk + onem : epsk;
         acc += q * ((x[k] - m) - logs);
     }
-    const REAL ql = sm_wg_sum(acc, s);
+    const REAL ql = wg_sum(acc, s);
     if (l == 0) {
         rows[4 * n + 0] = m;
         rows[4 * n + 1] = sum;
@@ -132,8 +119,8 @@ __kernel void sce_finish(__global const REAL* rows, __global REAL* loss, __globa
         ql += rows[4 * n + 2];
         hit += rows[4 * n + 3];
     }
-    ql = sm_wg_sum(ql, s);
-    hit = sm_wg_sum(hit, s);
+    ql = wg_sum(ql, s);
+    hit = wg_sum(hit, s);
     if (l == 0) {
         loss[0] = -ql / (REAL)N;
         if (want_correct) correct[0] = hit;
