@@ -109,13 +109,8 @@ __kernel void gap_fwd(__global const REAL* x, __global REAL* y, const int NC, co
     const int p = get_group_id(0), l = get_local_id(0);
     REAL acc = (REAL)0;
     for (int k = l; k < L; k += get_local_size(0)) acc += x[p * L + k];
-    s[l] = acc;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int h = (int)get_local_size(0) >> 1; h > 0; h >>= 1) {
-        if (l < h) s[l] += s[l + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (l == 0 && p < NC) y[p] = s[0] / (REAL)L;
+    const REAL sum = wg_sum(acc, s);
+    if (l == 0 && p < NC) y[p] = sum / (REAL)L;
 }
 
 // undoes: y = mean over (H, W): dx = gy / (H*W) broadcast over the plane
