@@ -63,13 +63,8 @@ __kernel void grad_sq_sum(__global const REAL* g, __global REAL* partial, const 
     const int l = get_local_id(0);
     REAL acc = (REAL)0;
     for (int i = get_global_id(0); i < n; i += get_global_size(0)) acc += g[i] * g[i];
-    s[l] = acc;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int h = (int)get_local_size(0) >> 1; h > 0; h >>= 1) {
-        if (l < h) s[l] += s[l + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (l == 0) partial[off + get_group_id(0)] = s[0];
+    const REAL sum = wg_sum(acc, s);
+    if (l == 0) partial[off + get_group_id(0)] = sum;
 }
 
 // Clipping, pass 2 (one work-group): norm = sqrt(Σ partial);
@@ -80,14 +75,9 @@ __kernel void clip_scale(__global const REAL* partial, __global REAL* scale, con
     const int l = get_local_id(0);
     REAL acc = (REAL)0;
     for (int i = l; i < G; i += get_local_size(0)) acc += partial[i];
-    s[l] = acc;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int h = (int)get_local_size(0) >> 1; h > 0; h >>= 1) {
-        if (l < h) s[l] += s[l + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
+    const REAL sum = wg_sum(acc, s);
     if (l == 0) {
-        const REAL norm = sqrt(s[0]);
+        const REAL norm = sqrt(sum);
         const REAL coef = max_norm / (norm + (REAL)1e-6);
         scale[0] = coef > (REAL)1 ? (REAL)1 : coef;
         if (want_norm) scale[1] = norm;
