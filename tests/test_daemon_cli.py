@@ -270,6 +270,24 @@ def test_host_killed_then_runs_attach(daemon_dev, tmp_path):
     assert "no run 'nope'" in r.stderr
 
 
+def test_runs_cancel_stops_a_detached_daemon_run(daemon_dev, tmp_path):
+    """The laptop lost the run (killed here); `thomas runs cancel` stops it on the phone, checkpoints stay."""
+    dev, d = daemon_dev
+    paired(dev, d)
+    p, run = _start(dev, tmp_path, epochs=200)
+    wait_for_event(run / "events.jsonl", lambda e: e["ev"] == "checkpoint", proc=p)
+    p.kill()
+    p.wait()
+    job = json.loads((run / "run.json").read_text())["daemon_job"]
+    assert {j["job"]: j for j in _jobs(dev)}[job]["state"] == "running"     # the phone goes on alone
+    r = thomas(dev, "runs", "cancel", run.name)
+    assert "cancelled" in r.stdout and "--resume" in r.stdout
+    assert {j["job"]: j for j in _jobs(dev)}[job]["state"] == "cancelled"
+    assert json.loads((run / "run.json").read_text())["status"] == "cancelled"
+    assert any((dev.root / "runs" / run.name / "ckpt").iterdir())
+    assert "cancelled" in thomas(dev, "runs", "cancel", run.name).stdout     # again: says so, no error
+
+
 def test_daemon_killed_mid_run_then_resume(own_vdev, tmp_path, monkeypatch):
     dev = _target(own_vdev, tmp_path, monkeypatch)
     d = Daemon(dev.root)

@@ -168,6 +168,8 @@ def test_finetune_streams_to_done_and_runs_commands(dev, tmp_path, home):
     shown = thomas_json(dev, "runs", "show", run.name)
     assert len(shown["epochs"]) == 2 and shown["job"]["backend"] == "numpy"
     assert "epoch" in thomas(dev, "runs", "show", run.name).stdout
+    for verb in ("cancel", "attach"):                       # daemon-only verbs: one line, exit 1
+        assert "not started through a THOMAS daemon" in thomas(dev, "runs", verb, run.name, expect=1).stderr
     pulled = thomas_json(dev, "runs", "pull", run.name)     # ... until `runs pull`
     assert any(f.startswith("ckpt/") for f in pulled["files"]) and (run / "ckpt").is_dir()
     assert [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()] == events

@@ -5,11 +5,14 @@
     thomas runs pull RUN [PATH ...]      # everything (checkpoints too), or some paths of the run
     thomas runs rm RUN [--keep-device]
     thomas runs attach RUN               # follow a daemon run again after this computer lost it
+    thomas runs cancel RUN               # stop a daemon run (its checkpoints stay)
 """
 from __future__ import annotations
 
 import typer
 from rich.table import Table
+
+from device_agent.errors import ThomasError
 
 from . import store
 from .main import app, err, guarded, out, print_json
@@ -102,6 +105,28 @@ def _transport_for(rec: dict):
         return open_transport(Target(serial=d["serial"], device="adb", mode="daemon"), note=console_note)
     return open_transport(Target(serial=d["serial"], device="adb", root=d["root"], python=tgt.python or d.get("python"),
                                  su=d.get("su", False), mode="shell"))
+
+
+@runs_app.command("cancel")
+@guarded
+def runs_cancel(run: str = typer.Argument(..., help="Run id (a run started through the Termux daemon).")):
+    """Stop a run that goes on in the phone's daemon (e.g. after this computer lost it); its checkpoints
+    stay, so `thomas finetune --resume RUN` can continue it later."""
+    rec = store.load_run(run)
+    job = rec.get("daemon_job")
+    if not job:
+        raise ThomasError(f"run {run} was not started through a THOMAS daemon: shell and local runs stop "
+                          f"with their connection (Ctrl-C)")
+    t = _transport_for(rec)
+    state = t.cancel_job(job)
+    if state in ("running", "queued"):
+        raise ThomasError(f"run {run} (daemon job {job}) is still {state} on {t.serial}; it is being stopped "
+                          f"(SIGKILL follows in 5 s): check with `thomas runs cancel {run}` again")
+    if rec.get("status") in ("running", "lost", "timeout", "interrupted"):
+        rec.update(status="cancelled", error=f"cancelled on the daemon ({state})")
+        store.save_run(rec)
+    out.print(f"run {run}: daemon job {job} is {state} on {t.serial}; `thomas finetune --resume {run}` continues "
+              f"it from its last checkpoint", highlight=False, soft_wrap=True)
 
 
 @runs_app.command("attach")

@@ -515,6 +515,15 @@ class DaemonTransport(Transport):
     def jobs(self) -> list[dict]:
         return self.call("jobs")[0].get("jobs", [])
 
+    def cancel_job(self, job: str) -> str:
+        """Stop a job on the daemon (queued: dropped; running: SIGTERM, SIGKILL after 5 s); its state."""
+        try:
+            return str(self.call("cancel", job=job)[0].get("state"))
+        except DaemonRefused as e:
+            if e.code == "no_job":
+                raise DeviceError(f"the daemon on {self.serial} no longer knows job {job} (restarted since?)") from None
+            raise
+
     def probe(self) -> dict:
         st = self.call("status")[0]
         w = self.welcome
