@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .fsutil import atomic_write, fsync_dir
+from .fsutil import atomic_write, fsync_dir, sha256_file
 
 FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
@@ -96,7 +96,7 @@ def write_dataset(path, images, labels, classes, val_fraction: float = 0.2, seed
                         np.save(f, arr, allow_pickle=False)
                         f.flush()
                         os.fsync(f.fileno())
-                    rec["sha256"][key] = _sha256(tmp / rec[key])
+                    rec["sha256"][key] = sha256_file(tmp / rec[key])
                 shards.append(rec)
             splits[split] = {"count": int(len(idx)), "shards": shards}
         doc = {"format": FORMAT_VERSION, "count": int(len(images)), "height": int(images.shape[1]),
@@ -120,14 +120,6 @@ def write_dataset(path, images, labels, classes, val_fraction: float = 0.2, seed
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ============================================================================ reader
@@ -260,7 +252,7 @@ def _check_shard(f: Path, want: str, seen: dict, checked: dict) -> None:
     """sha256 of shard f against `want`, unless the same size/mtime was verified against it before."""
     st = f.stat()
     stamp = [st.st_size, st.st_mtime_ns, want]
-    if seen.get(f.name) != stamp and _sha256(f) != want:
+    if seen.get(f.name) != stamp and sha256_file(f) != want:
         raise DataError(f"{f}: corrupt shard (sha256 differs from {DATASET_JSON})")
     checked[f.name] = stamp
 

@@ -39,6 +39,7 @@ import zipfile
 from pathlib import Path
 
 from . import __version__
+from .fsutil import atomic_write, sha256_file
 from .protocol import (CHUNK, DAEMON_DIR, DAEMON_PORT, PAIR_ATTEMPTS, PAIR_TTL_S, PROTOCOL_VERSION,
                        QUEUED_COMMANDS, QUEUED_EVERY_S, WireError, auth_mac, encode_frame, read_frame)
 
@@ -67,13 +68,8 @@ class Refused(Exception):
 
 # ============================================================================ small file helpers
 def write_json(path: Path, obj) -> None:
-    """Atomically and 0600 from the start: tmp + fsync + os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically and 0600 from the start (fsutil.atomic_write)."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj).encode()))
 
 
 def read_json(path: Path):
@@ -81,14 +77,6 @@ def read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(CHUNK):
-            h.update(b)
-    return h.hexdigest()
 
 
 def is_event(line: str) -> bool:

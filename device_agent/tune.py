@@ -19,12 +19,12 @@ faster. The result goes to tuning_file() under "<device>|<driver>" ->
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
 
 from .errors import BackendError, ThomasError
+from .fsutil import atomic_write
 from .protocol import Tune, TuneVariant
 
 # a small set of plausible tiles per device kind (the kernel defaults come first)
@@ -172,8 +172,6 @@ def main(args: list[str], emit) -> int:
                                        "model": job["model"], "batch": job["batch"], "variant": i,
                                        "tuned": time.strftime("%Y-%m-%d %H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write((json.dumps(doc, indent=1) + "\n").encode()))
     emit(Tune(key, "gemm", i, params, ms, default_ms, str(path), shapes, round(tuned_ms, 3)))
     return 0

@@ -145,8 +145,8 @@ def test_shards_are_hashed_once_until_they_change(tmp_path, monkeypatch):
 
     d = _write(tmp_path)
     reads = []
-    real = data._sha256
-    monkeypatch.setattr(data, "_sha256", lambda p: reads.append(p.name) or real(p))
+    real = data.sha256_file
+    monkeypatch.setattr(data, "sha256_file", lambda p: reads.append(p.name) or real(p))
     open_dataset(d)
     first = sorted(reads)
     assert first and all(n.endswith(".npy") for n in first) and (d / data.VERIFIED_JSON).is_file()

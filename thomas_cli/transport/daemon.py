@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from device_agent.errors import ThomasError
+from device_agent.fsutil import sha256_file
 from device_agent.protocol import (CHUNK, DAEMON_PORT, PROTOCOL_VERSION, WireError, auth_mac, encode_frame,
                                    read_frame)
 
@@ -66,18 +67,12 @@ def load_pairing(serial: str) -> dict | None:
 
 
 def save_pairing(serial: str, rec: dict) -> Path:
-    """Written 0600 from the start: the token is a password for the phone's daemon."""
-    import json
-
+    """Written 0600 from the start (store.write_json's temp file is mkstemp's): the token is a password
+    for the phone's daemon; the folder is 0700."""
     path = pairing_path(serial)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(rec, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    store.write_json(path, rec)
     return path
 
 
@@ -389,7 +384,7 @@ class DaemonTransport(Transport):
 
     def push_file(self, local: Path, rel: str) -> int:
         size = local.stat().st_size
-        digest = _sha256_file(local)
+        digest = sha256_file(local)
         spec = {"path": rel, "size": size, "sha256": digest}
         offset = self._put_begin(spec)
         bad = 0
@@ -454,7 +449,7 @@ class DaemonTransport(Transport):
                 f.write(data)
                 offset += len(data)
         want = self.call("hash", path=rel)[0]
-        if _sha256_file(part) != want.get("sha256"):
+        if sha256_file(part) != want.get("sha256"):
             part.unlink()
             raise DeviceError(f"pulling {rel} from {self.serial}: the file changed or arrived corrupted "
                               f"(sha256 differs); pull it again")
@@ -544,11 +539,3 @@ def _props(serial: str) -> dict:
             for p in ("ro.product.model", "ro.build.version.release", "ro.build.version.sdk", "ro.product.cpu.abi"):
                 props[p] = dev.shell(["getprop", p], timeout=10).strip()
     return props
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
