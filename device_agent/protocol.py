@@ -522,6 +522,33 @@ QUEUED_EVERY_S = 2.0
 QUEUED_COMMANDS = ("run", "bench", "tune", "infer")
 
 
+def path_problem(rel, what: str = "remote path") -> str | None:
+    """Why `rel` is not a clean path relative to a device root (None when it is): relative,
+    '/'-separated, no empty, '.' or '..' parts, no control characters. The host checks every remote
+    path with it (transport.base.check_rel) and the daemon every wire path."""
+    if not isinstance(rel, str) or not rel:
+        return f"{what} must not be empty"
+    if rel.startswith("/") or "\\" in rel:
+        return f"{what} '{rel}' must be relative to the device root"
+    for p in rel.split("/"):
+        if p in ("", ".", ".."):
+            return f"{what} '{rel}' may not contain empty, '.' or '..' parts"
+        if any(ord(c) < 32 for c in p):
+            return f"{what} {rel!r} may not contain control characters"
+    return None
+
+
+def event_of(line: str) -> dict | None:
+    """The event a line of agent output holds (a JSON object with a string "ev"), else None (a log line)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) and isinstance(d.get("ev"), str) else None
+
+
 class WireError(ConnectionError):
     """The peer broke the framing (or hung up mid-frame); the connection is unusable."""
 

@@ -41,7 +41,8 @@ from pathlib import Path
 from . import __version__
 from .fsutil import atomic_write, sha256_file
 from .protocol import (CHUNK, DAEMON_DIR, DAEMON_PORT, PAIR_ATTEMPTS, PAIR_TTL_S, PROTOCOL_VERSION,
-                       QUEUED_COMMANDS, QUEUED_EVERY_S, WireError, auth_mac, encode_frame, read_frame)
+                       QUEUED_COMMANDS, QUEUED_EVERY_S, WireError, auth_mac, encode_frame, event_of, path_problem,
+                       read_frame)
 
 KEEP_JOBS = 50            # finished jobs kept (records + output); older ones are deleted
 AUTH_DELAY_S = 0.5        # a refused auth or pair waits this long before the answer (against guessing)
@@ -80,14 +81,8 @@ def read_json(path: Path):
 
 
 def is_event(line: str) -> bool:
-    """A line the host counts as an event (session.parse_line): a JSON object with a string "ev"."""
-    if not line.startswith("{"):
-        return False
-    try:
-        d = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(d, dict) and isinstance(d.get("ev"), str)
+    """A line the host counts as an event (the same test: protocol.event_of)."""
+    return event_of(line) is not None
 
 
 def agent_pythonpath(root: Path) -> str:
@@ -400,17 +395,13 @@ class Daemon:
 
     # ---------------------------------------------------------------- paths
     def path(self, rel) -> Path:
-        """root/rel for a wire path: relative, clean (check_rel's rules), not DAEMON_DIR, and still under
+        """root/rel for a wire path: relative, clean (protocol.path_problem), not DAEMON_DIR, and still under
         root once symlinks are followed. Refused("bad_path") otherwise."""
-        if not isinstance(rel, str) or not rel:
-            raise Refused("bad_path", "a path must be a non-empty string")
-        parts = rel.split("/")
-        if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") or any(ord(c) < 32 for c in p)
-                                                      for p in parts):
-            raise Refused("bad_path", f"path {rel!r} must be relative to the root, '/'-separated, "
-                                      f"without empty, '.' or '..' parts or control characters")
+        problem = path_problem(rel, "path")
+        if problem:
+            raise Refused("bad_path", problem)
         p = self.root / rel
-        if parts[0] == DAEMON_DIR or not self.inside(p):
+        if rel.split("/")[0] == DAEMON_DIR or not self.inside(p):
             raise Refused("bad_path", f"path {rel!r} leaves the daemon root (or reaches its own {DAEMON_DIR})")
         return p
 

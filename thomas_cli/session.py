@@ -29,7 +29,7 @@ from typing import Callable
 
 import device_agent
 from device_agent.errors import ThomasError
-from device_agent.protocol import PROTOCOL_VERSION
+from device_agent.protocol import PROTOCOL_VERSION, event_of
 from device_agent.resources import configs_dir, kernels_dir
 
 from . import store
@@ -146,15 +146,7 @@ def build_payload(dest: Path) -> tuple[Path, str]:
 
 
 # ============================================================================ events
-def parse_line(line: str) -> dict | None:
-    """An event dict when the line is one (a JSON object with "ev"), else None (a log line)."""
-    if not line.startswith("{"):
-        return None
-    try:
-        d = json.loads(line)
-    except ValueError:
-        return None
-    return d if isinstance(d, dict) and isinstance(d.get("ev"), str) else None
+parse_line = event_of   # an event dict when the line is one, else None (a log line)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from device_agent.errors import ThomasError
+from device_agent.protocol import path_problem
 
 
 # ============================================================================ errors
@@ -63,22 +64,16 @@ class RemotePathError(ThomasError, ValueError):
 
 
 def check_rel(rel: str, what: str = "remote path") -> str:
-    """`rel` as a clean path relative to the device root, or RemotePathError naming it.
+    """`rel` as a clean path relative to the device root (protocol.path_problem's rules), or
+    RemotePathError naming it.
 
     >>> check_rel("runs/r1/final")
     'runs/r1/final'
     """
-    if not isinstance(rel, str) or not rel:
-        raise RemotePathError(f"{what} must not be empty")
-    if rel.startswith("/") or "\\" in rel:
-        raise RemotePathError(f"{what} '{rel}' must be relative to the device root")
-    parts = rel.split("/")
-    for p in parts:
-        if p in ("", ".", ".."):
-            raise RemotePathError(f"{what} '{rel}' may not contain empty, '.' or '..' parts")
-        if any(ord(c) < 32 for c in p):
-            raise RemotePathError(f"{what} {rel!r} may not contain control characters")
-    return "/".join(parts)
+    problem = path_problem(rel, what)
+    if problem:
+        raise RemotePathError(problem)
+    return rel
 
 
 def confined(base: Path, rel: str, what: str = "path") -> Path:
