@@ -223,7 +223,7 @@ class Session:
                     f"(agent {device_agent.__version__}), even after pushing it again; check that "
                     f"{self.t.root}/agent is writable and that --python runs it, or update thomas") from None
             except DeviceLost:
-                if not getattr(proc, "job", None):   # a daemon job outlives the connection: leave it
+                if proc.job is None:   # a daemon job outlives the connection: leave it running
                     proc.cancel()
                 raise
             except BaseException:
@@ -349,7 +349,7 @@ def run_job(s: Session, rec: dict, on_event: Callable[[dict], None] | None = Non
     store.save_run(rec)
 
     def started(proc) -> None:
-        if getattr(proc, "job", None):
+        if proc.job is not None:
             rec["daemon_job"] = proc.job     # `thomas runs attach` follows it after a drop
             store.save_run(rec)
 

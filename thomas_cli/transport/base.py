@@ -123,6 +123,7 @@ class AgentProcess(ABC):
         self.ended = False
         self.returncode: int | None = None   # set when the agent's exit status is known
         self.lost: str | None = None         # why the stream ended without an exit status
+        self.job: str | None = None          # the daemon's job id: the agent outlives this stream
 
     def _start_reader(self, read: Callable[[], bytes]) -> None:
         """`read()` returns the next chunk of output, b"" at the end; it may raise OSError."""
