@@ -254,6 +254,19 @@ __kernel void bn_bwd_finish(__global const REAL* part, const int part_off, const
 //   dx = g * w * invstd
 // batch: undoes xhat = (x - mean(x)) * invstd(x), mean and biased var over cnt values:
 //   dx = invstd/cnt * (cnt*dxhat - Σ dxhat - xhat Σ dxhat xhat),  dxhat = g * w
+// (frozen statistics: dx = dxhat * invstd). dx[i] of channel c, for bn_dx and bn_dx_lcn.
+REAL bn_dx_at(const int i, const int c, __global const REAL* x, __global const REAL* g, __global const REAL* b,
+              const int act, __global const REAL* w, __global const REAL* mean,
+              __global const REAL* var_or_invstd, __global const REAL* sums, const int C, const int frozen,
+              const REAL eps, const int cnt) {
+    const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
+    const REAL xhat = (x[i] - mean[c]) * is;
+    const REAL dxhat = bn_gy(g[i], xhat * w[c] + b[c], act) * w[c];
+    if (frozen) return dxhat * is;
+    const REAL fc = (REAL)cnt;
+    return (is / fc) * (fc * dxhat - w[c] * sums[c] - xhat * (w[c] * sums[C + c]));
+}
+
 __kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global const REAL* b, const int act,
                     __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
                     __global const REAL* sums, __global REAL* dx, const int n, const int C, const int L,
@@ -261,15 +274,7 @@ __kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global con
     const int i = get_global_id(0);
     if (i >= n) return;
     const int c = (i / L) % C;
-    const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
-    const REAL xhat = (x[i] - mean[c]) * is;
-    const REAL dxhat = bn_gy(g[i], xhat * w[c] + b[c], act) * w[c];
-    if (frozen) {
-        dx[i] = dxhat * is;
-        return;
-    }
-    const REAL fc = (REAL)cnt;
-    dx[i] = (is / fc) * (fc * dxhat - w[c] * sums[c] - xhat * (w[c] * sums[C + c]));
+    dx[i] = bn_dx_at(i, c, x, g, b, act, w, mean, var_or_invstd, sums, C, frozen, eps, cnt);
 }
 
 // bn_dx over a (L, C, N) grid, as bn_apply_lcn.
@@ -279,13 +284,5 @@ __kernel void bn_dx_lcn(__global const REAL* x, __global const REAL* g, __global
                         const int frozen, const REAL eps, const int cnt) {
     const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L + l;
     if (l >= L) return;
-    const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
-    const REAL xhat = (x[i] - mean[c]) * is;
-    const REAL dxhat = bn_gy(g[i], xhat * w[c] + b[c], act) * w[c];
-    if (frozen) {
-        dx[i] = dxhat * is;
-        return;
-    }
-    const REAL fc = (REAL)cnt;
-    dx[i] = (is / fc) * (fc * dxhat - w[c] * sums[c] - xhat * (w[c] * sums[C + c]));
+    dx[i] = bn_dx_at(i, c, x, g, b, act, w, mean, var_or_invstd, sums, C, frozen, eps, cnt);
 }
