@@ -313,14 +313,14 @@ class DaemonTransport(Transport):
         self._ctl: Conn | None = None
         self._lock = threading.Lock()
         super().__init__(serial, str(rec.get("root") or "~/thomas"), "python")
-        c = self.connect()                 # fail early, with the daemon's own words
-        self._ctl = c
-        w = c.welcome
-        self.welcome = w
+        self._ctl = self.connect()          # fail early, with the daemon's own words
+        w = self.welcome = self._ctl.welcome
         self.root = str(w.get("root") or self.root)
         self.python = "the daemon's python (Termux)"
         if w.get("protocol") != PROTOCOL_VERSION:
-            self._upgrade_or_fail()
+            raise ProtocolMismatch(f"the THOMAS daemon on {serial} speaks protocol {w.get('protocol')} (agent "
+                                   f"{w.get('agent')}), this thomas speaks {PROTOCOL_VERSION}: run `thomas setup "
+                                   f"termux` again and type the command it shows in Termux (it replaces the daemon)")
 
     def describe(self) -> dict:
         return dict(super().describe(), port=self.port, daemon_agent=self.welcome.get("agent"),
@@ -357,13 +357,6 @@ class DaemonTransport(Transport):
         if self._ctl is not None:
             self._ctl.close()
             self._ctl = None
-
-    def _upgrade_or_fail(self) -> None:
-        theirs = self.welcome.get("protocol")
-        raise ProtocolMismatch(f"the THOMAS daemon on {self.serial} speaks protocol {theirs} (agent "
-                               f"{self.welcome.get('agent')}), this thomas speaks {PROTOCOL_VERSION}: run "
-                               f"`thomas setup termux` again and type the command it shows in Termux (it "
-                               f"replaces the daemon)")
 
     # ------------------------------------------------------------------ files
     def stat(self, rel: str) -> Entry | None:
