@@ -5,6 +5,8 @@
     python -m device_agent run JOB.json               # hello, plan, step..., epoch..., done | error
     python -m device_agent infer MODEL X.npy OUT.npy [--batch N] [--backend auto|opencl|numpy]
                                                       # hello, infer | error
+    python -m device_agent eval MODEL DATA OUT.json [--split val|train|test] [--batch N] [--top K]
+                                [--backend B]         # hello, progress..., eval_report | error
     python -m device_agent serve [--port 7878] [--root DIR] [--pair]   # the daemon (serve.py), no events
     python -m device_agent pair [--root DIR]          # a pairing code for the running daemon, no events
 
@@ -29,6 +31,7 @@ from .protocol import PROTOCOL_VERSION, Device, Error, Event, Hello, Infer
 
 USAGE = ("usage: python -m device_agent hello | doctor | run JOB.json | "
          "infer MODEL X.npy OUT.npy [--batch N] [--backend auto|opencl|numpy] | "
+         "eval MODEL DATA OUT.json [--split S] [--batch N] [--top K] [--backend B] | "
          "serve [--port 7878] [--root DIR] [--pair] | pair [--root DIR]")
 
 
@@ -147,6 +150,10 @@ def main(argv: list[str]) -> int:
         return train.main(args)
     if cmd == "infer":
         return infer(args)
+    if cmd == "eval":
+        from . import evaluate
+
+        return evaluate.main(args, emit)
     if cmd == "bench" and len(args) == 1:
         from . import bench
 

@@ -374,6 +374,29 @@ class Infer(Event):
 
 
 @dataclass
+class EvalReport(Event):
+    """`eval` (device_agent/evaluate.py): a model measured on a dataset split; the whole report
+    (per-class precision/recall, the confusion matrix) is the JSON file `output` on the device."""
+    ev: ClassVar[str] = "eval_report"
+    model: str                    # the package directory
+    data: str                     # the dataset directory
+    split: str                    # train | val | test
+    count: int                    # samples
+    classes: int
+    acc: float                    # top-1
+    top_k: int
+    top_k_acc: float
+    loss: float | None            # mean cross-entropy of the logits (None: not finite)
+    loss_tensor: str              # the tensor the loss read (the logits before a final Softmax)
+    ms: float
+    img_s: float
+    backend: str                  # numpy | opencl: what ran
+    device: str                   # the OpenCL device, or the CPU
+    output: str                   # the report written
+    t: float = field(default_factory=_now)
+
+
+@dataclass
 class LayerTime(Event):
     """`bench`: one layer of one backend (medians over the profiled steps)."""
     ev: ClassVar[str] = "layer_time"
@@ -445,7 +468,7 @@ class Tune(Event):
 
 
 EVENTS = {c.ev: c for c in (Hello, Device, Plan, Progress, Step, Epoch, Eval, Checkpoint, Cache, Done,
-                          Infer, Error, LayerTime, BenchDone, Telemetry, TuneVariant, Tune)}
+                          Infer, EvalReport, Error, LayerTime, BenchDone, Telemetry, TuneVariant, Tune)}
 
 
 def parse_event(line: str) -> Event:
@@ -519,7 +542,7 @@ CHUNK = 1 << 20
 PAIR_TTL_S = 600
 PAIR_ATTEMPTS = 5
 QUEUED_EVERY_S = 2.0
-QUEUED_COMMANDS = ("run", "bench", "tune", "infer")
+QUEUED_COMMANDS = ("run", "bench", "tune", "infer", "eval")
 
 
 def path_problem(rel, what: str = "remote path") -> str | None:
