@@ -11,7 +11,7 @@ from device_agent.backends.numpy_ref import NumpyRef
 from device_agent.builder import GraphBuilder
 from device_agent.errors import OnnxError
 from onnx_helpers import init, model, node, save
-from thomas_cli.onnx_io import export_onnx, import_onnx, onnx_parity, parse_shape
+from thomas_cli.onnx import export_onnx, import_onnx, onnx_parity, parse_shape
 
 TOL = 1e-4
 RNG = np.random.default_rng(0)

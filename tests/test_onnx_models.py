@@ -20,7 +20,7 @@ from device_agent.builder import replace_head
 from device_agent.errors import OnnxError
 from device_agent.graph import load_package, save_package
 from onnx_helpers import LIGHT_DIR, calibrate_bn, randomized_light, torch_export
-from thomas_cli.onnx_io import export_onnx, import_onnx, onnx_parity
+from thomas_cli.onnx import export_onnx, import_onnx, onnx_parity
 from thomas_cli.zoo import build
 
 TOL = 1e-4

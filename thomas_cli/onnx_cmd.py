@@ -74,7 +74,7 @@ def import_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """Convert an ONNX model into a package, then check it against onnxruntime on a seeded batch."""
-    from .onnx_io import import_onnx, onnx_parity, parse_shape, read_labels
+    from .onnx import import_onnx, onnx_parity, parse_shape, read_labels
 
     _check_tolerance(tolerance)
     shape = parse_shape(input_shape) if input_shape else None
@@ -137,7 +137,7 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """Write a package (or a run's final weights) as ONNX and check it in onnxruntime."""
-    from .onnx_io import export_onnx, onnx_parity
+    from .onnx import export_onnx, onnx_parity
 
     _check_tolerance(tolerance)
     pkg = resolve_package(source)

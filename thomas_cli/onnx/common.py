@@ -1,0 +1,275 @@
+"""Shared pieces of ONNX import/export: reading files, input shapes, labels, small helpers.
+
+    m = load_model("model.onnx")          # external data read (confined to the model's folder)
+    shape = parse_shape("1,3,224,224")    # --input-shape
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper, numpy_helper
+
+from device_agent.errors import OnnxError
+
+DEFAULT_OPSET = 17
+EXPORT_OPSETS = range(7, 22)          # opsets export_onnx writes
+DEFAULT_TOLERANCE = 1e-4              # parity: max|ours - onnxruntime| / max|onnxruntime|
+DEFAULT_DOMAINS = ("", "ai.onnx")
+META_PREFIX = "thomas."               # metadata_props keys written by export, read by import
+
+
+def f32(v) -> float:
+    """The shortest decimal that is the same float32 (ONNX float attributes are float32):
+    9.99999974737875e-06 -> 1e-05."""
+    return float(str(np.float32(v)))
+
+
+def onnx_attrs(n: onnx.NodeProto) -> dict:
+    out = {}
+    for a in n.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        out[a.name] = v
+    return out
+
+
+def first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+def fmt_shape(shape) -> str:
+    return "x".join("N" if d is None else str(d) for d in shape)
+
+
+def parse_shape(text: str) -> tuple:
+    """'1,3,224,224' -> (1, 3, 224, 224); a batch of -1, N or ? -> None. OnnxError on junk."""
+    parts = [p.strip() for p in str(text).replace("x", ",").split(",") if p.strip()]
+    dims = []
+    for i, p in enumerate(parts):
+        if i == 0 and p in ("-1", "N", "n", "?"):
+            dims.append(None)
+            continue
+        try:
+            d = int(p)
+        except ValueError:
+            d = 0
+        if d <= 0:
+            raise OnnxError(f"--input-shape {text!r}: dimensions must be positive integers "
+                            f"(the batch may be -1), e.g. 1,3,224,224")
+        dims.append(d)
+    if not dims:
+        raise OnnxError(f"--input-shape {text!r}: give the dimensions, e.g. 1,3,224,224")
+    return tuple(dims)
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Class names, one per line (blank lines skipped), or a JSON list of strings."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise OnnxError(f"{p}: labels file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise OnnxError(f"{p}: cannot read labels ({first_line(e)})") from None
+    if text.lstrip().startswith("["):
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise OnnxError(f"{p}: invalid JSON labels at line {e.lineno}: {e.msg}") from None
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise OnnxError(f"{p}: a JSON labels file must hold a list of strings")
+        return labels
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise OnnxError(f"{p}: the labels file is empty")
+    return labels
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file with its external data (which must lie inside the model's folder)."""
+    p = Path(path)
+    if not p.exists():
+        raise OnnxError(f"{p}: no such file")
+    if not p.is_file():
+        raise OnnxError(f"{p}: not a file")
+    try:
+        m = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, OSError, RuntimeError, TypeError, UnicodeDecodeError) as e:
+        raise OnnxError(f"{p}: not a readable ONNX model (truncated or not ONNX: {first_line(e)})") from None
+    if not m.HasField("graph") or (not m.graph.node and not m.graph.output):
+        raise OnnxError(f"{p}: not an ONNX model (no graph inside; truncated or a different file type)")
+    if opset_of(m) is None:
+        raise OnnxError(f"{p}: the model declares no opset of the default ONNX domain")
+    base = p.resolve().parent
+    for t in all_tensors(m.graph):
+        if t.data_location == TensorProto.EXTERNAL:
+            read_external(t, base, p)
+    return m
+
+
+def opset_of(m: onnx.ModelProto) -> int | None:
+    for o in m.opset_import:
+        if o.domain in DEFAULT_DOMAINS:
+            return int(o.version)
+    return None
+
+
+def all_tensors(g: onnx.GraphProto):
+    yield from g.initializer
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+            elif a.type == onnx.AttributeProto.TENSORS:
+                yield from a.tensors
+
+
+def read_external(t: TensorProto, base: Path, model_path: Path) -> None:
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location", "")
+    where = f"{model_path}: tensor '{t.name}'"
+    if not loc:
+        raise OnnxError(f"{where}: external data without a location")
+    target = (base / loc).resolve()
+    if Path(loc).is_absolute() or not target.is_relative_to(base):
+        raise OnnxError(f"{where}: external data path '{loc}' escapes the model's folder {base}; "
+                        f"refusing to read it")
+    if not target.is_file():
+        raise OnnxError(f"{where}: external data file '{loc}' is missing (looked in {base})")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise OnnxError(f"{where}: external data offset/length are not integers") from None
+    with open(target, "rb") as f:
+        f.seek(offset)
+        data = f.read() if length is None else f.read(length)
+    if length is not None and len(data) != length:
+        raise OnnxError(f"{where}: external data file '{loc}' is truncated "
+                        f"(wanted {length} bytes at offset {offset}, got {len(data)})")
+    t.raw_data = data
+    del t.external_data[:]
+    t.data_location = TensorProto.DEFAULT
+
+
+def to_array(t: TensorProto, where: str) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError) as e:
+        raise OnnxError(f"{where}: tensor '{t.name}' cannot be read ({first_line(e)})") from None
+
+
+def input_dims(vi: onnx.ValueInfoProto) -> tuple | None:
+    """Declared shape: ints for fixed dims, None for symbolic/-1/0/unknown; None if no shape at all."""
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
+
+
+def model_input(m: onnx.ModelProto, path) -> onnx.ValueInfoProto:
+    inits = {t.name for t in m.graph.initializer}
+    real = [i for i in m.graph.input if i.name not in inits]
+    if len(real) != 1:
+        names = ", ".join(repr(i.name) for i in real) or "none"
+        raise OnnxError(f"{path}: THOMAS packages take exactly one input tensor; this model has "
+                        f"{len(real)} ({names})")
+    vi = real[0]
+    et = vi.type.tensor_type.elem_type
+    if vi.type.WhichOneof("value") != "tensor_type" or et not in (0, TensorProto.FLOAT):
+        raise OnnxError(f"{path}: input '{vi.name}' must be a float32 tensor "
+                        f"(got {TensorProto.DataType.Name(et) if et else 'a non-tensor'})")
+    return vi
+
+
+def resolve_shape(dims: tuple | None, input_shape, name: str, path) -> tuple[tuple, bool]:
+    """(concrete shape used to import and check, whether the file leaves the batch free)."""
+    dynamic_batch = dims is None or not dims or dims[0] is None
+    if input_shape is not None:
+        want = tuple(input_shape)
+        if dims is not None and len(want) != len(dims):
+            raise OnnxError(f"--input-shape {','.join('-1' if d is None else str(d) for d in want)} has rank "
+                            f"{len(want)}, but input '{name}' of {path} has rank {len(dims)} "
+                            f"(declared {fmt_shape(dims)})")
+        if want[0] is None:
+            dynamic_batch = True
+        batch = want[0] if want[0] is not None else (dims[0] if dims and dims[0] else 2)
+        return (batch,) + tuple(want[1:]), dynamic_batch
+    if dims is None:
+        raise OnnxError(f"{path}: input '{name}' declares no shape; pass --input-shape, e.g. 1,3,224,224")
+    if any(d is None for d in dims[1:]):
+        raise OnnxError(f"{path}: input '{name}' has free dimensions ({fmt_shape(dims)}); "
+                        f"pass --input-shape, e.g. 1,3,224,224")
+    # NOTE: a free batch is imported (and checked) at 2, never 1, so that a batch-sized value
+    # in a shape sub-graph cannot pass for a literal 1.
+    return (dims[0] or 2,) + tuple(dims[1:]), dynamic_batch
+
+
+def toposort(nodes: list, known: set, path) -> list:
+    """ONNX asks for topological order but not every exporter obeys: stable Kahn sort."""
+    produced = {o for n in nodes for o in n.output if o}
+    out, seen, pending = [], set(known), list(nodes)
+    while pending:
+        rest = []
+        for n in pending:
+            if all(not t or t in seen or t not in produced for t in n.input):
+                out.append(n)
+                seen.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise OnnxError(f"{path}: the graph has a cycle through node '{rest[0].name or rest[0].op_type}'")
+        pending = rest
+    return out
+
+
+class Unsupported(Exception):
+    """A node THOMAS cannot represent; `label` is what the error lists ('Transpose', 'Gemm with transA=1')."""
+
+    def __init__(self, label: str):
+        super().__init__(label)
+        self.label = label
+
+
+def auto_pads(mode: str, hw, k, stride, dil) -> list[int] | None:
+    """ONNX auto_pad resolved for a known input size -> [top, left, bottom, right]; None = NOTSET."""
+    if mode in ("NOTSET", ""):
+        return None
+    if mode == "VALID":
+        return [0, 0, 0, 0]
+    if mode not in ("SAME_UPPER", "SAME_LOWER"):
+        raise Unsupported(f"auto_pad={mode}")
+    begin, end = [], []
+    for size, kk, s, d in zip(hw, k, stride, dil):
+        out = -(-size // s)
+        total = max((out - 1) * s + (kk - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        b, e = (small, big) if mode == "SAME_UPPER" else (big, small)
+        begin.append(b)
+        end.append(e)
+    return begin + end
+
+
+def reshape_attr(in_shape: tuple, out_shape: tuple) -> list[int]:
+    """A Reshape target that keeps the batch free: 0 (copy) where the batch dim passes through."""
+    out = [int(d) for d in out_shape]
+    if out and in_shape and out[0] == in_shape[0]:
+        out[0] = 0
+    return out
+
+
+def vector(c: np.ndarray, k: int, rank: int) -> np.ndarray | None:
+    """A constant that broadcasts against (N,K,...) of `rank` along K only -> (K,); else None."""
+    if c.ndim > rank:
+        return None
+    cc = c.reshape((1,) * (rank - c.ndim) + c.shape)
+    if any(d != 1 for i, d in enumerate(cc.shape) if i != 1) or cc.shape[1] not in (1, k):
+        return None
+    return np.broadcast_to(cc.reshape(cc.shape[1]), (k,)).astype(np.float32)
