@@ -1,5 +1,6 @@
-// Shape ops that move data: Concat (strided 2-D copies) and Pad (gathers). Flatten/Reshape are
-// aliases and launch nothing. Shapes are padded to rank 4 by the launchers (int4 xd, yd, ...).
+// Shape ops that move data: Concat and Slice (strided 2-D copies), Pad and Transpose (gathers).
+// Flatten/Reshape are aliases and launch nothing. Pad's shapes are padded to rank 4 by the launchers
+// (int4 xd, yd, ...), Transpose's to rank 6 (int8).
 
 // dst[dst_off + r*dst_ld + c] = src[src_off + r*src_ld + c] for r < rows, c < cols.
 // Concat forward: one launch per input (src = x_i, dst = y at that input's column offset);
@@ -95,4 +96,30 @@ __kernel void pad_bwd(__global const REAL* gy, __global REAL* gx, const int n, c
         for (int o3 = st3[a3]; o3 < en3[a3]; o3++) acc += gy[row + o3];
     }
     gx[i] = acc;
+}
+
+// undoes: y = x[.., start:end, ..]: gx viewed as (outer, D, inner) gets gy where start <= d < start + L
+// and 0 elsewhere (every element written).
+__kernel void slice_bwd(__global const REAL* gy, __global REAL* gx, const int n, const int D, const int L,
+                        const int inner, const int start) {
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    const int c = i % inner, d = (i / inner) % D, o = i / (inner * D);
+    gx[i] = (d >= start && d < start + L) ? gy[(o * L + d - start) * inner + c] : (REAL)0;
+}
+
+// y = transpose(x): y (yd.s0..yd.s5, contiguous) gathers x, each of y's axes walking x with stride
+// xs.sK (the launcher merges adjacent axes and pads to rank 6 with dims of 1, stride 0).
+__kernel void transpose_nd(__global const REAL* x, __global REAL* y, const int n, const int8 yd,
+                           const int8 xs) {
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    int r = i, src = 0;
+    src += (r % yd.s5) * xs.s5; r /= yd.s5;
+    src += (r % yd.s4) * xs.s4; r /= yd.s4;
+    src += (r % yd.s3) * xs.s3; r /= yd.s3;
+    src += (r % yd.s2) * xs.s2; r /= yd.s2;
+    src += (r % yd.s1) * xs.s1; r /= yd.s1;
+    src += r * xs.s0;
+    y[i] = x[src];
 }

@@ -27,7 +27,7 @@ def get_op(name: str) -> OpDef:
 def _load_all() -> None:
     # NOTE: imported here, not at module top, so each op module can `from . import register`.
     from . import (activation, batchnorm, conv2d, dropout, elementwise, gemm, lrn, pool,  # noqa: F401
-                   shape, softmax)
+                   reduce, resize, shape, softmax)
 
 
 _load_all()

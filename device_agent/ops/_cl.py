@@ -56,6 +56,23 @@ def int4(v) -> np.ndarray:
     return ct.make_int4(*(int(e) for e in v))
 
 
+def int8(v) -> np.ndarray:
+    """up to 8 ints -> an OpenCL int8 argument (missing trailing entries 0)."""
+    import pyopencl.cltypes as ct
+    v = [int(e) for e in v]
+    return ct.make_int8(*(v + [0] * (8 - len(v))))
+
+
+def constant_ints(b, values):
+    """A read-only device buffer holding `values` as int32 (index tables computed on the host once,
+    at build time). The launch that takes it as an argument keeps it alive."""
+    import pyopencl as cl
+    arr = np.ascontiguousarray(values, dtype=np.int32)
+    if arr.size == 0:
+        arr = np.zeros(1, np.int32)
+    return cl.Buffer(b.rt.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=arr)
+
+
 def pad4(shape, op: str, slot: str) -> tuple:
     """shape (rank <= 4) -> the same shape with leading 1s to rank 4."""
     shape = tuple(int(d) for d in shape)

@@ -1,16 +1,18 @@
-"""Shape ops: Flatten, Reshape, Concat, Pad.
+"""Shape ops: Flatten, Reshape, Concat, Pad, Slice, Transpose.
 
     Flatten  x (d0..d_{r-1})            -> y (d0*..*d_{axis-1}, d_axis*..*d_{r-1})
     Reshape  x (*)                      -> y (shape; 0 copies x's dim, one -1 is inferred)
     Concat   x0 (..,A0,..), x1 (..,A1,..), ... -> y (..,A0+A1+..,..) along axis
     Pad      x (d0..d_{r-1})            -> y (d_i + pads[i] + pads[r+i]) with np.pad semantics
+    Slice    x (.., D, ..)              -> y (.., L, ..) = x[.., start:end, ..] along axis (never 0)
+    Transpose x (d0..d_{r-1})           -> y (d_perm[0]..d_perm[r-1]); rank 2..6, perm[0] = 0
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import register
-from ._cl import alias_backward, alias_forward, elt, int4
+from ._cl import alias_backward, alias_forward, elt, int4, int8
 from .base import Attr, ClSpec, OpDef, ShapeError
 
 
@@ -177,6 +179,87 @@ def pad_backward(attrs, saved, gys, needs, ctx):
     return [np.ascontiguousarray(g)]
 
 
+# ----------------------------------------------------------------------------- Slice
+def _slice_axis(attrs, rank):
+    """attrs['axis'] -> non-negative axis in [1, rank); the batch axis 0 is never sliced"""
+    a = _axis(attrs, rank)
+    if a == 0:
+        raise ShapeError("axis", f"attribute 'axis' = {attrs['axis']} is the batch axis; Slice cuts "
+                                 f"axes 1..{rank - 1} only")
+    return a
+
+
+def _slice_bounds(attrs, d):
+    """(start, end) of x[start:end] along an axis of length d, clamped as Python slices are"""
+    start, end, _ = slice(attrs["start"], attrs["end"]).indices(d)
+    return start, max(start, end)
+
+
+def slice_infer(attrs, shapes):
+    """x (.., D, ..) -> [(.., end - start, ..)] along axis; start/end clamped as Python slices"""
+    x = tuple(shapes[0])
+    a = _slice_axis(attrs, len(x))
+    start, end = _slice_bounds(attrs, x[a])
+    if end == start:
+        raise ShapeError("x", f"Slice [{attrs['start']}:{attrs['end']}] of axis {a} of input 'x' "
+                              f"(shape {x}) is empty")
+    return [x[:a] + (end - start,) + x[a + 1:]]
+
+
+def slice_forward(attrs, xs, ctx):
+    """x (.., D, ..) -> y (.., L, ..) = x[.., start:end, ..]"""
+    (x,) = xs
+    slice_infer(attrs, [x.shape])
+    a = _slice_axis(attrs, x.ndim)
+    start, end = _slice_bounds(attrs, x.shape[a])
+    idx = (slice(None),) * a + (slice(start, end),)
+    return [np.ascontiguousarray(x[idx])], (x.shape, a, start, end)
+
+
+def slice_backward(attrs, saved, gys, needs, ctx):
+    """g (.., L, ..) -> dx (.., D, ..)"""
+    shape, a, start, end = saved
+    if not needs[0]:
+        return [None]
+    # undoes: y = x[.., start:end, ..]  (the rest of x gets no gradient)
+    dx = np.zeros(shape, dtype=gys[0].dtype)
+    dx[(slice(None),) * a + (slice(start, end),)] = gys[0]
+    return [dx]
+
+
+# ----------------------------------------------------------------------------- Transpose
+def _perm(attrs, rank):
+    """attrs['perm'] checked against x's rank: a permutation of 0..rank-1 with perm[0] == 0"""
+    perm = tuple(attrs["perm"])
+    if not 2 <= rank <= 6:
+        raise ShapeError("x", f"Transpose handles inputs of rank 2 to 6, got rank {rank}")
+    if sorted(perm) != list(range(rank)):
+        raise ShapeError("perm", f"attribute 'perm' {list(perm)} is not a permutation of the "
+                                 f"{rank} axes of input 'x'")
+    if perm[0] != 0:
+        raise ShapeError("perm", f"attribute 'perm' {list(perm)} moves the batch axis; perm[0] must be 0")
+    return perm
+
+
+def transpose_infer(attrs, shapes):
+    """x (d0..d_{r-1}) -> [(d_perm[0]..d_perm[r-1])]"""
+    x = tuple(shapes[0])
+    return [tuple(x[p] for p in _perm(attrs, len(x)))]
+
+
+def transpose_forward(attrs, xs, ctx):
+    """x (d0..d_{r-1}) -> y (d_perm[0]..d_perm[r-1]), y[i_0..] = x[i_{inv[0]}..]"""
+    (x,) = xs
+    perm = _perm(attrs, x.ndim)
+    return [np.ascontiguousarray(np.transpose(x, perm))], (perm,)
+
+
+def transpose_backward(attrs, saved, gys, needs, ctx):
+    (perm,) = saved
+    # undoes: y = transpose(x, perm)  (gx = transpose(gy, perm^-1))
+    return [np.ascontiguousarray(np.transpose(gys[0], np.argsort(perm))) if needs[0] else None]
+
+
 # ----------------------------------------------------------------------------- OpenCL launchers
 # kernels/shape.cl. Flatten/Reshape: aliases (ClSpec.alias, no launch).
 # Concat: viewed as (outer, A_i * inner) blocks, one strided copy per input each way.
@@ -248,6 +331,70 @@ def cl_pad_backward(b, io):
              _PAD_MODES[io.attrs["mode"]])
 
 
+# Slice: x viewed as (outer, D*inner) rows; forward copies each row's [start*inner, end*inner)
+# columns (copy2d), backward writes every gx element (gy where sliced, 0 elsewhere).
+def _slice_geom(io, x_shape):
+    """(outer, D, L, inner, start) of a Slice of x_shape"""
+    a = _slice_axis(io.attrs, len(x_shape))
+    start, end = _slice_bounds(io.attrs, x_shape[a])
+    return _prod(x_shape[:a]), x_shape[a], end - start, _prod(x_shape[a + 1:]), start
+
+
+def cl_slice_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    outer, d, n, inner, start = _slice_geom(io, x.shape)
+    b.launch("shape.cl", "copy2d", (y.size,), elt(b), x, y, outer, n * inner, d * inner, n * inner,
+             start * inner, 0)
+
+
+def cl_slice_backward(b, io):
+    gx = io.gx[0]
+    if gx is None:
+        return
+    outer, d, n, inner, start = _slice_geom(io, gx.shape)
+    # undoes: y = x[.., start:end, ..]
+    b.launch("shape.cl", "slice_bwd", (gx.size,), elt(b), io.gy[0], gx, gx.size, d, n, inner, start)
+
+
+def _transpose_axes(shape, perm):
+    """x shape + perm -> (yd, xs) as 6-tuples: y's dims and, for each, the stride of x it walks.
+    Size-1 axes are dropped and axes that stay adjacent and in order are merged, so a channel
+    shuffle (N,g,C/g,HW) -> (N,C/g,g,HW) runs as a rank-3 gather; leading dims of 1 pad to 6."""
+    runs = []                                              # runs of x axes, in y's order
+    for p in (p for p in perm if shape[p] != 1):
+        if runs and runs[-1][-1] + 1 == p:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    stride, strides = 1, {}
+    for run in sorted(runs, key=lambda r: r[0], reverse=True):   # x's order, innermost first
+        strides[run[0]] = stride
+        stride *= _prod([shape[p] for p in run])
+    yd = [_prod([shape[p] for p in run]) for run in runs]
+    xs = [strides[run[0]] for run in runs]
+    pad = 6 - len(yd)
+    return (1,) * pad + tuple(yd), (0,) * pad + tuple(xs)
+
+
+def _cl_transpose(b, src, dst, perm):
+    yd, xs = _transpose_axes(src.shape, perm)
+    b.launch("shape.cl", "transpose_nd", (dst.size,), elt(b), src, dst, dst.size, int8(yd), int8(xs))
+
+
+def cl_transpose_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    _cl_transpose(b, x, y, _perm(io.attrs, len(x.shape)))
+
+
+def cl_transpose_backward(b, io):
+    gx = io.gx[0]
+    if gx is None:
+        return
+    # undoes: y = transpose(x, perm)  (gx = transpose(gy, perm^-1))
+    inv = tuple(int(i) for i in np.argsort(_perm(io.attrs, len(gx.shape))))
+    _cl_transpose(b, io.gy[0], gx, inv)
+
+
 _ALIAS = ClSpec(alias_forward, alias_backward, alias=True)
 
 register(
@@ -263,4 +410,11 @@ register(
                           "value": Attr("float", 0.0)},
           pad_infer, pad_forward, pad_backward, doc="np.pad semantics, pads in ONNX order",
           cl=ClSpec(cl_pad_forward, cl_pad_backward)),
+    OpDef("Slice", ("x",), {"axis": Attr("int"), "start": Attr("int"), "end": Attr("int")},
+          slice_infer, slice_forward, slice_backward,
+          doc="x[.., start:end, ..] along axis (never 0), step 1, Python clamping",
+          cl=ClSpec(cl_slice_forward, cl_slice_backward)),
+    OpDef("Transpose", ("x",), {"perm": Attr("ints", min=0)}, transpose_infer, transpose_forward,
+          transpose_backward, doc="permute axes (rank 2..6, perm[0] = 0)",
+          cl=ClSpec(cl_transpose_forward, cl_transpose_backward)),
 )
