@@ -1,21 +1,28 @@
 // Pooling: MaxPool, AveragePool (torch max_pool2d / avg_pool2d semantics, asymmetric pads,
-// ceil mode), GlobalAveragePool.
+// ceil mode, dilation), GlobalAveragePool.
 //   x (N,C,H,W) -> y (N,C,OH,OW); NC = N*C planes, one work-item per output (forward) or per input
 //   pixel (backward: a gather over the windows that contain it, no atomics).
-// Window (oh, ow) covers rows oh*SH - PT .. + KH-1 and cols ow*SW - PL .. + KW-1; taps outside the
-// input are padding (-inf for max, 0 for average).
+// Window (oh, ow) reads rows oh*SH - PT + kh*DH (kh < KH) and cols ow*SW - PL + kw*DW (kw < KW);
+// taps outside the input are padding (-inf for max, 0 for average).
 
-// First window index o with o*S - P + K - 1 >= i (the first window reaching pixel i).
-int first_window(const int i, const int S, const int P, const int K) {
-    const int t = i + P - K + 1;
+// First window index o with o*S - P + EK - 1 >= i (the first window whose span reaches pixel i;
+// EK = the effective kernel D*(K-1) + 1).
+int first_window(const int i, const int S, const int P, const int EK) {
+    const int t = i + P - EK + 1;
     return t <= 0 ? 0 : (t + S - 1) / S;
+}
+
+// The tap of window o that reads pixel i, or -1 (i between two dilated taps, or outside the span).
+int tap_of(const int i, const int o, const int S, const int D, const int P, const int K) {
+    const int off = i + P - o * S;
+    return (off >= 0 && off % D == 0 && off / D < K) ? off / D : -1;
 }
 
 // y = the max over the window; arg = its tap (row-major, kh*KW + kw) chosen like numpy argmax over
 // the -inf-padded window: the FIRST maximum, and NaN beats everything (first NaN).
 __kernel void maxpool_fwd(__global const REAL* x, __global REAL* y, __global int* arg, const int NC,
                           const int H, const int W, const int OH, const int OW, const int KH, const int KW,
-                          const int SH, const int SW, const int PT, const int PL) {
+                          const int SH, const int SW, const int DH, const int DW, const int PT, const int PL) {
     const int i = get_global_id(0);
     if (i >= NC * OH * OW) return;
     const int ow = i % OW, oh = (i / OW) % OH, p = i / (OW * OH);
@@ -24,9 +31,9 @@ __kernel void maxpool_fwd(__global const REAL* x, __global REAL* y, __global int
     REAL best = -INFINITY;
     int tap = 0;
     for (int kh = 0; kh < KH; kh++) {
-        const int h = h0 + kh;
+        const int h = h0 + kh * DH;
         for (int kw = 0; kw < KW; kw++) {
-            const int w = w0 + kw;
+            const int w = w0 + kw * DW;
             const REAL v = (h >= 0 && h < H && w >= 0 && w < W) ? xp[h * W + w] : -INFINITY;
             if (v > best || (isnan(v) && !isnan(best))) {
                 best = v;
@@ -41,64 +48,79 @@ __kernel void maxpool_fwd(__global const REAL* x, __global REAL* y, __global int
 // undoes: y = window[arg]: each input pixel sums gy over the windows whose argmax tap is it.
 __kernel void maxpool_bwd(__global const REAL* gy, __global const int* arg, __global REAL* gx, const int NC,
                           const int H, const int W, const int OH, const int OW, const int KH, const int KW,
-                          const int SH, const int SW, const int PT, const int PL) {
+                          const int SH, const int SW, const int DH, const int DW, const int PT, const int PL) {
     const int i = get_global_id(0);
     if (i >= NC * H * W) return;
     const int w = i % W, h = (i / W) % H, p = i / (W * H);
     const int oh1 = min(OH - 1, (h + PT) / SH), ow1 = min(OW - 1, (w + PL) / SW);
-    const int ow0 = first_window(w, SW, PL, KW);
+    const int ow0 = first_window(w, SW, PL, DW * (KW - 1) + 1);
     REAL acc = (REAL)0;
-    for (int oh = first_window(h, SH, PT, KH); oh <= oh1; oh++) {
+    for (int oh = first_window(h, SH, PT, DH * (KH - 1) + 1); oh <= oh1; oh++) {
+        const int th = tap_of(h, oh, SH, DH, PT, KH);
+        if (th < 0) continue;
         const int row = (p * OH + oh) * OW;
-        const int th = (h + PT - oh * SH) * KW;
         for (int ow = ow0; ow <= ow1; ow++) {
-            if (arg[row + ow] == th + (w + PL - ow * SW)) acc += gy[row + ow];
+            const int tw = tap_of(w, ow, SW, DW, PL, KW);
+            if (tw >= 0 && arg[row + ow] == th * KW + tw) acc += gy[row + ow];
         }
     }
     gx[i] = acc;
 }
 
-// The window size avg_pool2d divides by along one axis, for window o:
-//   count_include_pad: the window clipped to the padded input, min(s + K, N + P1) - s
-//   else:              the real input elements in it, min(s + K, N) - max(s, 0)      (s = o*S - P0)
-int avg_count(const int o, const int S, const int K, const int P0, const int P1, const int N, const int cip) {
+// The number of taps avg_pool2d divides by along one axis, for window o (taps s + k*D, k < K,
+// s = o*S - P0):
+//   count_include_pad: the taps inside the padded input [-P0, N + P1)
+//   else:              the taps inside the input [0, N)
+// (s < N always: the output-size rule drops windows starting past the input.)
+int avg_count(const int o, const int S, const int K, const int D, const int P0, const int P1, const int N,
+              const int cip) {
     const int s = o * S - P0;
-    return cip ? min(s + K, N + P1) - s : min(s + K, N) - max(s, 0);
+    const int lo = (cip || s >= 0) ? 0 : (-s + D - 1) / D;       // first tap at or after 0 (or -P0)
+    const int hi = ((cip ? N + P1 : N) - s + D - 1) / D;           // taps before the end
+    return min(K, hi) - lo;
 }
 
 // y = Σ_window x / divisor
 __kernel void avgpool_fwd(__global const REAL* x, __global REAL* y, const int NC,
                           const int H, const int W, const int OH, const int OW, const int KH, const int KW,
-                          const int SH, const int SW, const int PT, const int PL, const int PB, const int PR,
-                          const int cip) {
+                          const int SH, const int SW, const int DH, const int DW, const int PT, const int PL,
+                          const int PB, const int PR, const int cip) {
     const int i = get_global_id(0);
     if (i >= NC * OH * OW) return;
     const int ow = i % OW, oh = (i / OW) % OH, p = i / (OW * OH);
     __global const REAL* xp = x + p * H * W;
     const int h0 = oh * SH - PT, w0 = ow * SW - PL;
     REAL acc = (REAL)0;
-    for (int h = max(h0, 0); h < min(h0 + KH, H); h++)
-        for (int w = max(w0, 0); w < min(w0 + KW, W); w++) acc += xp[h * W + w];
-    const int div = avg_count(oh, SH, KH, PT, PB, H, cip) * avg_count(ow, SW, KW, PL, PR, W, cip);
+    for (int kh = 0; kh < KH; kh++) {
+        const int h = h0 + kh * DH;
+        if (h < 0 || h >= H) continue;
+        for (int kw = 0; kw < KW; kw++) {
+            const int w = w0 + kw * DW;
+            if (w >= 0 && w < W) acc += xp[h * W + w];
+        }
+    }
+    const int div = avg_count(oh, SH, KH, DH, PT, PB, H, cip) * avg_count(ow, SW, KW, DW, PL, PR, W, cip);
     y[i] = acc / (REAL)div;
 }
 
-// undoes: y = Σ_window x / divisor: each input pixel sums gy / divisor over its windows.
+// undoes: y = Σ_window x / divisor: each input pixel sums gy / divisor over the windows with a tap on it.
 __kernel void avgpool_bwd(__global const REAL* gy, __global REAL* gx, const int NC,
                           const int H, const int W, const int OH, const int OW, const int KH, const int KW,
-                          const int SH, const int SW, const int PT, const int PL, const int PB, const int PR,
-                          const int cip) {
+                          const int SH, const int SW, const int DH, const int DW, const int PT, const int PL,
+                          const int PB, const int PR, const int cip) {
     const int i = get_global_id(0);
     if (i >= NC * H * W) return;
     const int w = i % W, h = (i / W) % H, p = i / (W * H);
     const int oh1 = min(OH - 1, (h + PT) / SH), ow1 = min(OW - 1, (w + PL) / SW);
-    const int ow0 = first_window(w, SW, PL, KW);
+    const int ow0 = first_window(w, SW, PL, DW * (KW - 1) + 1);
     REAL acc = (REAL)0;
-    for (int oh = first_window(h, SH, PT, KH); oh <= oh1; oh++) {
-        const int dh = avg_count(oh, SH, KH, PT, PB, H, cip);
+    for (int oh = first_window(h, SH, PT, DH * (KH - 1) + 1); oh <= oh1; oh++) {
+        if (tap_of(h, oh, SH, DH, PT, KH) < 0) continue;
+        const int dh = avg_count(oh, SH, KH, DH, PT, PB, H, cip);
         const int row = (p * OH + oh) * OW;
         for (int ow = ow0; ow <= ow1; ow++)
-            acc += gy[row + ow] / (REAL)(dh * avg_count(ow, SW, KW, PL, PR, W, cip));
+            if (tap_of(w, ow, SW, DW, PL, KW) >= 0)
+                acc += gy[row + ow] / (REAL)(dh * avg_count(ow, SW, KW, DW, PL, PR, W, cip));
     }
     gx[i] = acc;
 }
