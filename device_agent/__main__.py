@@ -113,7 +113,7 @@ def infer(args: list[str]) -> int:
     except (OSError, ValueError) as e:
         raise InputError(f"{src}: not a readable .npy array ({e})") from None
     try:
-        backend = resolve_backend(want)
+        backend = resolve_backend(want, graph=g)
     except JobError:
         raise InputError("infer --backend opencl: no OpenCL device is usable here (pyopencl, a device or "
                          "the OpenCL engines are missing); use numpy or auto") from None

@@ -193,12 +193,30 @@ def opencl_available() -> bool:
     return ok and hasattr(opencl, "OpenCLEngine") and hasattr(opencl, "OpenCLInfer")
 
 
-def resolve_backend(name: str, dtype: str = "float32") -> str:
-    """'auto' -> 'opencl' when available (and dtype is float32: OpenCL computes in float32), else
-    'numpy'; 'opencl' when unavailable -> JobError."""
+def missing_kernels(graph: Graph | None) -> list[str]:
+    """The ops of `graph` (sorted, each once) that have no OpenCL kernels yet."""
+    if graph is None:
+        return []
+    from .ops import get_op
+
+    return sorted({n.op for n in graph.nodes if get_op(n.op).cl is None})
+
+
+def resolve_backend(name: str, dtype: str = "float32", graph: Graph | None = None) -> str:
+    """'auto' -> 'opencl' when available (and dtype is float32: OpenCL computes in float32, and every
+    op of `graph` has OpenCL kernels), else 'numpy'; 'opencl' when unavailable -> JobError.
+
+    An 'auto' that falls back to numpy because of ops without kernels says so in one stderr line
+    (a note, not an error); an explicit 'opencl' keeps the Plan's error naming the node and op."""
     if name == "numpy" or (name == "auto" and dtype != "float32"):
         return "numpy"
     if opencl_available():
+        missing = missing_kernels(graph) if name == "auto" else []
+        if missing:
+            print(f"thomas: backend auto runs numpy: model '{graph.name}' uses "
+                  f"{', '.join(missing)}, which {'has' if len(missing) == 1 else 'have'} no OpenCL "
+                  f"kernels yet", file=sys.stderr, flush=True)
+            return "numpy"
         return "opencl"
     if name == "opencl":
         raise JobError("job field 'backend' is 'opencl' but no OpenCL training backend is usable here "

@@ -165,7 +165,7 @@ def evaluate(graph: Graph, dataset_split, batch: int = 64, backend: str = "auto"
     run_batch = batch if fixed is None else int(fixed)
     k_cls = num_classes or int(np.prod(g.infer_shapes(batch=1)[tensor][1:]))
     k = min(top, k_cls)
-    used = resolve_backend(backend)
+    used = resolve_backend(backend, graph=g)
     engine = engine_classes(used)[1](g)
     cm = np.zeros((k_cls, k_cls), np.int64)
     correct = correct_k = 0
@@ -254,7 +254,7 @@ def main(args: list[str], emit) -> int:
     graph = load_package(model)
     check_fit(graph, ds, f"'{graph.name}' ({model})")
     try:
-        backend = resolve_backend(opts["--backend"])
+        backend = resolve_backend(opts["--backend"], graph=graph)
     except JobError:
         raise InputError("eval --backend opencl: no OpenCL device is usable here (pyopencl, a device or the "
                          "OpenCL engines are missing); use numpy or auto") from None

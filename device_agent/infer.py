@@ -41,7 +41,7 @@ def infer_package(graph: Graph, x: np.ndarray, batch_size: int = 32, output: str
     else:
         from .engine import engine_classes, resolve_backend
 
-        be = engine_classes(resolve_backend(backend))[1](graph)
+        be = engine_classes(resolve_backend(backend, graph=graph))[1](graph)
     parts = [be.forward({spec.name: x[i:i + batch_size].astype(np.float32, copy=False)})[name]
              for i in range(0, x.shape[0], batch_size)]
     return np.concatenate(parts, axis=0)

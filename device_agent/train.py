@@ -140,7 +140,7 @@ def _run(r: _Run) -> Done:
     job, t_run = r.job, time.perf_counter()
     ds = open_dataset(job.data)
     graph = _load_graph(job, ds)
-    backend = resolve_backend(job.backend, job.dtype)
+    backend = resolve_backend(job.backend, job.dtype, graph)
     dtype = np.dtype(job.dtype)
     trainable = trainable_params(graph, job.layers)
     split = split_graph(graph, trainable)
