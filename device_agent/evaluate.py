@@ -195,6 +195,17 @@ def evaluate(graph: Graph, dataset_split, batch: int = 64, backend: str = "auto"
                       (time.perf_counter() - t0) * 1e3)
 
 
+def labels_match(labels, classes) -> bool | None:
+    """True: the model's labels are the dataset's classes in the same order; False: they name some of
+    them in another order (output i is not class i: a likely mix-up); None: nothing to compare (no
+    labels, or generic ones such as class_0 of a head never trained on these classes)."""
+    if not labels:
+        return None
+    if list(labels) == list(classes):
+        return True
+    return False if set(labels) & set(classes) else None
+
+
 def compute_device(backend: str) -> str:
     """Where a backend computes, in words: the OpenCL device, or this CPU."""
     if backend == "opencl":
@@ -267,7 +278,7 @@ def main(args: list[str], emit) -> int:
     res = evaluate(graph, part, int(opts["--batch"]), backend, int(opts["--top"]), len(ds.classes), progress)
     doc = dict(res.to_dict(ds.classes), model=model, model_name=graph.name, data=data,
                device=compute_device(res.backend), batch=int(opts["--batch"]),
-               labels_match=graph.labels is None or list(graph.labels) == list(ds.classes))
+               labels_match=labels_match(graph.labels, ds.classes))
     dest = Path(out)
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(dest, lambda f: f.write((json.dumps(doc) + "\n").encode()))

@@ -58,6 +58,7 @@ from . import finetune_cmd  # noqa: E402,F401  (thomas finetune)
 from . import runs_cmd  # noqa: E402,F401  (thomas runs list / show / pull / rm)
 from . import onnx_cmd  # noqa: E402,F401  (thomas import / export / infer)
 from . import bench_cmd  # noqa: E402,F401  (thomas bench)
+from . import eval_cmd  # noqa: E402,F401  (thomas eval)
 from . import report  # noqa: E402,F401  (thomas report)
 from . import setup_cmd  # noqa: E402,F401  (thomas setup termux)
 

@@ -28,6 +28,7 @@ def _row(rec: dict) -> dict:
     d = rec.get("device", {})
     return {"id": rec["id"], "created": rec.get("created"), "status": rec.get("status"), "model": rec.get("model"),
             "data": rec.get("data"), "stage": rec.get("stage"), "epochs": s.get("epochs"), "val_acc": s.get("val_acc"),
+            "acc": s.get("acc"),   # an eval run's top-1 on its split (stage "eval SPLIT")
             "train_acc": s.get("train_acc"), "device": f"{d.get('transport')}:{d.get('serial')}",
             "error": rec.get("error")}
 
@@ -53,7 +54,8 @@ def runs_list(as_json: bool = typer.Option(False, "--json", help="Machine-readab
     for r in rows:
         c = colors.get(r["status"], "yellow")
         t.add_row(r["id"], f"[{c}]{r['status']}[/]", r["model"], r["data"], r["stage"],
-                  _fmt(r["epochs"], "d"), _fmt(r["val_acc"], ".3f"), r["device"])
+                  _fmt(r["epochs"], "d"), _fmt(r["val_acc"] if r["val_acc"] is not None else r["acc"], ".3f"),
+                  r["device"])
     out.print(t)
 
 
@@ -65,8 +67,9 @@ def runs_show(run: str = typer.Argument(..., help="Run id (see `thomas runs list
     rec = store.load_run(run)
     events = store.read_events(run)
     epochs = [e for e in events if e.get("ev") == "epoch"]
+    report = store.read_json(store.run_dir(run) / "eval.json") if rec.get("kind") == "eval" else None
     if as_json:
-        print_json(dict(rec, epochs=epochs, events=len(events)))
+        print_json(dict(rec, epochs=epochs, events=len(events), **({"eval": report} if report else {})))
         return
     row = _row(rec)
     out.print(f"[bold]run {run}[/]: {row['status']}  {row['model']} on {row['data']} ({row['stage']}), "
@@ -82,6 +85,12 @@ def runs_show(run: str = typer.Argument(..., help="Run id (see `thomas runs list
 
         out.print(layer_table([("", bench)], f"{rec.get('model')} {rec.get('stage')}, batch {job.get('batch')}"))
         out.print(totals_table([("", bench)]))
+        out.print(f"{len(events)} events in {store.run_dir(run) / 'events.jsonl'}", highlight=False)
+        return
+    if report:
+        from .eval_cmd import show_report
+
+        show_report(report)
         out.print(f"{len(events)} events in {store.run_dir(run) / 'events.jsonl'}", highlight=False)
         return
     t = Table("epoch", "train loss", "train acc", "val loss", "val acc", "img/s", "time")
