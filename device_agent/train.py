@@ -137,7 +137,53 @@ def _load_graph(job: TrainJob, ds: Dataset) -> Graph:
 
 
 def _run(r: _Run) -> Done:
-    job, t_run = r.job, time.perf_counter()
+    """The run as named steps: set up (nothing on disk yet), prepare the run directory, resume,
+    plan, the epochs, the results."""
+    t_run = time.perf_counter()
+    s = _setup(r.job)
+    # everything is checked: only now is the run directory touched
+    _prepare_out(r.job)
+    r.events = open(r.out / "events.jsonl", "a", encoding="utf-8")
+    _resume(r, s)
+    _send_plan(r, s)
+    for epoch in range(s.epoch0, r.job.epochs):
+        _train_epoch(r, s, epoch)
+    return _finish(r, s, t_run)
+
+
+class _State:
+    """What the steps of one run share: data, graph, engines, the position and the running sums."""
+
+    def __init__(self, job: TrainJob, ds: Dataset, graph: Graph, backend: str, trainable: set[str], split,
+                 engine, Infer):
+        self.job, self.ds, self.graph, self.backend, self.split, self.engine = job, ds, graph, backend, split, engine
+        self.trainable = trainable
+        self.dtype = np.dtype(job.dtype)
+        self.Infer = Infer
+        self.prefix_engine = None          # built on first use: a cache hit never runs the prefix
+        self.preprocess = graph.inputs[0].preprocess
+        self.spe = ds.train.num_batches(job.batch, job.drop_last)
+        self.total, self.warmup = job.epochs * self.spe, job.warmup_epochs * self.spe
+        self.epoch0, self.batch0, self.step, self.sums = 0, 0, 0, [0.0, 0, 0]
+        self.cache: FeatureCache | None = None
+        self.computed: set[str] = set()    # cache splits filled by this run (their first use is a miss)
+        self.val_loss = self.val_acc = self.preds = None
+        self.train_loss = self.train_acc = float("nan")
+
+    def prefix(self):
+        if self.prefix_engine is None:
+            self.prefix_engine = self.Infer(self.split.prefix, self.dtype)
+        return self.prefix_engine
+
+    def lr(self, step: int) -> float:
+        job = self.job
+        return lr_at(step, base_lr=job.lr, schedule=job.schedule, total_steps=self.total,
+                     steps_per_epoch=self.spe, warmup_steps=self.warmup, step_size=job.step_size,
+                     gamma=job.gamma)
+
+
+def _setup(job: TrainJob) -> _State:
+    """Dataset, graph, stage split, optimizer and engine; every check that needs no disk write."""
     ds = open_dataset(job.data)
     graph = _load_graph(job, ds)
     backend = resolve_backend(job.backend, job.dtype, graph)
@@ -145,21 +191,14 @@ def _run(r: _Run) -> Done:
     trainable = trainable_params(graph, job.layers)
     split = split_graph(graph, trainable)
     Engine, Infer = engine_classes(backend)
-    prefix_engine = []                    # built on first use: a cache hit never runs the prefix
-
-    def prefix():
-        if not prefix_engine:
-            prefix_engine.append(Infer(split.prefix, dtype))
-        return prefix_engine[0]
     order = [k for k in split.suffix.params if k in trainable]
     opt = make_optimizer(job.optimizer, {k: graph.params[k].shape for k in order}, dtype,
                          momentum=job.momentum, nesterov=job.nesterov, weight_decay=job.weight_decay,
                          betas=job.betas, eps=job.eps)
     engine = Engine(split.suffix, trainable, opt, job.bn_batch_stats, job.clip_grad_norm,
                     job.label_smoothing, dtype, job.seed, recompute=job.recompute)
-    preprocess = graph.inputs[0].preprocess
-    spe = ds.train.num_batches(job.batch, job.drop_last)
-    if spe == 0:
+    s = _State(job, ds, graph, backend, trainable, split, engine, Infer)
+    if s.spe == 0:
         raise JobError(f"job field 'batch' is {job.batch}, more than the {len(ds.train)} training images, "
                        f"and drop_last is set: no batch to train on")
     if (job.bn_batch_stats and not job.drop_last and len(ds.train) % job.batch == 1
@@ -167,164 +206,171 @@ def _run(r: _Run) -> Done:
         raise JobError(f"job field 'drop_last': the last batch of each epoch would hold 1 image "
                        f"({len(ds.train)} % {job.batch}), and BatchNorm with batch statistics needs 2; "
                        f"set drop_last or another batch size")
-    total, warmup = job.epochs * spe, job.warmup_epochs * spe
-    # everything is checked: only now is the run directory touched
-    _prepare_out(job)
-    r.events = open(r.out / "events.jsonl", "a", encoding="utf-8")
+    return s
 
-    def lr(step):
-        return lr_at(step, base_lr=job.lr, schedule=job.schedule, total_steps=total, steps_per_epoch=spe,
-                     warmup_steps=warmup, step_size=job.step_size, gamma=job.gamma)
 
-    # ---------------------------------------------------------------- resume
-    epoch0, batch0, step, sums = 0, 0, 0, [0.0, 0, 0]
+def _resume(r: _Run, s: _State) -> None:
+    """A resumed job: parameters, optimizer state and the (epoch, batch, step) position of its last
+    good checkpoint; the metrics lines after it are dropped (they are written again)."""
+    job = r.job
     ck = checkpoint.load_latest(r.out / "ckpt", quarantine=True) if job.resume else None
     if ck is not None:
         for p, why in ck.skipped:
             log(f"skipped checkpoint {p.name}: {why}")
-        if ck.meta.get("backend") != backend:
-            log(f"checkpoint was written by backend {ck.meta.get('backend')}, resuming on {backend}: "
+        if ck.meta.get("backend") != s.backend:
+            log(f"checkpoint was written by backend {ck.meta.get('backend')}, resuming on {s.backend}: "
                 f"the result will not be bit-identical")
-        engine.load_params(ck.params)
-        engine.load_optimizer_state(ck.optimizer)
-        epoch0, batch0, step, sums = ck.meta["epoch"], ck.meta["batch"], ck.step, list(ck.meta["sums"])
-        log(f"resumed from {ck.path.name}: epoch {epoch0 + 1}, batch {batch0 + 1}, step {step}")
-        _truncate_metrics(r.out / "metrics.jsonl", epoch0)
+        s.engine.load_params(ck.params)
+        s.engine.load_optimizer_state(ck.optimizer)
+        s.epoch0, s.batch0, s.step, s.sums = ck.meta["epoch"], ck.meta["batch"], ck.step, list(ck.meta["sums"])
+        log(f"resumed from {ck.path.name}: epoch {s.epoch0 + 1}, batch {s.batch0 + 1}, step {s.step}")
+        _truncate_metrics(r.out / "metrics.jsonl", s.epoch0)
     elif job.resume:
         log(f"no usable checkpoint in {r.out / 'ckpt'}; starting from the beginning")
         _truncate_metrics(r.out / "metrics.jsonl", 0)
 
-    # ---------------------------------------------------------------- features
-    cache = None
-    if job.feature_cache and not job.augment and split.prefix is not None:
+
+def _send_plan(r: _Run, s: _State) -> None:
+    """Open the feature cache (a frozen prefix without augmentation) and send the `plan` event."""
+    job, graph, ds = r.job, s.graph, s.ds
+    if job.feature_cache and not job.augment and s.split.prefix is not None:
         root = Path(job.cache_dir) if job.cache_dir else default_cache_dir(job.data)
-        cache = FeatureCache(root, split, ds.digest, backend, dtype,
-                             {"model": str(Path(job.model).resolve()), "data": str(Path(job.data).resolve())})
-    mem = engine.memory()
-    n_train = int(sum(graph.weights[k].size for k in trainable))
-    r.send(Plan(backend, job.dtype, _stage_name(job), n_train, graph.num_params(False) - n_train,
-                [g for g in graph.param_groups() if any(graph.params[k].group == g for k in trainable)],
-                list(split.cut), cache is not None, len(ds.train), len(ds.val), len(ds.classes), job.batch,
-                job.epochs, spe, total, step, mem))
+        s.cache = FeatureCache(root, s.split, ds.digest, s.backend, s.dtype,
+                               {"model": str(Path(job.model).resolve()), "data": str(Path(job.data).resolve())})
+    mem = s.engine.memory()
+    n_train = int(sum(graph.weights[k].size for k in s.trainable))
+    r.send(Plan(s.backend, job.dtype, _stage_name(job), n_train, graph.num_params(False) - n_train,
+                [g for g in graph.param_groups() if any(graph.params[k].group == g for k in s.trainable)],
+                list(s.split.cut), s.cache is not None, len(ds.train), len(ds.val), len(ds.classes), job.batch,
+                job.epochs, s.spe, s.total, s.step, mem))
 
-    computed: set[str] = set()
 
-    def features(split_name: str, epoch: int) -> dict | None:
-        """Cached prefix outputs of a split; fills the cache on a miss (sends a `cache` event)."""
-        if cache is None:
-            return None
-        t0 = time.perf_counter()
-        hit = split_name in cache.loaded or cache.open()
-        if not hit:
-            shown = [0]
+def _features(r: _Run, s: _State, split_name: str, epoch: int) -> dict | None:
+    """Cached prefix outputs of a split; fills the cache on a miss (sends a `cache` event)."""
+    cache, ds = s.cache, s.ds
+    if cache is None:
+        return None
+    t0 = time.perf_counter()
+    hit = split_name in cache.loaded or cache.open()
+    if not hit:
+        shown = [0]
 
-            def progress(done: int, n: int) -> None:
-                if done == n or done - shown[0] >= n / 10:
-                    shown[0] = done
-                    r.send(Progress("features", done, n))
-            cache.fill({"train": ds.train, "val": ds.val}, prefix(), max(job.batch, 64), preprocess, progress)
-            computed.update(cache.loaded)
-        if split_name in computed:           # filled by this run: its first use is the miss
-            hit = False
-            computed.discard(split_name)
-        feats = cache.loaded.get(split_name, {})
-        rows = len(ds.train if split_name == "train" else ds.val)
-        r.send(Cache(hit, split_name, epoch + 1, cache.key, rows,
-                     int(sum(a.nbytes for a in feats.values())), round((time.perf_counter() - t0) * 1e3, 1)))
-        return feats
+        def progress(done: int, n: int) -> None:
+            if done == n or done - shown[0] >= n / 10:
+                shown[0] = done
+                r.send(Progress("features", done, n))
+        cache.fill({"train": ds.train, "val": ds.val}, s.prefix(), max(r.job.batch, 64), s.preprocess, progress)
+        s.computed.update(cache.loaded)
+    if split_name in s.computed:           # filled by this run: its first use is the miss
+        hit = False
+        s.computed.discard(split_name)
+    feats = cache.loaded.get(split_name, {})
+    rows = len(ds.train if split_name == "train" else ds.val)
+    r.send(Cache(hit, split_name, epoch + 1, cache.key, rows,
+                 int(sum(a.nbytes for a in feats.values())), round((time.perf_counter() - t0) * 1e3, 1)))
+    return feats
 
-    def inputs(part, rows: np.ndarray, feats: dict | None, epoch: int, batch_idx: int, augment: bool):
-        """What the trainable part reads for these rows: cached features, prefix outputs or images."""
-        if feats is not None:
-            return {t: np.asarray(feats[t][rows]) for t in split.cut}
-        u8 = part.rows(rows)
-        if augment:
-            u8 = augment_batch(u8, np.random.default_rng([job.seed, RNG_AUGMENT, epoch, batch_idx]))
-        x = normalize(u8, preprocess, dtype)
-        if split.prefix is None:
-            return x
-        outs = prefix().forward(x)
-        return {t: outs[t] for t in split.cut}
 
-    def evaluate(epoch: int):
-        if len(ds.val) == 0:
-            return None, None, None
-        t0 = time.perf_counter()
-        feats = features("val", epoch)
-        loss_sum, correct, preds = 0.0, 0, []
-        for lo in range(0, len(ds.val), job.batch):
-            rows = np.arange(lo, min(lo + job.batch, len(ds.val)))
-            ls, c, logits = engine.eval_batch(inputs(ds.val, rows, feats, epoch, 0, False), ds.val.labels[rows])
-            loss_sum, correct = loss_sum + ls, correct + c
-            preds.append(np.argmax(logits, axis=1))
-        n = len(ds.val)
-        r.send(Eval(epoch + 1, "val", loss_sum / n, correct / n, n, round((time.perf_counter() - t0) * 1e3, 1)))
-        return loss_sum / n, correct / n, np.concatenate(preds)
+def _inputs(s: _State, part, rows: np.ndarray, feats: dict | None, epoch: int, batch_idx: int, augment: bool):
+    """What the trainable part reads for these rows: cached features, prefix outputs or images."""
+    if feats is not None:
+        return {t: np.asarray(feats[t][rows]) for t in s.split.cut}
+    u8 = part.rows(rows)
+    if augment:
+        u8 = augment_batch(u8, np.random.default_rng([s.job.seed, RNG_AUGMENT, epoch, batch_idx]))
+    x = normalize(u8, s.preprocess, s.dtype)
+    if s.split.prefix is None:
+        return x
+    outs = s.prefix().forward(x)
+    return {t: outs[t] for t in s.split.cut}
 
-    def save_ckpt(epoch: int, batch: int) -> None:
-        t0 = time.perf_counter()
-        meta = {"epoch": epoch, "batch": batch, "sums": sums, "backend": backend, "dtype": job.dtype,
-                "rng": {"seed": job.seed, "shuffle": [job.seed, 1, epoch], "dropout_step": step}}
-        p = checkpoint.save(r.out / "ckpt", step, params=engine.params(), optimizer=engine.optimizer_state(),
-                            meta=meta, keep=job.keep_checkpoints)
-        r.send(Checkpoint(step, epoch + (batch > 0), str(p), p.stat().st_size,
-                          round((time.perf_counter() - t0) * 1e3, 1)))
 
-    # ---------------------------------------------------------------- epochs
-    val_loss = val_acc = preds = None
-    train_loss = train_acc = float("nan")
-    for epoch in range(epoch0, job.epochs):
-        start = batch0 if epoch == epoch0 else 0
-        if epoch != epoch0:
-            sums = [0.0, 0, 0]
-        t0 = time.perf_counter()
-        feats = features("train", epoch)
-        perm = ds.train.order(epoch, job.seed)
-        for i in range(start, spe):
-            rows = perm[i * job.batch:(i + 1) * job.batch]
-            y = ds.train.labels[rows]
-            ts = time.perf_counter()
-            x = inputs(ds.train, rows, feats, epoch, i, job.augment)
-            rate = lr(step)
-            loss, correct = engine.train_step(x, y, rate)
-            if not math.isfinite(loss):
-                raise TrainError(f"loss is {loss} at step {step + 1} (epoch {epoch + 1}, batch {i + 1}); "
-                                 f"training stopped, the last good checkpoint is kept (lower lr or set "
-                                 f"clip_grad_norm)")
-            step += 1
-            sums = [sums[0] + loss * len(y), sums[1] + correct, sums[2] + len(y)]
-            r.send(Step(step, epoch + 1, i + 1, loss, correct / len(y), rate,
-                        round((time.perf_counter() - ts) * 1e3, 1)))
-            if job.checkpoint_every and step % job.checkpoint_every == 0 and i + 1 < spe:
-                save_ckpt(epoch, i + 1)
-        ms = (time.perf_counter() - t0) * 1e3
-        train_loss, train_acc = sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1)
-        val_loss, val_acc, preds = evaluate(epoch)
-        r.send(Epoch(epoch + 1, train_loss, train_acc, val_loss, val_acc, lr(max(step - 1, 0)), round(ms, 1),
-                     round(sums[2] / max(ms, 1e-9) * 1e3, 1)))
-        with open(r.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-                                "val_loss": val_loss, "val_acc": val_acc, "lr": lr(max(step - 1, 0)),
-                                "ms": round(ms, 1)}) + "\n")
-        sums = [0.0, 0, 0]
-        save_ckpt(epoch + 1, 0)
+def _evaluate(r: _Run, s: _State, epoch: int):
+    """(val loss, val accuracy, predictions) on the val split, with an `eval` event; Nones without one."""
+    ds, batch = s.ds, r.job.batch
+    if len(ds.val) == 0:
+        return None, None, None
+    t0 = time.perf_counter()
+    feats = _features(r, s, "val", epoch)
+    loss_sum, correct, preds = 0.0, 0, []
+    for lo in range(0, len(ds.val), batch):
+        rows = np.arange(lo, min(lo + batch, len(ds.val)))
+        ls, c, logits = s.engine.eval_batch(_inputs(s, ds.val, rows, feats, epoch, 0, False), ds.val.labels[rows])
+        loss_sum, correct = loss_sum + ls, correct + c
+        preds.append(np.argmax(logits, axis=1))
+    n = len(ds.val)
+    r.send(Eval(epoch + 1, "val", loss_sum / n, correct / n, n, round((time.perf_counter() - t0) * 1e3, 1)))
+    return loss_sum / n, correct / n, np.concatenate(preds)
 
-    # ---------------------------------------------------------------- results
-    if preds is None and len(ds.val):
-        val_loss, val_acc, preds = evaluate(job.epochs - 1)
-    if preds is not None:
+
+def _save_ckpt(r: _Run, s: _State, epoch: int, batch: int) -> None:
+    job, t0 = r.job, time.perf_counter()
+    meta = {"epoch": epoch, "batch": batch, "sums": s.sums, "backend": s.backend, "dtype": job.dtype,
+            "rng": {"seed": job.seed, "shuffle": [job.seed, 1, epoch], "dropout_step": s.step}}
+    p = checkpoint.save(r.out / "ckpt", s.step, params=s.engine.params(), optimizer=s.engine.optimizer_state(),
+                        meta=meta, keep=job.keep_checkpoints)
+    r.send(Checkpoint(s.step, epoch + (batch > 0), str(p), p.stat().st_size,
+                      round((time.perf_counter() - t0) * 1e3, 1)))
+
+
+def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
+    """One epoch: its batches from the resume position on, then eval, `epoch`, metrics, checkpoint."""
+    job, ds, spe = r.job, s.ds, s.spe
+    start = s.batch0 if epoch == s.epoch0 else 0
+    if epoch != s.epoch0:
+        s.sums = [0.0, 0, 0]
+    t0 = time.perf_counter()
+    feats = _features(r, s, "train", epoch)
+    perm = ds.train.order(epoch, job.seed)
+    for i in range(start, spe):
+        rows = perm[i * job.batch:(i + 1) * job.batch]
+        y = ds.train.labels[rows]
+        ts = time.perf_counter()
+        x = _inputs(s, ds.train, rows, feats, epoch, i, job.augment)
+        rate = s.lr(s.step)
+        loss, correct = s.engine.train_step(x, y, rate)
+        if not math.isfinite(loss):
+            raise TrainError(f"loss is {loss} at step {s.step + 1} (epoch {epoch + 1}, batch {i + 1}); "
+                             f"training stopped, the last good checkpoint is kept (lower lr or set "
+                             f"clip_grad_norm)")
+        s.step += 1
+        s.sums = [s.sums[0] + loss * len(y), s.sums[1] + correct, s.sums[2] + len(y)]
+        r.send(Step(s.step, epoch + 1, i + 1, loss, correct / len(y), rate,
+                    round((time.perf_counter() - ts) * 1e3, 1)))
+        if job.checkpoint_every and s.step % job.checkpoint_every == 0 and i + 1 < spe:
+            _save_ckpt(r, s, epoch, i + 1)
+    ms = (time.perf_counter() - t0) * 1e3
+    sums = s.sums
+    s.train_loss, s.train_acc = sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1)
+    s.val_loss, s.val_acc, s.preds = _evaluate(r, s, epoch)
+    lr = s.lr(max(s.step - 1, 0))
+    r.send(Epoch(epoch + 1, s.train_loss, s.train_acc, s.val_loss, s.val_acc, lr, round(ms, 1),
+                 round(sums[2] / max(ms, 1e-9) * 1e3, 1)))
+    with open(r.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"epoch": epoch + 1, "train_loss": s.train_loss, "train_acc": s.train_acc,
+                            "val_loss": s.val_loss, "val_acc": s.val_acc, "lr": lr, "ms": round(ms, 1)}) + "\n")
+    s.sums = [0.0, 0, 0]
+    _save_ckpt(r, s, epoch + 1, 0)
+
+
+def _finish(r: _Run, s: _State, t_run: float) -> Done:
+    """The confusion matrix of the last eval, final/, and the `done` event."""
+    job, ds = r.job, s.ds
+    if s.preds is None and len(ds.val):
+        s.val_loss, s.val_acc, s.preds = _evaluate(r, s, job.epochs - 1)
+    if s.preds is not None:
         k = len(ds.classes)
         cm = np.zeros((k, k), np.int64)
-        np.add.at(cm, (ds.val.labels, preds), 1)
+        np.add.at(cm, (ds.val.labels, s.preds), 1)
         (r.out / "confusion.json").write_text(json.dumps({"split": "val", "classes": ds.classes,
                                                           "matrix": cm.tolist()}) + "\n")
-    final = _save_final(graph, engine.params(), r.out / "final", job, ds)
-    mem = dict(engine.memory())
-    if prefix_engine:
-        mem["prefix"] = prefix_engine[0].memory()["peak"]
-    if cache is not None:
-        mem["feature_cache"] = cache.nbytes()
-    done = Done(str(r.out), str(final), job.epochs, step, train_loss, train_acc, val_loss, val_acc,
+    final = _save_final(s.graph, s.engine.params(), r.out / "final", job, ds)
+    mem = dict(s.engine.memory())
+    if s.prefix_engine is not None:
+        mem["prefix"] = s.prefix_engine.memory()["peak"]
+    if s.cache is not None:
+        mem["feature_cache"] = s.cache.nbytes()
+    done = Done(str(r.out), str(final), job.epochs, s.step, s.train_loss, s.train_acc, s.val_loss, s.val_acc,
                 round((time.perf_counter() - t_run) * 1e3, 1), mem)
     r.send(done)
     return done
