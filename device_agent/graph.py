@@ -214,7 +214,8 @@ def save_package(graph: Graph, path: str | os.PathLike) -> Path:
     _validate(graph)
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(graph.weights[k]) for k in graph.params}
+    # NOTE: np.ascontiguousarray makes a 0-d array 1-d; np.require keeps the declared shape ()
+    arrays = {k: np.require(graph.weights[k], requirements="C") for k in graph.params}
     atomic_write(root / WEIGHTS_NPZ, lambda f: np.savez(f, **arrays))
     text = json.dumps(graph.to_json(), indent=1) + "\n"
     atomic_write(root / MODEL_JSON, lambda f: f.write(text.encode()))
