@@ -10,7 +10,8 @@ One checkpoint = one `ckpt-<step:08d>.npz` (np.savez, read back with allow_pickl
                      the data order, RNG counters, partial epoch sums)}
 sha256 covers every array (name, dtype, shape, bytes) but "meta". Writing goes to a temp file in the
 same directory, fsync, rename, fsync of the directory; then all but the newest `keep` are removed.
-A checkpoint that is truncated, unreadable or fails its sha256 is never loaded: load_latest falls
+Every member's npy header is checked against its real size and the memory budget before anything
+is allocated (limits.load_npz). A checkpoint that is truncated, unreadable or fails its sha256 is never loaded: load_latest falls
 back to the previous one (and, with quarantine, renames the bad file to `*.bad`).
 """
 from __future__ import annotations
@@ -19,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import CheckpointError
 from .fsutil import atomic_write, fsync_dir
+from .limits import load_npz, parse_json
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{8,})\.npz$")
@@ -84,24 +85,37 @@ def save(directory, step: int, *, params: dict, optimizer: dict, meta: dict, kee
 def load(path) -> Loaded:
     """Read and verify one checkpoint; CheckpointError (one line) if it is not intact."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:100]})") from None
+    if not path.is_file():
+        raise CheckpointError(f"{path}: unreadable checkpoint (not a file)")
+    arrays = load_npz(path, CheckpointError)    # headers against real sizes and memory: never a MemoryError
     if "meta" not in arrays:
         raise CheckpointError(f"{path}: no 'meta' record")
-    try:
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: 'meta' record is not JSON") from None
-    if not isinstance(meta, dict) or meta.get("format", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    meta = parse_json(arrays.pop("meta").tobytes(), f"{path}: 'meta' record", CheckpointError)
+    _check_meta(path, meta)
     if meta.get("sha256") != _digest(arrays):
         raise CheckpointError(f"{path}: sha256 mismatch (partially written or corrupt)")
     params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
     opt = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
     return Loaded(path, int(meta["step"]), params, opt, meta, [])
+
+
+def _check_meta(path: Path, meta) -> None:
+    """The meta record's types (a forged sha256 is easy: it sits in meta itself): format, step and the
+    training position (epoch, batch, sums) when present. CheckpointError (one line) otherwise."""
+    fmt = meta.get("format", 0) if isinstance(meta, dict) else None
+    if not _is_int(fmt) or fmt > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unknown checkpoint format {fmt if isinstance(meta, dict) else meta!r}"[:200])
+    for k in ("step", "epoch", "batch"):
+        if (k == "step" or k in meta) and not (_is_int(meta.get(k)) and meta[k] >= 0):
+            raise CheckpointError(f"{path}: meta field '{k}' is {meta.get(k)!r}, not a count"[:200])
+    sums = meta.get("sums", [0, 0, 0])
+    if not (isinstance(sums, list) and len(sums) == 3 and all(isinstance(x, (int, float)) and
+                                                               not isinstance(x, bool) for x in sums)):
+        raise CheckpointError(f"{path}: meta field 'sums' is {sums!r}, not 3 numbers"[:200])
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def load_latest(directory, quarantine: bool = False) -> Loaded | None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import DataError
 from .fsutil import atomic_write, fsync_dir, sha256_file
+from .limits import check_npy
 
 FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
@@ -302,6 +303,7 @@ def _open_split(root: Path, split: str, s: dict, hw: tuple, k: int, verify: bool
 
 
 def _load_npy(path: Path, dtype, shape: tuple):
+    check_npy(path, DataError, shape, dtype)     # header vs real size, no object dtype: before the mmap
     try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

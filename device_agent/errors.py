@@ -61,3 +61,21 @@ class InputError(ThomasError, ValueError):
     """An inference input cannot be used (unreadable image or array, wrong shape, empty folder)."""
 
     code = "bad_input"
+
+
+class DiskError(ThomasError):
+    """The device's storage refused a read or write: code "disk_full" (ENOSPC, EDQUOT) or "io"
+    (read-only, no permission, I/O error, ...); the message names the path and the fix.
+    fsutil.disk_error(OSError) builds one."""
+
+    code = "io"
+
+    def __init__(self, message: str, code: str = "io"):
+        super().__init__(message)
+        self.code = code
+
+
+class RunLockedError(ThomasError):
+    """A run is being trained by another live process (runlock.py); the message names its pid."""
+
+    code = "locked"

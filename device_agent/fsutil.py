@@ -3,17 +3,22 @@
     atomic_write(path, lambda f: np.savez(f, **arrays))    # temp file + fsync + rename; mode 0600
     fsync_dir(path.parent)                                  # make the rename itself durable
     sha256_file(path)                                       # hex digest, read in 1 MiB blocks
+    raise disk_error(oserror, fallback=run_dir)             # OSError -> DiskError: one line, path + fix
 
-A reader sees the old file or the new one, never half of one; a writer killed mid-way leaves only
-a hidden temp file (`.NAME.*` or the given prefix/suffix) that the next writer may sweep.
+A reader sees the old file or the new one, never half of one; a writer killed mid-way (or stopped by a
+full disk) leaves only a hidden temp file (`.NAME.*` or the given prefix/suffix) that the next writer
+may sweep, and the file it was replacing is untouched.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from .errors import DiskError
 
 
 def atomic_write(dest: Path, write: Callable[[BinaryIO], object], prefix: str | None = None,
@@ -29,8 +34,10 @@ def atomic_write(dest: Path, write: Callable[[BinaryIO], object], prefix: str | 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(dest)) from e     # a failed write names its file
         raise
     return dest
 
@@ -55,3 +62,31 @@ def sha256_file(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+_FIXES = {
+    errno.ENOSPC: ("disk_full", "no space left on the device", "free space on the device"),
+    errno.EDQUOT: ("disk_full", "disk quota exceeded", "free space on the device"),
+    errno.EROFS: ("io", "read-only file system", "the folder is read-only: remount it read-write or use "
+                                                 "another device root (--device-root)"),
+    errno.EACCES: ("io", "permission denied", "the folder is not writable by the agent's user: fix its "
+                                              "owner or mode, or use another device root (--device-root)"),
+    errno.EPERM: ("io", "operation not permitted", "the folder is not writable by the agent's user: fix its "
+                                                   "owner or mode, or use another device root (--device-root)"),
+    errno.EIO: ("io", "input/output error", "the device's storage failed: check it (dmesg, free space) "
+                                            "and retry"),
+}
+
+
+def disk_error(e: OSError, fallback=None, then: str = "") -> DiskError:
+    """An OSError of the device's storage as one line naming the path and the fix: code "disk_full"
+    (ENOSPC, EDQUOT) or "io". `fallback` names the place when the error carries no file name; `then`
+    is what to do after the fix ("then resume the run; its checkpoints are kept").
+
+        disk_error(OSError(errno.ENOSPC, "No space left on device", "runs/r/ckpt/.ckpt-1.tmp"))
+        # no space left on the device writing runs/r/ckpt/.ckpt-1.tmp: free space on the device"""
+    where = e.filename if e.filename is not None else fallback
+    code, what, fix = _FIXES.get(e.errno, ("io", (e.strerror or str(e) or type(e).__name__).lower(),
+                                           "check the device's storage"))
+    msg = f"{what}{f' at {where}' if where is not None else ''}: {fix}"
+    return DiskError(msg + (f"; {then}" if then else ""), code)

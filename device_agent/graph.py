@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from .errors import PackageError
 from .fsutil import atomic_write
+from .limits import load_npz, read_json
 from .ops import OpError, get_op, normalize_attrs
 
 FORMAT_VERSION = 1
@@ -175,12 +175,7 @@ def load_package(path: str | os.PathLike) -> Graph:
     mj = root / MODEL_JSON
     if not mj.is_file():
         raise PackageError(f"{root}: missing {MODEL_JSON}")
-    try:
-        doc = json.loads(mj.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise PackageError(f"{mj}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError:
-        raise PackageError(f"{mj}: not UTF-8 text") from None
+    doc = read_json(mj, PackageError, what=MODEL_JSON)     # size and nesting limits, one-line errors
     weights = read_weights(root / WEIGHTS_NPZ)
     g = _parse(doc, weights)
     _validate(g)
@@ -188,25 +183,11 @@ def load_package(path: str | os.PathLike) -> Graph:
 
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """Load an npz without ever unpickling; object arrays are refused."""
+    """Load an npz without ever unpickling: object arrays are refused, and every member's header is
+    checked against its real size and the memory budget before any array is allocated (limits.py)."""
     if not path.is_file():
         raise PackageError(f"{path.parent}: missing {WEIGHTS_NPZ}")
-    out: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            for k in z.files:
-                try:
-                    out[k] = z[k]
-                except ValueError as e:
-                    if "allow_pickle" in str(e) or "Object arrays" in str(e):
-                        raise PackageError(f"{path}: array '{k}' holds Python objects; "
-                                           f"packages hold numeric arrays only (never unpickled)") from None
-                    raise PackageError(f"{path}: array '{k}' is unreadable: {e}") from None
-    except PackageError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise PackageError(f"{path}: not a valid npz archive ({e})") from None
-    return out
+    return load_npz(path, PackageError)
 
 
 def save_package(graph: Graph, path: str | os.PathLike) -> Path:
