@@ -10,9 +10,10 @@ null), output index o maps to the input coordinate
     align_corners         o * (L - 1) / (O - 1), or 0 when O == 1
     tf_half_pixel_for_nn  (o + 0.5) / s
 then to an index by `nearest` (floor, ceil, round_prefer_floor: halves down, round_prefer_ceil:
-halves up), clamped to [0, L - 1]. The arithmetic is float32 in exactly onnxruntime's order, so the
-index tables equal onnxruntime's bit for bit. torch F.interpolate(mode="nearest") is
-asymmetric + floor, mode="nearest-exact" is half_pixel + round_prefer_ceil.
+halves up), clamped to [0, L - 1]; an output of the input's size at scale 1 copies x (onnxruntime).
+The arithmetic is float32 in exactly onnxruntime's order, so the index tables equal onnxruntime's
+bit for bit. torch F.interpolate(mode="nearest") is asymmetric + floor (with scale_factor=f: scale
+attrs f), mode="nearest-exact" is half_pixel + round_prefer_ceil.
 
 Backward scatters: each input pixel sums gy over the outputs that copied it. The index maps are
 non-decreasing, so the outputs reading input index h are one run [beg[h], beg[h+1]).
@@ -77,8 +78,13 @@ def source_index(out_len: int, in_len: int, scale: float | None, coord: str, nea
 def _tables(attrs, x_shape):
     """(src_h (OH,), src_w (OW,), beg_h (H+1,), beg_w (W+1,)) for x_shape"""
     (oh, ow), (h, w) = attrs["size"], x_shape[2:]
-    src_h = source_index(oh, h, attrs["scale_h"], attrs["coord"], attrs["nearest"])
-    src_w = source_index(ow, w, attrs["scale_w"], attrs["coord"], attrs["nearest"])
+    if (oh, ow) == (h, w) and attrs["scale_h"] in (None, 1.0) and attrs["scale_w"] in (None, 1.0):
+        # NOTE: onnxruntime (and the ONNX reference) copy the input when every scale is 1, whatever
+        # the modes; the formulas would shift tf_half_pixel_for_nn + ceil / round_prefer_ceil by one.
+        src_h, src_w = np.arange(h), np.arange(w)
+    else:
+        src_h = source_index(oh, h, attrs["scale_h"], attrs["coord"], attrs["nearest"])
+        src_w = source_index(ow, w, attrs["scale_w"], attrs["coord"], attrs["nearest"])
     beg_h = np.searchsorted(src_h, np.arange(h + 1), side="left")
     beg_w = np.searchsorted(src_w, np.arange(w + 1), side="left")
     return src_h, src_w, beg_h, beg_w

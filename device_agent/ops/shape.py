@@ -360,8 +360,10 @@ def _transpose_axes(shape, perm):
     """x shape + perm -> (yd, xs) as 6-tuples: y's dims and, for each, the stride of x it walks.
     Size-1 axes are dropped and axes that stay adjacent and in order are merged, so a channel
     shuffle (N,g,C/g,HW) -> (N,C/g,g,HW) runs as a rank-3 gather; leading dims of 1 pad to 6."""
-    runs = []                                              # runs of x axes, in y's order
-    for p in (p for p in perm if shape[p] != 1):
+    dims = [d for d in shape if d != 1]                    # x without its size-1 axes
+    rank = {a: i for i, a in enumerate(a for a, d in enumerate(shape) if d != 1)}
+    runs = []                                              # runs of those axes, in y's order
+    for p in (rank[p] for p in perm if shape[p] != 1):
         if runs and runs[-1][-1] + 1 == p:
             runs[-1].append(p)
         else:
@@ -369,8 +371,8 @@ def _transpose_axes(shape, perm):
     stride, strides = 1, {}
     for run in sorted(runs, key=lambda r: r[0], reverse=True):   # x's order, innermost first
         strides[run[0]] = stride
-        stride *= _prod([shape[p] for p in run])
-    yd = [_prod([shape[p] for p in run]) for run in runs]
+        stride *= _prod([dims[p] for p in run])
+    yd = [_prod([dims[p] for p in run]) for run in runs]
     xs = [strides[run[0]] for run in runs]
     pad = 6 - len(yd)
     return (1,) * pad + tuple(yd), (0,) * pad + tuple(xs)
