@@ -499,7 +499,10 @@ def parse_event(line: str) -> Event:
 # `python -m device_agent pair`, valid PAIR_TTL_S, PAIR_ATTEMPTS wrong tries close it)
 #   {"op": "pair", "id": 1, "code": "123456", "name": "my-laptop"} -> {"ok": true, "host": HOST_ID, "token": 64 hex}
 # Any other first request, a wrong mac or code: {"ok": false, "code": "auth", ...} and the daemon hangs up
-# without running anything.
+# without running anything (a refused guess waits 0.5 s in its own connection only).
+# Caps: a connection beyond the unauthenticated ones one peer address may hold gets, instead of the
+# welcome, {"op": "refused", "ok": false, "code": "too_many", "message"} and is closed; an auth or pair
+# beyond the connections one paired host may hold is answered {"ok": false, "code": "too_many", ...}.
 #
 # Requests after auth (paths are relative to the daemon root, '/'-separated, checked like check_rel;
 # the daemon's own folder DAEMON_DIR is never reachable):
@@ -512,6 +515,7 @@ def parse_event(line: str) -> Event:
 #   put_begin {path, size, sha256}            -> {"offset": bytes already received (resume after a drop)}
 #   put_chunk {path, size, sha256, offset, chunk_sha256, n} + n bytes
 #                              -> {"offset": next} | {"offset": size, "done": true} (whole file verified
+#                                 | code "disk_full" (what is still to come does not fit the free space)
 #                                 and published atomically) | ok false, code "bad_chunk" (chunk dropped:
 #                                 send it again) | code "bad_file" (whole-file hash differs; partial dropped)
 #                                 | code "offset" with "offset": what the daemon has (resend from there)

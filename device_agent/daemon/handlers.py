@@ -19,6 +19,18 @@ from .jobs import Job
 from .state import Daemon
 
 
+KEEP_FREE = 64 << 20      # bytes an upload must leave free on the daemon's disk
+
+
+def _human(n: int) -> str:
+    """1536 -> '1.5 KiB' (bytes, binary units)."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def int_field(h: dict, key: str, lo: int = 0) -> int:
     v = h.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -97,13 +109,19 @@ class Ops:
             return 0
 
     def op_put_begin(self, h, data) -> dict:
-        """{"offset": bytes already here}. When that is the whole size, a put_chunk with n = 0 publishes."""
+        """{"offset": bytes already here}. When that is the whole size, a put_chunk with n = 0 publishes.
+        Refused("disk_full") when the bytes still to come do not fit (leaving KEEP_FREE free)."""
         dest, size, sha, part = self._upload(h)
         with self.d.put_lock:
             have = self._have(part)
             if have > size:
                 part.unlink()
                 have = 0
+            free = shutil.disk_usage(self.d.partial).free
+            if size - have > free - KEEP_FREE:
+                raise Refused("disk_full", f"put_begin: {h['path']} is {size} bytes ({_human(size)}) but only "
+                                           f"{_human(free)} are free under {self.d.root} (the daemon keeps "
+                                           f"{_human(KEEP_FREE)} free); free some space on the phone")
             return {"offset": have}
 
     def op_put_chunk(self, h, data) -> dict:

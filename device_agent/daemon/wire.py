@@ -2,6 +2,7 @@
 the Server that gives each connection its thread. The frames are protocol.py's."""
 from __future__ import annotations
 
+import collections
 import errno
 import platform
 import secrets
@@ -20,8 +21,34 @@ from .handlers import Ops
 from .jobs import FINAL, Job
 from .state import Daemon
 
-AUTH_DELAY_S = 0.5        # a refused auth or pair waits this long before the answer (against guessing)
+AUTH_DELAY_S = 0.5        # a refused auth or pair waits this long before the answer (against guessing); it
+                          # sleeps in that connection's own thread, holding no lock: nobody else waits
 FIRST_FRAME_S = 30.0      # a peer that connects and says nothing is dropped after this
+LISTEN_BACKLOG = 128      # connections the kernel queues before accept(): a burst of clients is not dropped
+MAX_PEER_CONNS = 64       # connections at once from one peer address until they authenticate (through
+                          # `adb forward` every connection comes from 127.0.0.1: the cap on unproven ones)
+MAX_HOST_CONNS = 32       # authenticated connections at once of one paired host
+
+
+class Slots:
+    """Connections open at once per key (("peer", address) until auth, ("host", id) after), each capped."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.n: collections.Counter = collections.Counter()
+
+    def take(self, key: tuple, cap: int) -> bool:
+        with self.lock:
+            if self.n[key] >= cap:
+                return False
+            self.n[key] += 1
+            return True
+
+    def give(self, key: tuple) -> None:
+        with self.lock:
+            self.n[key] -= 1
+            if self.n[key] <= 0:
+                del self.n[key]
 
 
 class Handler(Ops, socketserver.StreamRequestHandler):
@@ -33,6 +60,13 @@ class Handler(Ops, socketserver.StreamRequestHandler):
         self.who = "a peer"
         self.then = None
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        slots, peer = self.server.slots, self.client_address[0]
+        if not slots.take(("peer", peer), MAX_PEER_CONNS):
+            # NOTE: instead of the welcome, at once (no guess was made): the peer learns why and goes away
+            self.refuse_early("too_many", f"{peer} already has {MAX_PEER_CONNS} connections to this daemon that "
+                                          f"have not authenticated; close some and retry")
+            return
+        self.slot = ("peer", peer)
         try:
             if self.greet():
                 while True:
@@ -42,6 +76,16 @@ class Handler(Ops, socketserver.StreamRequestHandler):
                 log(f"{self.who}: {e}; hung up")
         except (ConnectionError, TimeoutError) as e:
             log(f"{self.who}: connection lost ({type(e).__name__})")
+        finally:
+            slots.give(self.slot)
+
+    def refuse_early(self, code: str, message: str) -> None:
+        """One refusal frame in place of the welcome, then the daemon hangs up."""
+        log(f"refused a connection: {message}")
+        try:
+            self.send({"op": "refused", "ok": False, "code": code, "message": message})
+        except OSError:
+            pass
 
     def send(self, head: dict, data: bytes = b"") -> None:
         self.wfile.write(encode_frame(head, data))
@@ -59,11 +103,11 @@ class Handler(Ops, socketserver.StreamRequestHandler):
         try:
             if op == "auth":
                 self.host = self.d.check_auth(h.get("host"), h.get("mac"), nonce)
-                self.send({"id": rid, "ok": True})
+                ans = {"id": rid, "ok": True}
             elif op == "pair":
                 self.host = self.d.pair(h.get("code"), h.get("name"))
                 log(f"paired a new host: {self.host['name']} ({self.host['id']})")
-                self.send({"id": rid, "ok": True, "host": self.host["id"], "token": self.host["token"]})
+                ans = {"id": rid, "ok": True, "host": self.host["id"], "token": self.host["token"]}
             else:
                 raise Refused("auth", f"authenticate first (auth or pair), not {op!r}")
         except Refused as e:
@@ -72,6 +116,23 @@ class Handler(Ops, socketserver.StreamRequestHandler):
             self.send({"id": rid, "ok": False, "code": e.code, "message": str(e)})
             return False
         self.who = f"host {self.host['name']} ({self.host['id']})"
+        if not self.become_host(rid):
+            return False
+        self.send(ans)
+        return True
+
+    def become_host(self, rid) -> bool:
+        """Move this connection from its peer's slots to its host's; False (refused, hang up) when that
+        host already has MAX_HOST_CONNS."""
+        slots, key = self.server.slots, ("host", self.host["id"])
+        if not slots.take(key, MAX_HOST_CONNS):
+            msg = (f"{self.who} already has {MAX_HOST_CONNS} connections to this daemon; close some "
+                   f"(other thomas commands on that computer?) and retry")
+            log(f"refused a connection: {msg}")
+            self.send({"id": rid, "ok": False, "code": "too_many", "message": msg})
+            return False
+        slots.give(self.slot)
+        self.slot = key
         return True
 
     def serve_one(self, h: dict, data: bytes) -> None:
@@ -140,10 +201,11 @@ class Handler(Ops, socketserver.StreamRequestHandler):
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, port: int, d: Daemon):
         super().__init__(("127.0.0.1", port), Handler)
-        self.d, self.restarting = d, False
+        self.d, self.restarting, self.slots = d, False, Slots()
 
     def restart(self) -> None:
         self.restarting = True

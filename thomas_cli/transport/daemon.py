@@ -114,6 +114,10 @@ class Conn:
             # NOTE: adb accepts the forwarded connection even when nothing listens on the phone, then closes it
             raise DeviceLost(f"the THOMAS daemon is not running on {serial} (the forwarded connection closed: "
                              f"{e}); start it in Termux: `thomas-daemon` (see `thomas setup termux`)") from None
+        if self.welcome.get("op") == "refused":      # over the daemon's connection cap: its own words
+            self.close()
+            raise DaemonRefused(str(self.welcome.get("code")), f"the THOMAS daemon on {serial} refused the "
+                                                              f"connection: {self.welcome.get('message')}")
         if self.welcome.get("op") != "welcome":
             self.close()
             raise DeviceError(f"what answers on {serial}'s daemon port is not a THOMAS daemon")
@@ -141,6 +145,8 @@ class Conn:
                                                                     pairing["host"]))
         except DaemonRefused as e:
             self.close()
+            if e.code == "too_many":
+                raise DaemonRefused(e.code, f"the THOMAS daemon on {self.serial} refused the connection: {e}") from None
             raise NotPaired(f"the daemon on {self.serial} refused this computer ({e}); pair again: "
                             f"`thomas pair` with the code from `thomas-daemon pair` in Termux") from None
 
