@@ -305,7 +305,7 @@ class Plan:
         self.recomputed: dict[str, list[str]] = {}      # tensor -> the backward nodes that read its copy
         for n in bw_nodes:
             op, a = self.specs[n.name]
-            for s in op.cl.saves:
+            for s in op.cl.saved(a):
                 kind, idx = s[0], int(s[1:])
                 t = n.inputs[idx] if kind == "x" else n.outputs[idx]
                 if t not in storage_of:

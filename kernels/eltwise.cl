@@ -12,6 +12,70 @@ __kernel void relu_bwd(__global const REAL* y, __global const REAL* gy, __global
     if (i < n) gx[i] = y[i] > (REAL)0 ? gy[i] : (REAL)0;
 }
 
+// ---------------------------------------------------------------------------- LeakyRelu
+// y = x > 0 ? x : alpha * x
+__kernel void leaky_fwd(__global const REAL* x, __global REAL* y, const int n, const REAL alpha) {
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    const REAL v = x[i];
+    y[i] = v > (REAL)0 ? v : alpha * v;
+}
+
+// undoes: y = x > 0 ? x : alpha * x: gy where x > 0, alpha * gy elsewhere (x == 0 too, as torch).
+// s is x, or y when alpha >= 0 (then y > 0 <=> x > 0, NaN stays NaN): the launcher picks
+__kernel void leaky_bwd(__global const REAL* s, __global const REAL* gy, __global REAL* gx, const int n,
+                        const REAL alpha) {
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    const REAL g = gy[i];
+    gx[i] = s[i] > (REAL)0 ? g : alpha * g;
+}
+
+// ---------------------------------------------------------------------------- PRelu
+// x (N,C,inner) flat, slope (C,), or (1,) when shared: y = x > 0 ? x : slope[c] * x
+__kernel void prelu_fwd(__global const REAL* x, __global const REAL* slope, __global REAL* y, const int n,
+                        const int C, const int inner, const int shared) {
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    const REAL v = x[i];
+    y[i] = v > (REAL)0 ? v : slope[shared ? 0 : (i / inner) % C] * v;
+}
+
+// undoes: y = x > 0 ? x : slope * x (dx): gy where x > 0, slope[c] * gy elsewhere (x == 0 too, as torch)
+__kernel void prelu_bwd(__global const REAL* x, __global const REAL* slope, __global const REAL* gy,
+                        __global REAL* gx, const int n, const int C, const int inner, const int shared) {
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    const REAL g = gy[i];
+    gx[i] = x[i] > (REAL)0 ? g : slope[shared ? 0 : (i / inner) % C] * g;
+}
+
+// undoes: y = slope * x where x <= 0 (dslope[c] = Σ_{n,j} [x <= 0] gy x). Work-group (c, sg) sums
+// segment sg (terms k in [sg*SEG, (sg+1)*SEG) of channel c's N*inner, k = n*inner + j) into
+// part[c*S + sg]; NaN x counts (it is not > 0), as in the reference.
+__kernel void prelu_dslope(__global const REAL* x, __global const REAL* gy, __global REAL* part, const int N,
+                           const int C, const int inner, const int S, const int SEG, __local REAL* s) {
+    const int grp = get_group_id(0), c = grp / S, sg = grp % S;
+    const int k0 = sg * SEG, k1 = min(N * inner, k0 + SEG);
+    REAL acc = (REAL)0;
+    for (int k = k0 + (int)get_local_id(0); k < k1; k += get_local_size(0)) {
+        const int e = ((k / inner) * C + c) * inner + k % inner;
+        const REAL v = x[e];
+        if (!(v > (REAL)0)) acc += gy[e] * v;
+    }
+    const REAL total = wg_sum(acc, s);
+    if (get_local_id(0) == 0) part[grp] = total;
+}
+
+// out[o] = Σ_{k < per} part[o*per + k]: one work-group per output (tree sum, deterministic)
+__kernel void sum_rows(__global const REAL* part, __global REAL* out, const int per, __local REAL* s) {
+    const int o = get_group_id(0);
+    REAL acc = (REAL)0;
+    for (int k = get_local_id(0); k < per; k += get_local_size(0)) acc += part[o * per + k];
+    const REAL total = wg_sum(acc, s);
+    if (get_local_id(0) == 0) out[o] = total;
+}
+
 // ---------------------------------------------------------------------------- copy
 __kernel void copy_f(__global const REAL* x, __global REAL* y, const int n) {
     const int i = get_global_id(0);

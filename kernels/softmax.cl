@@ -49,6 +49,36 @@ __kernel void softmax_bwd(__global const REAL* y, __global const REAL* g, __glob
     }
 }
 
+// y = z - log Σ exp(z), z = x - max   (stable: every exponent <= 0, the sum >= 1)
+__kernel void logsoftmax_fwd(__global const REAL* x, __global REAL* y, const int rows, const int K,
+                             const int inner, __local REAL* s) {
+    const int r = get_group_id(0), l = get_local_id(0), step = get_local_size(0);
+    const int base = (r / inner) * K * inner + r % inner;
+    REAL m = -INFINITY;
+    for (int k = l; k < K; k += step) m = fmax(m, x[base + k * inner]);
+    m = sm_wg_max(m, s);
+    REAL acc = (REAL)0;
+    for (int k = l; k < K; k += step) acc += exp(x[base + k * inner] - m);
+    const REAL logs = log(wg_sum(acc, s));
+    if (r >= rows) return;
+    for (int k = l; k < K; k += step) y[base + k * inner] = (x[base + k * inner] - m) - logs;
+}
+
+// undoes: y = log softmax(x):  dx = g - exp(y) Σ_k g
+__kernel void logsoftmax_bwd(__global const REAL* y, __global const REAL* g, __global REAL* dx, const int rows,
+                             const int K, const int inner, __local REAL* s) {
+    const int r = get_group_id(0), l = get_local_id(0), step = get_local_size(0);
+    const int base = (r / inner) * K * inner + r % inner;
+    REAL acc = (REAL)0;
+    for (int k = l; k < K; k += step) acc += g[base + k * inner];
+    const REAL sum = wg_sum(acc, s);
+    if (r >= rows) return;
+    for (int k = l; k < K; k += step) {
+        const int e = base + k * inner;
+        dx[e] = g[e] - exp(y[e]) * sum;
+    }
+}
+
 // ---------------------------------------------------------------------------- cross-entropy
 // logits (N,K), labels (N,): q[n,k] = epsk + (k == label ? onem : 0)  (epsk = ε/K, onem = 1-ε),
 // loss = -Σ_n Σ_k q log softmax(logits) / N  (torch cross_entropy with label_smoothing=ε).

@@ -1,14 +1,16 @@
-"""Pointwise activations: Relu, Clip (ReLU6), HardSigmoid, HardSwish, Sigmoid, Identity.
+"""Pointwise activations: Relu, LeakyRelu, PRelu, Clip (ReLU6), HardSigmoid, HardSwish, Sigmoid,
+Identity.
 
-All map x (any shape) -> y (same shape).
+All map x (any shape) -> y (same shape). PRelu also takes its trainable slope: x (N,C,...),
+slope (C,) (one per channel, axis 1) or (1,) (shared).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import register
-from ._cl import alias_backward, alias_forward, elt
-from .base import Attr, ClSpec, OpDef, OpError
+from ._cl import alias_backward, alias_forward, elt, local_floats, reduce_wg
+from .base import Attr, ClSpec, OpDef, OpError, ShapeError
 
 
 def _same(attrs, shapes):
@@ -42,6 +44,73 @@ def cl_relu_backward(b, io):
 
 register(OpDef("Relu", ("x",), {}, _same, relu_forward, relu_backward,
                doc="y = max(x, 0)", cl=ClSpec(cl_relu_forward, cl_relu_backward, saves=("y0",))))
+
+
+# ----------------------------------------------------------------------------- LeakyRelu
+def leaky_forward(attrs, xs, ctx):
+    """x (*) -> y (*) = x if x > 0 else alpha*x"""
+    (x,) = xs
+    y = np.where(x > 0, x, x.dtype.type(attrs["alpha"]) * x).astype(x.dtype, copy=False)
+    return [y], (x,)
+
+
+def leaky_backward(attrs, saved, gys, needs, ctx):
+    (x,) = saved
+    if not needs[0]:
+        return [None]
+    g = gys[0]
+    # undoes: y = x if x > 0 else alpha*x   (alpha at x == 0, as torch's leaky_relu_backward)
+    return [np.where(x > 0, g, g.dtype.type(attrs["alpha"]) * g).astype(g.dtype, copy=False)]
+
+
+# ----------------------------------------------------------------------------- PRelu
+def _channels(x_shape) -> int:
+    return int(x_shape[1]) if len(x_shape) >= 2 else 1
+
+
+def prelu_param_shapes(attrs, x_shape):
+    return {"slope": (_channels(x_shape),)}
+
+
+def prelu_infer(attrs, shapes):
+    """x (N,C,*), slope (C,) or (1,) -> y (N,C,*)"""
+    x, s = tuple(shapes[0]), tuple(shapes[1])
+    if len(x) < 1:
+        raise ShapeError("x", "input 'x' must have a batch axis, got a scalar")
+    c = _channels(x)
+    if s not in ((c,), (1,)):
+        raise ShapeError("slope", f"input 'slope' has shape {s}, expected ({c},) (one per channel of "
+                                  f"axis 1 of x {x}) or (1,) (shared)")
+    return [x]
+
+
+def _slope_view(slope, ndim):
+    """slope (C,) or (1,) -> broadcastable against x (N,C,*)"""
+    return slope.reshape((1, -1) + (1,) * (ndim - 2)) if ndim >= 2 else slope.reshape(-1)
+
+
+def prelu_forward(attrs, xs, ctx):
+    """x (N,C,*), slope (C,)|(1,) -> y (N,C,*) = x if x > 0 else slope[c]*x"""
+    x, slope = xs
+    prelu_infer(attrs, [x.shape, slope.shape])
+    y = np.where(x > 0, x, _slope_view(slope, x.ndim).astype(x.dtype, copy=False) * x)
+    return [y.astype(x.dtype, copy=False)], (x, slope)
+
+
+def prelu_backward(attrs, saved, gys, needs, ctx):
+    """g (N,C,*) -> dx (N,C,*), dslope (C,)|(1,)"""
+    x, slope = saved
+    g = gys[0]
+    pos = x > 0
+    # undoes: y = x if x > 0 else slope*x   (slope at x == 0, as torch's prelu)
+    dx = np.where(pos, g, _slope_view(slope, x.ndim).astype(g.dtype, copy=False) * g) if needs[0] else None
+    ds = None
+    if needs[1]:
+        t = np.where(pos, 0, g * x)
+        # one slope per channel: sum over every axis but 1; one shared slope (or C == 1): over all
+        axes = tuple(i for i in range(x.ndim) if i != 1) if slope.size > 1 else None
+        ds = t.sum(axis=axes).reshape(slope.shape).astype(g.dtype, copy=False)
+    return [None if dx is None else dx.astype(g.dtype, copy=False), ds]
 
 
 # ----------------------------------------------------------------------------- Clip
@@ -182,6 +251,91 @@ def _hsig_args(a):
     return np.float32(a["alpha"]), np.float32(a["beta"])
 
 
+# LeakyRelu reads y when alpha >= 0 (y > 0 <=> x > 0 there; NaN stays NaN), so like Relu it keeps
+# nothing alive that the next layer does not keep anyway; a negative alpha folds the sign away, so
+# then it reads x.
+def _leaky_saves(a):
+    return ("y0",) if a["alpha"] >= 0 else ("x0",)
+
+
+def cl_leaky_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    b.launch("eltwise.cl", "leaky_fwd", (x.size,), elt(b), x, y, x.size, np.float32(io.attrs["alpha"]))
+
+
+def cl_leaky_backward(b, io):
+    if io.gx[0] is None:
+        return
+    src = io.y[0] if io.attrs["alpha"] >= 0 else io.x[0]
+    # undoes: y = x if x > 0 else alpha*x
+    b.launch("eltwise.cl", "leaky_bwd", (src.size,), elt(b), src, io.gy[0], io.gx[0], src.size,
+             np.float32(io.attrs["alpha"]))
+
+
+# PRelu: x viewed as (N, C, inner). dslope is a deterministic two-stage sum: each channel's N*inner
+# terms split into S segments (enough work-groups to fill a GPU, each segment >= _SEG_MIN terms),
+# one work-group per (channel, segment) -> workspace partials, then one work-group per slope entry.
+# With one segment per channel and a slope per channel, the first stage writes dslope directly.
+_DSLOPE_GROUPS = 256   # aim for this many first-stage work-groups
+_SEG_MIN = 2048
+
+
+def _prelu_dims(x_shape) -> tuple:
+    """x shape -> (N, C, inner)"""
+    return int(x_shape[0]), _channels(x_shape), int(np.prod(x_shape[2:], dtype=np.int64))
+
+
+def _dslope_segments(x_shape) -> tuple:
+    """x shape -> (S segments per channel, SEG terms per segment)"""
+    n, c, inner = _prelu_dims(x_shape)
+    total = max(n * inner, 1)
+    segs = max(1, min(-(-total // _SEG_MIN), -(-_DSLOPE_GROUPS // c)))
+    return segs, -(-total // segs)
+
+
+def _dslope_direct(x_shape, slope_shape) -> bool:
+    return _dslope_segments(x_shape)[0] == 1 and int(np.prod(slope_shape)) == _channels(x_shape)
+
+
+def prelu_cl_workspace(attrs, in_shapes, out_shapes):
+    x, s = in_shapes
+    if _dslope_direct(x, s):
+        return 0
+    return 4 * _channels(x) * _dslope_segments(x)[0]
+
+
+def _prelu_args(x, slope):
+    n, c, inner = _prelu_dims(x.shape)
+    return c, inner, slope.size == 1
+
+
+def cl_prelu_forward(b, io):
+    (x, slope), (y,) = io.x, io.y
+    b.launch("eltwise.cl", "prelu_fwd", (x.size,), elt(b), x, slope, y, x.size, *_prelu_args(x, slope))
+
+
+def cl_prelu_backward(b, io):
+    x, slope = io.x
+    gy, (gx, gs) = io.gy[0], io.gx
+    if gx is not None:
+        # undoes: y = x if x > 0 else slope*x   (dx)
+        b.launch("eltwise.cl", "prelu_bwd", (x.size,), elt(b), x, slope, gy, gx, x.size, *_prelu_args(x, slope))
+    if gs is None:
+        return
+    n, c, inner = _prelu_dims(x.shape)
+    segs, seg = _dslope_segments(x.shape)
+    part = gs if _dslope_direct(x.shape, slope.shape) else io.workspace
+    # undoes: y = slope*x where x <= 0   (dslope = Σ [x <= 0] gy x over N, inner (and C if shared))
+    wg = reduce_wg(b, "eltwise.cl", "prelu_dslope", seg)
+    b.launch("eltwise.cl", "prelu_dslope", (c * segs * wg,), (wg,), x, gy, part, n, c, inner, segs, seg,
+             local_floats(wg))
+    if part is gs:
+        return
+    per = c * segs // slope.size
+    wg = reduce_wg(b, "eltwise.cl", "sum_rows", per)
+    b.launch("eltwise.cl", "sum_rows", (slope.size * wg,), (wg,), part, gs, per, local_floats(wg))
+
+
 register(
     OpDef("Clip", ("x",), {"min": Attr("float", None), "max": Attr("float", None)},
           clip_infer, clip_forward, clip_backward,
@@ -197,4 +351,11 @@ register(
           cl=_unary("sigmoid_fwd", "sigmoid_bwd", from_y=True)),
     OpDef("Identity", ("x",), {}, _same, identity_forward, identity_backward, doc="y = x",
           cl=ClSpec(alias_forward, alias_backward, alias=True)),
+    OpDef("LeakyRelu", ("x",), {"alpha": Attr("float", 0.01)}, _same, leaky_forward, leaky_backward,
+          doc="y = x if x > 0 else alpha*x (torch leaky_relu)",
+          cl=ClSpec(cl_leaky_forward, cl_leaky_backward, saves=_leaky_saves)),
+    OpDef("PRelu", ("x", "slope"), {}, prelu_infer, prelu_forward, prelu_backward, params=("slope",),
+          param_shapes=prelu_param_shapes,
+          doc="y = x if x > 0 else slope[c]*x; slope (C,) per channel of axis 1 or (1,) shared (torch PReLU)",
+          cl=ClSpec(cl_prelu_forward, cl_prelu_backward, saves=("x0",), workspace=prelu_cl_workspace)),
 )

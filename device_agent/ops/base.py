@@ -82,7 +82,8 @@ class ClSpec:
     backward(b, io)  enqueue the backward launches: read io.gy (+ saved tensors, io.state),
                      OVERWRITE io.gx[i] wherever it is not None (the Plan sums branches itself)
     saves            forward tensors the backward reads: "x0", "x1", ..., "y0"; they stay alive
-                     until the node's backward has run
+                     until the node's backward has run. Or a function of the node's attrs returning
+                     them (LeakyRelu reads y, but x when alpha < 0); ask through `saved(attrs)`
     state(attrs, in_shapes, out_shapes, training) -> {name: (shape, dtype)}: per-node buffers that
                      live from forward to backward (BN batch statistics, max-pool argmax, ...)
     workspace(attrs, in_shapes, out_shapes) -> bytes of scratch one launch sequence needs
@@ -95,11 +96,15 @@ class ClSpec:
 
     forward: Callable | None = None
     backward: Callable | None = None
-    saves: tuple[str, ...] = ()
+    saves: tuple[str, ...] | Callable = ()
     state: Callable | None = None
     workspace: Callable | None = None
     alias: bool = False
     recompute: Callable | None = None
+
+    def saved(self, attrs: dict) -> tuple[str, ...]:
+        """`saves` for a node with these (normalised) attrs."""
+        return tuple(self.saves(attrs)) if callable(self.saves) else tuple(self.saves)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""Softmax and the fused softmax + cross-entropy loss.
+"""Softmax, LogSoftmax and the fused softmax + cross-entropy loss.
 
     Softmax              x (*) -> y (*), normalised along axis
+    LogSoftmax           x (*) -> y (*) = x - max - log Σ exp(x - max) along axis
     SoftmaxCrossEntropy  logits (N,K), labels (N,) int -> loss () = mean_n -Σ_k q[n,k] log softmax(logits)[n,k]
                          q = (1-ε) onehot(labels) + ε/K    (torch F.cross_entropy(label_smoothing=ε))
 """
@@ -41,6 +42,23 @@ def softmax_backward(attrs, saved, gys, needs, ctx):
     (g,) = gys
     # undoes: y = softmax(x)   (dx = y * (g - Σ_axis g y))
     return [y * (g - (g * y).sum(axis=a, keepdims=True)) if needs[0] else None]
+
+
+# ----------------------------------------------------------------------------- LogSoftmax
+def logsoftmax_forward(attrs, xs, ctx):
+    """x (*) -> y (*) = z - log Σ exp(z), z = x - max along axis"""
+    (x,) = xs
+    a = _axis(attrs, x.ndim)
+    z = x - x.max(axis=a, keepdims=True)           # stable: every exponent <= 0, the sum >= 1
+    y = z - np.log(np.exp(z).sum(axis=a, keepdims=True))
+    return [y.astype(x.dtype, copy=False)], (y, a)
+
+
+def logsoftmax_backward(attrs, saved, gys, needs, ctx):
+    y, a = saved
+    (g,) = gys
+    # undoes: y = log softmax(x)   (dx = g - exp(y) Σ_axis g)
+    return [g - np.exp(y) * g.sum(axis=a, keepdims=True) if needs[0] else None]
 
 
 # ----------------------------------------------------------------------------- SoftmaxCrossEntropy
@@ -122,6 +140,24 @@ def cl_softmax_backward(b, io):
              local_floats(wg))
 
 
+def cl_logsoftmax_forward(b, io):
+    (x,), (y,) = io.x, io.y
+    rows, k, inner = _rows(io.attrs, x.shape)
+    wg = reduce_wg(b, "softmax.cl", "logsoftmax_fwd", k)
+    b.launch("softmax.cl", "logsoftmax_fwd", (rows * wg,), (wg,), x, y, rows, k, inner, local_floats(wg))
+
+
+def cl_logsoftmax_backward(b, io):
+    gx = io.gx[0]
+    if gx is None:
+        return
+    rows, k, inner = _rows(io.attrs, gx.shape)
+    wg = reduce_wg(b, "softmax.cl", "logsoftmax_bwd", k)
+    # undoes: y = log softmax(x)
+    b.launch("softmax.cl", "logsoftmax_bwd", (rows * wg,), (wg,), io.y[0], io.gy[0], gx, rows, k, inner,
+             local_floats(wg))
+
+
 _LABEL_T = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int", "u4": "uint",
             "i8": "long", "u8": "ulong"}
 
@@ -190,6 +226,9 @@ register(
     OpDef("Softmax", ("x",), {"axis": Attr("int", -1)}, softmax_infer, softmax_forward,
           softmax_backward, doc="stable softmax along axis",
           cl=ClSpec(cl_softmax_forward, cl_softmax_backward, saves=("y0",))),
+    OpDef("LogSoftmax", ("x",), {"axis": Attr("int", -1)}, softmax_infer, logsoftmax_forward,
+          logsoftmax_backward, doc="stable log softmax along axis (torch log_softmax)",
+          cl=ClSpec(cl_logsoftmax_forward, cl_logsoftmax_backward, saves=("y0",))),
     OpDef("SoftmaxCrossEntropy", ("logits", "labels"), {"label_smoothing": Attr("float", 0.0, min=0.0)},
           sce_infer, sce_forward, sce_backward, nondiff=("labels",),
           doc="mean over batch of -Σ q log softmax, q = (1-ε) onehot + ε/K",
