@@ -32,6 +32,36 @@ def _torch_pad4(pads):
     return (l, r, t, b)
 
 
+def _slice_span(start, end, d):
+    """(offset, length) of x[start:end] along an axis of length d, Python clamping"""
+    start = max(0, start + d) if start < 0 else min(start, d)
+    end = max(0, end + d) if end < 0 else min(end, d)
+    return start, max(0, end - start)
+
+
+def _nearest_index(out_len, in_len, scale, coord, nearest):
+    """ONNX Resize nearest's source indices (docs/OPS.md), float32 maths in torch."""
+    f32 = torch.float32
+    s = torch.tensor(out_len, dtype=f32) / torch.tensor(in_len, dtype=f32) if scale is None else \
+        torch.tensor(scale, dtype=f32)
+    o = torch.arange(out_len, dtype=f32)
+    half = torch.tensor(0.5, dtype=f32)
+    if coord == "asymmetric":
+        xo = o / s
+    elif coord == "half_pixel" or (coord == "pytorch_half_pixel" and out_len > 1):
+        xo = (o + half) / s - half
+    elif coord == "tf_half_pixel_for_nn":
+        xo = (o + half) / s
+    elif coord == "align_corners" and out_len > 1:
+        xo = o * torch.tensor(in_len - 1, dtype=f32) / torch.tensor(out_len - 1, dtype=f32)
+    else:
+        xo = torch.zeros(out_len, dtype=f32)
+    fl = torch.floor(xo)
+    idx = {"floor": fl, "ceil": torch.ceil(xo), "round_prefer_floor": fl + (xo - fl > half).to(f32),
+           "round_prefer_ceil": fl + (xo - fl >= half).to(f32)}[nearest]
+    return idx.long().clamp(0, in_len - 1)
+
+
 class TorchTwin:
     def __init__(self, graph: Graph, dtype=torch.float32, trainable: set[str] | None = None):
         self.graph = graph
@@ -215,6 +245,36 @@ class TorchTwin:
         if mode == "constant":
             return F.pad(x, tp, value=a["value"])
         return F.pad(x, tp, mode=mode)
+
+    def _op_Slice(self, a, xs, **_):
+        x = xs[0]
+        return x.narrow(a["axis"], *_slice_span(a["start"], a["end"], x.shape[a["axis"]]))
+
+    def _op_Transpose(self, a, xs, **_):
+        return xs[0].permute(*a["perm"])
+
+    def _op_ReduceMean(self, a, xs, **_):
+        return xs[0].mean(dim=tuple(a["axes"]), keepdim=a["keepdims"])
+
+    def _op_ReduceMax(self, a, xs, **_):
+        # torch.max(dim) returns (and differentiates through) the FIRST maximum; amax splits ties
+        x = xs[0]
+        axes = sorted(d % x.dim() for d in a["axes"])
+        rest = [d for d in range(x.dim()) if d not in axes]
+        t = x.permute(*rest, *axes).reshape(*[x.shape[d] for d in rest], -1)
+        y = t.max(dim=-1).values
+        if a["keepdims"]:
+            y = y.reshape([1 if d in axes else x.shape[d] for d in range(x.dim())])
+        return y
+
+    def _op_ResizeNearest(self, a, xs, **_):
+        x = xs[0]
+        (oh, ow), (h, w) = a["size"], x.shape[2:]
+        if (oh, ow) == (h, w) and a["scale_h"] in (None, 1.0) and a["scale_w"] in (None, 1.0):
+            return x.clone()
+        ih = _nearest_index(oh, h, a["scale_h"], a["coord"], a["nearest"])
+        iw = _nearest_index(ow, w, a["scale_w"], a["coord"], a["nearest"])
+        return x.index_select(2, ih).index_select(3, iw)
 
     def _op_Softmax(self, a, xs, **_):
         return F.softmax(xs[0], dim=a["axis"])
