@@ -1,0 +1,110 @@
+"""A whole small model using LeakyRelu (positive and negative alpha), PRelu (per channel and shared),
+LogSoftmax inside the network, and dilated MaxPool / AveragePool (pads, ceil mode), trained 3 SGD
+steps on the OpenCL engine against the numpy engine; frozen prefixes (BN folded into the conv
+before a LeakyRelu) and inference Plans too. The Plan's activation fusion leaves the new ops alone."""
+import numpy as np
+import pytest
+
+from clcheck import needs_cl, runtime
+from device_agent.builder import GraphBuilder
+from device_agent.engine import NumpyEngine, NumpyInfer
+from device_agent.optim import make_optimizer
+
+pytestmark = needs_cl
+
+
+def new_ops_net(size: int = 12, classes: int = 10, seed: int = 0, log_softmax_head: bool = False):
+    """conv-bn-leaky, dilated max pool (ceil), conv-bn-prelu, dilated avg pool, conv-leaky(alpha<0),
+    log-softmax over channels, conv-prelu(shared), GAP, linear."""
+    b = GraphBuilder("newops_a", input_shape=(None, 3, size, size), seed=seed)
+    x = b.bn(b.conv(b.input, 8, 3, name="c1"), name="bn1")
+    x = b.op("LeakyRelu", [x], {"alpha": 0.1}, name="leaky1")
+    x = b.op("MaxPool", [x], {"kernel": [3, 3], "stride": [2, 2], "dilation": [2, 2], "pads": [2, 2, 2, 2],
+                              "ceil_mode": True}, name="mp")
+    x = b.bn(b.conv(x, 8, 3, name="c2"), name="bn2")
+    x = b.op("PRelu", [x], name="prelu2", params={"slope": (np.linspace(0.05, 0.4, 8), True)})
+    x = b.op("AveragePool", [x], {"kernel": [2, 2], "stride": [1, 1], "dilation": [2, 2], "pads": [1, 1, 1, 1],
+                                  "count_include_pad": False}, name="ap")
+    x = b.op("LeakyRelu", [b.conv(x, 6, 1, bias=True, name="c3")], {"alpha": -0.2}, name="leaky3")
+    x = b.op("LogSoftmax", [x], {"axis": 1}, name="lsm")
+    x = b.conv(x, 8, 3, stride=2, bias=True, name="c4")
+    x = b.op("PRelu", [x], name="prelu4", params={"slope": (np.full(1, 0.25), True)})
+    x = b.linear(b.flatten(b.gap(x, name="gap"), name="flat"), classes, name="fc", init="torch")
+    if log_softmax_head:
+        x = b.op("LogSoftmax", [x], {"axis": 1}, name="head")
+    g = b.finish({"logits": x}, labels=[str(i) for i in range(classes)])
+    rng = np.random.default_rng(1)              # non-trivial BN statistics for the frozen paths
+    for k, p in g.params.items():
+        if k.endswith("running_var"):
+            g.weights[k] = (rng.random(p.shape) + 0.5).astype(np.float32)
+        elif k.endswith("running_mean"):
+            g.weights[k] = (rng.standard_normal(p.shape) * 0.1).astype(np.float32)
+    return g
+
+
+def _close(a, b, what, rtol):
+    scale = max(float(np.abs(b).max()), 1e-6)
+    err = float(np.abs(a - b).max()) / scale
+    assert err <= rtol, f"{what}: max |diff| / max |ref| = {err:.2e}"
+
+
+def _batches(size=12, batch=4, steps=3):
+    rng = np.random.default_rng(7)
+    return [(rng.standard_normal((batch, 3, size, size)).astype(np.float32), rng.integers(0, 10, batch))
+            for _ in range(steps)]
+
+
+@pytest.mark.parametrize("stage", ["all_batch_stats", "all_frozen_bn", "suffix_frozen_prefix"])
+def test_three_sgd_steps_opencl_match_numpy(stage):
+    from device_agent.backends.opencl.engine import OpenCLEngine
+
+    g = new_ops_net()
+    trainable = {k for k, p in g.params.items() if p.trainable}
+    if stage == "suffix_frozen_prefix":     # c1..c3 frozen: their BN folds, the new ops run forward only
+        trainable = {"c4.weight", "c4.bias", "prelu4.slope", "fc.weight", "fc.bias"}
+    batch_stats = stage == "all_batch_stats"
+    engines = []
+    for cls in (NumpyEngine, OpenCLEngine):
+        opt = make_optimizer("sgd", {k: g.params[k].shape for k in sorted(trainable)}, momentum=0.9,
+                             weight_decay=1e-4)
+        kw = {"runtime": runtime()} if cls is OpenCLEngine else {}
+        engines.append(cls(g, trainable, opt, bn_batch_stats=batch_stats, **kw))
+    ref, ocl = engines
+    for step, (x, y) in enumerate(_batches()):
+        lr, lc = ref.train_step(x, y, 0.05)[0], ocl.train_step(x, y, 0.05)[0]
+        assert np.isfinite(lr) and abs(lc - lr) <= 1e-4 * abs(lr), f"step {step}: loss {lc} vs {lr}"
+    got, want = ocl.params(), ref.params()
+    moved = 0
+    for k in want:
+        _close(got[k], want[k], k, 2e-4)
+        moved += not np.array_equal(want[k], g.weights[k])
+    assert moved >= len(trainable)            # every trainable tensor (and BN statistics) changed
+    for k in set(want) - trainable - {k for k in want if "running" in k}:
+        np.testing.assert_array_equal(want[k], g.weights[k])   # frozen weights stay put
+    plan = ocl.current
+    ops = {n.op for n in plan.graph.nodes}
+    assert {"LeakyRelu", "PRelu", "LogSoftmax", "MaxPool", "AveragePool"} <= ops   # nothing fused away
+    assert plan.acts == {}                                       # only Relu / Clip(0, 6) fuse
+    if stage == "suffix_frozen_prefix":
+        assert "BatchNorm" not in ops                            # the frozen prefix's BN folded
+
+
+def test_inference_plan_with_folded_bn_and_log_softmax_head():
+    from device_agent.plan import Plan
+
+    g = new_ops_net(log_softmax_head=True)
+    x = _batches(batch=3, steps=1)[0][0]
+    want = NumpyInfer(g).forward(x)["logits"]
+    plan = Plan(g, batch=3, trainable=set(), runtime=runtime())
+    assert "BatchNorm" not in {n.op for n in plan.graph.nodes}
+    got = plan.infer(x)
+    _close(got, want, "log-probabilities", 1e-5)
+    np.testing.assert_allclose(np.exp(got).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_prelu_slope_is_a_layer_of_its_own():
+    from device_agent.stages import trainable_params
+
+    g = new_ops_net()
+    assert g.params["prelu2.slope"].shape == (8,) and g.params["prelu4.slope"].shape == (1,)
+    assert trainable_params(g, 2) == {"prelu4.slope", "fc.weight", "fc.bias"}
