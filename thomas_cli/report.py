@@ -179,10 +179,10 @@ def render_eval(run_id: str, rec: dict, dest: Path) -> Path:
                                         for r in doc["per_class"]], height=0.4, label="recall")
         ax.set_yticks(list(ys), [str(c)[:12] for c in doc["classes"]], fontsize=8)
         ax.set_ylim(k - 0.5, -0.5)
-        ax.set_xlim(0, 1)
+        ax.set_xlim(0, 1.02)
         ax.set_xlabel("per class")
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=9)
     loss = f", loss {doc['loss']:.4f}" if doc.get("loss") is not None else ""
     fig.suptitle(f"eval {run_id}: {rec.get('model')}{which} on {rec.get('data')}/{doc['split']}: top-1 "
                  f"{doc['acc']:.3f}, top-{doc['top_k']} {doc['top_k_acc']:.3f}{loss}", fontsize=11)
