@@ -16,6 +16,7 @@ from device_agent.data import open_dataset, write_dataset
 from device_agent.evaluate import evaluate
 from device_agent.graph import Graph, save_package
 from devicekit import thomas, thomas_json
+from test_daemon_cli import daemon_dev, paired  # noqa: F401  (fixture)
 from test_device_cli import _no_stray_adb_server, make_target  # noqa: F401  (fixture)
 from test_eval import CLASSES, _data, _fitted
 from train_helpers import tiny_cnn
@@ -161,6 +162,19 @@ def test_split_test(local, fit, tmp_path):
     _same_numbers(doc, evaluate(fit, test, backend="numpy"))
     row = next(r for r in thomas_json(local, "runs", "list") if r["id"] == doc["id"])
     assert row["stage"] == "eval test" and row["val_acc"] is None and row["acc"] == doc["acc"]
+
+
+def test_eval_through_the_termux_daemon(daemon_dev, fit, tmp_path):
+    """Unchanged over the daemon transport (eval queues behind other GPU work there); runs rm removes
+    the device's copy of the record."""
+    dev, d = daemon_dev
+    paired(dev, d)
+    data = _put_data(dev)
+    doc = thomas_json(dev, "eval", str(save_package(fit, tmp_path / "fit")), "--data", "digits", "--backend", "numpy")
+    _same_numbers(doc, evaluate(fit, open_dataset(data).val, backend="numpy"))
+    assert (dev.root / "runs" / doc["id"] / "eval.json").is_file()
+    thomas(dev, "runs", "rm", doc["id"])
+    assert not (dev.root / "runs" / doc["id"]).exists() and not (_home() / "runs" / doc["id"]).exists()
 
 
 # ============================================================================ bad input
