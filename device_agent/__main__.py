@@ -10,6 +10,8 @@
     python -m device_agent serve [--port 7878] [--root DIR] [--pair]   # the daemon (serve.py), no events
     python -m device_agent pair [--root DIR]          # a pairing code for the running daemon, no events
 
+Every path argument and path-valued job field must stay inside the device root, the agent's working
+directory (confine.py); a full or read-only disk ends with code `disk_full` / `io`, not `internal`.
 The first line of every agent call is `hello` (protocol and agent versions, the payload hash, the pid), written
 before anything heavy is imported, so the host can check versions in milliseconds. The last line of
 `run` and `infer` is `done`/`infer` or `error`. Exit status: 0 ok, 1 error, 2 usage.
@@ -94,6 +96,7 @@ def infer(args: list[str]) -> int:
     from .engine import resolve_backend
     from .graph import load_package
     from .infer import infer_package
+    from .limits import load_npy
     from .protocol import BACKENDS
 
     pos, opts = [], {"--batch": "32", "--backend": "auto"}
@@ -108,10 +111,7 @@ def infer(args: list[str]) -> int:
         raise InputError(USAGE)
     model, src, dst = pos
     g = load_package(model)
-    try:
-        x = np.load(src, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{src}: not a readable .npy array ({e})") from None
+    x = load_npy(src, InputError)           # header checked before np.load allocates; never unpickled
     try:
         backend = resolve_backend(want, graph=g)
     except JobError:
@@ -144,10 +144,13 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "doctor" and not args:
         return doctor()
+    from .confine import confine_call
+
+    confine_call(cmd, args, Path.cwd())     # paths stay inside the device root (the cwd): else bad_job
     if cmd == "run" and len(args) == 1:
         from . import train
 
-        return train.main(args)
+        return train.main(args, root=Path.cwd())
     if cmd == "infer":
         return infer(args)
     if cmd == "eval":
@@ -173,3 +176,9 @@ if __name__ == "__main__":
     except ThomasError as e:
         emit(Error(e.code, str(e)))
         sys.exit(e.exit_code)
+    except OSError as e:                    # the device's storage: disk_full / io, one line with the fix
+        from .fsutil import disk_error
+
+        err = disk_error(e)
+        emit(Error(err.code, str(err)))
+        sys.exit(err.exit_code)

@@ -31,16 +31,18 @@ SCHEDULES = ("constant", "step", "cosine")
 BN_MODES = ("auto", "frozen", "train")
 BACKENDS = ("auto", "numpy", "opencl")
 DTYPES = ("float32", "float64")
+PATH = {"path": True}                 # metadata of a path-valued job field (confine.path_fields)
 
 
 # ============================================================================ the job
 @dataclass(frozen=True)
 class TrainJob:
-    """One training run. Paths are used as given (relative ones against the agent's cwd)."""
+    """One training run. Fields marked PATH are paths; the agent's `run` confines them to the device
+    root (its cwd): relative, no '..', symlinks inside the root (device_agent/confine.py)."""
 
-    model: str                        # model package directory
-    data: str                         # dataset directory (data.write_dataset's format)
-    out: str                          # run directory: events.jsonl, metrics.jsonl, ckpt/, final/
+    model: str = field(metadata=PATH)    # model package directory
+    data: str = field(metadata=PATH)     # dataset directory (data.write_dataset's format)
+    out: str = field(metadata=PATH)      # run directory: events.jsonl, metrics.jsonl, ckpt/, final/
     layers: str | int = "last"        # "last" | "all" | N >= 1 (last N entries of graph.param_groups())
     init: str = "pretrained"          # "pretrained" | "scratch" (re-initialised; needs layers "all")
     num_classes: int | None = None    # None: keep the head; else a fresh head of this width
@@ -62,7 +64,7 @@ class TrainJob:
     bn: str = "auto"                  # "auto" (frozen when fine-tuning, batch stats from scratch) | "frozen" | "train"
     augment: bool = False             # random crop (zero padding size/8) + horizontal flip
     feature_cache: bool = True        # cache the frozen prefix's outputs (last/N without augment)
-    cache_dir: str | None = None      # None: <device root>/cache next to the data (see docs/TRAINING.md)
+    cache_dir: str | None = field(default=None, metadata=PATH)   # None: <device root>/cache (docs/TRAINING.md)
     seed: int = 0
     backend: str = "auto"             # "auto" | "numpy" | "opencl"
     dtype: str = "float32"            # "float32" | "float64" (parity tests)

@@ -26,13 +26,17 @@ import numpy as np
 
 from . import checkpoint
 from .builder import reinit, replace_head
+from .confine import read_train_job
 from .data import RNG_AUGMENT, Dataset, augment_batch, normalize, open_dataset
 from .engine import engine_classes, resolve_backend
 from .errors import JobError, ThomasError, TrainError
+from .fsutil import disk_error
 from .graph import Graph, load_package, save_package
+from .limits import MAX_JOB_BYTES, read_json
 from .optim import lr_at, make_optimizer
 from .protocol import (Cache, Checkpoint, Done, Epoch, Error, Eval, Event, Plan, Progress, Step,
                        TrainJob)
+from .runlock import LOCK_NAME, RunLock
 from .stages import FeatureCache, split_graph, trainable_params
 from .telemetry import Telemetry
 
@@ -53,12 +57,19 @@ class _Run:
         self.out = Path(job.out)
         self.emit = emit
         self.events = None
+        self.lock = None                    # runlock.RunLock while the run folder is ours
         self.telemetry = Telemetry()
 
     def send(self, ev: Event) -> None:
         if self.events is not None:
-            self.events.write(ev.to_json() + "\n")
-            self.events.flush()
+            try:
+                self.events.write(ev.to_json() + "\n")
+                self.events.flush()
+            except OSError as e:            # disk full: stdout still carries this event and the error
+                _drop(self.events)
+                self.events = None
+                if not isinstance(ev, Error):   # an error event is the run's last: stdout is enough
+                    raise OSError(e.errno, e.strerror, str(self.out / "events.jsonl")) from e
         if self.emit is not None:
             self.emit(ev)
         self.telemetry.tick()
@@ -80,13 +91,28 @@ def run(job: TrainJob, emit=None) -> Done:
         r.send(Error("interrupted", "interrupted; the last checkpoint is kept"))
         e.reported = True
         raise
+    except OSError as e:                    # the device's storage: disk_full / io, not internal
+        err = disk_error(e, fallback=r.out, then="then resume the run (its checkpoints are kept)")
+        r.send(Error(err.code, str(err)))
+        err.reported = True
+        raise err from None
     except Exception as e:  # noqa: BLE001  (a bug: record it as the run's last event, then re-raise)
         r.send(Error("internal", f"{type(e).__name__}: {e}"))
         e.reported = True
         raise
     finally:
         if r.events is not None:
-            r.events.close()
+            _drop(r.events)
+        if r.lock is not None:
+            r.lock.release()
+
+
+def _drop(f) -> None:
+    """Close a file whose last flush may fail (a full disk): what was written stays, the rest is lost."""
+    try:
+        f.close()
+    except OSError:
+        pass
 
 
 def _prepare_out(job: TrainJob) -> None:
@@ -97,14 +123,14 @@ def _prepare_out(job: TrainJob) -> None:
             raise JobError(f"job field 'out': {out} already holds a run; set resume to continue it "
                            f"or choose a new directory")
         try:
-            old = TrainJob.from_dict(json.loads(stored.read_text()))
+            old = TrainJob.from_dict(read_json(stored, JobError, max_bytes=MAX_JOB_BYTES, what="job"))
         except (ValueError, ThomasError) as e:
             raise JobError(f"job field 'resume': {stored} is unreadable ({e})") from None
         for k, v in job.to_dict().items():
             if k != "resume" and old.to_dict()[k] != v:
                 raise JobError(f"job field '{k}' is {v!r}, the run in {out} was started with "
                                f"{old.to_dict()[k]!r}; a resumed job must match")
-    elif out.exists() and any(out.iterdir()) and not job.resume:
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()) and not job.resume:
         raise JobError(f"job field 'out': {out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".job.json.tmp"
@@ -142,6 +168,7 @@ def _run(r: _Run) -> Done:
     t_run = time.perf_counter()
     s = _setup(r.job)
     # everything is checked: only now is the run directory touched
+    r.lock = RunLock.acquire(r.out)        # one process per run folder; refused naming the holder's pid
     _prepare_out(r.job)
     r.events = open(r.out / "events.jsonl", "a", encoding="utf-8")
     _resume(r, s)
@@ -400,8 +427,9 @@ def _save_final(graph: Graph, trained: dict, dest: Path, job: TrainJob, ds: Data
 
 
 # ============================================================================ entry point
-def main(argv=None) -> int:
-    """python -m device_agent.train JOB.json: one JSON event per line on stdout; exit 1 on error."""
+def main(argv=None, root=None) -> int:
+    """python -m device_agent.train JOB.json: one JSON event per line on stdout; exit 1 on error.
+    root: the device root its path fields must stay in (`python -m device_agent run` passes its cwd)."""
     argv = sys.argv[1:] if argv is None else argv
 
     def emit(ev: Event) -> None:
@@ -415,13 +443,7 @@ def main(argv=None) -> int:
     try:
         if len(argv) != 1:
             raise JobError("usage: python -m device_agent.train JOB.json")
-        try:
-            doc = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise JobError(f"{argv[0]}: cannot read the job ({e.strerror})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise JobError(f"{argv[0]}: not valid JSON ({e})") from None
-        run(TrainJob.from_dict(doc), emit)
+        run(read_train_job(argv[0], root), emit)    # root: paths confined to it (the agent's `run`)
         return 0
     except ThomasError as e:
         if not getattr(e, "reported", False):
