@@ -1,7 +1,9 @@
 """A whole small model using LeakyRelu (positive and negative alpha), PRelu (per channel and shared),
 LogSoftmax inside the network, and dilated MaxPool / AveragePool (pads, ceil mode), trained 3 SGD
 steps on the OpenCL engine against the numpy engine; frozen prefixes (BN folded into the conv
-before a LeakyRelu) and inference Plans too. The Plan's activation fusion leaves the new ops alone."""
+before a LeakyRelu) and inference Plans too. The Plan's activation fusion leaves the new ops alone.
+In float64 the numpy engine's gradients match TorchTwin's (torch leaky_relu, prelu, log_softmax,
+max_pool2d with dilation; AveragePool with dilation through F.unfold)."""
 import numpy as np
 import pytest
 
@@ -52,6 +54,30 @@ def _batches(size=12, batch=4, steps=3):
     rng = np.random.default_rng(7)
     return [(rng.standard_normal((batch, 3, size, size)).astype(np.float32), rng.integers(0, 10, batch))
             for _ in range(steps)]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_numpy_gradients_match_torch(batch_stats):
+    """float64: the numpy engine's loss and every gradient (PRelu slopes included) equal the
+    TorchTwin's (an independent torch interpreter of the graph) to 1e-9."""
+    torch = pytest.importorskip("torch")
+    from device_agent.backends.numpy_ref import NumpyRef
+    from torch_twin import TorchTwin
+
+    g = new_ops_net()
+    x, y = _batches(steps=1)[0]
+    ref = NumpyRef(g, dtype=np.float64)
+    ref.forward(x.astype(np.float64), training=True, bn_batch_stats=batch_stats, grad=True)
+    loss = ref.loss(y)
+    grads = ref.backward()
+    tw = TorchTwin(g, dtype=torch.float64)
+    tl = tw.loss(tw.forward({"input": x.astype(np.float64)}, training=True, bn_batch_stats=batch_stats)["logits"], y)
+    assert abs(loss - tl.item()) <= 1e-9 * abs(tl.item())
+    tg = tw.grads(tl)
+    assert set(tg) == set(grads) and "prelu2.slope" in tg and "prelu4.slope" in tg
+    for k, v in tg.items():
+        np.testing.assert_allclose(grads[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
 
 
 @pytest.mark.parametrize("stage", ["all_batch_stats", "all_frozen_bn", "suffix_frozen_prefix"])

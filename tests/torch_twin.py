@@ -62,6 +62,31 @@ def _nearest_index(out_len, in_len, scale, coord, nearest):
     return idx.long().clamp(0, in_len - 1)
 
 
+def _dilated_avg_pool(x, k, s, d, pads, ceil, cip):
+    """AveragePool with dilation (OPS.md; ONNX AveragePool-19): window sums and tap counts of the
+    zero-padded input through F.unfold, the input padded past its end to hold ceil mode's last window."""
+    pt, pl, pb, pr = pads
+    size = []
+    for n, kk, ss, dd, p0, p1 in ((x.shape[2], k[0], s[0], d[0], pt, pb), (x.shape[3], k[1], s[1], d[1], pl, pr)):
+        span = n + p0 + p1 - dd * (kk - 1) - 1
+        o = (-(-span // ss) if ceil else span // ss) + 1
+        size.append(o - 1 if ceil and (o - 1) * ss >= n + p0 else o)
+    (oh, ow), (h, w) = size, x.shape[2:]
+    eb = (oh - 1) * s[0] + d[0] * (k[0] - 1) + 1 - pt - h     # rows after x the windows reach
+    er = (ow - 1) * s[1] + d[1] * (k[1] - 1) + 1 - pl - w
+
+    def cover(t):
+        return F.pad(t, (pl, max(er, 0), pt, max(eb, 0)))[:, :, :pt + h + eb, :pl + w + er]
+
+    mask = cover(torch.ones((1, 1, h, w), dtype=x.dtype))
+    if cip:
+        mask[:, :, :pt + h + pb, :pl + w + pr] = 1.0
+    count = F.unfold(mask, k, dilation=d, stride=s).sum(1).reshape(1, 1, oh, ow)
+    cols = F.unfold(cover(x), k, dilation=d, stride=s)
+    n, c = x.shape[:2]
+    return cols.reshape(n, c, k[0] * k[1], oh * ow).sum(2).reshape(n, c, oh, ow) / count
+
+
 class TorchTwin:
     def __init__(self, graph: Graph, dtype=torch.float32, trainable: set[str] | None = None):
         self.graph = graph
@@ -171,13 +196,15 @@ class TorchTwin:
         sym = _sym(pads)
         if sym is None or sym[0] > k[0] // 2 or sym[1] > k[1] // 2:
             x, sym = F.pad(x, _torch_pad4(pads), value=float("-inf")), (0, 0)
-        return F.max_pool2d(x, k, s, sym, ceil_mode=a["ceil_mode"])
+        return F.max_pool2d(x, k, s, sym, dilation=a["dilation"], ceil_mode=a["ceil_mode"])
 
     def _op_AveragePool(self, a, xs, **_):
         x = xs[0]
         k = a["kernel"]
         s = a["stride"] if a["stride"] is not None else k
         pads = a["pads"]
+        if tuple(a["dilation"]) != (1, 1):     # torch avg_pool2d has no dilation
+            return _dilated_avg_pool(x, k, s, a["dilation"], pads, a["ceil_mode"], a["count_include_pad"])
         sym = _sym(pads)
         if sym is not None and sym[0] <= k[0] // 2 and sym[1] <= k[1] // 2:
             return F.avg_pool2d(x, k, s, sym, ceil_mode=a["ceil_mode"],
@@ -278,6 +305,15 @@ class TorchTwin:
 
     def _op_Softmax(self, a, xs, **_):
         return F.softmax(xs[0], dim=a["axis"])
+
+    def _op_LogSoftmax(self, a, xs, **_):
+        return F.log_softmax(xs[0], dim=a["axis"])
+
+    def _op_LeakyRelu(self, a, xs, **_):
+        return F.leaky_relu(xs[0], negative_slope=a["alpha"])
+
+    def _op_PRelu(self, a, xs, **_):
+        return F.prelu(xs[0], xs[1])
 
     def _op_SoftmaxCrossEntropy(self, a, xs, **_):
         return F.cross_entropy(xs[0], xs[1].long(), label_smoothing=a["label_smoothing"])
