@@ -6,7 +6,8 @@
 #define MODE_MEAN 0
 #define MODE_MAX 1
 
-// (v, i) beats the best so far (w, j): larger, or NaN over a number, ties and NaN pairs to the lower index
+// (v, i) beats (w, j) when the tree merges two partial results: larger, or NaN over a number, ties and
+// NaN pairs to the lower index (j == R: an empty partial)
 int rd_beats(const REAL v, const int i, const REAL w, const int j) {
     if (isnan(v) || isnan(w)) return isnan(v) && (!isnan(w) || i < j);
     return v > w || (v == w && i < j);
@@ -27,7 +28,7 @@ __kernel void reduce_nd(__global const REAL* x, __global REAL* y, __global int* 
             const REAL v = x[row + r2];
             if (mode == MODE_MEAN) {
                 acc += v;
-            } else if (r == 0 || rd_beats(v, r, acc, best)) {
+            } else if (r == 0 || v > acc || (isnan(v) && !isnan(acc))) {   // r ascends: first max
                 acc = v;
                 best = r;
             }
@@ -56,9 +57,10 @@ __kernel void reduce_rows(__global const REAL* x, __global REAL* y, __global int
     }
     REAL best = -INFINITY;
     int bi = R;                                   // "none yet": loses every tie
-    for (int k = l; k < R; k += step) {
-        if (rd_beats(xr[k], k, best, bi)) {
-            best = xr[k];
+    for (int k = l; k < R; k += step) {                  // k ascends: strictly larger (or a first NaN)
+        const REAL v = xr[k];
+        if (bi == R || v > best || (isnan(v) && !isnan(best))) {
+            best = v;
             bi = k;
         }
     }
@@ -84,11 +86,13 @@ __kernel void reduce_bwd(__global const REAL* gy, __global const int* arg, __glo
                          const int4 kd, const int4 rd, const int mode) {
     const int i = get_global_id(0);
     if (i >= n) return;
-    int t = i;
-    const int r2 = t % rd.z; t /= rd.z;
-    const int k2 = t % kd.z; t /= kd.z;
-    const int r1 = t % rd.y; t /= rd.y;
-    const int k1 = t % kd.y; t /= kd.y;
+    // NOTE: the merged view has many dims of 1; skipping their divisions (a branch every work-item
+    // takes alike) makes the usual (K0, R0) layout one division instead of five.
+    int t = i, r2 = 0, k2 = 0, r1 = 0, k1 = 0;
+    if (rd.z > 1) { r2 = t % rd.z; t /= rd.z; }
+    if (kd.z > 1) { k2 = t % kd.z; t /= kd.z; }
+    if (rd.y > 1) { r1 = t % rd.y; t /= rd.y; }
+    if (kd.y > 1) { k1 = t % kd.y; t /= kd.y; }
     const int r0 = t % rd.x;
     const int k0 = t / rd.x;
     const int o = (k0 * kd.y + k1) * kd.z + k2;

@@ -114,12 +114,13 @@ __kernel void transpose_nd(__global const REAL* x, __global REAL* y, const int n
                            const int8 xs) {
     const int i = get_global_id(0);
     if (i >= n) return;
-    int r = i, src = 0;
-    src += (r % yd.s5) * xs.s5; r /= yd.s5;
-    src += (r % yd.s4) * xs.s4; r /= yd.s4;
-    src += (r % yd.s3) * xs.s3; r /= yd.s3;
-    src += (r % yd.s2) * xs.s2; r /= yd.s2;
-    src += (r % yd.s1) * xs.s1; r /= yd.s1;
+    // the leading padding dims are 1: their divisions are skipped (a branch every work-item takes alike)
+    int r = i, src = (r % yd.s5) * xs.s5;
+    r /= yd.s5;
+    if (yd.s4 > 1) { src += (r % yd.s4) * xs.s4; r /= yd.s4; }
+    if (yd.s3 > 1) { src += (r % yd.s3) * xs.s3; r /= yd.s3; }
+    if (yd.s2 > 1) { src += (r % yd.s2) * xs.s2; r /= yd.s2; }
+    if (yd.s1 > 1) { src += (r % yd.s1) * xs.s1; r /= yd.s1; }
     src += r * xs.s0;
     y[i] = x[src];
 }
