@@ -24,6 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from device_agent.errors import JobError, ThomasError
+from device_agent.confine import check_job_paths
+from device_agent.limits import MAX_JOB_BYTES, parse_json, read_json
 from device_agent.protocol import TrainJob
 
 from . import store, zoo
@@ -116,10 +118,7 @@ def _parse_set(items: list[str]) -> dict:
         k, sep, v = item.partition("=")
         if not sep or not k:
             raise JobError(f"--set takes FIELD=VALUE, got '{item}'")
-        try:
-            fields[k] = json.loads(v)
-        except ValueError:
-            fields[k] = v            # a bare word: a string
+        fields[k] = parse_json(v, f"--set {k}", JobError, bare_ok=True)   # a bare word: a string
     return fields
 
 
@@ -128,12 +127,7 @@ def job_fields(job_file: Path | None, opts: dict, sets: list[str]) -> dict:
     the field), before anything touches the device."""
     fields: dict = {}
     if job_file is not None:
-        try:
-            doc = json.loads(job_file.read_text())
-        except OSError as e:
-            raise JobError(f"{job_file}: cannot read the job ({e.strerror})") from None
-        except ValueError as e:
-            raise JobError(f"{job_file}: not valid JSON ({e})") from None
+        doc = read_json(job_file, JobError, max_bytes=MAX_JOB_BYTES, what="job")   # size, depth: one line
         if not isinstance(doc, dict):
             raise JobError(f"{job_file}: a job must be a JSON object")
         fields.update(doc)
@@ -145,6 +139,7 @@ def job_fields(job_file: Path | None, opts: dict, sets: list[str]) -> dict:
     if fields.get("init") == "scratch" and "layers" not in fields:
         fields["layers"] = "all"
     TrainJob.from_dict(dict(fields, model="m", data="d", out="o"))
+    check_job_paths(fields)          # cache_dir: relative to the device root, no '..' (the agent checks too)
     return fields
 
 
