@@ -80,7 +80,7 @@ def test_numpy_gradients_match_torch(batch_stats):
         np.testing.assert_allclose(grads[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
 
 
-@pytest.mark.parametrize("stage", ["all_batch_stats", "all_frozen_bn", "suffix_frozen_prefix"])
+@pytest.mark.parametrize("stage", ["all_batch_stats", "all_frozen_bn", "suffix_frozen_prefix", "recompute"])
 def test_three_sgd_steps_opencl_match_numpy(stage):
     from device_agent.backends.opencl.engine import OpenCLEngine
 
@@ -88,12 +88,12 @@ def test_three_sgd_steps_opencl_match_numpy(stage):
     trainable = {k for k, p in g.params.items() if p.trainable}
     if stage == "suffix_frozen_prefix":     # c1..c3 frozen: their BN folds, the new ops run forward only
         trainable = {"c4.weight", "c4.bias", "prelu4.slope", "fc.weight", "fc.bias"}
-    batch_stats = stage == "all_batch_stats"
+    batch_stats = stage in ("all_batch_stats", "recompute")
     engines = []
     for cls in (NumpyEngine, OpenCLEngine):
         opt = make_optimizer("sgd", {k: g.params[k].shape for k in sorted(trainable)}, momentum=0.9,
                              weight_decay=1e-4)
-        kw = {"runtime": runtime()} if cls is OpenCLEngine else {}
+        kw = {"runtime": runtime(), "recompute": stage == "recompute"} if cls is OpenCLEngine else {}
         engines.append(cls(g, trainable, opt, bn_batch_stats=batch_stats, **kw))
     ref, ocl = engines
     for step, (x, y) in enumerate(_batches()):
@@ -111,6 +111,8 @@ def test_three_sgd_steps_opencl_match_numpy(stage):
     ops = {n.op for n in plan.graph.nodes}
     assert {"LeakyRelu", "PRelu", "LogSoftmax", "MaxPool", "AveragePool"} <= ops   # nothing fused away
     assert plan.acts == {}                                       # only Relu / Clip(0, 6) fuse
+    if stage == "recompute":     # PRelu reads its input, the BN output: rewritten for its backward
+        assert "bn2" in plan.recomputed and plan.recomputed["bn2"] == ["prelu2"]
     if stage == "suffix_frozen_prefix":
         assert "BatchNorm" not in ops                            # the frozen prefix's BN folded
 
