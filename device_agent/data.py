@@ -1,126 +1,35 @@
-"""The on-device dataset: uint8 NHWC shards written once on the host, memory-mapped on the device.
+"""The on-device dataset reader: uint8 NHWC shards written once on the host, memory-mapped here.
 
-    write_dataset("data/digits", images_u8, labels, classes, val_fraction=0.2, seed=0)
+    write_dataset("data/digits", images_u8, labels, classes, val_fraction=0.2, seed=0)   # dataset_write
     ds = open_dataset("data/digits")                   # DataError (one line, names the file) if unusable
-    for x, y in ds.train.batches(32, epoch=0, seed=0, preprocess=spec, augment=True): ...
+    ds.check_input((1, 3, 64, 256), "model 'm'")       # size/channels vs a model input (N,C,H,W)
+    for x, y, rows in ds.train.batches(32, epoch=0, seed=0, preprocess=spec, augment=True): ...
+    ds.val, ds.test                                    # the other splits (.test is None when absent)
 
-Layout of a dataset directory (format 1):
-    dataset.json   {"format": 1, "count": N, "height": H, "width": W, "channels": 3, "num_classes": K,
-                    "seed": s, "val_fraction": f,
-                    "splits": {"train": {"count": n, "shards": [{"images": "train-00000.images.npy",
-                                 "labels": "train-00000.labels.npy", "count": m,
-                                 "sha256": {"images": "...", "labels": "..."}}, ...]},
-                               "val": {...}}}
-    classes.json   ["zero", "one", ...]  (label i names class i)
-    train-00000.images.npy  (m,H,W,3) uint8      train-00000.labels.npy  (m,) int64     val-...
-
+The format (dataset.json, classes.json, *.npy shards) is documented in device_agent/dataset_write.py.
 Shards are read with np.load(mmap_mode="r", allow_pickle=False): a dataset larger than memory
-trains, only the rows of a batch are read. Every random draw comes from its own counter-based
-generator, default_rng([seed, KIND, epoch, batch]), so a resumed run replays the same order and
-the same augmentation from the position stored in its checkpoint, without any generator state.
+trains, only the rows of a batch are read. Grayscale datasets (C=1) stay (N,H,W,1) on disk; after
+check_input with a 3-channel model, rows() replicate the channel (what Pillow's convert("RGB") does).
+Every random draw comes from its own counter-based generator, default_rng([seed, KIND, epoch,
+batch]), so a resumed run replays the same order and the same augmentation from the position
+stored in its checkpoint, without any generator state.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .dataset_write import (CHANNELS, CLASSES_JSON, DATASET_JSON, FORMAT_VERSION, SPLITS,  # noqa: F401
+                            write_dataset, write_splits)
 from .errors import DataError
-from .fsutil import atomic_write, fsync_dir, sha256_file
+from .fsutil import atomic_write, sha256_file
 from .limits import check_npy
 
-FORMAT_VERSION = 1
-DATASET_JSON = "dataset.json"
-CLASSES_JSON = "classes.json"
-SPLITS = ("train", "val")
 RNG_SHUFFLE, RNG_AUGMENT = 1, 2      # the KIND of default_rng([seed, KIND, ...])
-
-
-# ============================================================================ writer
-def write_dataset(path, images, labels, classes, val_fraction: float = 0.2, seed: int = 0,
-                  shard_size: int = 4096) -> Path:
-    """Write images (N,H,W,3) uint8 + labels (N,) int into the dataset directory `path`, replacing
-    it whole (a reader sees the old or the new dataset, never a half-written one).
-
-    Split: each class sends round(n_c · val_fraction) of its images (at least 1 when it has two or
-    more and val_fraction > 0) to val, picked by default_rng(seed); both splits keep the input order."""
-    images = np.asarray(images)
-    labels = np.asarray(labels)
-    classes = [str(c) for c in classes]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise DataError(f"images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(f"labels must be (N,) for {len(images)} images, got shape {labels.shape}")
-    if len(images) == 0:
-        raise DataError("no images to write")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"labels must be integers, got {labels.dtype}")
-    if not classes:
-        raise DataError("classes must name at least one class")
-    if labels.min() < 0 or labels.max() >= len(classes):
-        raise DataError(f"label {int(labels.max() if labels.max() >= len(classes) else labels.min())} "
-                        f"is outside [0, {len(classes)}) for {len(classes)} classes")
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if shard_size < 1:
-        raise DataError(f"shard_size must be >= 1, got {shard_size}")
-    labels = labels.astype(np.int64)
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(len(labels), bool)
-    for c in range(len(classes)):
-        idx = np.flatnonzero(labels == c)
-        k = int(round(len(idx) * val_fraction))
-        if val_fraction > 0 and len(idx) >= 2:
-            k = min(max(k, 1), len(idx) - 1)
-        is_val[rng.permutation(idx)[:k]] = True
-
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        splits = {}
-        for split, sel in (("train", ~is_val), ("val", is_val)):
-            idx = np.flatnonzero(sel)
-            shards = []
-            for i, lo in enumerate(range(0, len(idx), shard_size)):
-                part = idx[lo:lo + shard_size]
-                rec = {"images": f"{split}-{i:05d}.images.npy", "labels": f"{split}-{i:05d}.labels.npy",
-                       "count": int(len(part)), "sha256": {}}
-                for key, arr in (("images", np.ascontiguousarray(images[part])), ("labels", labels[part])):
-                    with open(tmp / rec[key], "wb") as f:
-                        np.save(f, arr, allow_pickle=False)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    rec["sha256"][key] = sha256_file(tmp / rec[key])
-                shards.append(rec)
-            splits[split] = {"count": int(len(idx)), "shards": shards}
-        doc = {"format": FORMAT_VERSION, "count": int(len(images)), "height": int(images.shape[1]),
-               "width": int(images.shape[2]), "channels": 3, "num_classes": len(classes), "seed": int(seed),
-               "val_fraction": float(val_fraction), "splits": splits}
-        for name, obj in ((CLASSES_JSON, classes), (DATASET_JSON, doc)):
-            with open(tmp / name, "w", encoding="utf-8") as f:
-                json.dump(obj, f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
 
 
 # ============================================================================ reader
@@ -128,23 +37,29 @@ def write_dataset(path, images, labels, classes, val_fraction: float = 0.2, seed
 class Split:
     """One split: memory-mapped image shards (rows in order) and all labels in memory."""
     name: str
-    images: list            # np.memmap (m,H,W,3) uint8 per shard
+    images: list            # np.memmap (m,H,W,C) uint8 per shard
     labels: np.ndarray      # (n,) int64
     offsets: np.ndarray     # (shards+1,) first row of each shard
+    shape: tuple = ()       # (H, W, C) as stored
+    channels_out: int = 0   # rows() give this many channels (3 from a C=1 split: replicated); 0 = as stored
 
     def __len__(self) -> int:
         return int(len(self.labels))
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
-        """Images idx (k,) -> (k,H,W,3) uint8, in the order of idx; reads only those rows."""
+        """Images idx (k,) -> (k,H,W,C) uint8, in the order of idx; reads only those rows.
+        C is channels_out when set (a grayscale split given to an RGB model: R = G = B)."""
         idx = np.asarray(idx, np.int64)
         shard = np.searchsorted(self.offsets, idx, side="right") - 1
-        out = np.empty((len(idx),) + self.images[0].shape[1:], np.uint8)
+        shape = self.shape or self.images[0].shape[1:]
+        out = np.empty((len(idx),) + tuple(shape), np.uint8)
         for s in np.unique(shard):
             sel = shard == s
             local = idx[sel] - self.offsets[s]
             order = np.argsort(local, kind="stable")      # read each shard front to back
             out[np.flatnonzero(sel)[order]] = self.images[s][local[order]]
+        if self.channels_out and self.channels_out != out.shape[3]:
+            out = np.repeat(out, self.channels_out, axis=3)
         return out
 
     def order(self, epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
@@ -159,7 +74,7 @@ class Split:
     def batches(self, batch: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True,
                 drop_last: bool = False, augment: bool = False, preprocess: dict | None = None,
                 dtype=np.float32, start: int = 0):
-        """Yield (x (b,3,H,W) normalised, y (b,) int64, rows (b,)) from batch index `start` on.
+        """Yield (x (b,C,H,W) normalised, y (b,) int64, rows (b,)) from batch index `start` on.
         The last partial batch is yielded unless drop_last."""
         order = self.order(epoch, seed, shuffle)
         for i in range(start, self.num_batches(batch, drop_last)):
@@ -179,14 +94,29 @@ class Dataset:
     train: Split
     val: Split
     digest: str              # sha256 of dataset.json (which holds every shard's sha256)
+    channels: int = 3        # as stored: 1 (grayscale) or 3 (RGB)
+    test: Split | None = None
+    split_source: str = ""   # "dataset" (kept as pushed) or "random val=F seed=S"
+
+    @property
+    def splits(self) -> dict:
+        """{"train": Split, "val": Split[, "test": Split]}"""
+        return {"train": self.train, "val": self.val, **({"test": self.test} if self.test is not None else {})}
 
     def check_input(self, shape: tuple, model: str = "model") -> None:
-        """Raise DataError unless the images fit a model input (N,3,H,W)."""
-        if len(shape) != 4 or shape[1] != 3:
-            raise DataError(f"{self.path}: {model} takes input {tuple(shape)}, not (N,3,H,W) images")
+        """Raise DataError unless the images fit a model input (N,C,H,W), naming both sizes. A
+        grayscale dataset fits a 3-channel model: from then on its rows() replicate the channel."""
+        if len(shape) != 4 or shape[1] not in CHANNELS:
+            raise DataError(f"{self.path}: {model} takes input {tuple(shape)}, not (N,1,H,W) or (N,3,H,W) images")
         if (shape[2], shape[3]) != (self.height, self.width):
             raise DataError(f"{self.path / DATASET_JSON}: images are {self.height}x{self.width}, "
-                            f"{model} expects {shape[2]}x{shape[3]} (push the data again at that size)")
+                            f"{model} expects {shape[2]}x{shape[3]} (push the data again with --size "
+                            f"{shape[2]}x{shape[3]})")
+        if shape[1] == 1 and self.channels == 3:
+            raise DataError(f"{self.path / DATASET_JSON}: images are RGB, {model} takes 1-channel (grayscale) "
+                            f"input (push the data again with --channels 1)")
+        for sp in self.splits.values():
+            sp.channels_out = int(shape[1]) if shape[1] != self.channels else 0
 
 
 VERIFIED_JSON = ".verified.json"   # shard -> [size, mtime_ns, sha256] already checked (a cache, never trusted alone)
@@ -204,27 +134,19 @@ def open_dataset(path, verify: bool = True) -> Dataset:
     doc = _read_json(root / DATASET_JSON, dict)
     classes = _read_json(root / CLASSES_JSON, list)
     where = root / DATASET_JSON
-    try:
-        fmt, h, w, c = doc["format"], doc["height"], doc["width"], doc["channels"]
-        splits = doc["splits"]
-        if not isinstance(fmt, int) or fmt < 1:
-            raise DataError(f"{where}: field 'format' must be an integer >= 1")
-        if fmt > FORMAT_VERSION:
-            raise DataError(f"{where}: dataset format {fmt} is newer than this agent reads ({FORMAT_VERSION})")
-        if not all(isinstance(v, int) and v > 0 for v in (h, w)) or c != 3:
-            raise DataError(f"{where}: fields 'height'/'width' must be positive and 'channels' 3")
-    except KeyError as e:
-        raise DataError(f"{where}: missing field {e}") from None
+    h, w, c, splits = _read_header(doc, where)
     if not all(isinstance(x, str) for x in classes):
         raise DataError(f"{root / CLASSES_JSON}: must be a list of class names")
     if len(classes) < 2:
         raise DataError(f"{root / CLASSES_JSON}: a classifier needs at least 2 classes, got {len(classes)}")
     parts = {}
     for split in SPLITS:
-        s = splits.get(split, {"count": 0, "shards": []}) if isinstance(splits, dict) else None
+        if split == "test" and "test" not in splits:
+            continue
+        s = splits.get(split, {"count": 0, "shards": []})
         if not isinstance(s, dict) or not isinstance(s.get("shards"), list):
             raise DataError(f"{where}: field 'splits.{split}' must hold a 'shards' list")
-        parts[split] = _open_split(root, split, s, (h, w), len(classes), verify, seen, checked)
+        parts[split] = _open_split(root, split, s, (h, w, c), len(classes), verify, seen, checked)
     train = parts["train"]
     if len(train) == 0:
         raise DataError(f"{where}: the dataset has no training images")
@@ -238,7 +160,30 @@ def open_dataset(path, verify: bool = True) -> Dataset:
             atomic_write(root / VERIFIED_JSON, lambda f: f.write(json.dumps(checked).encode()))
         except OSError:
             pass
-    return Dataset(root, list(classes), h, w, train, parts["val"], digest)
+    source = doc.get("split_source")
+    if not isinstance(source, str):
+        source = f"random val={doc.get('val_fraction', 0.2):g} seed={doc.get('seed', 0)}"   # format 1
+    return Dataset(root, list(classes), h, w, train, parts["val"], digest, c, parts.get("test"), source)
+
+
+def _read_header(doc: dict, where: Path) -> tuple:
+    """(H, W, C, splits) of a dataset.json, checked."""
+    try:
+        fmt, h, w, c = doc["format"], doc["height"], doc["width"], doc["channels"]
+        splits = doc["splits"]
+    except KeyError as e:
+        raise DataError(f"{where}: missing field {e}") from None
+    if not isinstance(fmt, int) or fmt < 1:
+        raise DataError(f"{where}: field 'format' must be an integer >= 1")
+    if fmt > FORMAT_VERSION:
+        raise DataError(f"{where}: dataset format {fmt} is newer than this agent reads ({FORMAT_VERSION})")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+        raise DataError(f"{where}: fields 'height'/'width' must be positive integers")
+    if c not in CHANNELS or isinstance(c, bool):
+        raise DataError(f"{where}: field 'channels' must be 1 or 3, got {c!r}")
+    if not isinstance(splits, dict):
+        raise DataError(f"{where}: field 'splits' must be an object")
+    return h, w, c, splits
 
 
 def _read_verified(root: Path) -> dict:
@@ -263,14 +208,14 @@ def _read_json(path: Path, kind):
         v = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: missing (not a dataset directory?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise DataError(f"{path}: not valid JSON ({str(e)[:120]})") from None
     if not isinstance(v, kind):
         raise DataError(f"{path}: must be a JSON {'object' if kind is dict else 'list'}")
     return v
 
 
-def _open_split(root: Path, split: str, s: dict, hw: tuple, k: int, verify: bool, seen: dict,
+def _open_split(root: Path, split: str, s: dict, hwc: tuple, k: int, verify: bool, seen: dict,
                 checked: dict) -> Split:
     images, labels, offsets = [], [], [0]
     for rec in s["shards"]:
@@ -280,14 +225,14 @@ def _open_split(root: Path, split: str, s: dict, hw: tuple, k: int, verify: bool
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{root / DATASET_JSON}: a '{split}' shard entry lacks 'images'/'labels'/'count'") from None
         for key, f in files.items():
-            if Path(rec[key]).name != rec[key]:
+            if not isinstance(rec[key], str) or Path(rec[key]).name != rec[key]:
                 raise DataError(f"{root / DATASET_JSON}: shard file name {rec[key]!r} must not hold a path")
             if not f.is_file():
                 raise DataError(f"{f}: missing shard")
             want = (rec.get("sha256") or {}).get(key)
             if verify and want:
                 _check_shard(f, want, seen, checked)
-        im = _load_npy(files["images"], np.uint8, (count,) + tuple(hw) + (3,))
+        im = _load_npy(files["images"], np.uint8, (count,) + tuple(hwc))
         lab = np.array(_load_npy(files["labels"], np.int64, (count,)))
         if count and (lab.min() < 0 or lab.max() >= k):
             bad = int(lab.min() if lab.min() < 0 else lab.max())
@@ -299,7 +244,7 @@ def _open_split(root: Path, split: str, s: dict, hw: tuple, k: int, verify: bool
     if len(lab) != s.get("count", len(lab)):
         raise DataError(f"{root / DATASET_JSON}: split '{split}' says {s.get('count')} images, "
                         f"its shards hold {len(lab)}")
-    return Split(split, images, lab, np.asarray(offsets, np.int64))
+    return Split(split, images, lab, np.asarray(offsets, np.int64), tuple(hwc))
 
 
 def _load_npy(path: Path, dtype, shape: tuple):
@@ -316,15 +261,21 @@ def _load_npy(path: Path, dtype, shape: tuple):
 
 
 # ============================================================================ transforms
+DEFAULT_PREPROCESS = {"scale": 1.0 / 255.0}    # a model without a preprocess spec (as `thomas infer`)
+
+
 def augment_batch(u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """u8 (b,H,W,3) -> (b,H,W,3): random crop after zero-padding by max(1, H//8) px (4 at 32, as
-    torchvision RandomCrop(32, padding=4)), then a horizontal flip with probability 1/2.
-    Draws: offsets (b,2) in [0, 2·pad], then flips (b,)."""
-    b, h, w, _ = u8.shape
-    pad = max(1, h // 8)
-    padded = np.zeros((b, h + 2 * pad, w + 2 * pad, 3), np.uint8)
-    padded[:, pad:pad + h, pad:pad + w] = u8
-    off = rng.integers(0, 2 * pad + 1, size=(b, 2))
+    """u8 (b,H,W,C) -> (b,H,W,C): random crop after zero-padding each side by ph = max(1, H//8) rows
+    and pw = max(1, W//8) columns (4 at 32x32, as torchvision RandomCrop(32, padding=4); 8 and 32
+    at 64x256), then a horizontal flip with probability 1/2.
+    Draws: offsets (b,2) in [0, 2·ph] x [0, 2·pw], then flips (b,)."""
+    b, h, w, c = u8.shape
+    ph, pw = max(1, h // 8), max(1, w // 8)
+    padded = np.zeros((b, h + 2 * ph, w + 2 * pw, c), np.uint8)
+    padded[:, ph:ph + h, pw:pw + w] = u8
+    # NOTE: one scalar bound when square keeps the draws of square datasets what they always were
+    high = 2 * ph + 1 if ph == pw else np.array([2 * ph + 1, 2 * pw + 1])
+    off = rng.integers(0, high, size=(b, 2))
     flip = rng.random(b) < 0.5
     out = np.empty_like(u8)
     for i in range(b):
@@ -334,9 +285,10 @@ def augment_batch(u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def normalize(u8: np.ndarray, preprocess: dict | None, dtype=np.float32) -> np.ndarray:
-    """u8 (b,H,W,C) -> x (b,C,H,W) of dtype, x = (u8·scale - mean) / std (the model's preprocess spec)."""
+    """u8 (b,H,W,C) -> x (b,C,H,W) of dtype, x = (u8·scale - mean) / std: the model's preprocess
+    spec (DEFAULT_PREPROCESS when it has none), the same arithmetic as `thomas infer` on images."""
     dt = np.dtype(dtype)
-    spec = preprocess or {}
+    spec = preprocess or DEFAULT_PREPROCESS
     x = u8.astype(dt).transpose(0, 3, 1, 2) * dt.type(spec.get("scale", 1.0))
     if spec.get("mean") is not None:
         x -= np.asarray(spec["mean"], dt)[None, :, None, None]

@@ -23,12 +23,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from device_agent.errors import JobError, ThomasError
+from device_agent.errors import DataError, JobError, ThomasError
+from device_agent.graph import load_package
 from device_agent.confine import check_job_paths
 from device_agent.limits import MAX_JOB_BYTES, parse_json, read_json
 from device_agent.protocol import TrainJob
 
 from . import store, zoo
+from .images import parse_size
 from .main import app, err, guarded, out
 from .push_cmd import device_meta, push_data, push_model, resolve_model_source
 from .session import DEFAULT_TIMEOUT, Session, console_note, open_transport, run_job
@@ -143,17 +145,35 @@ def job_fields(job_file: Path | None, opts: dict, sets: list[str]) -> dict:
     return fields
 
 
-def _dataset(s: Session, data: str, size: int | None, val: float) -> dict:
-    """The dataset's meta on the device (a name it holds wins), else push the local folder/.npz."""
+def model_input(s: Session, model: str) -> tuple | None:
+    """(C, H, W) of MODEL's input when it is known before anything is pushed (a model on the device,
+    a package directory), None for a zoo name (built at the dataset's size)."""
+    if store.NAME.match(model) and s.t.exists(f"models/{model}/model.json"):
+        have = device_meta(s.t, f"models/{model}")
+        return tuple(have["input"]) if have and len(have.get("input") or ()) == 3 else None
+    if Path(model).is_dir():
+        shape = load_package(Path(model)).inputs[0].shape
+        return tuple(shape[1:]) if len(shape) == 4 else None
+    return None
+
+
+def _dataset(s: Session, data: str, size, val: float | None, model_in: tuple | None = None) -> dict:
+    """The dataset's meta on the device (a name it holds wins), else push the local folder/.npz at
+    --size or the model's H x W, in the model's channels (a gray model gets gray data)."""
     name = data
     local = Path(data)
     on_device = store.NAME.match(data) and s.t.exists(f"data/{data}/dataset.json")
     if not on_device and local.exists() and (local.is_dir() or local.suffix == ".npz"):
         name = local.stem
-        meta = push_data(s, local, name, size or 224, val)
+        hw = parse_size(size) or (tuple(model_in[1:]) if model_in else None)
+        meta = push_data(s, local, name, hw, val, channels=model_in[0] if model_in else 3)
         if not meta.get("skipped"):
-            console_note(f"pushed dataset '{name}' ({meta['count']} images)")
+            console_note(f"pushed dataset '{name}' ({meta['count']} images, {meta['size']}, "
+                         f"split {meta['split_source']})")
         return meta
+    if val is not None or size is not None:
+        raise ThomasError(f"--size and --val apply to a local folder or .npz; '{data}' is already on "
+                          f"{s.t.serial} (push it again with `thomas push-data` to change it)")
     store.check_name(name, "dataset")
     meta = device_meta(s.t, f"data/{name}")
     if meta is None:
@@ -165,6 +185,21 @@ def _dataset(s: Session, data: str, size: int | None, val: float) -> dict:
     return meta
 
 
+def check_fit(data_meta: dict, model_meta: dict) -> None:
+    """One line before any run when the dataset's images do not fit the model's input (size, or RGB
+    data for a 1-channel model); a gray dataset fits an RGB model (replicated on the device)."""
+    inp, h, w = model_meta.get("input"), data_meta.get("height"), data_meta.get("width")
+    if not inp or len(inp) != 3 or h is None:
+        return                                 # the agent checks it (Dataset.check_input)
+    c, mh, mw = inp
+    if (mh, mw) != (h, w):
+        raise DataError(f"dataset '{data_meta['name']}' is {h}x{w}, model '{model_meta['name']}' takes {mh}x{mw}: "
+                        f"push the data again with --size {mh}x{mw}")
+    if c == 1 and data_meta.get("channels", 3) == 3:
+        raise DataError(f"dataset '{data_meta['name']}' is RGB, model '{model_meta['name']}' takes 1-channel "
+                        f"(grayscale) input: push the data again with --channels 1")
+
+
 def _model(s: Session, model: str, data_meta: dict, width: float, seed: int) -> dict:
     """The model's meta on the device (a name it holds wins), else push a package directory or a
     zoo build at the dataset's size and classes."""
@@ -174,7 +209,11 @@ def _model(s: Session, model: str, data_meta: dict, width: float, seed: int) -> 
         g, name, source = resolve_model_source(model, 0, 0, 1.0, 0)
         return push_model(s, g, name, source)
     if model in zoo.ZOO:
-        g, name, source = resolve_model_source(model, len(data_meta["classes"]), data_meta.get("size") or 224,
+        h, w = data_meta.get("height"), data_meta.get("width")
+        if h is not None and h != w:
+            raise DataError(f"zoo models take square inputs, dataset '{data_meta['name']}' is {h}x{w}: push it "
+                            f"with --size S, or import a model of that input (thomas import)")
+        g, name, source = resolve_model_source(model, len(data_meta["classes"]), h or data_meta.get("size") or 224,
                                                width, seed)
         res = push_model(s, g, model, source)
         console_note(f"pushed {source} as '{model}'")
@@ -215,8 +254,9 @@ def finetune(
     sets: list[str] = typer.Option(None, "--set", help="Any job field: FIELD=VALUE (JSON value), repeatable."),
     job_file: Path = typer.Option(None, "--job", help="A JSON file of job fields (under the options)."),
     resume: str = typer.Option(None, "--resume", help="Continue run RUN from its last checkpoint."),
-    size: int = typer.Option(None, "--size", help="Image size when --data is a local folder (default: the model's)."),
-    val: float = typer.Option(0.2, "--val", help="Validation fraction when --data is a local folder."),
+    size: str = typer.Option(None, "--size", help="S or HxW when --data is a local folder (default: the model's input)."),
+    val: float = typer.Option(None, "--val", help="Validation fraction when --data is a local folder without its "
+                                                  "own split (default 0.2)."),
     width: float = typer.Option(1.0, "--width", help="Width multiplier when MODEL is a zoo name."),
     timeout: float = typer.Option(DEFAULT_TIMEOUT, "--timeout", min=1,
                                   help="Watchdog: stop the run after this many seconds without an event."),
@@ -247,10 +287,9 @@ def finetune(
         fields = job_fields(job_file, opts, sets)
         s = Session(open_transport(note=console_note), note=console_note)
         s.handshake()                       # fail fast (no python, old agent) before pushing anything
-        have = device_meta(s.t, f"models/{model}") if store.NAME.match(model) else None
-        in_size = have["input"][-1] if have and have.get("input") else None
-        dmeta = _dataset(s, data, size or in_size, val)
+        dmeta = _dataset(s, data, size, val, model_input(s, model))
         mmeta = _model(s, model, dmeta, width, fields.get("seed", 0))
+        check_fit(dmeta, mmeta)
         rec = new_run(s, mmeta, dmeta, fields)
         run_id, stage = rec["id"], rec["stage"]
         if not as_json:

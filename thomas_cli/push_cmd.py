@@ -3,7 +3,9 @@
     thomas push-model mobilenet_v2 --classes 10 --size 32 --width 0.35    # a zoo model
     thomas push-model ./my_package --name mine                             # a model package
     thomas models list --json
-    thomas push-data ./flowers --size 224 --val 0.2                        # ImageFolder or .npz
+    thomas push-data ./flowers --size 224 --val 0.2          # ImageFolder or .npz, split at random
+    thomas push-data ./lines.npz --channels 1                # x_train, y_train, x_val, y_val kept; own H x W
+    thomas push-data ./cars --size 64x256                    # train/ val/ [test/] folders kept
 
 Device layout: models/<name>/{model.json, weights.npz, thomas.json} and
 data/<name>/{dataset.json, classes.json, *.npy, thomas.json}; thomas.json holds the content hash,
@@ -23,7 +25,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from device_agent.errors import DataError, ThomasError
+from device_agent.dataset_write import DATASET_JSON, check_labels, random_split, write_splits
+from device_agent.errors import DataError, DiskError, ThomasError
+from device_agent.fsutil import disk_error
 from device_agent.graph import Graph, load_package, save_package
 
 from . import images, store, zoo
@@ -95,7 +99,7 @@ def push_model(s: Session, g: Graph, name: str, source: str, force: bool = False
             store.remember(s.t.describe(), "models", name, have)
             return dict(have, skipped=True)
         (pkg / META).write_text(json.dumps(meta, indent=1) + "\n")
-        s.publish_tree(pkg, f"models/{name}")
+        publish(s, pkg, f"models/{name}")
     store.remember(s.t.describe(), "models", name, meta)
     return dict(meta, skipped=False)
 
@@ -160,36 +164,79 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
 
 
 # ============================================================================ data
-def push_data(s: Session, src: Path, name: str, size: int, val: float, seed: int = 0,
-              force: bool = False) -> dict:
-    """Decode an ImageFolder / .npz on the host (unreadable images listed and skipped), push data/<name>."""
+def push_data(s: Session, src: Path, name: str, size=None, val: float | None = None, seed: int = 0,
+              force: bool = False, channels: int = 3, resplit: bool = False) -> dict:
+    """Decode an ImageFolder / .npz on the host (unreadable images listed and skipped), push data/<name>.
+    size: None (the data's own H x W), S, "HxW" or (H, W); val: None keeps the data's own split (or
+    splits 0.2 at random when it has none)."""
     store.check_name(name, "dataset")
-    if not src.exists():
-        raise DataError(f"{src}: no such folder or .npz file")
-    loader = images.load_npz if src.suffix == ".npz" else images.load_image_folder
+    hw = tuple(size) if isinstance(size, tuple) else images.parse_size(size)
+    if val is not None and not 0 <= val < 1:
+        raise DataError(f"--val {val}: give a fraction in [0, 1)")
     with progress(None, f"decoding {src.name}") as bar:
-        task = bar.add_task("decode", total=images.count_inputs(src))
-        x, y, classes, report = loader(src, size, on_image=lambda: bar.advance(task))
-    for path, why in report["bad"]:
+        task = bar.add_task("decode", total=images.count_inputs(src) or None)
+        dec = images.load(src, hw, channels, on_image=lambda k: bar.advance(task, k))
+    for path, why in dec.bad:
         err.print(f"[yellow]skipped[/] {path}: {why}", highlight=False, soft_wrap=True)
-    return push_arrays(s, x, y, classes, name, val, seed, source=str(src.resolve()),
-                       bad=[p for p, _ in report["bad"]], force=force)
+    parts, split_source, extra = plan_splits(dec, src, val, seed, resplit)
+    return push_splits(s, parts, dec.classes, name, split_source, extra, source=str(src.resolve()),
+                       bad=[p for p, _ in dec.bad], force=force)
+
+
+def plan_splits(dec: images.Decoded, src: Path, val: float | None, seed: int, resplit: bool):
+    """(parts {split: (x, y, rows)}, split_source, extra dataset.json fields): the data's own split
+    as it is, or a random stratified val split (of the single set, of train when the data has none,
+    of train + val pooled with resplit); a test split is always kept."""
+    p = dec.parts
+    if "val" in p and not resplit:
+        if val is not None:
+            raise DataError(f"{src}: has its own split ({dec.layout}: {len(p['train'][1])} train / "
+                            f"{len(p['val'][1])} val); --val would re-split it: drop --val, or add --resplit "
+                            f"to pool train and val and split them at random")
+        return {k: (x, y, None) for k, (x, y) in p.items()}, "dataset", {}
+    frac = 0.2 if val is None else val
+    if "all" in p:
+        x, y = p["all"]
+    elif "val" in p:
+        x, y = (np.concatenate([p["train"][i], p["val"][i]]) for i in (0, 1))
+    else:
+        x, y = p["train"]
+    is_val = random_split(y, len(dec.classes), frac, seed)
+    parts = {"train": (x, y, np.flatnonzero(~is_val)), "val": (x, y, np.flatnonzero(is_val))}
+    if "test" in p:
+        parts["test"] = p["test"] + (None,)
+    return parts, f"random val={frac:g} seed={seed}", {"seed": int(seed), "val_fraction": float(frac)}
 
 
 def push_arrays(s: Session, x: np.ndarray, y: np.ndarray, classes: list[str], name: str, val: float = 0.2,
                 seed: int = 0, source: str = "arrays", bad: list[str] | None = None, force: bool = False) -> dict:
-    """x (N,H,W,3) uint8, y (N,) -> device_agent.data's format, pushed as data/<name> unless the
-    device already holds the same content (same dataset.json hash)."""
-    from device_agent.data import DATASET_JSON, write_dataset
+    """x (N,H,W,C) uint8 (C 1 or 3), y (N,) split at random (val fraction, seed), pushed as
+    data/<name> unless the device already holds the same content (same dataset.json hash)."""
+    y = np.asarray(y)
+    check_labels(y, len(classes), "labels")
+    is_val = random_split(y, len(classes), val, seed)
+    parts = {"train": (x, y, np.flatnonzero(~is_val)), "val": (x, y, np.flatnonzero(is_val))}
+    return push_splits(s, parts, classes, name, f"random val={val:g} seed={seed}",
+                       {"seed": int(seed), "val_fraction": float(val)}, source, bad, force)
 
+
+def push_splits(s: Session, parts: dict, classes: list[str], name: str, split_source: str, extra: dict,
+                source: str, bad: list[str] | None = None, force: bool = False) -> dict:
+    """Write {split: (x, y, rows)} (dataset_write.write_splits) in a host temp folder, push it whole."""
     store.check_name(name, "dataset")
     with tempfile.TemporaryDirectory(prefix="thomas-data-") as d:
-        ds = write_dataset(Path(d) / name, x, y, classes, val_fraction=val, seed=seed)
+        try:
+            ds = write_splits(Path(d) / name, parts, classes, split_source, extra=extra)
+        except OSError as e:
+            raise disk_error(e, d, "then push again") from None
         doc = json.loads((ds / DATASET_JSON).read_text())
         digest = hashlib.sha256((ds / DATASET_JSON).read_bytes()).hexdigest()
-        meta = {"name": name, "hash": digest, "bytes": tree_bytes(ds), "count": int(len(y)),
-                "train": doc["splits"]["train"]["count"], "val": doc["splits"].get("val", {}).get("count", 0),
-                "classes": list(classes), "size": int(x.shape[1]), "source": source, "bad": bad or [],
+        counts = {k: v["count"] for k, v in doc["splits"].items()}
+        meta = {"name": name, "hash": digest, "bytes": tree_bytes(ds), "count": doc["count"],
+                "train": counts["train"], "val": counts.get("val", 0), **({"test": counts["test"]} if "test" in counts else {}),
+                "classes": list(classes), "height": doc["height"], "width": doc["width"],
+                "channels": doc["channels"], "size": f"{doc['height']}x{doc['width']}",
+                "split_source": split_source, "source": source, "bad": bad or [],
                 "pushed": time.strftime("%Y-%m-%d %H:%M:%S")}
         have = device_meta(s.t, f"data/{name}")
         if have and have.get("hash") == digest and not force:
@@ -199,30 +246,65 @@ def push_arrays(s: Session, x: np.ndarray, y: np.ndarray, classes: list[str], na
         files = sum(1 for p in ds.rglob("*") if p.is_file())
         with progress(files, f"pushing {name}") as bar:
             task = bar.add_task("push", total=files)
-            s.publish_tree(ds, f"data/{name}", on_file=lambda n: bar.advance(task))
+            publish(s, ds, f"data/{name}", on_file=lambda n: bar.advance(task))
     store.remember(s.t.describe(), "data", name, meta)
     return dict(meta, skipped=False)
+
+
+def publish(s: Session, local: Path, rel: str, on_file=None) -> None:
+    """Session.publish_tree with the device's free space checked first and its OS errors (full,
+    read-only, no permission) as one line naming the path and the fix; a failed push leaves nothing."""
+    need = tree_bytes(local)
+    try:
+        free = s.t.free_bytes()
+        if free is not None and need > free:
+            raise DiskError(f"no space left on the device for {rel}: it needs {need / 2**20:.1f} MiB, {s.t.root} "
+                            f"has {free / 2**20:.1f} MiB free: free space on the device (thomas runs rm RUN, "
+                            f"a smaller --size) or use another device root (--device-root)", "disk_full")
+        s.publish_tree(local, rel, on_file)
+    except OSError as e:
+        raise disk_error(e, f"{s.t.root}/{rel}", "then push again") from None
+
+
+def data_line(res: dict, where: str) -> str:
+    """The one-line summary of a push: counts, split and its source, classes, size, where."""
+    what = "already on" if res["skipped"] else "pushed to"
+    bad = f", {len(res['bad'])} unreadable skipped" if res["bad"] else ""
+    test = f" / {res['test']} test" if res.get("test") else ""
+    src = res.get("split_source", "")
+    split = "split from the dataset" if src == "dataset" else f"split {src}" if src else ""
+    size = res.get("size") or ""
+    size = f"{size}x{size}" if isinstance(size, int) else size
+    kind = {1: " gray", 3: " RGB"}.get(res.get("channels", 3), "")
+    return (f"{res['name']}: {res['count']} images ({res['train']} train / {res['val']} val{test}{bad}), {split}, "
+            f"{len(res['classes'])} classes, {size}{kind}: {what} {where} ({res['bytes'] / 2**20:.1f} MiB)")
 
 
 @app.command("push-data")
 @guarded
 def push_data_cmd(
-    src: Path = typer.Argument(..., help="An ImageFolder (one subfolder per class) or an .npz (images, labels)."),
-    size: int = typer.Option(224, "--size", min=8, help="Resize every image to SIZE x SIZE."),
-    val: float = typer.Option(0.2, "--val", min=0.0, max=0.95, help="Fraction of each class held out for validation."),
+    src: Path = typer.Argument(..., help="An ImageFolder (one subfolder per class, or train/ val/ [test/] of "
+                                         "them) or an .npz (x, y or x_train, y_train, x_val, y_val[, x_test, y_test])."),
+    size: str = typer.Option(None, "--size", help="Resize every image to S x S or H x W (e.g. 224, 64x256; "
+                                                  f"at most {images.MAX_SIDE}). Default: the images' own size."),
+    channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale, stored (N,H,W,1))."),
+    val: float = typer.Option(None, "--val", help="Fraction of each class held out for validation, for data "
+                                                  "without its own split (default 0.2)."),
+    resplit: bool = typer.Option(False, "--resplit", help="Pool the data's own train and val and split them at "
+                                                          "random (--val, --seed); a test split is kept."),
     name: str = typer.Option(None, "--name", help="Dataset name on the device (default: folder / file name)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
     force: bool = typer.Option(False, "--force", help="Push even when the device has the same content."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """Decode images on this computer (Pillow), write uint8 shards + labels + classes.json, push them."""
+    """Decode images on this computer (Pillow), write uint8 shards + labels + classes.json, push them.
+    A dataset's own train/val[/test] split is kept as it is; data without one is split at random."""
+    if channels not in (1, 3):
+        raise DataError(f"--channels {channels}: give 1 (grayscale) or 3 (RGB)")
+    hw = images.parse_size(size)           # a bad --size fails before the device is touched
     s = Session(open_transport(note=console_note), note=console_note)
-    res = push_data(s, src, name or src.stem, size, val, seed, force)
+    res = push_data(s, src, name or src.stem, hw, val, seed, force, channels, resplit)
     if as_json:
         print_json(res)
         return
-    what = "already on" if res["skipped"] else "pushed to"
-    bad = f", {len(res['bad'])} unreadable skipped" if res["bad"] else ""
-    out.print(f"{res['name']}: {res['count']} images ({res['train']} train / {res['val']} val{bad}), "
-              f"{len(res['classes'])} classes, {res['size']}x{res['size']}: {what} "
-              f"{s.t.serial}:{s.t.root}/data/{res['name']} ({res['bytes'] / 2**20:.1f} MiB)")
+    out.print(data_line(res, f"{s.t.serial}:{s.t.root}/data/{res['name']}"), highlight=False, soft_wrap=True)

@@ -16,10 +16,12 @@ again once; if the agent still disagrees, ProtocolMismatch (exit 3) says what to
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
 import sys
 import time
 import zipfile
@@ -301,19 +303,42 @@ class Session:
 
     # ------------------------------------------------------------------ publishing trees
     def publish_tree(self, local: Path, rel: str, on_file=None) -> int:
-        """Push a directory to `rel` whole: into a temp name first, then one rename."""
+        """Push a directory to `rel` whole: into a temp name first (`.push-NAME-PID`), then one rename.
+        A failed push removes its temp folder; stale ones of dead pushes (pid not alive) are swept first."""
         rel = check_rel(rel)
         parent, _, name = rel.rpartition("/")
-        tmp = f"{parent + '/' if parent else ''}.push-{name}-{os.getpid()}"
+        prefix = parent + "/" if parent else ""
+        tmp = f"{prefix}.push-{name}-{os.getpid()}"
+        with contextlib.suppress(OSError, ThomasError):          # best effort: never blocks a push
+            for e in self.t.listdir(parent) if parent else []:
+                m = re.fullmatch(r"\.push-.+-(\d+)", e.name)
+                if m and e.is_dir and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                    self.t.remove(prefix + e.name)
         self.t.remove(tmp)
-        n = self.t.push_tree(local, tmp, on_file)
-        self.t.move(tmp, rel)
+        try:
+            n = self.t.push_tree(local, tmp, on_file)
+            self.t.move(tmp, rel)
+        except BaseException:
+            with contextlib.suppress(OSError, ThomasError):
+                self.t.remove(tmp)
+            raise
         return n
 
 
 class _Mismatch(Exception):
     def __init__(self, hello: dict):
         self.hello = hello
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this computer exists (the pid in a `.push-NAME-PID` temp name)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
 
 
 def console_note(msg: str) -> None:
