@@ -7,7 +7,9 @@ drives two engines; it never touches a backend directly:
     loss, correct = engine.train_step(feats, y, lr)  # TrainEngine: fwd, loss, bwd, clip, update
     loss_sum, correct, logits = engine.eval_batch(feats, y)
 
-`x` is an array (N,C,H,W) when the graph has one input, else {input name: array}. A backend
+`x` is an array (N,C,H,W) when the graph has one input, else {input name: array}. A TrainEngine
+runs heads.loss_graph(graph): its loss, accuracy and eval logits read the logits before a final
+Softmax/LogSoftmax (flattened to (N,K)), never the probabilities. A backend
 provides both classes with the constructors of NumpyEngine / NumpyInfer below; `make_engines`
 picks one (job field `backend`).
 
@@ -24,6 +26,7 @@ import numpy as np
 from .backends.numpy_ref import NumpyRef
 from .errors import BackendError, JobError
 from .graph import Graph
+from .heads import loss_graph
 from .optim import Optimizer, clip_grad_norm
 
 RNG_DROPOUT = 3
@@ -68,6 +71,7 @@ class NumpyEngine:
                  clip_grad_norm: float | None = None, label_smoothing: float = 0.0, dtype=np.float32,
                  seed: int = 0, recompute: bool = False):
         # recompute: an OpenCL memory option; the reference already frees what no backward reads
+        graph = loss_graph(graph)            # the loss reads the logits, not a final Softmax's output
         self.graph = graph
         self.ref = NumpyRef(graph, trainable=trainable, dtype=dtype)
         self.opt = optimizer

@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import BackendError
 from .graph import Graph, Node
+from .heads import loss_graph
 from .ops import get_op, normalize_attrs
 from .ops.dropout import draw_seed
 
@@ -180,6 +181,8 @@ class Plan:
             raise BackendError("the OpenCL backend needs pyopencl (pip install pyopencl)")
         self.rt = runtime or Runtime()
         self.batch = int(batch)
+        if trainable is None or trainable:   # training: the loss reads the logits, not a final Softmax
+            graph = loss_graph(graph)
         all_trainable = [k for k, p in graph.params.items() if p.trainable]
         self.trainable = set(all_trainable if trainable is None else trainable)
         bad = sorted(self.trainable - set(all_trainable))

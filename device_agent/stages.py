@@ -7,7 +7,8 @@
 The trainable part (the suffix) is every node that reads a trainable parameter, every Dropout (it
 draws fresh masks each step, so its output can't be cached) and everything downstream of those.
 The rest is the frozen prefix; the tensors it hands to the suffix are the cut (several when, say, a
-residual branch crosses it). The prefix always runs in eval mode (BN running statistics).
+residual branch crosses it). Both are parts of heads.loss_graph(graph): a final Softmax/LogSoftmax
+is not trained through, the suffix's one output is the (N,K) logits. The prefix always runs in eval mode (BN running statistics).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from .errors import JobError
 from .graph import Graph, Node, ParamSpec, TensorSpec
+from .heads import loss_graph
 
 CACHE_FORMAT = 1
 
@@ -54,6 +56,9 @@ class Split:
 
 
 def split_graph(graph: Graph, trainable: set[str]) -> Split:
+    """Prefix, suffix and cut of heads.loss_graph(graph): the suffix ends in the (N,K) logits the loss
+    reads (a final Softmax/LogSoftmax is not part of training), so does the feature cache's head."""
+    graph = loss_graph(graph)
     hot: set[str] = set(trainable)          # tensors that change from step to step
     suffix_nodes: list[Node] = []
     for n in graph.nodes:

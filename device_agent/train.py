@@ -32,6 +32,7 @@ from .engine import engine_classes, resolve_backend
 from .errors import JobError, ThomasError, TrainError
 from .fsutil import disk_error
 from .graph import Graph, load_package, save_package
+from .heads import loss_graph, num_classes
 from .limits import MAX_JOB_BYTES, read_json
 from .optim import lr_at, make_optimizer
 from .protocol import (Cache, Checkpoint, Done, Epoch, Error, Eval, Event, Plan, Progress, Step,
@@ -155,7 +156,7 @@ def _load_graph(job: TrainJob, ds: Dataset) -> Graph:
             raise JobError(f"job field 'num_classes': {e}") from None
     shapes = graph.infer_shapes(batch=1)
     ds.check_input(shapes[graph.inputs[0].name], f"model '{graph.name}'")
-    width = shapes[graph.outputs[0]][-1]
+    width = num_classes(graph)             # the logits' width (before a final Softmax/LogSoftmax)
     if width != len(ds.classes):
         raise JobError(f"job field 'num_classes': model '{graph.name}' predicts {width} classes, the "
                        f"dataset has {len(ds.classes)}; set num_classes to {len(ds.classes)} for a new head")
@@ -215,8 +216,9 @@ def _setup(job: TrainJob) -> _State:
     graph = _load_graph(job, ds)
     backend = resolve_backend(job.backend, job.dtype, graph)
     dtype = np.dtype(job.dtype)
-    trainable = trainable_params(graph, job.layers)
-    split = split_graph(graph, trainable)
+    head = loss_graph(graph)                # the loss reads the logits, not a final Softmax's output
+    trainable = trainable_params(head, job.layers)
+    split = split_graph(head, trainable)
     Engine, Infer = engine_classes(backend)
     order = [k for k in split.suffix.params if k in trainable]
     opt = make_optimizer(job.optimizer, {k: graph.params[k].shape for k in order}, dtype,

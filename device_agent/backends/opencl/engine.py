@@ -14,6 +14,7 @@ import numpy as np
 
 from ...errors import BackendError
 from ...graph import Graph
+from ...heads import loss_graph
 from ...plan import OptimConfig, Plan
 
 _SLOTS = {"momentum": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
@@ -61,7 +62,7 @@ class OpenCLEngine:
         _check_dtype(dtype)
         from .runtime import shared_runtime
 
-        self.graph = graph
+        self.graph = graph = loss_graph(graph)   # the loss reads the logits before a final Softmax
         self.rt = runtime or shared_runtime()
         self.trainable = set(trainable)
         self.config = _config(optimizer)
