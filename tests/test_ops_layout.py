@@ -66,6 +66,10 @@ def test_slice_errors():
     assert "empty" in str(e)
     raises(ShapeError, "x", infer, "Slice", {"axis": 1, "start": 5, "end": 9}, [(2, 3)])
     raises(OpError, "end", normalize_attrs, get_op("Slice"), {"axis": 1, "start": 0})
+    # ONNX's "to the end" (INT64_MAX) is fine; past int64 (hand-written JSON) is one OpError, not a TypeError
+    assert normalize_attrs(get_op("Slice"), {"axis": 1, "start": -2 ** 63, "end": 2 ** 63 - 1})["end"] == 2 ** 63 - 1
+    raises(OpError, "end", normalize_attrs, get_op("Slice"), {"axis": 1, "start": 0, "end": 2 ** 70})
+    raises(OpError, "start", normalize_attrs, get_op("Slice"), {"axis": 1, "start": 1e300, "end": 2})
 
 
 # ============================================================================= Transpose

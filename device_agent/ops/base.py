@@ -142,8 +142,13 @@ class OpDef:
 
 
 def _check_number(op: str, key: str, v: Any, spec: Attr, want_int: bool) -> Any:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (want_int and not float(v).is_integer()):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (
+            want_int and isinstance(v, float) and not v.is_integer()):
         raise OpError(key, f"attribute '{key}' must be {'an integer' if want_int else 'a number'}, got {v!r}")
+    # NOTE: JSON ints are unbounded: one past int64 (or a float overflowing) is refused here, not by
+    # numpy later with a TypeError
+    if (want_int or isinstance(v, int)) and not -2 ** 63 <= v < 2 ** 63:
+        raise OpError(key, f"attribute '{key}' is out of the int64 range, got {v!r}")
     v = int(v) if want_int else float(v)
     if not np.isfinite(v):
         raise OpError(key, f"attribute '{key}' must be finite, got {v!r}")
