@@ -248,10 +248,11 @@ def confusion_table(doc: dict) -> Table:
         for n, i, j in cells:
             t.add_row(f"{i} {names[i]}", f"{j} {names[j]}", str(n), f"{n / max(sum(cm[i]), 1):.1%}")
         return t
+    short = k <= 6 and all(len(nm) <= 6 for nm in names)     # else the columns are the rows' numbers
     t = Table(title="confusion (rows: true, columns: predicted)")
     t.add_column("true \\ pred", no_wrap=True)
     for j, nm in enumerate(names):
-        t.add_column(str(j) if len(nm) > 6 else nm, justify="right")
+        t.add_column(nm if short else str(j), justify="right")
     for i, nm in enumerate(names):
         cells = [("[bold green]" if i == j else "[red]") + f"{v}[/]" if v else "[dim]·[/]"
                  for j, v in enumerate(cm[i])]
