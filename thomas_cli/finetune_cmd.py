@@ -48,6 +48,7 @@ class RunView:
         self.as_json = as_json
         self.tty = err.is_terminal and not as_json
         self.plan: dict | None = None
+        self.header: str | None = None        # the run's first line, shown with its plan (see finetune)
         self.epochs: list[dict] = []
         self.img_s: float | None = None
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -70,6 +71,8 @@ class RunView:
         kind = ev["ev"]
         if kind == "plan":
             self.plan = ev
+            if self.header:
+                err.print(self.header, highlight=False)
             p = ev
             err.print(f"[bold]{p['stage']}[/] on {p['backend']} ({p['dtype']}): {p['trainable_params']:,} trainable / "
                       f"{p['frozen_params']:,} frozen parameters, {p['train']} train / {p['val']} val images, "
@@ -291,11 +294,10 @@ def finetune(
         mmeta = _model(s, model, dmeta, width, fields.get("seed", 0))
         check_fit(dmeta, mmeta)
         rec = new_run(s, mmeta, dmeta, fields)
-        run_id, stage = rec["id"], rec["stage"]
-        if not as_json:
-            err.print(f"run [bold]{run_id}[/] on {s.t.serial} ({s.t.kind}): {rec['model']} on {rec['data']}, "
-                      f"stage {stage}", highlight=False)
     view = RunView(as_json)
+    # NOTE: printed with the plan, so a run the agent refuses at once shows only its error line
+    view.header = (f"run [bold]{rec['id']}[/] on {s.t.serial} ({s.t.kind}): {rec['model']} on {rec['data']}, "
+                   f"stage {rec.get('stage', '?')}")
     with view:
         done = run_job(s, rec, on_event=view, timeout=timeout)
     show_done(view, rec, done)
