@@ -32,36 +32,54 @@ __kernel void leaky_bwd(__global const REAL* s, __global const REAL* gy, __globa
 }
 
 // ---------------------------------------------------------------------------- PRelu
-// x (N,C,inner) flat, slope (C,), or (1,) when shared: y = x > 0 ? x : slope[c] * x
-__kernel void prelu_fwd(__global const REAL* x, __global const REAL* slope, __global REAL* y, const int n,
-                        const int C, const int inner, const int shared) {
-    const int i = get_global_id(0);
-    if (i >= n) return;
+// x (N,C,inner) flat, slope (C,), or (1,) when shared: y = x > 0 ? x : slope[c] * x.
+// 3-D range (j < inner, c, n): no division per element.
+__kernel void prelu_fwd(__global const REAL* x, __global const REAL* slope, __global REAL* y, const int C,
+                        const int inner, const int shared) {
+    const int j = get_global_id(0), c = get_global_id(1);
+    if (j >= inner) return;
+    const int i = ((int)get_global_id(2) * C + c) * inner + j;
     const REAL v = x[i];
-    y[i] = v > (REAL)0 ? v : slope[shared ? 0 : (i / inner) % C] * v;
+    y[i] = v > (REAL)0 ? v : slope[shared ? 0 : c] * v;
 }
 
 // undoes: y = x > 0 ? x : slope * x (dx): gy where x > 0, slope[c] * gy elsewhere (x == 0 too, as torch)
 __kernel void prelu_bwd(__global const REAL* x, __global const REAL* slope, __global const REAL* gy,
-                        __global REAL* gx, const int n, const int C, const int inner, const int shared) {
-    const int i = get_global_id(0);
-    if (i >= n) return;
+                        __global REAL* gx, const int C, const int inner, const int shared) {
+    const int j = get_global_id(0), c = get_global_id(1);
+    if (j >= inner) return;
+    const int i = ((int)get_global_id(2) * C + c) * inner + j;
     const REAL g = gy[i];
-    gx[i] = x[i] > (REAL)0 ? g : slope[shared ? 0 : (i / inner) % C] * g;
+    gx[i] = x[i] > (REAL)0 ? g : slope[shared ? 0 : c] * g;
 }
 
-// undoes: y = slope * x where x <= 0 (dslope[c] = Σ_{n,j} [x <= 0] gy x). Work-group (c, sg) sums
-// segment sg (terms k in [sg*SEG, (sg+1)*SEG) of channel c's N*inner, k = n*inner + j) into
-// part[c*S + sg]; NaN x counts (it is not > 0), as in the reference.
-__kernel void prelu_dslope(__global const REAL* x, __global const REAL* gy, __global REAL* part, const int N,
-                           const int C, const int inner, const int S, const int SEG, __local REAL* s) {
-    const int grp = get_group_id(0), c = grp / S, sg = grp % S;
-    const int k0 = sg * SEG, k1 = min(N * inner, k0 + SEG);
+// undoes: y = x > 0 ? x : slope * x, both gradients in one pass over x and gy:
+//   dslope[c] = Σ_{n,j} [x <= 0] gy x   (NaN x counts: it is not > 0, as in the reference)
+//   dx (write_dx) as prelu_bwd
+// Work-group (c, sg) walks segment sg (terms k in [sg*SEG, (sg+1)*SEG) of channel c's N*inner,
+// k = n*inner + j) and writes its partial sum to part[c*S + sg]. (n, j) advance without a division
+// per term: one only when j passes the end of a row.
+__kernel void prelu_bwd_dslope(__global const REAL* x, __global const REAL* slope, __global const REAL* gy,
+                               __global REAL* gx, __global REAL* part, const int N, const int C, const int inner,
+                               const int S, const int SEG, const int shared, const int write_dx,
+                               __local REAL* s) {
+    const int grp = get_group_id(0), c = grp / S, sg = grp % S, step = get_local_size(0);
+    const int k1 = min(N * inner, sg * SEG + SEG);
+    const REAL a = slope[shared ? 0 : c];
     REAL acc = (REAL)0;
-    for (int k = k0 + (int)get_local_id(0); k < k1; k += get_local_size(0)) {
-        const int e = ((k / inner) * C + c) * inner + k % inner;
-        const REAL v = x[e];
-        if (!(v > (REAL)0)) acc += gy[e] * v;
+    int k = sg * SEG + (int)get_local_id(0);
+    int n = k / inner, j = k % inner;
+    for (; k < k1; k += step) {
+        const int e = (n * C + c) * inner + j;
+        const REAL v = x[e], g = gy[e];
+        const int pos = v > (REAL)0;
+        if (!pos) acc += g * v;
+        if (write_dx) gx[e] = pos ? g : a * g;
+        j += step;
+        if (j >= inner) {
+            n += j / inner;
+            j %= inner;
+        }
     }
     const REAL total = wg_sum(acc, s);
     if (get_local_id(0) == 0) part[grp] = total;

@@ -274,8 +274,9 @@ def cl_leaky_backward(b, io):
 
 # PRelu: x viewed as (N, C, inner). dslope is a deterministic two-stage sum: each channel's N*inner
 # terms split into S segments (enough work-groups to fill a GPU, each segment >= _SEG_MIN terms),
-# one work-group per (channel, segment) -> workspace partials, then one work-group per slope entry.
-# With one segment per channel and a slope per channel, the first stage writes dslope directly.
+# one work-group per (channel, segment) -> workspace partials (dx written in the same pass over x
+# and gy), then one work-group per slope entry. With one segment per channel and a slope per
+# channel, the first stage writes dslope directly.
 _DSLOPE_GROUPS = 256   # aim for this many first-stage work-groups
 _SEG_MIN = 2048
 
@@ -304,31 +305,34 @@ def prelu_cl_workspace(attrs, in_shapes, out_shapes):
     return 4 * _channels(x) * _dslope_segments(x)[0]
 
 
-def _prelu_args(x, slope):
+def _prelu_launch(b, kernel, x, slope, *bufs):
+    """One work-item per element over the range (inner, C, N); groups along inner only."""
     n, c, inner = _prelu_dims(x.shape)
-    return c, inner, slope.size == 1
+    wg = min(elt(b)[0], 1 << max(inner - 1, 0).bit_length())
+    b.launch("eltwise.cl", kernel, (inner, c, n), (wg, 1, 1), x, slope, *bufs, c, inner, slope.size == 1)
 
 
 def cl_prelu_forward(b, io):
     (x, slope), (y,) = io.x, io.y
-    b.launch("eltwise.cl", "prelu_fwd", (x.size,), elt(b), x, slope, y, x.size, *_prelu_args(x, slope))
+    _prelu_launch(b, "prelu_fwd", x, slope, y)
 
 
 def cl_prelu_backward(b, io):
     x, slope = io.x
     gy, (gx, gs) = io.gy[0], io.gx
-    if gx is not None:
-        # undoes: y = x if x > 0 else slope*x   (dx)
-        b.launch("eltwise.cl", "prelu_bwd", (x.size,), elt(b), x, slope, gy, gx, x.size, *_prelu_args(x, slope))
-    if gs is None:
-        return
     n, c, inner = _prelu_dims(x.shape)
+    if gs is None:
+        if gx is not None:
+            # undoes: y = x if x > 0 else slope*x   (dx)
+            _prelu_launch(b, "prelu_bwd", x, slope, gy, gx)
+        return
     segs, seg = _dslope_segments(x.shape)
     part = gs if _dslope_direct(x.shape, slope.shape) else io.workspace
-    # undoes: y = slope*x where x <= 0   (dslope = Σ [x <= 0] gy x over N, inner (and C if shared))
-    wg = reduce_wg(b, "eltwise.cl", "prelu_dslope", seg)
-    b.launch("eltwise.cl", "prelu_dslope", (c * segs * wg,), (wg,), x, gy, part, n, c, inner, segs, seg,
-             local_floats(wg))
+    # undoes: y = x if x > 0 else slope*x   (dslope = Σ [x <= 0] gy x over N, inner (and C if shared);
+    # dx in the same pass)
+    wg = reduce_wg(b, "eltwise.cl", "prelu_bwd_dslope", seg)
+    b.launch("eltwise.cl", "prelu_bwd_dslope", (c * segs * wg,), (wg,), x, slope, gy, gx or part, part, n, c,
+             inner, segs, seg, slope.size == 1, gx is not None, local_floats(wg))
     if part is gs:
         return
     per = c * segs // slope.size
