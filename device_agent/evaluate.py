@@ -27,7 +27,8 @@ import numpy as np
 
 from .errors import DataError, InputError, JobError
 from .graph import Graph
-from .heads import loss_output
+from .heads import loss_graph, loss_output
+from .heads import num_classes as logits_width
 
 SPLITS = ("train", "val", "test")
 
@@ -102,29 +103,11 @@ class EvalResult:
                 "img_s": round(self.count / max(self.ms, 1e-9) * 1e3, 1)}
 
 
-def logits_graph(graph: Graph) -> tuple[Graph, str]:
-    """(graph, tensor) whose output is the tensor the loss reads: the graph itself, or its nodes up to
-    the logits when it ends in Softmax/LogSoftmax (so the device never computes the probabilities)."""
-    t = loss_output(graph)
-    if t == graph.outputs[0]:
-        return graph, t
-    need, keep = {t}, []
-    for n in reversed(graph.nodes):
-        if any(o in need for o in n.outputs):
-            keep.append(n)
-            need.update(n.inputs)
-    keep.reverse()
-    used = [k for k in graph.params if k in need]
-    g = Graph(graph.name, graph.inputs, [t], keep, {k: graph.params[k] for k in used},
-              {k: graph.weights[k] for k in used if k in graph.weights}, graph.labels, graph.meta, graph.format)
-    return g.validate(), t
-
-
 def pick_split(ds, name: str):
     """The Split `name` of an open dataset; a one-line error when it has none (or it is empty)."""
     if name not in SPLITS:
         raise InputError(f"--split must be one of {', '.join(SPLITS)}, got {name!r}")
-    part = getattr(ds, name, None)          # NOTE: datasets written before test splits existed have no .test
+    part = ds.splits.get(name)              # no "test" key when the dataset has no test split
     if part is None or len(part) == 0:
         how = {"val": "it was pushed with --val 0 and no val/ split",
                "test": "push it from a folder with test/ or an .npz with x_test, y_test",
@@ -140,7 +123,7 @@ def check_fit(graph: Graph, ds, model: str) -> None:
         raise JobError(f"model {model} has {len(graph.inputs)} inputs; eval needs exactly one image input")
     shapes = graph.infer_shapes(batch=1)
     ds.check_input(shapes[graph.inputs[0].name], f"model {model}")
-    width = int(np.prod(shapes[loss_output(graph)][1:]))
+    width = logits_width(graph)
     if width != len(ds.classes):
         raise DataError(f"model {model} predicts {width} classes, dataset {ds.path} has {len(ds.classes)} "
                         f"({', '.join(ds.classes[:4])}{', ...' if len(ds.classes) > 4 else ''})")
@@ -159,11 +142,12 @@ def evaluate(graph: Graph, dataset_split, batch: int = 64, backend: str = "auto"
     n = len(dataset_split)
     if n == 0:
         raise DataError(f"split '{dataset_split.name}' holds no images")
-    g, tensor = logits_graph(graph)
+    g = loss_graph(graph)           # up to the logits (before a final Softmax), flattened to (N, K)
+    tensor = g.outputs[0]
     spec = g.inputs[0]
     fixed = spec.shape[0]
     run_batch = batch if fixed is None else int(fixed)
-    k_cls = num_classes or int(np.prod(g.infer_shapes(batch=1)[tensor][1:]))
+    k_cls = num_classes or int(g.infer_shapes(batch=1)[tensor][1])
     k = min(top, k_cls)
     used = resolve_backend(backend, graph=g)
     engine = engine_classes(used)[1](g)
@@ -191,7 +175,7 @@ def evaluate(graph: Graph, dataset_split, batch: int = 64, backend: str = "auto"
         done += b
         if progress is not None:
             progress(done, n)
-    return EvalResult(dataset_split.name, n, k, correct, correct_k, loss_sum, cm, tensor, used,
+    return EvalResult(dataset_split.name, n, k, correct, correct_k, loss_sum, cm, loss_output(graph), used,
                       (time.perf_counter() - t0) * 1e3)
 
 
@@ -245,7 +229,8 @@ def _parse(args: list[str]) -> tuple[list[str], dict]:
 def main(args: list[str], emit) -> int:
     """eval MODEL DATA OUT.json [...]: the report goes to OUT.json (atomically), the summary to an
     `eval_report` event; `progress` events (phase "eval") keep the host's watchdog fed on long splits.
-    MODEL, DATA and OUT are paths relative to the device root (the agent's working directory)."""
+    MODEL, DATA and OUT are paths relative to the device root (the agent's working directory), already
+    confined to it by __main__ (confine.confine_call)."""
     import json
     from pathlib import Path
 
@@ -253,13 +238,9 @@ def main(args: list[str], emit) -> int:
     from .engine import resolve_backend
     from .fsutil import atomic_write
     from .graph import load_package
-    from .protocol import EvalReport, Progress, path_problem
+    from .protocol import EvalReport, Progress
 
-    (model, data, out), opts = _parse(args)
-    for what, rel in (("MODEL", model), ("DATA", data), ("OUT", out)):
-        why = path_problem(rel, f"eval {what}")
-        if why:
-            raise InputError(why)
+    (model, data, out), opts = _parse(args)      # __main__ confined the paths to the device root (confine.py)
     ds = open_dataset(data)
     part = pick_split(ds, opts["--split"])
     graph = load_package(model)

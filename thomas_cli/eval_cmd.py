@@ -94,7 +94,7 @@ def _device_graph(s: Session, remote: str) -> Graph:
 def check_data(s: Session, data: str, split: str, g: Graph) -> dict:
     """dataset.json of data/<data> on the device; a one-line error naming model and dataset when the split is
     missing or the model does not fit (input H×W, classes). The agent checks again (channels too)."""
-    from device_agent.heads import loss_output
+    from device_agent.heads import num_classes
 
     store.check_name(data, "dataset")
     rel = f"data/{data}/dataset.json"
@@ -115,9 +115,7 @@ def check_data(s: Session, data: str, split: str, g: Graph) -> dict:
     if len(shape) == 4 and tuple(shape[2:]) != (h, w):
         raise DataError(f"model '{g.name}' takes {shape[2]}x{shape[3]} images, dataset '{data}' holds {h}x{w} "
                         f"(push the data again with --size {shape[2]}x{shape[3]})")
-    width = 1
-    for d in shapes[loss_output(g)][1:]:
-        width *= int(d)
+    width = num_classes(g)
     if width != k:
         raise DataError(f"model '{g.name}' predicts {width} classes, dataset '{data}' has {k}")
     return doc
