@@ -224,3 +224,105 @@ def test_writer_rejects_bad_arrays(tmp_path):
     with pytest.raises(DataError, match="outside"):
         write_dataset(tmp_path / "x", imgs, labels + 5, ["a", "b"])
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------ splits, channels, sizes
+def test_a_given_split_is_kept_in_order_with_its_test(tmp_path):
+    from device_agent.dataset_write import write_splits
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (30, 6, 10, 1), dtype=np.uint8)          # gray, H != W
+    y = np.arange(30) % 3
+    write_splits(tmp_path / "d", {"train": (x[:18], y[:18]), "val": (x[18:24], y[18:24]),
+                                  "test": (x[24:], y[24:])}, ["a", "b", "c"], shard_size=7)
+    ds = open_dataset(tmp_path / "d")
+    assert (ds.height, ds.width, ds.channels, ds.split_source) == (6, 10, 1, "dataset")
+    for sp, lo, hi in ((ds.train, 0, 18), (ds.val, 18, 24), (ds.test, 24, 30)):
+        assert np.array_equal(sp.rows(np.arange(len(sp))), x[lo:hi]) and np.array_equal(sp.labels, y[lo:hi])
+    assert ds.test.name == "test" and set(ds.splits) == {"train", "val", "test"}
+    doc = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert doc["channels"] == 1 and doc["splits"]["test"]["count"] == 6 and "val_fraction" not in doc
+    write_dataset(tmp_path / "r", x, y, ["a", "b", "c"], val_fraction=0.25, seed=4)
+    ds = open_dataset(tmp_path / "r")
+    assert ds.test is None and ds.split_source == "random val=0.25 seed=4"
+
+
+def test_format_1_datasets_still_open(tmp_path):
+    d = _write(tmp_path, val_fraction=0.3, seed=2)
+    doc = json.loads((d / "dataset.json").read_text())
+    doc["format"] = 1
+    del doc["split_source"]
+    (d / "dataset.json").write_text(json.dumps(doc))
+    ds = open_dataset(d)
+    assert ds.channels == 3 and ds.test is None and ds.split_source == "random val=0.3 seed=2"
+
+
+def test_gray_data_fits_an_rgb_model_by_replication_and_rgb_never_fits_gray(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (12, 5, 7, 1), dtype=np.uint8)
+    write_dataset(tmp_path / "g", x, np.arange(12) % 2, ["a", "b"], val_fraction=0.0)
+    ds = open_dataset(tmp_path / "g")
+    rows = np.array([3, 0, 11])
+    assert ds.train.rows(rows).shape == (3, 5, 7, 1)
+    ds.check_input((1, 3, 5, 7), "model 'rgb'")
+    got = ds.train.rows(rows)
+    want = np.stack([np.asarray(Image.fromarray(x[i, ..., 0]).convert("RGB")) for i in rows])
+    assert got.shape == (3, 5, 7, 3) and np.array_equal(got, want)       # what Pillow's convert("RGB") gives
+    x3, _, _ = next(ds.train.batches(4, shuffle=False))
+    assert x3.shape == (4, 3, 5, 7)
+    with pytest.raises(DataError) as e:
+        ds.check_input((1, 3, 7, 5), "model 'm'")
+    _one_line(e, "5x7", "7x5", "--size 7x5")
+    write_dataset(tmp_path / "c", np.repeat(x, 3, axis=3), np.arange(12) % 2, ["a", "b"])
+    with pytest.raises(DataError) as e:
+        open_dataset(tmp_path / "c").check_input((1, 1, 5, 7), "model 'gray'")
+    _one_line(e, "RGB", "model 'gray'", "--channels 1")
+
+
+def test_augment_pads_each_axis_by_its_own_eighth_for_h_not_w():
+    rng = np.random.default_rng(3)
+    u8 = rng.integers(1, 256, (40, 16, 48, 1), dtype=np.uint8)
+    out = augment_batch(u8, np.random.default_rng(7))
+    assert out.shape == u8.shape and np.array_equal(out, augment_batch(u8, np.random.default_rng(7)))
+    ph, pw = 2, 6
+    offsets = set()
+    for i in range(40):
+        p = np.zeros((16 + 2 * ph, 48 + 2 * pw, 1), np.uint8)
+        p[ph:-ph, pw:-pw] = u8[i]
+        hits = [(a, b) for f in (False, True) for a in range(2 * ph + 1) for b in range(2 * pw + 1)
+                if np.array_equal((p[:, ::-1] if f else p)[a:a + 16, b:b + 48], out[i])]
+        assert hits, i                               # every output is a window of the padded (maybe flipped) image
+        offsets.add(hits[0][1])
+    assert max(offsets) > 2 * ph                     # columns really move by more than the row padding
+
+
+def test_normalize_is_the_arithmetic_of_infer():
+    """Train/eval (data.normalize) and `thomas infer` (infer_input) give the same bits for every spec."""
+    from device_agent.graph import TensorSpec
+    from thomas_cli.infer_input import _preprocess
+
+    rng = np.random.default_rng(4)
+    for c, spec in ((3, None), (3, {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}),
+                    (1, {"scale": 1 / 127.5, "mean": [1.0], "std": [1.0]}), (1, None), (3, {"scale": 1.0})):
+        u8 = rng.integers(0, 256, (3, 4, 6, c), dtype=np.uint8)
+        want = _preprocess(u8, TensorSpec("input", (None, c, 4, 6), "float32", "NCHW", spec))
+        got = normalize(u8, spec, np.float32)
+        assert got.dtype == want.dtype and np.array_equal(got, want), spec
+
+
+def test_writer_refuses_a_val_class_missing_from_train_and_names_negative_labels(tmp_path):
+    from device_agent.dataset_write import write_splits
+
+    imgs, labels = _data(20, 2)
+    with pytest.raises(DataError) as e:
+        write_splits(tmp_path / "x", {"train": (imgs[:10], np.zeros(10, int)), "val": (imgs[10:], labels[10:])},
+                     ["a", "b"])
+    _one_line(e, "'val'", "'b'", "train")
+    with pytest.raises(DataError) as e:
+        write_dataset(tmp_path / "x", imgs, np.where(np.arange(20) == 5, -1, labels), ["a", "b"])
+    _one_line(e, "label -1")
+    with pytest.raises(DataError, match="one shape"):
+        write_splits(tmp_path / "x", {"train": (imgs, labels), "val": (imgs[:, :4], labels)}, ["a", "b"])
+    assert not (tmp_path / "x").exists()

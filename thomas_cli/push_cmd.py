@@ -14,6 +14,7 @@ renamed into place, so a device never holds half a model.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import tempfile
@@ -228,7 +229,9 @@ def push_splits(s: Session, parts: dict, classes: list[str], name: str, split_so
         try:
             ds = write_splits(Path(d) / name, parts, classes, split_source, extra=extra)
         except OSError as e:
-            raise disk_error(e, d, "then push again") from None
+            raise DiskError(f"cannot write the dataset in this computer's temp folder ({e.strerror or e} at "
+                            f"{e.filename or d}): free space there or point TMPDIR at another folder",
+                            "disk_full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "io") from None
         doc = json.loads((ds / DATASET_JSON).read_text())
         digest = hashlib.sha256((ds / DATASET_JSON).read_bytes()).hexdigest()
         counts = {k: v["count"] for k, v in doc["splits"].items()}
@@ -263,6 +266,8 @@ def publish(s: Session, local: Path, rel: str, on_file=None) -> None:
                             f"a smaller --size) or use another device root (--device-root)", "disk_full")
         s.publish_tree(local, rel, on_file)
     except OSError as e:
+        if e.filename2 is not None:              # shutil's copy names its source first, the device file second
+            e = OSError(e.errno, e.strerror, e.filename2)
         raise disk_error(e, f"{s.t.root}/{rel}", "then push again") from None
 
 
