@@ -177,6 +177,24 @@ def test_missing_split_and_mismatches_are_one_line(ds_path, model, tmp_path):
     assert "\n" not in str(e.value) and "digits" in str(e.value)
 
 
+def test_a_grayscale_dataset_feeds_an_rgb_model_as_training_does(ds_path, model, tmp_path):
+    """Datasets pushed as 1 channel are replicated for a 3-channel model (check_fit, then the pipeline):
+    the same numbers as the RGB copy of the same images."""
+    x, y = _data()
+    assert (x[..., :1] == x).all()                     # the digits are gray already
+    gray = open_dataset(write_dataset(tmp_path / "gray", x[..., :1], y, CLASSES, val_fraction=0.5, seed=0))
+    check_fit(model, gray, "'fit'")
+    a = evaluate(model, gray.val, batch=16, backend="numpy")
+    b = evaluate(model, open_dataset(ds_path).val, batch=16, backend="numpy")
+    assert a.loss == b.loss and a.correct == b.correct
+    np.testing.assert_array_equal(a.confusion, b.confusion)
+    gb = GraphBuilder("one", input_shape=(None, 1, 8, 8), preprocess={"scale": 1 / 255})
+    one = gb.finish({"logits": gb.linear(gb.flatten(gb.input), K)})
+    with pytest.raises(DataError, match="images are RGB, model 'one' takes 1-channel"):
+        check_fit(one, open_dataset(ds_path), "'one'")
+    check_fit(one, gray, "'one'")                      # gray data, gray model: fits
+
+
 def test_labels_match():
     assert labels_match(CLASSES, CLASSES) is True
     assert labels_match(list(reversed(CLASSES)), CLASSES) is False     # same names, other order: a mix-up

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from device_agent.builder import GraphBuilder
 from device_agent.data import open_dataset, write_dataset
 from device_agent.evaluate import evaluate
 from device_agent.graph import Graph, save_package
@@ -183,6 +184,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(local, fit, tmp_path):
     pkg = save_package(fit, tmp_path / "fit")
     big = save_package(tiny_cnn(4, 16), tmp_path / "big")
     five = save_package(tiny_cnn(5, 8), tmp_path / "five")
+    gb = GraphBuilder("gray", input_shape=(None, 1, 8, 8), preprocess={"scale": 1 / 255})
+    gray = save_package(gb.finish({"logits": gb.linear(gb.flatten(gb.input), 4)}), tmp_path / "gray")
     (_home() / "runs" / "20260101-000000-cccc").mkdir(parents=True)
     (_home() / "runs" / "20260101-000000-cccc" / "run.json").write_text(json.dumps({"id": "20260101-000000-cccc",
                                                                                    "kind": "bench"}))
@@ -190,6 +193,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(local, fit, tmp_path):
              ((str(pkg), "--data", "digits", "--split", "test"), "has no 'test' split"),
              ((str(big), "--data", "digits"), "takes 16x16 images, dataset 'digits' holds 8x8"),
              ((str(five), "--data", "digits"), "predicts 5 classes, dataset 'digits' has 4"),
+             ((str(gray), "--data", "digits"), "takes 1-channel (grayscale) images, dataset 'digits' holds RGB"),
              (("nosuch", "--data", "digits"), "no such package directory, run or model"),
              ((str(pkg), "--data", "digits", "--split", "holdout"), "--split must be one of"),
              ((str(pkg), "--data", "digits", "--backend", "cuda"), "--backend must be one of"),

@@ -115,6 +115,9 @@ def check_data(s: Session, data: str, split: str, g: Graph) -> dict:
     if len(shape) == 4 and tuple(shape[2:]) != (h, w):
         raise DataError(f"model '{g.name}' takes {shape[2]}x{shape[3]} images, dataset '{data}' holds {h}x{w} "
                         f"(push the data again with --size {shape[2]}x{shape[3]})")
+    if len(shape) == 4 and shape[1] == 1 and doc.get("channels", 3) == 3:
+        raise DataError(f"model '{g.name}' takes 1-channel (grayscale) images, dataset '{data}' holds RGB "
+                        f"(push the data again with --channels 1)")
     width = num_classes(g)
     if width != k:
         raise DataError(f"model '{g.name}' predicts {width} classes, dataset '{data}' has {k}")
