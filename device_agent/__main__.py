@@ -127,8 +127,12 @@ def infer(args: list[str]) -> int:
     else:
         where = f"{platform.machine() or 'cpu'} CPU, {os.cpu_count() or 1} cores (numpy)"
     tmp = f"{dst}.tmp.npy"
-    np.save(tmp, y)
-    os.replace(tmp, dst)
+    try:
+        np.save(tmp, y)
+        os.replace(tmp, dst)
+    except OSError as e:                    # a full disk: no half file left, the error names dst
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, dst) from e
     emit(Infer(model, int(y.shape[0]), dst, list(y.shape), round(ms, 1), backend, where))
     return 0
 
