@@ -40,16 +40,10 @@ def fit() -> Graph:
     return _fitted()
 
 
-def _put_data(dev, name: str = "digits", test: bool = False) -> Path:
+def _put_data(dev, name: str = "digits") -> Path:
     """A dataset written straight into the device root (as push-data leaves it): 4 classes, 8x8."""
     x, y = _data()
-    dest = dev.root / "data" / name
-    if not test:
-        return write_dataset(dest, x, y, CLASSES, val_fraction=0.5, seed=0)
-    from device_agent.dataset_write import write_splits
-
-    return write_splits(dest, {"train": (x[:60], y[:60]), "val": (x[60:90], y[60:90]),
-                               "test": (x[90:], y[90:])}, CLASSES)
+    return write_dataset(dev.root / "data" / name, x, y, CLASSES, val_fraction=0.5, seed=0)
 
 
 def _home() -> Path:
@@ -155,7 +149,12 @@ def test_a_finetune_run_is_evaluated_in_place_and_its_report_has_the_confusion(l
 
 
 def test_split_test(local, fit, tmp_path):
-    data = _put_data(local, "held", test=True)
+    """A dataset's own test split, pushed the way a user does (an npz with x_train .. y_test, kept)."""
+    x, y = _data()
+    np.savez(tmp_path / "held.npz", x_train=x[:60], y_train=y[:60], x_val=x[60:90], y_val=y[60:90],
+             x_test=x[90:], y_test=y[90:], classes=np.array(CLASSES))
+    thomas(local, "push-data", str(tmp_path / "held.npz"))
+    data = local.root / "data" / "held"
     pkg = save_package(fit, tmp_path / "fit")
     doc = thomas_json(local, "eval", str(pkg), "--data", "held", "--split", "test", "--backend", "numpy")
     test = open_dataset(data).test
