@@ -123,9 +123,12 @@ class LocalTransport(Transport):
         self.move("agent.new", "agent")
 
     def _env(self) -> dict:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(self.base / "agent")
-        return env
+        """This environment with the pushed agent first on PYTHONPATH; the caller's entries stay after it
+        (a pyopencl found through PYTHONPATH is still found), and a device_agent they hold cannot shadow
+        the agent that was pushed."""
+        agent = str(self.base / "agent")
+        rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != agent]
+        return dict(os.environ, PYTHONPATH=os.pathsep.join([agent, *rest]))
 
     def start_agent(self, args: list[str]) -> LocalProcess:
         self.base.mkdir(parents=True, exist_ok=True)
