@@ -23,12 +23,6 @@ from device_agent.graph import MODEL_JSON, Graph, load_package, save_package
 from .main import app, err, guarded, out, print_json
 from .session import console_note
 
-IMPORTERS_PREPROCESS = {
-    "imagenet": {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-    "unit": {"scale": 1.0 / 255.0},
-}
-
-
 def resolve_package(arg: str | os.PathLike) -> Path:
     """PACKAGE_DIR, or a RUN directory holding final/, or a run id under $THOMAS_HOME/runs."""
     p = Path(arg)
@@ -58,6 +52,26 @@ def _check_tolerance(tol: float) -> None:
 
 
 # ------------------------------------------------------------------------------------ import
+def _round_trip(g: Graph, model: Path, shape, tolerance: float) -> tuple[Graph, dict]:
+    """Write g as a package to a scratch folder, load it back with the agent's own loader
+    (device_agent.graph.load_package) and run the parity check on THAT graph: what import
+    writes is what was checked, and it loads on the device."""
+    import shutil
+    import tempfile
+
+    from .onnx import onnx_parity
+
+    tmp = Path(tempfile.mkdtemp(prefix="thomas-import-"))
+    try:
+        save_package(g, tmp / "pkg")
+        loaded = load_package(tmp / "pkg")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rep = onnx_parity(model, loaded, shape)
+    loaded.meta["parity"] = {k: rep[k] for k in ("batch", "seed", "max_abs", "max_rel")} | {"tolerance": tolerance}
+    return loaded, rep
+
+
 @app.command("import")
 @guarded
 def import_cmd(
@@ -67,48 +81,50 @@ def import_cmd(
     input_shape: str = typer.Option(None, "--input-shape", help="Input shape N,C,H,W (batch may be -1); "
                                     "overrides the file's."),
     labels: Path = typer.Option(None, "--labels", help="Class names: one per line, or a JSON list."),
-    preprocess: str = typer.Option(None, "--preprocess", help="Input preprocessing to record: imagenet "
-                                   "(x/255, ImageNet mean/std) or unit (x/255)."),
+    preprocess: str = typer.Option(None, "--preprocess", help="Preset input preprocessing to record: imagenet "
+                                   "(x/255, ImageNet mean/std), unit (x/255) or signed ((x/255-0.5)/0.5)."),
+    mean: str = typer.Option(None, "--mean", help="Per-channel mean after scaling, e.g. 0.5,0.5,0.5 "
+                             "(one value = every channel): x = (pixel*scale - mean)/std."),
+    std: str = typer.Option(None, "--std", help="Per-channel std (> 0), e.g. 0.5,0.5,0.5."),
+    scale: str = typer.Option(None, "--scale", help="Pixel scale: a number or a fraction (default 1/255)."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest max-relative error accepted."),
     force: bool = typer.Option(False, "--force", help="Write the package even if the parity check fails."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """Convert an ONNX model into a package, then check it against onnxruntime on a seeded batch."""
-    from .onnx import import_onnx, onnx_parity, parse_shape, read_labels
+    """Convert an ONNX model into a package, then check it against onnxruntime on a seeded batch.
+
+    The package is written, loaded back with the agent's loader and checked as loaded:
+    thomas import m.onnx -o models/m --mean 0.5 --std 0.5 --labels classes.txt"""
+    from .onnx import import_onnx, parse_shape, read_labels
+    from .onnx.preprocess import build_preprocess
 
     _check_tolerance(tolerance)
     shape = parse_shape(input_shape) if input_shape else None
     labs = read_labels(labels) if labels else None
-    pre = None
-    if preprocess is not None:
-        if preprocess not in IMPORTERS_PREPROCESS:
-            raise OnnxError(f"--preprocess {preprocess!r}: known: {', '.join(IMPORTERS_PREPROCESS)}")
-        pre = dict(IMPORTERS_PREPROCESS[preprocess])
     if output.exists() and not output.is_dir():
         raise OnnxError(f"{output}: exists and is not a directory")
+    build_preprocess(preprocess, mean, std, scale, None)      # bad values fail before the import
     t0 = time.perf_counter()
-    g = import_onnx(model, shape, name, labs, preprocess=pre)
+    g = import_onnx(model, shape, name, labs)
+    pre = build_preprocess(preprocess, mean, std, scale, g.inputs[0].shape)
+    if pre is not None:
+        g.inputs[0].preprocess = pre
     t1 = time.perf_counter()
-    rep = onnx_parity(model, g, shape)
+    g, rep = _round_trip(g, model, shape, tolerance)
     ok = rep["max_rel"] <= tolerance
-    g.meta["parity"] = {k: rep[k] for k in ("batch", "seed", "max_abs", "max_rel")} | {"tolerance": tolerance}
     written = ok or force
     if written:
         save_package(g, output)
     if as_json:
         print_json({"package": str(output) if written else None, "name": g.name, "source": str(model),
                     "opset": g.meta.get("opset"),
-                    "input": {"name": g.inputs[0].name, "shape": list(g.inputs[0].shape)},
+                    "input": {"name": g.inputs[0].name, "shape": list(g.inputs[0].shape),
+                              "preprocess": g.inputs[0].preprocess},
                     "outputs": g.outputs, "nodes": len(g.nodes), "params": g.num_params(),
                     "ops": _op_counts(g), "parity": rep, "tolerance": tolerance, "ok": ok, "written": written,
                     "seconds": {"import": t1 - t0, "parity": time.perf_counter() - t1}})
     else:
-        shape_s = "x".join("N" if d is None else str(d) for d in g.inputs[0].shape)
-        if written:
-            out.print(f"imported {model} -> {output} ({g.name}: {len(g.nodes)} nodes, "
-                      f"{g.num_params():,} trainable parameters, input {shape_s}, opset {g.meta.get('opset')})",
-                      highlight=False, soft_wrap=True)
-        out.print(_parity_line(rep, tolerance) + (" ok" if ok else " FAILED"), highlight=False, soft_wrap=True)
+        _import_report(g, model, output, rep, tolerance, ok, written)
     if not ok:
         msg = (f"parity check failed: max rel error {rep['max_rel']:.2e} exceeds --tolerance {tolerance:.0e} "
                f"(max abs {rep['max_abs']:.2e}) against onnxruntime")
@@ -117,6 +133,18 @@ def import_cmd(
                       soft_wrap=True)
             return
         raise OnnxError(f"{msg}; package not written (use --force to keep it)")
+
+
+def _import_report(g: Graph, model: Path, output: Path, rep: dict, tolerance: float, ok: bool, written: bool):
+    from .onnx.preprocess import describe
+
+    shape_s = "x".join("N" if d is None else str(d) for d in g.inputs[0].shape)
+    if written:
+        out.print(f"imported {model} -> {output} ({g.name}: {len(g.nodes)} nodes, "
+                  f"{g.num_params():,} trainable parameters, input {shape_s}, opset {g.meta.get('opset')})",
+                  highlight=False, soft_wrap=True)
+        out.print(f"preprocess: {describe(g.inputs[0].preprocess)}", highlight=False, soft_wrap=True)
+    out.print(_parity_line(rep, tolerance) + (" ok" if ok else " FAILED"), highlight=False, soft_wrap=True)
 
 
 def _op_counts(g: Graph) -> dict:

@@ -30,13 +30,55 @@ def f32(v) -> float:
 
 
 def onnx_attrs(n: onnx.NodeProto) -> dict:
+    """A node's attributes as Python values (strings decoded); Malformed if one cannot be read."""
     out = {}
     for a in n.attribute:
-        v = helper.get_attribute_value(a)
+        try:
+            v = helper.get_attribute_value(a)
+        except (ValueError, TypeError) as e:
+            raise Malformed(f"attribute '{a.name}' cannot be read ({first_line(e)})") from None
         if isinstance(v, bytes):
             v = v.decode("utf-8", "replace")
         out[a.name] = v
     return out
+
+
+def attr_int(a: dict, key: str, default=None) -> int:
+    """An INT attribute (bools and integral floats accepted); Malformed otherwise."""
+    v = a.get(key, default)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int):
+        raise Malformed(f"attribute '{key}' must be an integer, got {_show(v)}")
+    return int(v)
+
+
+def attr_float(a: dict, key: str, default=None) -> float:
+    v = a.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise Malformed(f"attribute '{key}' must be a finite number, got {_show(v)}")
+    return float(v)
+
+
+def attr_ints(a: dict, key: str, default=None, length: int | None = None) -> list[int]:
+    """An INTS attribute of `length` entries (None: any); Malformed otherwise."""
+    v = a.get(key, default)
+    if not isinstance(v, (list, tuple)) or not all(isinstance(d, int) for d in v) \
+            or (length is not None and len(v) != length):
+        want = f"{length} integers" if length is not None else "integers"
+        raise Malformed(f"attribute '{key}' must be a list of {want}, got {_show(v)}")
+    return [int(d) for d in v]
+
+
+def attr_str(a: dict, key: str, default=None) -> str:
+    v = a.get(key, default)
+    if not isinstance(v, str):
+        raise Malformed(f"attribute '{key}' must be a string, got {_show(v)}")
+    return v
+
+
+def _show(v) -> str:
+    return "nothing (missing)" if v is None else repr(v)[:60]
 
 
 def first_line(e: BaseException) -> str:
@@ -160,10 +202,16 @@ def read_external(t: TensorProto, base: Path, model_path: Path) -> None:
 
 
 def to_array(t: TensorProto, where: str) -> np.ndarray:
+    """A tensor's value; OnnxError for non-numeric (string, complex, ...) or unreadable tensors."""
     try:
-        return numpy_helper.to_array(t)
+        arr = numpy_helper.to_array(t)
     except (ValueError, TypeError, KeyError) as e:
         raise OnnxError(f"{where}: tensor '{t.name}' cannot be read ({first_line(e)})") from None
+    if arr.dtype.kind not in "biuf":
+        kind = TensorProto.DataType.Name(t.data_type) if t.data_type in TensorProto.DataType.values() \
+            else str(arr.dtype)
+        raise OnnxError(f"{where}: tensor '{t.name}' holds {kind} data; THOMAS reads numeric tensors only")
+    return arr
 
 
 def input_dims(vi: onnx.ValueInfoProto) -> tuple | None:
@@ -236,6 +284,27 @@ class Unsupported(Exception):
     def __init__(self, label: str):
         super().__init__(label)
         self.label = label
+
+
+class Malformed(Exception):
+    """A node that breaks the ONNX spec (an attribute of the wrong type, a missing required one):
+    the importer stops with one line naming the node."""
+
+
+def check_memory(nbytes: int, what: str, hint: str, budget: int | None = None) -> None:
+    """OnnxError (one line) when `what` would need more than `budget` bytes (default: the memory
+    available now, device_agent.limits.memory_budget: $THOMAS_MEMORY_BUDGET, else MemAvailable)."""
+    if budget is None:
+        from device_agent.limits import memory_budget
+
+        budget = memory_budget()
+    if nbytes > budget:
+        raise OnnxError(f"{what} needs about {_gib(nbytes)} of memory, more than the {_gib(budget)} "
+                        f"available; {hint}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 27 else f"{n / (1 << 20):.3g} MiB"
 
 
 def auto_pads(mode: str, hw, k, stride, dil) -> list[int] | None:

@@ -1,5 +1,8 @@
-"""Converters of elementwise ops (Clip, Add/Sub/Mul/Div, Sum), with the folds into a neighbouring
-Conv/Gemm/BatchNorm and the x * HardSigmoid(x) -> HardSwish fusion."""
+"""Converters of elementwise ops (Clip, Add/Sub/Mul/Div, Sum, Pow, Neg, Reciprocal), with the folds
+into a neighbouring Conv/Gemm/BatchNorm and the x * HardSigmoid(x) -> HardSwish fusion.
+
+A constant operand becomes a non-trainable param of exactly its stored shape (exporters write scalars
+as () or (1,)); Pow with a constant exponent of 1, 2, 3, 4, -1 or -2 becomes Mul/Div nodes."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,18 +10,29 @@ import numpy as np
 from device_agent.graph import ParamSpec
 from device_agent.ops import get_op
 
-from .common import Unsupported, f32, onnx_attrs, vector
+from .common import Malformed, Unsupported, f32, onnx_attrs, vector
+
+
+def scalar(v, what: str) -> float | None:
+    """One number from a constant of any shape with one element (exporters write () or (1,))."""
+    if v is None:
+        return None
+    a = np.asarray(v)
+    if a.size != 1 or a.dtype.kind not in "biuf":
+        raise Malformed(f"{what} must be one number, got shape {a.shape} ({a.dtype})")
+    return float(a.reshape(-1)[0])
+
 
 def op_Clip(imp, n):
     x = imp.act(n)
     a = onnx_attrs(n)
     if len(n.input) > 1 or imp.opset >= 11:        # opset 11+: min and max are inputs
-        lo = imp.cval(n, 1, "min", required=False)
-        hi = imp.cval(n, 2, "max", required=False)
+        lo = scalar(imp.cval(n, 1, "min", required=False), "min")
+        hi = scalar(imp.cval(n, 2, "max", required=False), "max")
     else:                                           # opset 6-10: attributes
-        lo, hi = a.get("min"), a.get("max")
-    lo = None if lo is None or not np.isfinite(float(np.asarray(lo))) else f32(np.asarray(lo).reshape(()))
-    hi = None if hi is None or not np.isfinite(float(np.asarray(hi))) else f32(np.asarray(hi).reshape(()))
+        lo, hi = scalar(a.get("min"), "min"), scalar(a.get("max"), "max")
+    lo = None if lo is None or not np.isfinite(lo) else f32(lo)
+    hi = None if hi is None or not np.isfinite(hi) else f32(hi)
     if lo is None and hi is None:
         imp.alias(n, n.output[0], x)
         return
@@ -135,6 +149,37 @@ def op_Sum(imp, n):
         imp.emit("Add", imp.node_name(n), [cur], {}, n.output[0], {"b": (total, False)})
 
 
+def op_Pow(imp, n):
+    """x ** p with a constant scalar p: 1 -> x, 2/3/4 -> Mul chains, -1/-2 -> Div(1, ...)."""
+    if n.input[0] not in imp.tensor:
+        raise Unsupported("Pow with a computed exponent")
+    x = imp.act(n)
+    p = scalar(imp.cval(n, 1, "exponent"), "the exponent")
+    if p == 1.0:
+        imp.alias(n, n.output[0], x)
+        return
+    if p not in (2.0, 3.0, 4.0, -1.0, -2.0):
+        why = "square root" if p == 0.5 else "only 1, 2, 3, 4, -1 and -2 map to Mul/Div"
+        raise Unsupported(f"Pow with exponent {p:g} ({why}; no device op)")
+    last = abs(p) == 1.0 or (p > 0 and abs(p) == 2.0)
+    sq = x if abs(p) == 1.0 else imp.emit("Mul", imp.node_name(n, "" if last else ".square"), [x, x], {},
+                                          n.output[0] if last else None)
+    if p == 3.0:
+        imp.emit("Mul", imp.node_name(n), [sq, x], {}, n.output[0])
+    elif p == 4.0:
+        imp.emit("Mul", imp.node_name(n), [sq, sq], {}, n.output[0])
+    elif p < 0:
+        imp.emit("Div", imp.node_name(n), [sq], {}, n.output[0], {"a": (np.float32(1.0), False)})
+
+
+def op_Neg(imp, n):
+    imp.emit("Mul", imp.node_name(n), [imp.act(n)], {}, n.output[0], {"b": (np.float32(-1.0), False)})
+
+
+def op_Reciprocal(imp, n):
+    imp.emit("Div", imp.node_name(n), [imp.act(n)], {}, n.output[0], {"a": (np.float32(1.0), False)})
+
+
 CONVERTERS = {
     "Clip": op_Clip,
     "Add": op_Add,
@@ -142,4 +187,7 @@ CONVERTERS = {
     "Mul": op_Mul,
     "Div": op_Div,
     "Sum": op_Sum,
+    "Pow": op_Pow,
+    "Neg": op_Neg,
+    "Reciprocal": op_Reciprocal,
 }

@@ -105,6 +105,9 @@ class Exporter:
         if a["ceil_mode"]:
             self.need(10, "ceil_mode", n)
             kw["ceil_mode"] = 1
+        if tuple(a["dilation"]) != (1, 1):
+            self.need(10 if onnx_op == "MaxPool" else 19, "dilation", n)
+            kw["dilations"] = list(a["dilation"])
         self.add(onnx_op, n.inputs, n.outputs, n.name, **kw)
 
     def _ex_MaxPool(self, n, a, s):
@@ -159,13 +162,112 @@ class Exporter:
         else:
             self.add("Pad", n.inputs, n.outputs, n.name, mode=a["mode"], pads=list(a["pads"]), value=a["value"])
 
-    def _ex_Softmax(self, n, a, s):
+    def _ex_Softmax(self, n, a, s, op="Softmax"):
         r = len(s[0])
         axis = a["axis"] + r if a["axis"] < 0 else a["axis"]
         if self.opset < 13 and axis != r - 1:
-            raise OnnxError(f"node '{n.name}' (Softmax): a softmax over axis {axis} of a rank-{r} tensor "
+            raise OnnxError(f"node '{n.name}' ({op}): a {op.lower()} over axis {axis} of a rank-{r} tensor "
                             f"needs opset >= 13")
-        self.add("Softmax", n.inputs, n.outputs, n.name, axis=axis)
+        self.add(op, n.inputs, n.outputs, n.name, axis=axis)
+
+    def _ex_LogSoftmax(self, n, a, s):
+        self._ex_Softmax(n, a, s, op="LogSoftmax")
+
+    def _ex_LeakyRelu(self, n, a, s):
+        self.add("LeakyRelu", n.inputs, n.outputs, n.name, alpha=a["alpha"])
+
+    def _ex_PRelu(self, n, a, s):
+        # ONNX broadcasts slope against x from the right: a (C,) slope goes along axis 1 as (C,1,..)
+        x, slope = n.inputs
+        r, c = len(s[0]), s[1][0]
+        if c > 1 and r > 2:
+            shape = self.const(f"{n.name}.slope_shape", np.array([c] + [1] * (r - 2), np.int64))
+            slope_v = self.fresh(f"{n.name}.slope_view")
+            self.add("Reshape", [slope, shape], [slope_v], f"{n.name}.slope_view")
+            slope = slope_v
+        self.add("PRelu", [x, slope], n.outputs, n.name)
+
+    def _ex_Transpose(self, n, a, s):
+        self.add("Transpose", n.inputs, n.outputs, n.name, perm=list(a["perm"]))
+
+    def _ex_Slice(self, n, a, s):
+        r = len(s[0])
+        axis = a["axis"] + r if a["axis"] < 0 else a["axis"]
+        if self.opset < 10:
+            self.add("Slice", n.inputs, n.outputs, n.name, starts=[a["start"]], ends=[a["end"]], axes=[axis])
+            return
+        ins = [n.inputs[0]] + [self.const(f"{n.name}.{k}", np.array([v], np.int64))
+                               for k, v in (("starts", a["start"]), ("ends", a["end"]), ("axes", axis))]
+        self.add("Slice", ins, n.outputs, n.name)
+
+    def _reduce(self, op, n, a, s):
+        r = len(s[0])
+        axes = [d + r if d < 0 else d for d in a["axes"]]
+        if self.opset >= 18:
+            ins = [n.inputs[0], self.const(f"{n.name}.axes", np.array(axes, np.int64))]
+            self.add(op, ins, n.outputs, n.name, keepdims=int(a["keepdims"]))
+        else:
+            self.add(op, n.inputs, n.outputs, n.name, axes=axes, keepdims=int(a["keepdims"]))
+
+    def _ex_ReduceMean(self, n, a, s):
+        self._reduce("ReduceMean", n, a, s)
+
+    def _ex_ReduceMax(self, n, a, s):
+        self._reduce("ReduceMax", n, a, s)
+
+    def _ex_ResizeNearest(self, n, a, s):
+        export_resize(self, n, a, s[0])
+
+
+def _resize_scales(n, a, hw) -> list[float]:
+    """The H, W scales the node maps coordinates with (null = size / input, in float32), checked
+    to give exactly its output size under ONNX's floor(input * scale)."""
+    f = np.float32
+    out = []
+    for key, o, i in (("scale_h", a["size"][0], hw[0]), ("scale_w", a["size"][1], hw[1])):
+        sc = f(o) / f(i) if a[key] is None else f(a[key])
+        if int(f(i) * sc) != o:
+            raise OnnxError(f"node '{n.name}' (ResizeNearest): scale {float(sc)} of an axis of {i} does not "
+                            f"give its output size {o} in ONNX; export at opset >= 11 with sizes")
+        out.append(float(sc))
+    return out
+
+
+def export_resize(ex: Exporter, n: Node, a: dict, xs: tuple) -> None:
+    """ResizeNearest -> Resize (opset >= 11: sizes, or scales when the node has them; coordinate and
+    nearest modes), Resize-10 / Upsample (7-9: asymmetric, floor enlarging / ceil shrinking only)."""
+    x, (oh, ow) = n.inputs[0], a["size"]
+    if ex.opset < 11:
+        sc = _resize_scales(n, a, xs[2:])
+        legacy = {"ceil" if v < 1.0 else "floor" for v in sc if v != 1.0}
+        if a["coord"] != "asymmetric" or len(legacy) > 1 or (legacy and legacy != {a["nearest"]}):
+            ex.need(11, f"coord={a['coord']}, nearest={a['nearest']} at scales {sc}", n)
+        scales = np.array([1.0, 1.0] + sc, np.float32)
+        if ex.opset == 10:
+            ex.add("Resize", [x, ex.const(f"{n.name}.scales", scales)], n.outputs, n.name, mode="nearest")
+        elif min(sc) < 1.0:
+            ex.need(10, "a shrinking nearest resize", n)
+        elif ex.opset == 9:
+            ex.add("Upsample", [x, ex.const(f"{n.name}.scales", scales)], n.outputs, n.name, mode="nearest")
+        else:
+            ex.add("Upsample", [x], n.outputs, n.name, mode="nearest", scales=scales.tolist())
+        return
+    empty = ex.const(f"{n.name}.empty", np.zeros(0, np.float32)) if ex.opset < 13 else ""
+    kw = dict(mode="nearest", coordinate_transformation_mode=a["coord"], nearest_mode=a["nearest"])
+    if a["scale_h"] is not None or a["scale_w"] is not None:
+        scales = ex.const(f"{n.name}.scales", np.array([1.0, 1.0] + _resize_scales(n, a, xs[2:]), np.float32))
+        ex.add("Resize", [x, empty, scales], n.outputs, n.name, **kw)
+        return
+    if ex.opset >= 18:
+        sizes = ex.const(f"{n.name}.sizes", np.array([oh, ow], np.int64))
+        kw["axes"] = [2, 3]
+    else:      # sizes must name N and C too: Shape(x)[0:2] ++ [OH, OW] keeps the batch free
+        shp, nc, sizes = (ex.fresh(f"{n.name}.{k}") for k in ("shape", "nc", "sizes"))
+        ex.add("Shape", [x], [shp], shp)
+        ex.add("Slice", [shp, ex.const(f"{n.name}.zero", np.array([0], np.int64)),
+                         ex.const(f"{n.name}.two", np.array([2], np.int64))], [nc], nc)
+        ex.add("Concat", [nc, ex.const(f"{n.name}.hw", np.array([oh, ow], np.int64))], [sizes], sizes, axis=0)
+    ex.add("Resize", [x, empty, empty, sizes], n.outputs, n.name, **kw)
 
 
 def export_onnx(graph: Graph, path, opset: int = DEFAULT_OPSET) -> Path:
@@ -192,7 +294,8 @@ def export_onnx(graph: Graph, path, opset: int = DEFAULT_OPSET) -> Path:
                                             dims(tuple(1 if d is None else d for d in t.shape), free))
               for t in graph.inputs]
     outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, dims(shapes[o], free)) for o in graph.outputs]
-    inits = [numpy_helper.from_array(np.ascontiguousarray(graph.weights[k], np.float32), k) for k in graph.params]
+    # NOTE: np.require keeps a 0-d param 0-d (np.ascontiguousarray would make it (1,))
+    inits = [numpy_helper.from_array(np.require(graph.weights[k], np.float32, "C"), k) for k in graph.params]
     g = helper.make_graph(ex.nodes, graph.name, inputs, outputs, inits + ex.inits)
     opsets = [helper.make_opsetid("", opset)]
     import device_agent

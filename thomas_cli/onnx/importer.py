@@ -25,24 +25,28 @@ a BatchNorm (-> scale and bias); MatMul + Add becomes one Gemm.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
-from device_agent.errors import OnnxError, PackageError
+from device_agent.errors import OnnxError, PackageError, ThomasError
 from device_agent.graph import Graph, Node, ParamSpec, TensorSpec
 from device_agent.ops import OpError, get_op, normalize_attrs
 
-from .common import (DEFAULT_DOMAINS, META_PREFIX, Unsupported, first_line, fmt_shape, input_dims,
-                     load_model, model_input, onnx_attrs, opset_of, resolve_shape, to_array, toposort)
+from . import fold
+from .common import (DEFAULT_DOMAINS, META_PREFIX, Malformed, Unsupported, check_memory, first_line,
+                     fmt_shape, input_dims, load_model, model_input, opset_of, resolve_shape, to_array,
+                     toposort)
+from .convert_act import CONVERTERS as _ACT
 from .convert_eltwise import CONVERTERS as _ELTWISE
 from .convert_nn import CONVERTERS as _NN
+from .convert_pool import CONVERTERS as _POOL
 from .convert_shape import CONVERTERS as _SHAPE
 
-CONVERTERS = {**_NN, **_ELTWISE, **_SHAPE}
+CONVERTERS = {**_NN, **_ACT, **_POOL, **_ELTWISE, **_SHAPE}
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
               "Multinomial", "Bernoulli"}
 # ops of shape sub-graphs: they fold when their inputs are known, so one that reads the output
@@ -50,12 +54,13 @@ RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifor
 SHAPE_OPS = {"Shape", "Size", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Constant",
              "ConstantOfShape", "Range", "Equal", "Where", "Expand", "Tile", "Not", "Less", "Greater",
              "ReduceProd", "Floor", "Ceil", "Neg", "Abs", "Min", "Max"}
-_WEIGHTED = {"Conv", "Gemm", "MatMul", "BatchNormalization"}
+_WEIGHTED = {"Conv", "Gemm", "MatMul", "BatchNormalization", "PRelu"}
 _WEIGHT_SUFFIXES = (".weight", "_weight", "_w_0", "_W", "_w")
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError)
 
 
 class Importer:
-    def __init__(self, m: onnx.ModelProto, path, x_name: str, x_shape: tuple):
+    def __init__(self, m: onnx.ModelProto, path, x_name: str, x_shape: tuple, budget: int | None = None):
         self.path = path
         self.m = m
         self.x_shape = tuple(x_shape)
@@ -75,6 +80,8 @@ class Importer:
         self.unsupported: dict[str, list] = {}      # label -> [count, first node name]
         self.dead: set[str] = set()
         self.folded = 0
+        self.budget = budget                        # bytes the parity batch's activations may take
+        self.act_bytes = 4 * math.prod(self.x_shape)
         for t in m.graph.initializer:
             self.const[t.name] = to_array(t, str(path))
 
@@ -84,31 +91,41 @@ class Importer:
         for i, n in enumerate(nodes):
             label = n.op_type if n.domain in DEFAULT_DOMAINS else f"{n.domain}.{n.op_type}"
             shown = n.name or f"#{i} ({n.op_type})"
-            ins = list(n.input)
-            if any(t in self.dead for t in ins if t):
+            if any(t in self.dead for t in n.input if t):
                 self.dead.update(n.output)
                 if n.domain not in DEFAULT_DOMAINS or not self._known_op(n.op_type):
                     self._record(label, shown)
                 continue
-            for t in ins:
+            for t in n.input:
                 if t and t not in self.const and t not in self.tensor:
                     raise OnnxError(f"{self.path}: node '{shown}' reads tensor '{t}', which no node, "
                                     f"initializer or input produces (truncated file?)")
             try:
                 if n.domain not in DEFAULT_DOMAINS:
                     raise Unsupported(label)
-                self._node(n, i)
+                self._step(n, i, shown)
             except Unsupported as u:
                 self._record(u.label, shown)
                 self.dead.update(o for o in n.output if o)
-            except OpError as e:
-                raise OnnxError(f"{self.path}: node '{shown}' ({n.op_type}) does not fit input shape "
-                                f"{fmt_shape(self.x_shape)}: {e.message}") from None
         if self.unsupported:
             kinds = sorted(self.unsupported.items(), key=lambda kv: (-kv[1][0], kv[0]))
             listing = ", ".join(f"{k} ×{c} (first: '{first}')" for k, (c, first) in kinds)
             total = sum(c for c, _ in self.unsupported.values())
             raise OnnxError(f"{self.path}: {total} node(s) use ops THOMAS cannot import: {listing}")
+
+    def _step(self, n: onnx.NodeProto, i: int, shown: str) -> None:
+        """One node; every way a node can be wrong becomes one OnnxError naming it."""
+        where = f"{self.path}: node '{shown}' ({n.op_type})"
+        try:
+            self._node(n, i)
+        except (Unsupported, ThomasError):
+            raise
+        except OpError as e:
+            raise OnnxError(f"{where} does not fit input shape {fmt_shape(self.x_shape)}: {e.message}") from None
+        except Malformed as e:
+            raise OnnxError(f"{where}: {e}") from None
+        except _MALFORMED as e:     # a malformed node the checks above missed: still one line
+            raise OnnxError(f"{where} is malformed ({type(e).__name__}: {first_line(e)})") from None
 
     def _known_op(self, op: str) -> bool:
         return op in CONVERTERS or op in SHAPE_OPS
@@ -122,95 +139,25 @@ class Importer:
         ins = list(n.input)
         self._cur_index = i
         if op == "Constant":
-            self.set_const(n, 0, self._constant(n))
+            self.set_const(n, 0, fold.constant(self, n))
             return
         if op in RANDOM_OPS:
             raise Unsupported(op)
         if op in ("Shape", "Size") and ins and ins[0] in self.tensor:
-            self.set_const(n, 0, self._shape_value(n, self.shape[self.tensor[ins[0]]]))
+            self.set_const(n, 0, fold.shape_value(n, self.shape[self.tensor[ins[0]]]))
             return
         if any(ins) and all(not t or t in self.const for t in ins):
-            self._fold(n)
+            fold.fold(self, n)
             return
         conv = CONVERTERS.get(op)
         if conv is None:
             raise Unsupported(op)
         conv(self, n)
 
-    # ------------------------------------------------------------------ constants
+    # ------------------------------------------------------------------ constants and inputs
     def set_const(self, n, k: int, v: np.ndarray) -> None:
         if k < len(n.output) and n.output[k]:
             self.const[n.output[k]] = v
-
-    def _constant(self, n) -> np.ndarray:
-        a = onnx_attrs(n)
-        where = f"{self.path}: node '{n.name or 'Constant'}'"
-        if "value" in a:
-            return to_array(a["value"], where)
-        for key, dt in (("value_float", np.float32), ("value_floats", np.float32),
-                        ("value_int", np.int64), ("value_ints", np.int64)):
-            if key in a:
-                return np.array(a[key], dtype=dt)
-        raise Unsupported("Constant (" + (", ".join(sorted(a)) or "no value") + ")")
-
-    def _shape_value(self, n, shape: tuple) -> np.ndarray:
-        if n.op_type == "Size":
-            return np.array(int(np.prod(shape)), dtype=np.int64)
-        a = onnx_attrs(n)
-        r = len(shape)
-        start, end = a.get("start", 0), a.get("end", r)
-        start, end = (max(0, min(r, s + r if s < 0 else s)) for s in (start, end))
-        return np.array(shape[start:end], dtype=np.int64)
-
-    def _fold(self, n) -> None:
-        vals = [self.const[t] if t else None for t in n.input]
-        op = n.op_type
-        self.folded += 1
-        if op in ("Shape", "Size"):
-            self.set_const(n, 0, self._shape_value(n, np.shape(vals[0])))
-            return
-        if op == "Identity":
-            self.set_const(n, 0, vals[0])
-            return
-        if op == "ConstantOfShape":
-            a = onnx_attrs(n)
-            v = to_array(a["value"], str(self.path)) if "value" in a else np.zeros(1, np.float32)
-            shape = tuple(int(d) for d in np.asarray(vals[0]).reshape(-1))
-            self.set_const(n, 0, np.full(shape, v.reshape(-1)[0], dtype=v.dtype))
-            return
-        # anything else: onnx's reference evaluator, one node at the model's opset
-        from onnx.reference import ReferenceEvaluator
-
-        feeds = {}
-        vis = []
-        try:
-            for k, (t, v) in enumerate(zip(n.input, vals)):
-                if t:
-                    feeds[f"in{k}"] = v
-                    vis.append(helper.make_tensor_value_info(
-                        f"in{k}", helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None))
-        except (KeyError, TypeError, ValueError):
-            raise Unsupported(f"{op} on a non-numeric constant") from None
-        node = onnx.NodeProto()
-        node.CopyFrom(n)
-        del node.input[:]
-        node.input.extend([f"in{k}" if t else "" for k, t in enumerate(n.input)])
-        del node.output[:]
-        node.output.extend([f"out{k}" if t else "" for k, t in enumerate(n.output)])
-        outs_vi = [helper.make_tensor_value_info(f"out{k}", TensorProto.UNDEFINED, None)
-                   for k, t in enumerate(n.output) if t]
-        g = helper.make_graph([node], "fold", vis, outs_vi)
-        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
-        try:
-            res = ReferenceEvaluator(model).run(None, feeds)
-        except (ValueError, TypeError, RuntimeError, IndexError, KeyError, AttributeError,
-                ZeroDivisionError, NotImplementedError) as e:      # the reference op refused: cannot fold
-            raise Unsupported(f"{op} (constant folding failed: {first_line(e)})") from None
-        k = 0
-        for j, t in enumerate(n.output):
-            if t:
-                self.const[t] = np.asarray(res[k])
-                k += 1
 
     def cval(self, n, k: int, what: str, required: bool = True):
         """The constant value of input k (None if absent and optional)."""
@@ -293,9 +240,18 @@ class Importer:
         self.nodes.append(node)
         self.producer[out] = node
         self.shape[out] = tuple(int(d) for d in outs[0])
+        self._account(self.shape[out])
         if onnx_out is not None:
             self.tensor[onnx_out] = out
         return out
+
+    def _account(self, shape: tuple) -> None:
+        """The parity check holds every activation (ours and onnxruntime's): stop before it cannot."""
+        self.act_bytes += 4 * math.prod(shape)
+        if self.budget is not None and 2 * self.act_bytes > self.budget:
+            check_memory(2 * self.act_bytes, f"{self.path}: checking the import at input "
+                         f"{fmt_shape(self.x_shape)} (the parity batch's activations)",
+                         "pass a smaller --input-shape", self.budget)
 
     def alias(self, n, onnx_out: str, ours: str) -> None:
         """onnx_out is the same tensor as ours (Identity, Dropout at ratio 0, Cast to float)."""
@@ -321,9 +277,7 @@ class Importer:
             outputs.insert(0, last.inputs[0])
             meta["logits"] = f"'{last.inputs[0]}', the input of the final Softmax '{last.name}'"
         nodes, params = prune(self.nodes, self.params, outputs)
-        g = Graph(name, [x_spec], outputs, nodes, params, {k: self.weights[k] for k in params},
-                  labels, meta)
-        return g
+        return Graph(name, [x_spec], outputs, nodes, params, {k: self.weights[k] for k in params}, labels, meta)
 
 
 def prune(nodes: list[Node], params: dict, outputs: list[str]) -> tuple[list[Node], dict]:
@@ -338,65 +292,19 @@ def prune(nodes: list[Node], params: dict, outputs: list[str]) -> tuple[list[Nod
     return keep, {k: p for k, p in params.items() if k in need}
 
 
-def auto_pads(mode: str, hw, k, stride, dil) -> list[int] | None:
-    """ONNX auto_pad resolved for a known input size -> [top, left, bottom, right]; None = NOTSET."""
-    if mode in ("NOTSET", ""):
-        return None
-    if mode == "VALID":
-        return [0, 0, 0, 0]
-    if mode not in ("SAME_UPPER", "SAME_LOWER"):
-        raise Unsupported(f"auto_pad={mode}")
-    begin, end = [], []
-    for size, kk, s, d in zip(hw, k, stride, dil):
-        out = -(-size // s)
-        total = max((out - 1) * s + (kk - 1) * d + 1 - size, 0)
-        small, big = total // 2, total - total // 2
-        b, e = (small, big) if mode == "SAME_UPPER" else (big, small)
-        begin.append(b)
-        end.append(e)
-    return begin + end
+def _metadata(m: onnx.ModelProto, key: str):
+    """A value `thomas export` stored in metadata_props (JSON), or None."""
+    for p in m.metadata_props:
+        if p.key == META_PREFIX + key:
+            try:
+                return json.loads(p.value) if key != "name" else p.value
+            except json.JSONDecodeError:
+                return None
+    return None
 
 
-def reshape_attr(in_shape: tuple, out_shape: tuple) -> list[int]:
-    """A Reshape target that keeps the batch free: 0 (copy) where the batch dim passes through."""
-    out = [int(d) for d in out_shape]
-    if out and in_shape and out[0] == in_shape[0]:
-        out[0] = 0
-    return out
-
-
-def import_onnx(path, input_shape=None, name: str | None = None, labels: list[str] | None = None,
-                preprocess: dict | None = None) -> Graph:
-    """Convert an ONNX file to a validated package Graph (raises OnnxError, one line).
-
-    input_shape: the full input shape (batch may be None); overrides what the file declares.
-    labels / preprocess / name: override those stored by `thomas export` in the file's metadata."""
-    path = Path(path)
-    m = load_model(path)
-    vi = model_input(m, path)
-    dims = input_dims(vi)
-    shape, dynamic = resolve_shape(dims, input_shape, vi.name, path)
-    imp = Importer(m, path, vi.name, shape)
-    imp.run()
-    md = {p.key: p.value for p in m.metadata_props}
-    name = name or md.get(META_PREFIX + "name") or path.stem
-    if preprocess is None and META_PREFIX + "preprocess" in md:
-        try:
-            preprocess = json.loads(md[META_PREFIX + "preprocess"])
-        except json.JSONDecodeError:
-            preprocess = None
-    if labels is None and META_PREFIX + "labels" in md:
-        try:
-            labels = json.loads(md[META_PREFIX + "labels"])
-        except json.JSONDecodeError:
-            labels = None
-    layout = {4: "NCHW", 2: "NC"}.get(len(shape), "")
-    meta = {"source": "onnx", "onnx_file": path.name, "opset": imp.opset,
-            "producer": " ".join(x for x in (m.producer_name, m.producer_version) if x) or None,
-            "import_batch": shape[0], "folded_nodes": imp.folded}
-    spec = TensorSpec(vi.name, (None,) + tuple(shape[1:]), "float32", layout, preprocess)
-    g = imp.finish(spec, name, None, meta)
-    # keep the batch free when the graph runs at other batch sizes too; else fix it
+def _settle_batch(g: Graph, spec: TensorSpec, shape: tuple) -> None:
+    """Keep the batch free when the graph runs at other batch sizes too; else fix it."""
     try:
         g.infer_shapes(batch=shape[0])
         g.infer_shapes(batch=shape[0] + 1)
@@ -404,11 +312,47 @@ def import_onnx(path, input_shape=None, name: str | None = None, labels: list[st
     except PackageError as e:
         spec.shape = tuple(shape)
         g.meta["batch"] = f"fixed at {shape[0]} ({e})"
+
+
+def import_onnx(path, input_shape=None, name: str | None = None, labels: list[str] | None = None,
+                preprocess: dict | None = None) -> Graph:
+    """Convert an ONNX file to a validated package Graph (raises OnnxError, one line).
+
+    input_shape: the full input shape (batch may be None); overrides what the file declares.
+    labels / preprocess / name: override those stored by `thomas export` in the file's metadata.
+    The parity batch (the import shape) must fit the memory available: checked before anything
+    of its size is allocated."""
+    from device_agent.limits import memory_budget
+
+    path = Path(path)
+    m = load_model(path)
+    if not m.graph.output:
+        raise OnnxError(f"{path}: the graph declares no outputs; there is nothing to import")
+    vi = model_input(m, path)
+    shape, dynamic = resolve_shape(input_dims(vi), input_shape, vi.name, path)
+    budget = memory_budget()
+    check_memory(8 * math.prod(shape), f"{path}: an input of {fmt_shape(shape)} (the parity batch)",
+                 "pass a smaller --input-shape", budget)
+    imp = Importer(m, path, vi.name, shape, budget)
+    imp.run()
+    name = name or _metadata(m, "name") or path.stem
+    if preprocess is None:
+        preprocess = _metadata(m, "preprocess")
+    if labels is None:
+        labels = _metadata(m, "labels")
+    meta = {"source": "onnx", "onnx_file": path.name, "opset": imp.opset,
+            "producer": " ".join(x for x in (m.producer_name, m.producer_version) if x) or None,
+            "import_batch": shape[0], "folded_nodes": imp.folded}
+    layout = {4: "NCHW", 2: "NC"}.get(len(shape), "")
+    spec = TensorSpec(vi.name, (None,) + tuple(shape[1:]), "float32", layout, preprocess)
+    g = imp.finish(spec, name, None, meta)
+    _settle_batch(g, spec, shape)
     if labels is not None:
         out = g.infer_shapes(batch=1)[g.outputs[0]]
-        width = int(np.prod(out[1:]))
-        if len(labels) != width:
-            raise OnnxError(f"{len(labels)} labels given, but output '{g.outputs[0]}' has {width} classes "
+        width = math.prod(out[1:])
+        if not isinstance(labels, list) or len(labels) != width:
+            n = len(labels) if isinstance(labels, list) else "no list of"
+            raise OnnxError(f"{n} labels given, but output '{g.outputs[0]}' has {width} classes "
                             f"(shape {fmt_shape(out)})")
         g.labels = [str(s) for s in labels]
     g.meta["dynamic_batch_in_file"] = dynamic
