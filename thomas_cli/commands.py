@@ -81,6 +81,12 @@ def inspect(
     out.print(t)
     out.print(f"{len(rows)} nodes, {g.num_params():,} trainable parameters, "
               f"{total_flops / 1e9:.3f} GFLOP per forward pass at batch {batch}")
+    from .onnx.preprocess import describe
+
+    for spec in g.inputs:
+        dims = "x".join("N" if d is None else str(d) for d in spec.shape)
+        out.print(f"input '{spec.name}' {dims}, preprocess: {describe(spec.preprocess)}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()
