@@ -121,7 +121,7 @@ class Ops:
             if size - have > free - KEEP_FREE:
                 raise Refused("disk_full", f"put_begin: {h['path']} is {size} bytes ({_human(size)}) but only "
                                            f"{_human(free)} are free under {self.d.root} (the daemon keeps "
-                                           f"{_human(KEEP_FREE)} free); free some space on the phone")
+                                           f"{_human(KEEP_FREE)} free); free some space on the phone (thomas runs rm RUN)")
             return {"offset": have}
 
     def op_put_chunk(self, h, data) -> dict:
