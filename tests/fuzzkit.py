@@ -112,7 +112,8 @@ def run_cli(argv: list, env: dict | None = None, timeout: float = TIME_LIMIT_S,
         code = None
     extra = max(0, ru.ru_maxrss * 1024 - base)
     v = Verdict(argv, code, so, se, secs, extra)
-    lines = [ln for ln in se.splitlines() if ln.strip()]
+    # NOTE: a usage error (exit 2) is its error line plus "hint: thomas CMD --help" (thomas_cli/main.py)
+    lines = [ln for ln in se.splitlines() if ln.strip() and not (code == 2 and ln.startswith("hint: "))]
     if killed:
         v.why = f"hung: killed after {timeout:.0f} s"
     elif code is None:
