@@ -31,6 +31,7 @@ from .heads import loss_graph, loss_output
 from .heads import num_classes as logits_width
 
 SPLITS = ("train", "val", "test")
+PROGRESS_S = 10.0        # the longest the agent stays silent between `progress` events (after the first batch)
 
 
 @dataclass
@@ -228,7 +229,8 @@ def _parse(args: list[str]) -> tuple[list[str], dict]:
 
 def main(args: list[str], emit) -> int:
     """eval MODEL DATA OUT.json [...]: the report goes to OUT.json (atomically), the summary to an
-    `eval_report` event; `progress` events (phase "eval") keep the host's watchdog fed on long splits.
+    `eval_report` event; `progress` events (phase "eval", every tenth of the split and at least every
+    PROGRESS_S) keep the host's watchdog fed on long splits.
     MODEL, DATA and OUT are paths relative to the device root (the agent's working directory), already
     confined to it by __main__ (confine.confine_call)."""
     import json
@@ -250,11 +252,12 @@ def main(args: list[str], emit) -> int:
     except JobError:
         raise InputError("eval --backend opencl: no OpenCL device is usable here (pyopencl, a device or the "
                          "OpenCL engines are missing); use numpy or auto") from None
-    shown = [0]
+    shown = [0, time.monotonic()]
 
     def progress(done: int, total: int) -> None:
-        if done == total or done - shown[0] >= total / 10:
-            shown[0] = done
+        # every tenth of the split, and at least every PROGRESS_S (a slow phone must not starve the watchdog)
+        if done == total or done - shown[0] >= total / 10 or time.monotonic() - shown[1] >= PROGRESS_S:
+            shown[:] = [done, time.monotonic()]
             emit(Progress("eval", done, total))
     res = evaluate(graph, part, int(opts["--batch"]), backend, int(opts["--top"]), len(ds.classes), progress)
     doc = dict(res.to_dict(ds.classes), model=model, model_name=graph.name, data=data,
