@@ -22,6 +22,7 @@ from rich.table import Table
 from device_agent.errors import DataError, PackageError, ThomasError
 from device_agent.evaluate import SPLITS
 from device_agent.graph import MODEL_JSON, Graph, load_package
+from device_agent.limits import parse_json
 
 from . import store
 from .main import app, err, guarded, out, print_json
@@ -84,8 +85,10 @@ def _run_model(s: Session, run_id: str, host: Path) -> dict:
 
 def _device_graph(s: Session, remote: str) -> Graph:
     """The graph of a package on the device, from its model.json alone (no weights)."""
+    doc = parse_json(s.t.read_bytes(f"{remote}/{MODEL_JSON}"), f"{remote}/{MODEL_JSON} on {s.t.serial}",
+                     PackageError)          # nesting depth: one line, never a RecursionError
     try:
-        return Graph.from_json(json.loads(s.t.read_bytes(f"{remote}/{MODEL_JSON}")), {})
+        return Graph.from_json(doc, {})
     except ValueError as e:
         raise PackageError(f"{remote}/{MODEL_JSON} on {s.t.serial} is not a model ({e})") from None
 
@@ -101,7 +104,7 @@ def check_data(s: Session, data: str, split: str, g: Graph) -> dict:
     if not s.t.exists(rel):
         raise DataError(f"no dataset '{data}' on {s.t.serial} (push it with `thomas push-data`)")
     try:
-        doc = json.loads(s.t.read_bytes(rel))
+        doc = parse_json(s.t.read_bytes(rel), f"{s.t.serial}:{s.t.root}/{rel}", DataError)
         counts = {k: int(v.get("count", 0)) for k, v in doc["splits"].items()}
         h, w, k = int(doc["height"]), int(doc["width"]), int(doc["num_classes"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:

@@ -207,14 +207,16 @@ def _local_package(model: str) -> tuple[Graph, Path] | tuple[None, PackageError]
 
 def _device_model(s, model: str, why: PackageError) -> Graph:
     """The graph (no weights) of models/MODEL on the device: its model.json alone is read."""
-    import json
-
     from . import store
 
     if not store.NAME.match(model) or not s.t.exists(f"models/{model}/{MODEL_JSON}"):
         raise PackageError(f"{why}; nor a model on {s.t.serial} (see `thomas models list`)")
+    from device_agent.limits import parse_json
+
+    rel = f"models/{model}/{MODEL_JSON}"
+    doc = parse_json(s.t.read_bytes(rel), f"{rel} on {s.t.serial}", PackageError)   # size/depth: one line
     try:
-        return Graph.from_json(json.loads(s.t.read_bytes(f"models/{model}/{MODEL_JSON}")), {})
+        return Graph.from_json(doc, {})
     except ValueError as e:
         raise PackageError(f"models/{model}/{MODEL_JSON} on {s.t.serial} is not JSON ({e})") from None
 
