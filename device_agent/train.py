@@ -415,7 +415,13 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
     """Keep the metrics lines of epochs 1..epochs_done (a resumed run writes the rest again)."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
+    keep = []
+    for ln in path.read_text(errors="replace").splitlines():
+        try:
+            if json.loads(ln)["epoch"] <= epochs_done:
+                keep.append(ln)
+        except (ValueError, KeyError, TypeError):    # a line cut short by a full disk or a kill
+            pass
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
