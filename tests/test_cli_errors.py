@@ -177,3 +177,14 @@ def test_local_device_keeps_the_callers_pythonpath(tmp_path, monkeypatch):
 
     t = LocalTransport(tmp_path / "local-device")
     assert t._env()["PYTHONPATH"].split(os.pathsep) == [str(t.base / "agent"), str(extra), str(shadow.parent)]
+
+
+def test_serial_after_the_command_reaches_the_phone(shared_vdev, tmp_path, monkeypatch):
+    """`thomas doctor ... -s SERIAL` on the virtual phone (real adb server, fake adbd): the phone is used."""
+    for k, v in shared_vdev.env.items():
+        monkeypatch.setenv(k, v)
+    root = f"{shared_vdev.root}/{tmp_path.name}/thomas"
+    res = json.loads(thomas(NONE, "doctor", "--json", "--device-root", root, "--python", sys.executable,
+                            "-s", shared_vdev.serial).stdout)
+    assert res["device"]["transport"] == "adb" and res["device"]["serial"] == shared_vdev.serial, res["device"]
+    assert res["ok"] is True
