@@ -4,6 +4,10 @@ package's own backend-test models with random weights.
     m = model([node("Relu", ["x"], ["y"])], x=("x", [None, 3, 8, 8]), y="y", opset=13)
     path = save(m, tmp_path / "relu.onnx")
     path = torch_export(zoo.build("mobilenet_v2", 10, 64), tmp_path / "m.onnx", opset=13)
+    check_round_trip(pkg_dir, scratch)     # save_package(load_package(p)) == p, bit for bit
+
+`packages_round_trip` (autouse where a test module imports it) runs check_round_trip on every
+package a test leaves under its tmp_path (imports, the device's models/, runs' final/).
 """
 from __future__ import annotations
 
@@ -12,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from device_agent.graph import MODEL_JSON, WEIGHTS_NPZ, load_package, read_weights, save_package
 
 LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
 
@@ -48,6 +55,30 @@ def save(m, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(m, str(path))
     return path
+
+
+def check_round_trip(pkg: Path, scratch: Path) -> int:
+    """save_package(load_package(pkg)) reproduces model.json byte for byte and every array bit for
+    bit (dtype, shape and bytes), and every stored array has its declared shape. Returns the
+    number of arrays compared."""
+    g = load_package(pkg)
+    save_package(g, scratch)
+    assert (scratch / MODEL_JSON).read_bytes() == (pkg / MODEL_JSON).read_bytes(), pkg
+    a, b = read_weights(pkg / WEIGHTS_NPZ), read_weights(scratch / WEIGHTS_NPZ)
+    assert sorted(a) == sorted(b) == sorted(g.params), pkg
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape == tuple(g.params[k].shape), (pkg, k)
+        assert a[k].tobytes() == b[k].tobytes(), (pkg, k)
+    return len(a)
+
+
+@pytest.fixture(autouse=True)
+def packages_round_trip(tmp_path):
+    """After the test: the round-trip property on every package left under tmp_path."""
+    yield
+    for k, mj in enumerate(sorted(tmp_path.rglob(MODEL_JSON))):
+        if (mj.parent / WEIGHTS_NPZ).is_file():
+            check_round_trip(mj.parent, tmp_path.parent / f"{tmp_path.name}-roundtrip" / str(k))
 
 
 def randomized_light(name: str, dest: Path, seed: int = 0) -> Path:

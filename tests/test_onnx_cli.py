@@ -15,7 +15,7 @@ from PIL import Image
 
 from device_agent.graph import load_package, save_package
 from device_agent.infer import infer_package
-from onnx_helpers import init, model, node, save
+from onnx_helpers import check_round_trip, init, model, node, packages_round_trip, save  # noqa: F401
 
 RNG = np.random.default_rng(0)
 
@@ -84,6 +84,7 @@ def test_import_writes_a_package_with_parity_report(pkg):
     assert g.inputs[0].shape == (None, 3, 16, 16) and g.inputs[0].preprocess["std"] == [0.229, 0.224, 0.225]
     assert g.meta["parity"]["max_rel"] == rep["parity"]["max_rel"]
     assert [p.trainable for p in g.params.values()] == [True] * 4
+    assert check_round_trip(out, out.parent / "again") == 4
 
 
 def test_import_human_output_and_input_shape(net, tmp_path):

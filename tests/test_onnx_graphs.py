@@ -10,7 +10,8 @@ from onnx import TensorProto, helper
 from device_agent.backends.numpy_ref import NumpyRef
 from device_agent.builder import GraphBuilder
 from device_agent.errors import OnnxError
-from onnx_helpers import init, model, node, save
+from device_agent.graph import save_package
+from onnx_helpers import init, model, node, packages_round_trip, save  # noqa: F401
 from thomas_cli.onnx import export_onnx, import_onnx, onnx_parity, parse_shape
 
 TOL = 1e-4
@@ -27,6 +28,7 @@ def imported(m, tmp_path, batch=None, input_shape=None, name="m.onnx"):
     g = import_onnx(path, input_shape=input_shape)
     r = onnx_parity(path, g, input_shape=input_shape, batch=batch)
     assert r["max_rel"] <= TOL, r
+    save_package(g, tmp_path / f"pkg-{name}")            # round-tripped by packages_round_trip
     return g
 
 

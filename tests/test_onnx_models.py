@@ -17,14 +17,13 @@ import pytest
 
 from device_agent.backends.numpy_ref import NumpyRef
 from device_agent.builder import replace_head
-from device_agent.errors import OnnxError
 from device_agent.graph import load_package, save_package
-from onnx_helpers import LIGHT_DIR, calibrate_bn, randomized_light, torch_export
+from onnx_helpers import LIGHT_DIR, calibrate_bn, packages_round_trip, randomized_light, torch_export  # noqa: F401
 from thomas_cli.onnx import export_onnx, import_onnx, onnx_parity
 from thomas_cli.zoo import build
 
 TOL = 1e-4
-# every light_* model whose ops THOMAS supports (light_shufflenet needs Transpose). The ones with
+# every light_* model (light_shufflenet below). The ones with
 # huge fully connected layers run as shipped; random weights for them would mean 250-400 MB files.
 LIGHT_AS_SHIPPED = ["bvlc_alexnet", "zfnet512", "vgg19"]
 LIGHT_RANDOM = ["squeezenet", "inception_v1", "inception_v2", "resnet50", "densenet121"]
@@ -75,9 +74,13 @@ def test_light_alexnet_structure():
     assert all(p.group and p.trainable for p in g.params.values())
 
 
-def test_light_shufflenet_lists_its_unsupported_op():
-    with pytest.raises(OnnxError, match=r"Transpose ×16 \(first: '[^']+'\)"):
-        import_onnx(LIGHT_DIR / "light_shufflenet.onnx")
+def test_light_shufflenet_channel_shuffles(tmp_path):
+    # its 16 channel shuffles (Reshape -> Transpose -> Reshape) were the one thing it lacked
+    path = randomized_light("shufflenet", tmp_path / "shufflenet.onnx")
+    g = import_onnx(path)
+    assert [n.op for n in g.nodes].count("Transpose") == 16
+    assert all(n.attrs["perm"] == [0, 2, 1, 3, 4] for n in g.nodes if n.op == "Transpose")
+    assert _check(path, g)["max_abs"] > 0
 
 
 # =============================================================================== PyTorch exports
@@ -97,6 +100,7 @@ def test_torch_exports_import_and_match(name, opset, keep_bn, torch_graphs, tmp_
     src = torch_graphs[name]
     path = torch_export(src, tmp_path / f"{name}.onnx", opset=opset, keep_bn=keep_bn)
     g = import_onnx(path)
+    save_package(g, tmp_path / "pkg")                     # round-tripped by packages_round_trip
     assert g.inputs[0].shape == (None,) + src.inputs[0].shape[1:]
     for batch in (1, 4):
         _check(path, g, batch=batch)

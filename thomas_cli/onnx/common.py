@@ -37,6 +37,8 @@ def onnx_attrs(n: onnx.NodeProto) -> dict:
             v = helper.get_attribute_value(a)
         except (ValueError, TypeError) as e:
             raise Malformed(f"attribute '{a.name}' cannot be read ({first_line(e)})") from None
+        if v is None:
+            raise Malformed(f"attribute '{a.name}' cannot be read (type {a.type}: no value)")
         if isinstance(v, bytes):
             v = v.decode("utf-8", "replace")
         out[a.name] = v
