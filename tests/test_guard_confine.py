@@ -133,3 +133,23 @@ def test_cli_finetune_set_cache_dir_outside_is_one_line(root, tmp_path, monkeypa
         assert "Traceback" not in r.stderr and any("'cache_dir'" in ln for ln in lines), r.stderr
         assert lines[-1].startswith("error:") and ("device root" in lines[-1] or "'..'" in lines[-1]), lines
     assert not outside.exists() and not (root.parent / "x").exists() and not (root / "runs").exists()
+
+
+def test_daemon_jobs_are_confined_to_its_root(root, tmp_path):
+    """The daemon runs `python -m device_agent ARGS` with cwd = its --root: the same rule holds there."""
+    from daemonkit import Client, DaemonProc
+
+    d = DaemonProc(root)
+    try:
+        host, token = Client(d.port).pair(d.code)
+        c = Client(d.port)
+        assert c.auth(host, token)["ok"]
+        rel = write_job(root, job(cache_dir=str(tmp_path / "outside")), "daemon.json")
+        c.ok("start", args=["run", rel])
+        frames = list(c.stream())
+        evs = [json.loads(f["line"]) for f in frames if f["op"] == "out" and f["line"].startswith("{")]
+        err = last_error(evs)
+        assert frames[-1]["rc"] == 1 and err["code"] == "bad_job" and "'cache_dir'" in err["message"], err
+        assert not (tmp_path / "outside").exists()
+    finally:
+        d.kill()
