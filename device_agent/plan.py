@@ -29,6 +29,7 @@ until the two scalars are read back. Frozen nodes record no backward launches at
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -620,7 +621,8 @@ class Plan:
         return {o: self._read(self.refs[o]) for o in self.graph.outputs}
 
     def train_step(self, x: np.ndarray, labels: np.ndarray, lr: float, seed=0) -> tuple[float, int]:
-        """forward + loss + backward + optimizer update; returns (mean loss, correct count)."""
+        """forward + loss + backward + optimizer update (not applied when the loss is not finite);
+        returns (mean loss, correct count)."""
         if self.inference:
             raise BackendError("this plan was built for inference (no trainable parameters)")
         labels = np.ascontiguousarray(labels, np.int32)
@@ -632,8 +634,13 @@ class Plan:
         vals = self._values(seed, lr)
         replay(self.rt.queue, self.fw_launches, vals)
         replay(self.rt.queue, self.bw_launches, vals)
-        replay(self.rt.queue, self.opt_launches, vals)
+        # NOTE: the loss is read back BEFORE the update is enqueued, so a non-finite step is never
+        # applied (the weights stay those of the last good step); the step's one host sync moves here
         loss, correct = self._scalars()
+        if math.isfinite(loss):
+            replay(self.rt.queue, self.opt_launches, vals)
+        else:
+            self.step_count -= 1
         self._keep = None
         return loss, int(round(correct))
 

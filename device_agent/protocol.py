@@ -31,6 +31,7 @@ SCHEDULES = ("constant", "step", "cosine")
 BN_MODES = ("auto", "frozen", "train")
 BACKENDS = ("auto", "numpy", "opencl")
 DTYPES = ("float32", "float64")
+SELECTS = ("val_acc", "val_loss")
 PATH = {"path": True}                 # metadata of a path-valued job field (confine.path_fields)
 
 
@@ -73,6 +74,9 @@ class TrainJob:
     drop_last: bool = False
     recompute: bool = False           # OpenCL: BN outputs recomputed for the backward, not kept (less memory)
     resume: bool = False              # continue `out` from its last good checkpoint
+    diverge_factor: float | None = 10.0   # stop ('diverged') on a loss > this x the recent median (TRAINING.md)
+    select: str = "val_acc"           # best/: the epoch with the highest val_acc | the lowest val_loss
+    patience: int | None = None       # stop after this many epochs without a better `select` (None: never)
 
     @classmethod
     def from_dict(cls, d) -> "TrainJob":
@@ -135,6 +139,12 @@ class TrainJob:
             raise JobError("job field 'nesterov' needs optimizer 'sgd' with momentum > 0")
         if v["init"] == "scratch" and v["layers"] != "all":
             raise JobError(f"job field 'layers' must be 'all' when init is 'scratch', got {v['layers']!r}")
+        if v["diverge_factor"] is not None:
+            _float("diverge_factor", v["diverge_factor"], gt=1)
+            v["diverge_factor"] = float(v["diverge_factor"])
+        _choice("select", v["select"], SELECTS)
+        if v["patience"] is not None:
+            _int("patience", v["patience"], 1)
         if v["warmup_epochs"] >= v["epochs"]:
             raise JobError(f"job field 'warmup_epochs' must be < epochs ({v['epochs']}), got {v['warmup_epochs']}")
         for k in ("lr", "momentum", "eps", "gamma", "label_smoothing", "weight_decay"):
@@ -319,6 +329,12 @@ class Done(Event):
     val_acc: float | None
     ms: float
     memory: dict = field(default_factory=dict)   # measured bytes by category + "peak"
+    best: str | None = None            # the best epoch's package (best/); None without a val split
+    best_epoch: int | None = None      # 1-based
+    select: str = "val_acc"            # the metric that chose it (job field select)
+    best_metric: float | None = None   # its value at best_epoch
+    final_metric: float | None = None  # its value after the last epoch trained (final/)
+    stopped_early: bool = False        # patience ran out: `epochs` is less than the job's
     t: float = field(default_factory=_now)
 
 

@@ -15,7 +15,6 @@ optimizer state and the (epoch, batch) position, and every random draw is a func
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -34,6 +33,7 @@ from .fsutil import disk_error
 from .graph import Graph, load_package, save_package
 from .heads import loss_graph, num_classes
 from .limits import MAX_JOB_BYTES, read_json
+from .monitor import BestEpoch, DivergenceGuard
 from .optim import lr_at, make_optimizer
 from .protocol import (Cache, Checkpoint, Done, Epoch, Error, Eval, Event, Plan, Progress, Step,
                        TrainJob)
@@ -175,6 +175,11 @@ def _run(r: _Run) -> Done:
     _resume(r, s)
     _send_plan(r, s)
     for epoch in range(s.epoch0, r.job.epochs):
+        if s.best.should_stop():           # patience ran out (also when a resumed run starts right after)
+            s.stopped_early = True
+            log(f"early stop after epoch {epoch}: no better {r.job.select} for {s.best.since} epochs "
+                f"(best: epoch {s.best.epoch}, {s.best.metric:.4g})")
+            break
         _train_epoch(r, s, epoch)
     return _finish(r, s, t_run)
 
@@ -197,6 +202,9 @@ class _State:
         self.computed: set[str] = set()    # cache splits filled by this run (their first use is a miss)
         self.val_loss = self.val_acc = self.preds = None
         self.train_loss = self.train_acc = float("nan")
+        self.guard = DivergenceGuard(job.diverge_factor, len(ds.classes))
+        self.best = BestEpoch(job.select, job.patience)     # best/: the epoch with the best val metric
+        self.epochs_done, self.stopped_early = 0, False
 
     def prefix(self):
         if self.prefix_engine is None:
@@ -252,8 +260,20 @@ def _resume(r: _Run, s: _State) -> None:
         s.engine.load_params(ck.params)
         s.engine.load_optimizer_state(ck.optimizer)
         s.epoch0, s.batch0, s.step, s.sums = ck.meta["epoch"], ck.meta["batch"], ck.step, list(ck.meta["sums"])
+        s.epochs_done = s.epoch0
+        s.guard.load_state(ck.meta.get("guard", {"first": None, "recent": []}), str(ck.path))
+        s.best.load_state(ck.meta.get("best", {"epoch": None, "metric": None, "since": 0}), str(ck.path))
+        if s.best.epoch == s.epoch0 and s.batch0 == 0 and _package_epoch(r.out / "best") != s.best.epoch:
+            # killed between this (best) epoch's checkpoint and the end of writing best/: its weights
+            # are the checkpoint's
+            log(f"best/ did not hold epoch {s.best.epoch}: written again from {ck.path.name}")
+            _save_best(r, s)
         log(f"resumed from {ck.path.name}: epoch {s.epoch0 + 1}, batch {s.batch0 + 1}, step {s.step}")
-        _truncate_metrics(r.out / "metrics.jsonl", s.epoch0)
+        kept = _truncate_metrics(r.out / "metrics.jsonl", s.epoch0)
+        last = json.loads(kept[-1]) if kept and s.batch0 == 0 else {}
+        if last.get("epoch") == s.epoch0:   # at an epoch's end: its train metrics stand until the next one
+            s.train_loss, s.train_acc = (float("nan") if last.get(k) is None else last[k]
+                                         for k in ("train_loss", "train_acc"))
     elif job.resume:
         log(f"no usable checkpoint in {r.out / 'ckpt'}; starting from the beginning")
         _truncate_metrics(r.out / "metrics.jsonl", 0)
@@ -335,7 +355,8 @@ def _evaluate(r: _Run, s: _State, epoch: int):
 def _save_ckpt(r: _Run, s: _State, epoch: int, batch: int) -> None:
     job, t0 = r.job, time.perf_counter()
     meta = {"epoch": epoch, "batch": batch, "sums": s.sums, "backend": s.backend, "dtype": job.dtype,
-            "rng": {"seed": job.seed, "shuffle": [job.seed, 1, epoch], "dropout_step": s.step}}
+            "rng": {"seed": job.seed, "shuffle": [job.seed, 1, epoch], "dropout_step": s.step},
+            "guard": s.guard.state(), "best": s.best.state()}
     p = checkpoint.save(r.out / "ckpt", s.step, params=s.engine.params(), optimizer=s.engine.optimizer_state(),
                         meta=meta, keep=job.keep_checkpoints)
     r.send(Checkpoint(s.step, epoch + (batch > 0), str(p), p.stat().st_size,
@@ -358,10 +379,9 @@ def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
         x = _inputs(s, ds.train, rows, feats, epoch, i, job.augment)
         rate = s.lr(s.step)
         loss, correct = s.engine.train_step(x, y, rate)
-        if not math.isfinite(loss):
-            raise TrainError(f"loss is {loss} at step {s.step + 1} (epoch {epoch + 1}, batch {i + 1}); "
-                             f"training stopped, the last good checkpoint is kept (lower lr or set "
-                             f"clip_grad_norm)")
+        why = s.guard.check(loss)
+        if why is not None:
+            raise TrainError(_diverged(r, s, why, epoch, i, rate))
         s.step += 1
         s.sums = [s.sums[0] + loss * len(y), s.sums[1] + correct, s.sums[2] + len(y)]
         r.send(Step(s.step, epoch + 1, i + 1, loss, correct / len(y), rate,
@@ -372,6 +392,7 @@ def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
     sums = s.sums
     s.train_loss, s.train_acc = sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1)
     s.val_loss, s.val_acc, s.preds = _evaluate(r, s, epoch)
+    improved = s.best.update(epoch + 1, s.val_loss, s.val_acc)
     lr = s.lr(max(s.step - 1, 0))
     r.send(Epoch(epoch + 1, s.train_loss, s.train_acc, s.val_loss, s.val_acc, lr, round(ms, 1),
                  round(sums[2] / max(ms, 1e-9) * 1e3, 1)))
@@ -380,27 +401,36 @@ def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
                             "val_loss": s.val_loss, "val_acc": s.val_acc, "lr": lr, "ms": round(ms, 1)}) + "\n")
     s.sums = [0.0, 0, 0]
     _save_ckpt(r, s, epoch + 1, 0)
+    if improved:                           # after the checkpoint that records it: see _resume
+        _save_best(r, s)
+    s.epochs_done = epoch + 1
 
 
 def _finish(r: _Run, s: _State, t_run: float) -> Done:
     """The confusion matrix of the last eval, final/, and the `done` event."""
     job, ds = r.job, s.ds
     if s.preds is None and len(ds.val):
-        s.val_loss, s.val_acc, s.preds = _evaluate(r, s, job.epochs - 1)
+        s.val_loss, s.val_acc, s.preds = _evaluate(r, s, s.epochs_done - 1)
     if s.preds is not None:
         k = len(ds.classes)
         cm = np.zeros((k, k), np.int64)
         np.add.at(cm, (ds.val.labels, s.preds), 1)
         (r.out / "confusion.json").write_text(json.dumps({"split": "val", "classes": ds.classes,
                                                           "matrix": cm.tolist()}) + "\n")
-    final = _save_final(s.graph, s.engine.params(), r.out / "final", job, ds)
+    final = _save_package(s, r.out / "final")
+    best = r.out / "best" if s.best.epoch is not None else None
+    if best is not None and _package_epoch(best) != s.best.epoch:   # a resume on another backend
+        log(f"best/ does not hold epoch {s.best.epoch} (the best {job.select}); not reported")
+        best = None
     mem = dict(s.engine.memory())
     if s.prefix_engine is not None:
         mem["prefix"] = s.prefix_engine.memory()["peak"]
     if s.cache is not None:
         mem["feature_cache"] = s.cache.nbytes()
-    done = Done(str(r.out), str(final), job.epochs, s.step, s.train_loss, s.train_acc, s.val_loss, s.val_acc,
-                round((time.perf_counter() - t_run) * 1e3, 1), mem)
+    done = Done(str(r.out), str(final), s.epochs_done, s.step, s.train_loss, s.train_acc, s.val_loss, s.val_acc,
+                round((time.perf_counter() - t_run) * 1e3, 1), mem, best=None if best is None else str(best),
+                best_epoch=s.best.epoch, select=job.select, best_metric=s.best.metric,
+                final_metric=s.best.value(s.val_loss, s.val_acc), stopped_early=s.stopped_early)
     r.send(done)
     return done
 
@@ -411,10 +441,11 @@ def _stage_name(job: TrainJob) -> str:
     return job.layers if isinstance(job.layers, str) else f"N={job.layers}"
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Keep the metrics lines of epochs 1..epochs_done (a resumed run writes the rest again)."""
+def _truncate_metrics(path: Path, epochs_done: int) -> list[str]:
+    """Keep the metrics lines of epochs 1..epochs_done (a resumed run writes the rest again);
+    returns them."""
     if not path.is_file():
-        return
+        return []
     keep = []
     for ln in path.read_text(errors="replace").splitlines():
         try:
@@ -423,15 +454,46 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
         except (ValueError, KeyError, TypeError):    # a line cut short by a full disk or a kill
             pass
     path.write_text("".join(ln + "\n" for ln in keep))
+    return keep
 
 
-def _save_final(graph: Graph, trained: dict, dest: Path, job: TrainJob, ds: Dataset) -> Path:
+def _save_package(s: _State, dest: Path, **extra) -> Path:
+    """The model (its own outputs: a final Softmax stays) with the engine's weights, as a package;
+    meta.trained records the stage, epochs, data and dtype (+ extra)."""
+    graph, job, trained = s.graph, s.job, s.engine.params()
     weights = {k: np.asarray(trained.get(k, v), np.float32) for k, v in graph.weights.items()}
     meta = dict(graph.meta, trained={"stage": _stage_name(job), "epochs": job.epochs, "data": job.data,
-                                     "dtype": job.dtype})
-    g = Graph(graph.name, graph.inputs, graph.outputs, graph.nodes, graph.params, weights, list(ds.classes),
+                                     "dtype": job.dtype, **extra})
+    g = Graph(graph.name, graph.inputs, graph.outputs, graph.nodes, graph.params, weights, list(s.ds.classes),
               meta, graph.format)
     return save_package(g, dest)
+
+
+def _save_best(r: _Run, s: _State) -> None:
+    """best/: the package of the epoch s.best.epoch, whose weights the engine holds now."""
+    _save_package(s, r.out / "best", epoch=s.best.epoch, select=s.best.select, metric=s.best.metric)
+
+
+def _package_epoch(dest: Path) -> int | None:
+    """meta.trained.epoch of the package at dest (best/), None if unreadable or absent."""
+    try:
+        trained = json.loads((dest / "model.json").read_text(encoding="utf-8")).get("meta", {}).get("trained")
+        return trained.get("epoch") if isinstance(trained, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _diverged(r: _Run, s: _State, why: str, epoch: int, batch: int, lr: float) -> str:
+    """The `diverged` message: the step, why, and the checkpoint that really is on disk (or none)."""
+    ck = checkpoint.load_latest(r.out / "ckpt")
+    if ck is None:
+        kept = "no checkpoint was written before it, so nothing of this run is kept"
+    else:
+        e, b = ck.meta.get("epoch", 0), ck.meta.get("batch", 0)
+        at = f"end of epoch {e}" if b == 0 else f"epoch {e + 1}, batch {b}"
+        kept = f"the last checkpoint is {ck.path} (step {ck.step}, {at})"
+    return (f"{why} at step {s.step + 1} (epoch {epoch + 1}, batch {batch + 1}); training stopped: {kept}; "
+            f"lower lr (now {lr:.4g}) or set clip_grad_norm")
 
 
 # ============================================================================ entry point

@@ -5,10 +5,12 @@ weights and optimizer state move between Plans through the host only when the ba
 changes (twice an epoch at most). Evaluation runs an inference Plan without BN folding, whose
 weights are refreshed from the training Plan only after training steps ran.
 
-NOTE: the update is part of the same launch list as the loss, so a non-finite loss has already
-been applied when it is seen; the loop stops on it and the last checkpoint stays the good one.
+NOTE: the Plan reads the loss back before it enqueues the update, so a step whose loss is not
+finite is never applied (as on numpy); the loop then stops with `diverged`.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -126,7 +128,8 @@ class OpenCLEngine:
         x = _feeds(self.graph, x)
         plan = self._train_plan(_batch(x))
         loss, correct = plan.train_step(x, np.asarray(y), lr, seed=[self.seed, 3, self.t])
-        self.t += 1
+        if math.isfinite(loss):            # a non-finite step was not applied (Plan.train_step)
+            self.t += 1
         self._eval_stale = True
         return loss, correct
 
