@@ -3,6 +3,7 @@
     atomic_write(path, lambda f: np.savez(f, **arrays))    # temp file + fsync + rename; mode 0600
     fsync_dir(path.parent)                                  # make the rename itself durable
     sha256_file(path)                                       # hex digest, read in 1 MiB blocks
+    m = npy_map(path, np.float32, (n, k))                   # writable .npy map, blocks reserved first
     raise disk_error(oserror, fallback=run_dir)             # OSError -> DiskError: one line, path + fix
 
 A reader sees the old file or the new one, never half of one; a writer killed mid-way (or stopped by a
@@ -52,6 +53,36 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def npy_map(path: Path, dtype, shape: tuple):
+    """A new .npy file of `shape` opened as a writable memory map, its blocks reserved first (preallocate):
+    a full disk is an OSError naming the file, never a SIGBUS later in the map."""
+    import numpy as np
+
+    try:
+        m = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+    preallocate(path)
+    return m
+
+
+def preallocate(path: Path) -> None:
+    """Reserve every block of a file (its current size) before it is written through a memory map: a full
+    disk is then an OSError (ENOSPC) here, not a SIGBUS on the first store into the map. A filesystem
+    that cannot preallocate is left alone."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(e.errno, e.strerror, str(path)) from e
     finally:
         os.close(fd)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import JobError
+from .fsutil import npy_map
 from .graph import Graph, Node, ParamSpec, TensorSpec
 from .heads import loss_graph
 
@@ -183,9 +184,8 @@ class FeatureCache:
                     rows = np.arange(lo, min(lo + batch, len(sp)))
                     feats = prefix.forward(normalize(sp.rows(rows), preprocess, self.dtype))
                     if outs is None:
-                        outs = [np.lib.format.open_memmap(tmp / f"{name}.{i}.npy", "w+", self.dtype,
-                                                          (len(sp),) + feats[t].shape[1:])
-                                for i, t in enumerate(self.cut)]
+                        outs = [npy_map(tmp / f"{name}.{i}.npy", self.dtype, (len(sp),) + feats[t].shape[1:])
+                                for i, t in enumerate(self.cut)]   # a full disk: ENOSPC here, not SIGBUS
                     for o, t in zip(outs, self.cut):
                         o[lo:lo + len(rows)] = feats[t]
                     done += len(rows)
@@ -204,8 +204,10 @@ class FeatureCache:
                 os.replace(tmp, self.dir)
             except OSError:               # another run stored the same entry first: use theirs
                 shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.filename is None:    # a write that names no file: name the cache
+                raise OSError(e.errno, e.strerror, str(self.root)) from e
             raise
         self._evict_stale()
         if not self.open():

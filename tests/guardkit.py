@@ -23,10 +23,10 @@ from train_helpers import make_root
 BASE = {"model": "models/m", "data": "data/digits", "epochs": 1, "batch": 16, "backend": "numpy"}
 
 
-def small_root(tmp: Path) -> Path:
-    """A device root: data/digits (96 digit scans 8x8, 10 classes), models/m (tiny CNN), jobs/."""
+def small_root(tmp: Path, images: int = 96) -> Path:
+    """A device root: data/digits (`images` digit scans 8x8, 10 classes), models/m (tiny CNN), jobs/."""
     root = tmp / "root"
-    make_root(root, limit=96)
+    make_root(root, limit=images)
     (root / "jobs").mkdir()
     return root
 

@@ -120,3 +120,19 @@ def test_infer_output_on_a_full_disk(root):
         err = last_error(evs)
         assert rc == 1 and err["code"] == "disk_full" and "small/y.npy" in err["message"], err
         assert [q.name for q in m.path.iterdir()] == ["filler"]
+
+
+def test_feature_cache_on_a_full_disk_is_disk_full_not_sigbus(tmp_path):
+    """The cache is written through a memory map: without its blocks reserved first, a full disk kills the
+    agent with SIGBUS (-7) on the first store into a sparse page. Three free pages: the header and the
+    last page fit (numpy writes both), the ~30 KiB of features between them do not."""
+    root = small_root(tmp_path, images=600)
+    with tmpfs(root / "small", "64k") as m:
+        (m.path / "pad").write_bytes(b"\0" * 3 * 4096)
+        fill(m.path)
+        (m.path / "pad").unlink()
+        rc, evs, err = agent(root, "run", write_job(root, job(layers="last", cache_dir="small/cache")))
+        assert rc == 1, (rc, err[-500:])                  # -7 would be the SIGBUS
+        e = last_error(evs)
+        assert e["code"] == "disk_full" and "small/cache" in e["message"], e
+        assert not [q for q in (m.path / "cache").rglob("*") if q.is_file()]   # the temp entry is gone
