@@ -133,6 +133,11 @@ def test_cli_finetune_set_cache_dir_outside_is_one_line(root, tmp_path, monkeypa
         assert "Traceback" not in r.stderr and any("'cache_dir'" in ln for ln in lines), r.stderr
         assert lines[-1].startswith("error:") and ("device root" in lines[-1] or "'..'" in lines[-1]), lines
     assert not outside.exists() and not (root.parent / "x").exists() and not (root / "runs").exists()
+    # a symlink inside the root passes the host's syntax check; the agent on the device refuses it
+    (root / "escape").symlink_to(outside.parent, target_is_directory=True)
+    r = thomas(dev, "finetune", "m", "--data", "digits", "--epochs", "1", "--set", "cache_dir=escape/c", expect=1)
+    assert "Traceback" not in r.stderr and "'cache_dir' 'escape/c' leads outside the device root" in r.stderr, r.stderr
+    assert not (outside.parent / "c").exists()
 
 
 def test_daemon_jobs_are_confined_to_its_root(root, tmp_path):
