@@ -331,8 +331,9 @@ def cl_prelu_backward(b, io):
     # undoes: y = x if x > 0 else slope*x   (dslope = Σ [x <= 0] gy x over N, inner (and C if shared);
     # dx in the same pass)
     wg = reduce_wg(b, "eltwise.cl", "prelu_bwd_dslope", seg)
-    b.launch("eltwise.cl", "prelu_bwd_dslope", (c * segs * wg,), (wg,), x, slope, gy, gx or part, part, n, c,
-             inner, segs, seg, slope.size == 1, gx is not None, local_floats(wg))
+    b.launch("eltwise.cl", "prelu_bwd_dslope", (c * segs * wg,), (wg,), x, slope, gy,
+             part if gx is None else gx, part, n, c, inner, segs, seg, slope.size == 1, gx is not None,
+             local_floats(wg))
     if part is gs:
         return
     per = c * segs // slope.size
