@@ -177,7 +177,7 @@ def _run(r: _Run) -> Done:
     for epoch in range(s.epoch0, r.job.epochs):
         if s.best.should_stop():           # patience ran out (also when a resumed run starts right after)
             s.stopped_early = True
-            log(f"early stop after epoch {epoch}: no better {r.job.select} for {s.best.since} epochs "
+            log(f"early stop after epoch {epoch}: no better {r.job.select} for {s.best.since} epoch(s) "
                 f"(best: epoch {s.best.epoch}, {s.best.metric:.4g})")
             break
         _train_epoch(r, s, epoch)

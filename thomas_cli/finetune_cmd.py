@@ -110,7 +110,8 @@ class RunView:
                   title=f"run {rec['id']}: {rec['model']} on {rec['data']} ({rec.get('stage', '')})")
         for e in self.epochs:
             fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
-            t.add_row(str(e["epoch"]), fmt(e["train_loss"], ".4f"), fmt(e["train_acc"], ".3f"),
+            best = " *" if e["epoch"] == done.get("best_epoch") else ""      # the epoch best/ holds
+            t.add_row(f'{e["epoch"]}{best}', fmt(e["train_loss"], ".4f"), fmt(e["train_acc"], ".3f"),
                       fmt(e.get("val_loss"), ".4f"), fmt(e.get("val_acc"), ".3f"), fmt(e.get("img_s"), ".0f"),
                       f"{e['ms'] / 1000:.1f} s")
         return t
@@ -312,3 +313,10 @@ def show_done(view: RunView, rec: dict, done: dict) -> None:
     out.print(f"done in {done['ms'] / 1000:.1f} s: train acc {done['train_acc']:.3f}"
               + (f", val acc {val_acc:.3f}" if val_acc is not None else "")
               + f"; final model and metrics in {host}", highlight=False, soft_wrap=True)
+    if done.get("stopped_early"):
+        out.print(f"stopped early after epoch {done['epochs']}: no better {done.get('select')} for "
+                  f"{done['epochs'] - done['best_epoch']} epoch(s) (patience)", highlight=False, soft_wrap=True)
+    if done.get("best_epoch") is not None and (host / "best").is_dir():
+        out.print(f"best: epoch {done['best_epoch']} ({done['select']} {done['best_metric']:.4f}, final "
+                  f"{done['final_metric']:.4f}) in {host / 'best'}; thomas infer, eval and export use it "
+                  f"(infer/export --which final: the last epoch's)", highlight=False, soft_wrap=True)

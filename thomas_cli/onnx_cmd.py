@@ -9,6 +9,7 @@ onnx and onnxruntime are imported inside the commands, so `thomas --help` stays 
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -23,22 +24,46 @@ from device_agent.graph import MODEL_JSON, Graph, load_package, save_package
 from .main import app, err, guarded, out, print_json
 from .session import console_note
 
-def resolve_package(arg: str | os.PathLike) -> Path:
-    """PACKAGE_DIR, or a RUN directory holding final/, or a run id under $THOMAS_HOME/runs."""
+def resolve_package(arg: str | os.PathLike, which: str | None = None, note=None) -> Path:
+    """PACKAGE_DIR, or a RUN (its folder, or a run id under $THOMAS_HOME/runs): the run's best/ package
+    (its best epoch) when it has one, else final/ (its last epoch); which "best" | "final" picks one.
+    note(message) is told which package of a run was used."""
+    if which not in (None, "best", "final"):
+        raise PackageError(f"--which must be best or final, got '{which}'")
     p = Path(arg)
     cands = [p]
     if not p.exists() and not p.is_absolute():
         cands.append(Path(os.environ.get("THOMAS_HOME") or "~/.thomas").expanduser() / "runs" / str(arg))
     for c in cands:
         if (c / MODEL_JSON).is_file():
+            if which is not None:
+                raise PackageError(f"{c} is a model package: --which picks a run's best/ or final/")
             return c
-        if (c / "final" / MODEL_JSON).is_file():
-            return c / "final"
+        for w in [which] if which else ["best", "final"]:
+            if (c / w / MODEL_JSON).is_file():
+                if note is not None:
+                    note(_which_note(c, w, which))
+                return c / w
         if c.is_dir():
             if (c / "job.json").is_file() or (c / "events.jsonl").is_file():
-                raise PackageError(f"{c}: the run has no final/ package (still running, or it failed?)")
+                raise PackageError(f"{c}: the run has no {which or 'final'}/ package (still running, or it failed?)")
             raise PackageError(f"{c}: neither a model package ({MODEL_JSON}) nor a run with final/")
     raise PackageError(f"{arg}: no such package, run folder or run id")
+
+
+def _which_note(run: Path, which: str, asked: str | None) -> str:
+    """'run R: best/ (epoch 3 of 10, val_acc 0.9120)' and, when it was the default, how to get the other."""
+    try:
+        t = json.loads((run / which / MODEL_JSON).read_text()).get("meta", {}).get("trained") or {}
+    except (OSError, ValueError, AttributeError):
+        t = {}
+    said = f"run {run.name}: {which}/"
+    if which == "best" and isinstance(t.get("metric"), (int, float)):
+        said += f" (epoch {t.get('epoch')} of {t.get('epochs')}, {t.get('select')} {t['metric']:.4f})"
+    if asked is None:
+        said += ("; --which final for the last epoch's" if which == "best"
+                 else " (the run has no best/: it had no val split)")
+    return said
 
 
 def _parity_line(r: dict, tol: float) -> str:
@@ -158,8 +183,11 @@ def _op_counts(g: Graph) -> dict:
 @app.command("export")
 @guarded
 def export_cmd(
-    source: str = typer.Argument(..., help="A run (folder with final/, or run id) or a package directory."),
+    source: str = typer.Argument(..., help="A run (folder or run id: its best/ model, else final/) or a "
+                                           "package directory."),
     output: Path = typer.Option(..., "-o", "--output", help="The .onnx file to write."),
+    which: str = typer.Option(None, "--which", help="A run's best (its best epoch, the default when it has "
+                                                    "one) or final (its last epoch) model."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset to write (7..21)."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest max-relative error accepted."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -168,7 +196,7 @@ def export_cmd(
     from .onnx import export_onnx, onnx_parity
 
     _check_tolerance(tolerance)
-    pkg = resolve_package(source)
+    pkg = resolve_package(source, which, note=console_note)
     g = load_package(pkg)
     export_onnx(g, output, opset)
     rep = onnx_parity(output, g)
@@ -197,9 +225,9 @@ def _probabilities(g: Graph, logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _local_package(model: str) -> tuple[Graph, Path] | tuple[None, PackageError]:
+def _local_package(model: str, which: str | None = None) -> tuple[Graph, Path] | tuple[None, PackageError]:
     try:
-        pkg = resolve_package(model)
+        pkg = resolve_package(model, which, note=console_note)
     except PackageError as e:
         return None, e
     return load_package(pkg), pkg
@@ -223,12 +251,14 @@ def _device_model(s, model: str, why: PackageError) -> Graph:
 
 def _push_local(s, g: Graph, pkg: Path) -> str:
     """Push a local package as push-model would (skipped when the device holds the same content):
-    a run's final/ goes by the run's id, a package directory by its name. Returns models/<name>."""
+    a run's final/ goes by the run's id, its best/ as <id>-best, a package directory by its name.
+    Returns models/<name>."""
     from . import store
     from .push_cmd import push_model
 
     src = pkg.resolve()
-    name = src.parent.name if src.name == "final" else src.name
+    # a run's final/ goes as models/<run>, its best/ as models/<run>-best (as thomas eval does)
+    name = {"final": src.parent.name, "best": f"{src.parent.name}-best"}.get(src.name, src.name)
     res = push_model(s, g, store.check_name(name, "model"), str(src))
     if not res["skipped"]:
         console_note(f"pushed {src} to {s.t.serial}:{s.t.root}/models/{name}")
@@ -276,8 +306,9 @@ def run_infer(s, remote: str, x: np.ndarray, batch: int, backend: str,
 @app.command("infer")
 @guarded
 def infer_cmd(
-    model: str = typer.Argument(..., help="A package directory, a run (its final/ package), or the name of a "
-                                          "model on the device (`thomas models list`)."),
+    model: str = typer.Argument(..., help="A package directory, a run (its best/ model, else final/), or the "
+                                          "name of a model on the device (`thomas models list`)."),
+    which: str = typer.Option(None, "--which", help="A run's best (the default when it has one) or final model."),
     input: Path = typer.Option(..., "--input", "-i", help="FILE.npy, an image, or a folder of images."),
     output: Path = typer.Option(None, "--output", help="Write the raw logits (N, ...) as .npy."),
     top: int = typer.Option(5, "--top", min=1, help="Classes to show per input."),
@@ -296,7 +327,9 @@ def infer_cmd(
 
     if backend not in ("auto", "opencl", "numpy"):
         raise PackageError(f"--backend must be auto, opencl or numpy, got '{backend}'")
-    g, pkg = _local_package(model)
+    g, pkg = _local_package(model, which)
+    if g is None and which is not None:
+        raise pkg                           # --which names a run's package: no device model to fall back to
     if g is not None:                       # bad inputs fail before the device is touched
         names, x = load_inputs(input, g.inputs[0])
     s = Session(open_transport(note=console_note), note=console_note)

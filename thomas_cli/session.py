@@ -361,7 +361,7 @@ RUN_FILES = ("job.json", "metrics.jsonl", "confusion.json")
 def run_job(s: Session, rec: dict, on_event: Callable[[dict], None] | None = None,
             timeout: float | None = DEFAULT_TIMEOUT) -> dict:
     """Run rec["job"] (a TrainJob dict whose out is runs/<id>) on the device; mirror every event to
-    $THOMAS_HOME/runs/<id>/events.jsonl as it arrives; pull the final model and metrics.
+    $THOMAS_HOME/runs/<id>/events.jsonl as it arrives; pull the final and best models and metrics.
     Returns the `done` event; every failure updates run.json and keeps the events received."""
     run_id = rec["id"]
     host = store.run_dir(run_id)
@@ -460,9 +460,10 @@ def _mirror(s: Session, rec: dict, stream: Callable, on_event: Callable[[dict], 
         store.save_run(rec)
         raise DeviceError(f"the agent on {s.t.serial} ended ({proc_outcome(res.returncode)}) without a "
                           f"done or error event: {tail}; {count} events so far are kept in {host / 'events.jsonl'}")
-    pull_run(s.t, run_id, ["final", *RUN_FILES])
+    pull_run(s.t, run_id, ["final", "best", *RUN_FILES])      # best/: the best epoch's model, when it has one
     rec.update(status="done", summary={k: last.get(k) for k in ("epochs", "steps", "train_loss", "train_acc",
-                                                                 "val_loss", "val_acc", "ms")})
+                                                                 "val_loss", "val_acc", "ms", "best_epoch",
+                                                                 "select", "best_metric", "stopped_early")})
     store.save_run(rec)
     return last
 
