@@ -241,29 +241,45 @@ class GraphBuilder:
     def sigmoid(self, x: str, name: str | None = None) -> str:
         return self.op("Sigmoid", [x], {}, name)
 
+    def leaky_relu(self, x: str, alpha: float = 0.01, name: str | None = None) -> str:
+        return self.op("LeakyRelu", [x], {"alpha": float(alpha)}, name)
+
+    def prelu(self, x: str, shared: bool = False, init: float = 0.25, name: str | None = None) -> str:
+        """PRelu with a trainable slope: one per channel (C,), or one for all (1,) when shared
+        (torch nn.PReLU(num_parameters=C or 1, init))."""
+        c = 1 if shared else self.channels(x)
+        return self.op("PRelu", [x], {}, name, params={"slope": (np.full(c, init, np.float32), True)})
+
     def act(self, x: str, kind: str | None, name: str | None = None) -> str:
-        """kind: "relu" | "relu6" | "hardswish" | "hardsigmoid" | "sigmoid" | None (identity: no node)."""
+        """kind: "relu" | "relu6" | "hardswish" | "hardsigmoid" | "sigmoid" | "leaky_relu" (0.01) |
+        "prelu" (per channel) | None (identity: no node)."""
         if kind is None:
             return x
         fns = {"relu": self.relu, "relu6": self.relu6, "hardswish": self.hardswish,
-               "hardsigmoid": self.hardsigmoid, "sigmoid": self.sigmoid}
+               "hardsigmoid": self.hardsigmoid, "sigmoid": self.sigmoid, "leaky_relu": self.leaky_relu,
+               "prelu": self.prelu}
         if kind not in fns:
             raise ValueError(f"unknown activation {kind!r} (known: {', '.join(fns)})")
         return fns[kind](x, name=name)
 
     # --------------------------------------------------------------------- pooling, normalisation, misc
-    def maxpool(self, x: str, k, stride=None, pad=0, ceil_mode: bool = False, name: str | None = None) -> str:
+    def maxpool(self, x: str, k, stride=None, pad=0, ceil_mode: bool = False, dilation=1,
+                name: str | None = None) -> str:
         attrs = {"kernel": list(_pair(k, "kernel")),
                  "stride": None if stride is None else list(_pair(stride, "stride")),
                  "pads": list(_pads4(pad)), "ceil_mode": bool(ceil_mode)}
+        if _pair(dilation, "dilation") != (1, 1):       # written only when used: packages stay as they were
+            attrs["dilation"] = list(_pair(dilation, "dilation"))
         return self.op("MaxPool", [x], attrs, name)
 
     def avgpool(self, x: str, k, stride=None, pad=0, ceil_mode: bool = False,
-                count_include_pad: bool = False, name: str | None = None) -> str:
+                count_include_pad: bool = False, dilation=1, name: str | None = None) -> str:
         attrs = {"kernel": list(_pair(k, "kernel")),
                  "stride": None if stride is None else list(_pair(stride, "stride")),
                  "pads": list(_pads4(pad)), "ceil_mode": bool(ceil_mode),
                  "count_include_pad": bool(count_include_pad)}
+        if _pair(dilation, "dilation") != (1, 1):
+            attrs["dilation"] = list(_pair(dilation, "dilation"))
         return self.op("AveragePool", [x], attrs, name)
 
     def gap(self, x: str, name: str | None = None) -> str:
@@ -304,6 +320,9 @@ class GraphBuilder:
 
     def softmax(self, x: str, axis: int = -1, name: str | None = None) -> str:
         return self.op("Softmax", [x], {"axis": int(axis)}, name)
+
+    def log_softmax(self, x: str, axis: int = -1, name: str | None = None) -> str:
+        return self.op("LogSoftmax", [x], {"axis": int(axis)}, name)
 
     def identity(self, x: str, name: str | None = None) -> str:
         return self.op("Identity", [x], {}, name)

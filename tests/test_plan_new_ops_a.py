@@ -136,3 +136,23 @@ def test_prelu_slope_is_a_layer_of_its_own():
     g = new_ops_net()
     assert g.params["prelu2.slope"].shape == (8,) and g.params["prelu4.slope"].shape == (1,)
     assert trainable_params(g, 2) == {"prelu4.slope", "fc.weight", "fc.bias"}
+
+
+def test_builder_helpers():
+    b = GraphBuilder("h", input_shape=(None, 4, 9, 9))
+    x = b.maxpool(b.input, 3, stride=1, pad=2, dilation=2, ceil_mode=True, name="mp")
+    x = b.avgpool(x, 2, stride=1, dilation=(2, 1), count_include_pad=True, name="ap")
+    x = b.prelu(b.leaky_relu(x, 0.2, name="lk"), name="pc")
+    x = b.log_softmax(b.prelu(x, shared=True, init=0.1, name="ps"), axis=1, name="ls")
+    x = b.act(b.act(x, "prelu", name="pa"), "leaky_relu", name="la")
+    plain = b.maxpool(x, 2, name="plain")
+    g = b.finish({"y": plain})
+    attrs = {n.name: n.attrs for n in g.nodes}
+    assert attrs["mp"]["dilation"] == [2, 2] and attrs["ap"]["dilation"] == [2, 1]
+    assert "dilation" not in attrs["plain"]                 # dilation 1 leaves model.json as it was
+    assert attrs["lk"] == {"alpha": 0.2} and attrs["la"] == {"alpha": 0.01} and attrs["ls"] == {"axis": 1}
+    assert g.params["pc.slope"].shape == (4,) and g.params["ps.slope"].shape == (1,)
+    assert g.params["pa.slope"].trainable and g.params["pa.slope"].group == "pa"
+    np.testing.assert_array_equal(g.weights["pc.slope"], np.full(4, 0.25, np.float32))
+    np.testing.assert_array_equal(g.weights["ps.slope"], [np.float32(0.1)])
+    assert g.infer_shapes(2)["y"] == (2, 4, 3, 4)       # 9 -> mp 9 -> ap 7x8 -> 3x4
