@@ -27,7 +27,7 @@ from .dataset_write import (CHANNELS, CLASSES_JSON, DATASET_JSON, FORMAT_VERSION
                             write_dataset, write_splits)
 from .errors import DataError
 from .fsutil import atomic_write, sha256_file
-from .limits import check_npy
+from .limits import check_npy, read_json
 
 RNG_SHUFFLE, RNG_AUGMENT = 1, 2      # the KIND of default_rng([seed, KIND, ...])
 
@@ -139,6 +139,9 @@ def open_dataset(path, verify: bool = True) -> Dataset:
         raise DataError(f"{root / CLASSES_JSON}: must be a list of class names")
     if len(classes) < 2:
         raise DataError(f"{root / CLASSES_JSON}: a classifier needs at least 2 classes, got {len(classes)}")
+    if doc.get("num_classes", len(classes)) != len(classes):
+        raise DataError(f"{where}: field 'num_classes' is {doc['num_classes']!r}, {CLASSES_JSON} names "
+                        f"{len(classes)} classes")
     parts = {}
     for split in SPLITS:
         if split == "test" and "test" not in splits:
@@ -204,12 +207,9 @@ def _check_shard(f: Path, want: str, seen: dict, checked: dict) -> None:
 
 
 def _read_json(path: Path, kind):
-    try:
-        v = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing (not a dataset directory?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise DataError(f"{path}: not valid JSON ({str(e)[:120]})") from None
+    if not path.exists():
+        raise DataError(f"{path}: missing (not a dataset directory?)")
+    v = read_json(path, DataError, what="dataset file")      # size and nesting limits, one line
     if not isinstance(v, kind):
         raise DataError(f"{path}: must be a JSON {'object' if kind is dict else 'list'}")
     return v

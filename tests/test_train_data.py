@@ -174,6 +174,11 @@ def test_labels_out_of_range(tmp_path):
     (d / "classes.json").write_text('["a", "b", "c"]')           # labels go up to 3
     with pytest.raises(DataError) as e:
         open_dataset(d)
+    _one_line(e, "dataset.json", "'num_classes' is 4", "3 classes")     # the two files disagree
+    doc = json.loads((d / "dataset.json").read_text())
+    (d / "dataset.json").write_text(json.dumps(dict(doc, num_classes=3)))
+    with pytest.raises(DataError) as e:
+        open_dataset(d)
     _one_line(e, "labels.npy", "label 3", "3 classes")
 
 

@@ -186,7 +186,7 @@ def _dataset(s: Session, data: str, size, val: float | None, model_in: tuple | N
                               f"(push one with `thomas push-data DIR`)")
         classes = json.loads(s.t.read_bytes(f"data/{name}/classes.json"))
         meta = {"name": name, "classes": classes, "size": None}
-    return meta
+    return dict(meta, name=name)           # NOTE: a copied folder's thomas.json names the original
 
 
 def check_fit(data_meta: dict, model_meta: dict) -> None:
@@ -208,7 +208,7 @@ def _model(s: Session, model: str, data_meta: dict, width: float, seed: int) -> 
     """The model's meta on the device (a name it holds wins), else push a package directory or a
     zoo build at the dataset's size and classes."""
     if store.NAME.match(model) and s.t.exists(f"models/{model}/model.json"):
-        return device_meta(s.t, f"models/{model}") or {"name": model}
+        return dict(device_meta(s.t, f"models/{model}") or {}, name=model)
     if Path(model).is_dir():
         g, name, source = resolve_model_source(model, 0, 0, 1.0, 0)
         return push_model(s, g, name, source)

@@ -216,11 +216,9 @@ def _decode_files(root: Path, files: list, hw: list, native: bool, channels: int
                     im = im.convert("RGB" if channels == 3 else "L")
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 px = re.search(r"\((\d+) pixels\)", str(e))
-                bad.append((path.relative_to(root).as_posix(), f"{int(px.group(1)) if px else 'too many':,} pixels, "
-                            f"above the limit of {MAX_IMAGE_PIXELS:,} (refused as a possible decompression bomb)"))
-                if on_image:
-                    on_image(1)
-                continue
+                raise DataError(f"{path}: {int(px.group(1)) if px else 'too many':,} pixels, above the limit of "
+                                f"{MAX_IMAGE_PIXELS:,}: refused as a possible decompression bomb (remove or shrink "
+                                f"it)") from None
             except (OSError, ValueError, SyntaxError) as e:
                 # NOTE: Pillow reports truncated/corrupt files as OSError, some broken PNGs as SyntaxError.
                 bad.append((path.relative_to(root).as_posix(), f"{type(e).__name__}: {e}"))
