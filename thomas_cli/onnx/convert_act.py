@@ -40,6 +40,10 @@ def op_PRelu(imp, n):
     s = np.asarray(imp.cval(n, 1, "slope"), np.float32)
     if s.size == 1:
         slope = s.reshape(1)
+    elif len(xs) >= 2 and s.shape == (xs[1],) and (imp.opset < 7 or xs[-1] not in (1, xs[1])):
+        # opset < 7 PRelu: a (C,) slope is per channel. onnx's version_converter keeps it (C,), which
+        # opset 7's right-aligned broadcasting cannot apply to x: the old meaning is the only one
+        slope = s
     else:
         slope = vector(s, xs[1], len(xs)) if len(xs) >= 2 else None
         if slope is None:
