@@ -130,7 +130,9 @@ class Importer:
     def _known_op(self, op: str) -> bool:
         return op in CONVERTERS or op in SHAPE_OPS
 
-    def _record(self, label: str, node_name: str) -> None:
+    def _record(self, label, node_name: str) -> None:
+        # NOTE: protobuf hands back bytes for a string field that is not valid UTF-8
+        label = label if isinstance(label, str) else bytes(label).decode("utf-8", "replace")
         e = self.unsupported.setdefault(label, [0, node_name])
         e[0] += 1
 
