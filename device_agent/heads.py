@@ -59,7 +59,7 @@ def loss_graph(graph: Graph) -> Graph:
     already is one (a model that ends in its logits), so such models train exactly as before."""
     t = loss_output(graph)
     shapes = graph.infer_shapes(batch=1)
-    flat = len(shapes[t]) != 2
+    flat = len(shapes[t]) > 2
     if t == graph.outputs[0] and len(graph.outputs) == 1 and not flat:
         return graph
     need, keep = {t}, []
