@@ -3,7 +3,7 @@
 The device root is the agent's working directory in every mode: the local transport starts the agent
 with cwd = its folder, adb shell `cd`s to --device-root first, the daemon runs each job with cwd = its
 --root. A path the agent is given — a positional argument of run/bench/tune/infer/eval, a TrainJob
-field marked PATH in protocol.py (model, data, out, cache_dir and any marked later), a bench/tune job's
+field marked PATH in job.py (model, data, out, cache_dir and any marked later), a bench/tune job's
 `model`/`out` — must pass the rule of the wire (protocol.path_problem: relative, '/'-separated, no '',
 '.' or '..' parts), must not reach the root's own folders (RESERVED: the daemon's state and the agent
 payload), and must stay inside the root once symbolic links are followed. Otherwise JobError (code
@@ -23,8 +23,9 @@ import dataclasses
 from pathlib import Path
 
 from .errors import JobError
+from .job import TrainJob
 from .limits import MAX_JOB_BYTES, read_json
-from .protocol import DAEMON_DIR, TrainJob, path_problem
+from .protocol import DAEMON_DIR, path_problem
 
 RESERVED = (DAEMON_DIR, "agent", "agent.new", "agent.old")   # the daemon's state, the agent payload
 JOB_FILE_FIELDS = {"bench": ("model", "out"), "tune": ("model",)}   # bench.read_job's path fields
@@ -34,7 +35,7 @@ CONFINED_COMMANDS = {"run": ("JOB.json",), "bench": ("JOB.json",), "tune": ("JOB
 
 
 def path_fields(cls=TrainJob) -> list[str]:
-    """The job fields marked as paths in the schema (protocol.PATH metadata)."""
+    """The job fields marked as paths in the schema (job.PATH metadata)."""
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("path")]
 
 
