@@ -5,8 +5,9 @@
 
 Shape/Size of a constant, Identity and ConstantOfShape are evaluated directly; anything else by
 onnx's reference evaluator, one node at the model's opset. Ops that can make a large tensor out of
-a few numbers (ConstantOfShape, Expand, Tile, Range) are sized first and refused above
-MAX_FOLD_ELEMENTS, so a hostile shape input cannot allocate gigabytes.
+a few numbers (ConstantOfShape, Expand, Tile, Range) are sized first: a constant that (with its
+float32 copy as a param) would not fit in the memory available is refused, so a hostile shape
+input cannot allocate gigabytes (light_vgg19's 400 MB fc6 weight, made by ConstantOfShape, folds).
 """
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ import onnx
 from onnx import TensorProto, helper
 
 from .common import Malformed, Unsupported, attr_int, first_line, onnx_attrs, to_array
-
-MAX_FOLD_ELEMENTS = 1 << 26          # 64 Mi elements (256 MiB of float32) for one folded constant
 
 
 def constant(imp, n) -> np.ndarray:
@@ -55,8 +54,9 @@ def _dims(v) -> tuple:
     return tuple(int(x) for x in d)
 
 
-def _guard(n, vals) -> None:
-    """Unsupported when folding n would make a constant over MAX_FOLD_ELEMENTS elements."""
+def _guard(imp, n, vals) -> None:
+    """Unsupported when folding n would make a constant that does not fit in memory: its bytes
+    (8 per element at most) plus a float32 copy, against imp.budget."""
     op, size = n.op_type, None
     if op == "ConstantOfShape":
         size = int(np.prod([max(d, 0) for d in _dims(vals[0])], dtype=np.float64))
@@ -72,8 +72,14 @@ def _guard(n, vals) -> None:
     elif op == "Range" and len(vals) > 2:
         start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in vals[:3])
         size = 0.0 if delta == 0 else max(np.ceil((limit - start) / delta), 0.0)
-    if size is not None and size > MAX_FOLD_ELEMENTS:
-        raise Unsupported(f"{op} making a constant of {size:.3g} elements (over {MAX_FOLD_ELEMENTS})")
+    if size is None:
+        return
+    if imp.budget is None:
+        from device_agent.limits import memory_budget
+
+        imp.budget = memory_budget()
+    if 12 * size > imp.budget:
+        raise Unsupported(f"{op} making a constant of {size:.3g} elements (more than the memory available)")
 
 
 def fold(imp, n) -> None:
@@ -81,7 +87,7 @@ def fold(imp, n) -> None:
     vals = [imp.const[t] if t else None for t in n.input]
     op = n.op_type
     imp.folded += 1
-    _guard(n, vals)
+    _guard(imp, n, vals)
     if op in ("Shape", "Size"):
         imp.set_const(n, 0, shape_value(n, np.shape(vals[0])))
         return
