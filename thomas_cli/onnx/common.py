@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from device_agent.errors import OnnxError
+from device_agent.limits import parse_json
 
 DEFAULT_OPSET = 17
 EXPORT_OPSETS = range(7, 22)          # opsets export_onnx writes
@@ -123,10 +124,7 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise OnnxError(f"{p}: cannot read labels ({first_line(e)})") from None
     if text.lstrip().startswith("["):
-        try:
-            labels = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise OnnxError(f"{p}: invalid JSON labels at line {e.lineno}: {e.msg}") from None
+        labels = parse_json(text, f"{p} (labels)", OnnxError)
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise OnnxError(f"{p}: a JSON labels file must hold a list of strings")
         return labels
