@@ -23,6 +23,7 @@ node and field at fault.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 WEIGHTS_NPZ = "weights.npz"
 PARAM_DTYPES = ("float32",)
+MAX_TENSOR_BYTES = 1 << 30           # one tensor of one image (float32): far above any mobile CNN's
 INPUT_DTYPES = ("float32",)
 
 
@@ -241,6 +243,10 @@ def _parse(doc, weights: dict[str, np.ndarray]) -> Graph:
         raise PackageError(f"{where}: field 'format' must be >= 1, got {fmt}")
     _only(doc, {"format", "name", "inputs", "outputs", "nodes", "params", "labels", "meta"}, where)
     name = _need(doc, "name", str, where)
+    if not name or len(name) > 200 or name in (".", "..") or any(c in name for c in "/\\") or \
+            any(ord(c) < 32 for c in name):
+        raise PackageError(f"{where}: field 'name' must be a model name (1-200 characters, no '/', '\\', "
+                           f"control characters, '.' or '..'), got {name[:60]!r}")
 
     inputs = []
     for i, d in enumerate(_need(doc, "inputs", list, where)):
@@ -400,7 +406,29 @@ def _validate(g: Graph) -> None:
     extra = sorted(set(g.weights) - set(g.params))
     if extra:
         raise PackageError(f"{WEIGHTS_NPZ}: array '{extra[0]}' is not listed in model.json params")
-    g.infer_shapes(batch=1)
+    _check_sizes(g, g.infer_shapes(batch=1))
+
+
+def _check_sizes(g: Graph, shapes: dict) -> None:
+    """Declared sizes a device could never hold are refused here, before anything is allocated: a
+    tensor above MAX_TENSOR_BYTES for one image (a 10^9 x 10^9 input, a runaway Resize), labels that do
+    not match the classifier's output width."""
+    for spec in g.inputs:
+        _tensor_fits(f"{MODEL_JSON}: input '{spec.name}' declares shape {list(spec.shape)}", shapes[spec.name])
+    for n in g.nodes:
+        for t in n.outputs:
+            _tensor_fits(f"node '{n.name}' ({n.op}): output '{t}' has shape {list(shapes[t])}", shapes[t])
+    out = shapes.get(g.outputs[0], ())
+    if g.labels is not None and len(out) == 2 and out[1] != len(g.labels):
+        raise PackageError(f"{MODEL_JSON}: field 'labels' names {len(g.labels)} classes, output "
+                           f"'{g.outputs[0]}' has {out[1]}")
+
+
+def _tensor_fits(what: str, shape: tuple) -> None:
+    nbytes = math.prod(shape) * 4
+    if nbytes > MAX_TENSOR_BYTES:
+        raise PackageError(f"{what}: {nbytes / 2**30:.3g} GiB for one image, more than the "
+                           f"{MAX_TENSOR_BYTES >> 30} GiB a tensor may take")
 
 
 def _check_order(g: Graph, known: dict, producer: dict) -> None:

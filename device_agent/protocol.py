@@ -363,9 +363,9 @@ def parse_event(line: str) -> Event:
 #   remove {path}              -> {}                             (file or tree; no error when missing)
 #   move {src, dst}            -> {}                             (replaces dst)
 #   put_begin {path, size, sha256}            -> {"offset": bytes already received (resume after a drop)}
+#                                 | code "disk_full" (what is still to come does not fit the free space)
 #   put_chunk {path, size, sha256, offset, chunk_sha256, n} + n bytes
 #                              -> {"offset": next} | {"offset": size, "done": true} (whole file verified
-#                                 | code "disk_full" (what is still to come does not fit the free space)
 #                                 and published atomically) | ok false, code "bad_chunk" (chunk dropped:
 #                                 send it again) | code "bad_file" (whole-file hash differs; partial dropped)
 #                                 | code "offset" with "offset": what the daemon has (resend from there)
