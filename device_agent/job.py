@@ -26,6 +26,8 @@ BN_MODES = ("auto", "frozen", "train")
 BACKENDS = ("auto", "numpy", "opencl")
 DTYPES = ("float32", "float64")
 SELECTS = ("val_acc", "val_loss")
+MAX_BATCH = 65536                     # images in one step: far beyond any phone's memory at 224x224
+MAX_COUNT = 1_000_000                 # epochs, layers, classes, step_size: a typo, not a plan
 PATH = {"path": True}                 # metadata of a path-valued job field (confine.path_fields)
 
 
@@ -97,7 +99,7 @@ class TrainJob:
         if isinstance(lay, str):
             _choice("layers", lay, LAYERS)
         else:
-            _int("layers", lay, 1, what="'last', 'all' or an integer >= 1")
+            _int("layers", lay, 1, MAX_COUNT, what="'last', 'all' or an integer >= 1")
         v["layers"] = lay
         _choice("init", v["init"], INITS)
         _choice("optimizer", v["optimizer"], OPTIMIZERS)
@@ -106,10 +108,11 @@ class TrainJob:
         _choice("backend", v["backend"], BACKENDS)
         _choice("dtype", v["dtype"], DTYPES)
         if v["num_classes"] is not None:
-            _int("num_classes", v["num_classes"], 1)
-        for k, lo in (("epochs", 1), ("batch", 1), ("step_size", 1), ("warmup_epochs", 0), ("seed", 0),
-                      ("keep_checkpoints", 1), ("checkpoint_every", 0)):
-            _int(k, v[k], lo)
+            _int("num_classes", v["num_classes"], 1, MAX_COUNT)
+        for k, lo, hi in (("epochs", 1, MAX_COUNT), ("batch", 1, MAX_BATCH), ("step_size", 1, MAX_COUNT),
+                          ("warmup_epochs", 0, MAX_COUNT), ("seed", 0, 2**63 - 1), ("keep_checkpoints", 1, 1000),
+                          ("checkpoint_every", 0, 2**31 - 1)):
+            _int(k, v[k], lo, hi)
         _float("lr", v["lr"], gt=0)
         _float("momentum", v["momentum"], ge=0, lt=1)
         _float("eps", v["eps"], gt=0)
@@ -138,7 +141,7 @@ class TrainJob:
             v["diverge_factor"] = float(v["diverge_factor"])
         _choice("select", v["select"], SELECTS)
         if v["patience"] is not None:
-            _int("patience", v["patience"], 1)
+            _int("patience", v["patience"], 1, MAX_COUNT)
         if v["warmup_epochs"] >= v["epochs"]:
             raise JobError(f"job field 'warmup_epochs' must be < epochs ({v['epochs']}), got {v['warmup_epochs']}")
         for k in ("lr", "momentum", "eps", "gamma", "label_smoothing", "weight_decay"):
@@ -170,11 +173,13 @@ def _choice(k, x, choices):
         raise JobError(f"job field '{k}' must be one of {', '.join(map(repr, choices))}, got {x!r}")
 
 
-def _int(k, x, lo, what=None):
+def _int(k, x, lo, hi=None, what=None):
     if isinstance(x, bool) or not isinstance(x, int):
         raise JobError(f"job field '{k}' must be {what or 'an integer'}, got {x!r}")
     if x < lo:
         raise JobError(f"job field '{k}' must be {what or f'>= {lo}'}, got {x!r}")
+    if hi is not None and x > hi:
+        raise JobError(f"job field '{k}' must be <= {hi}, got {x!r}")
 
 
 def _float(k, x, gt=None, ge=None, lt=None):

@@ -248,3 +248,12 @@ def test_host_job_file_nested_deep(tmp_path):
                                  "--data", "d", "--job", str(jf)])
     assert r.exit_code == 1 and "nested deeper than" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "dev").exists()
+
+
+@pytest.mark.parametrize("field,value", [("batch", 10**12), ("epochs", 10**9), ("layers", 10**7),
+                                         ("keep_checkpoints", 10**6), ("seed", 2**64), ("num_classes", 10**8)])
+def test_job_counts_have_upper_bounds(field, value):
+    from device_agent.job import TrainJob
+
+    with pytest.raises(JobError, match=f"job field '{field}' must be <= "):
+        TrainJob.from_dict({"model": "m", "data": "d", "out": "o", field: value})
