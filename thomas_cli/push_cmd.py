@@ -30,6 +30,7 @@ from device_agent.dataset_write import DATASET_JSON, check_labels, random_split,
 from device_agent.errors import DataError, DiskError, ThomasError
 from device_agent.fsutil import disk_error
 from device_agent.graph import Graph, load_package, save_package
+from device_agent.limits import parse_json
 
 from . import images, store, zoo
 from .main import app, err, guarded, out, print_json
@@ -61,7 +62,7 @@ def device_meta(t: Transport, rel: str) -> dict | None:
     if not t.exists(f"{rel}/{META}"):
         return None
     try:
-        return json.loads(t.read_bytes(f"{rel}/{META}"))
+        return parse_json(t.read_bytes(f"{rel}/{META}"), rel, ValueError)   # a deep or bad file: no meta
     except ValueError:
         return None
 
