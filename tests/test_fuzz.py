@@ -74,12 +74,13 @@ def _judge(kind: str, cases: list, fz: dict, watch: list[Path]) -> None:
 
 def _left_behind(before: dict, watch: list[Path]) -> list[str]:
     """New files after a refused command, outside the places a failed command may write
-    (its own run record, the OpenCL cache)."""
+    (its own run record and job file, the OpenCL cache, a dataset's verified-hash cache)."""
     new = []
     for w in watch:
         now = tree(w)
         for rel in set(now) - set(before[str(w)]):
-            if rel.startswith(("runs/", "cl-cache/", "tuning/", ".daemon/", "agent/")):
+            if rel.startswith(("runs/", "jobs/", "cl-cache/", "tuning/", ".daemon/", "agent/")) \
+                    or rel.endswith("/.verified.json"):      # a run's own record; the shard hash cache
                 continue
             new.append(f"{w.name}/{rel}")
     return sorted(new)

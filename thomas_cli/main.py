@@ -152,12 +152,37 @@ def guarded(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except ThomasError as e:
+            _NOTES.clear()           # a failed command's stderr is its error line alone
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except BaseException:
+            flush_notes()
+            raise
+        flush_notes()
+        return result
 
     return wrapper
+
+
+# NOTE: progress notes ("pushing the agent ...") go to a terminal at once; when stderr is a pipe or a
+# file they are held until the command ends and shown only if it succeeded, so a script reading stderr
+# of a failed command gets exactly one line.
+_NOTES: list[str] = []
+
+
+def note(msg: str) -> None:
+    """A dim progress note on stderr (see _NOTES)."""
+    if err.is_terminal:
+        err.print(f"[dim]{msg}[/]", highlight=False, soft_wrap=True)
+    else:
+        _NOTES.append(msg)
+
+
+def flush_notes() -> None:
+    while _NOTES:
+        err.print(f"[dim]{_NOTES.pop(0)}[/]", highlight=False, soft_wrap=True)
 
 
 def print_json(obj) -> None:

@@ -342,9 +342,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def console_note(msg: str) -> None:
-    from .main import err
+    from .main import note
 
-    err.print(f"[dim]{msg}[/]", highlight=False, soft_wrap=True)
+    note(msg)
 
 
 def python_hint(transport: Transport) -> str:
