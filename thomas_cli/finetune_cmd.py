@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from device_agent.errors import DataError, JobError, ThomasError
-from device_agent.graph import load_package
+from device_agent.graph import MODEL_JSON, load_package
 from device_agent.confine import check_job_paths
 from device_agent.limits import MAX_JOB_BYTES, parse_json, read_json
 from device_agent.protocol import TrainJob
@@ -209,6 +209,10 @@ def _model(s: Session, model: str, data_meta: dict, width: float, seed: int) -> 
     zoo build at the dataset's size and classes."""
     if store.NAME.match(model) and s.t.exists(f"models/{model}/model.json"):
         return dict(device_meta(s.t, f"models/{model}") or {}, name=model)
+    run_pkg = _run_package(model)
+    if run_pkg is not None:                    # fine-tune again from a run: its best/ (else final/) model
+        pkg, name = run_pkg
+        return push_model(s, load_package(pkg), name, f"run {pkg.parent.name} {pkg.name}/")
     if Path(model).is_dir():
         g, name, source = resolve_model_source(model, 0, 0, 1.0, 0)
         return push_model(s, g, name, source)
@@ -224,6 +228,23 @@ def _model(s: Session, model: str, data_meta: dict, width: float, seed: int) -> 
         return res
     raise ThomasError(f"no model '{model}' on {s.t.serial}: push it with `thomas push-model`, or give a "
                       f"package directory or a zoo name ({', '.join(zoo.ZOO)})")
+
+
+def _run_package(model: str) -> tuple[Path, str] | None:
+    """(package, device model name) when MODEL names a training run of this computer (its id or its
+    folder): the run's best/ model when it has one, else final/, pushed as models/<run>-best or
+    models/<run>. None when MODEL is something else."""
+    from .onnx_cmd import resolve_package
+
+    p = Path(model)
+    if (p / MODEL_JSON).is_file():
+        return None
+    run = p if p.is_dir() else store.runs_dir() / model if store.NAME.match(model) else None
+    if run is None or not any((run / w / MODEL_JSON).is_file() for w in ("best", "final")):
+        return None
+    pkg = resolve_package(run, note=console_note)
+    rid = run.resolve().name
+    return pkg, store.check_name(f"{rid}-best" if pkg.name == "best" else rid, "model")
 
 
 def new_run(s: Session, model_meta: dict, data_meta: dict, fields: dict) -> dict:

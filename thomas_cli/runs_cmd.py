@@ -27,7 +27,7 @@ def _row(rec: dict) -> dict:
     s = rec.get("summary") or {}
     d = rec.get("device", {})
     return {"id": rec["id"], "created": rec.get("created"), "status": rec.get("status"), "model": rec.get("model"),
-            "data": rec.get("data"), "stage": rec.get("stage"), "epochs": s.get("epochs"), "val_acc": s.get("val_acc"),
+            "data": rec.get("data"), "stage": rec.get("stage"), "kind": rec.get("kind", "train"), "epochs": s.get("epochs"), "val_acc": s.get("val_acc"),
             "acc": s.get("acc"),   # an eval run's top-1 on its split (stage "eval SPLIT")
             "train_acc": s.get("train_acc"), "device": f"{d.get('transport')}:{d.get('serial')}",
             "error": rec.get("error")}
