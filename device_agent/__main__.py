@@ -29,7 +29,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ThomasError
 from .errors import InputError, JobError
-from .protocol import PROTOCOL_VERSION, Device, Error, Event, Hello, Infer
+from .protocol import PROTOCOL_VERSION, DeviceEvent, ErrorEvent, Event, HelloEvent, InferEvent
 
 USAGE = ("usage: python -m device_agent hello | doctor | run JOB.json | "
          "infer MODEL X.npy OUT.npy [--batch N] [--backend auto|opencl|numpy] | "
@@ -51,7 +51,7 @@ def payload_hash() -> str | None:
 
 
 def hello() -> None:
-    emit(Hello(PROTOCOL_VERSION, __version__, payload_hash(), platform.python_version(), os.getpid()))
+    emit(HelloEvent(PROTOCOL_VERSION, __version__, payload_hash(), platform.python_version(), os.getpid()))
 
 
 def doctor() -> int:
@@ -81,8 +81,8 @@ def doctor() -> int:
         free = shutil.disk_usage(os.getcwd()).free
     except OSError:
         free = None
-    emit(Device(platform.platform(), platform.machine(), os.cpu_count() or 1, platform.python_version(),
-                np_version, cl_version, devices, cl_error, os.getcwd(), free))
+    emit(DeviceEvent(platform.platform(), platform.machine(), os.cpu_count() or 1, platform.python_version(),
+                     np_version, cl_version, devices, cl_error, os.getcwd(), free))
     return 0
 
 
@@ -133,7 +133,7 @@ def infer(args: list[str]) -> int:
     except OSError as e:                    # a full disk: no half file left, the error names dst
         Path(tmp).unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, dst) from e
-    emit(Infer(model, int(y.shape[0]), dst, list(y.shape), round(ms, 1), backend, where))
+    emit(InferEvent(model, int(y.shape[0]), dst, list(y.shape), round(ms, 1), backend, where))
     return 0
 
 
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> int:
         from . import tune
 
         return tune.main(args, emit)
-    emit(Error("usage", USAGE))
+    emit(ErrorEvent("usage", USAGE))
     print(USAGE, file=sys.stderr)
     return 2
 
@@ -178,11 +178,11 @@ if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1:]))
     except ThomasError as e:
-        emit(Error(e.code, str(e)))
+        emit(ErrorEvent(e.code, str(e)))
         sys.exit(e.exit_code)
     except OSError as e:                    # the device's storage: disk_full / io, one line with the fix
         from .fsutil import disk_error
 
         err = disk_error(e)
-        emit(Error(err.code, str(err)))
+        emit(ErrorEvent(err.code, str(err)))
         sys.exit(err.exit_code)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ThomasError
-from .protocol import BenchDone, LayerTime
+from .protocol import BenchDoneEvent, LayerTimeEvent
 
 STAGES = ("infer", "last", "all")
 LR = 1e-4
@@ -267,12 +267,12 @@ def main(args: list[str], emit) -> int:
     for r in (bench_opencl(g, job["stage"], job["batch"], job["steps"], costs), baseline(args[0])):
         res[r["backend"]] = r
         for row in r.get("layers", []):
-            emit(LayerTime(**row))
+            emit(LayerTimeEvent(**row))
     cl_, np_ = res["opencl"], res["numpy"]
     speedup = np_["ms_step"] / cl_["ms_step"] if "ms_step" in cl_ and "ms_step" in np_ else None
-    summary = BenchDone(model=job["model"], stage=job["stage"], batch=job["batch"], steps=job["steps"],
-                        results={k: {kk: vv for kk, vv in v.items() if kk != "layers"} for k, v in res.items()},
-                        speedup=speedup)
+    summary = BenchDoneEvent(model=job["model"], stage=job["stage"], batch=job["batch"], steps=job["steps"],
+                             results={k: {kk: vv for kk, vv in v.items() if kk != "layers"} for k, v in res.items()},
+                             speedup=speedup)
     if job.get("out"):
         out = Path(job["out"])
         out.mkdir(parents=True, exist_ok=True)

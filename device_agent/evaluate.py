@@ -240,7 +240,7 @@ def main(args: list[str], emit) -> int:
     from .engine import resolve_backend
     from .fsutil import atomic_write
     from .graph import load_package
-    from .protocol import EvalReport, Progress
+    from .protocol import EvalReportEvent, ProgressEvent
 
     (model, data, out), opts = _parse(args)      # __main__ confined the paths to the device root (confine.py)
     ds = open_dataset(data)
@@ -258,7 +258,7 @@ def main(args: list[str], emit) -> int:
         # every tenth of the split, and at least every PROGRESS_S (a slow phone must not starve the watchdog)
         if done == total or done - shown[0] >= total / 10 or time.monotonic() - shown[1] >= PROGRESS_S:
             shown[:] = [done, time.monotonic()]
-            emit(Progress("eval", done, total))
+            emit(ProgressEvent("eval", done, total))
     res = evaluate(graph, part, int(opts["--batch"]), backend, int(opts["--top"]), len(ds.classes), progress)
     doc = dict(res.to_dict(ds.classes), model=model, model_name=graph.name, data=data,
                device=compute_device(res.backend), batch=int(opts["--batch"]),
@@ -266,6 +266,6 @@ def main(args: list[str], emit) -> int:
     dest = Path(out)
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(dest, lambda f: f.write((json.dumps(doc) + "\n").encode()))
-    emit(EvalReport(model, data, res.split, res.count, len(ds.classes), res.acc, res.top_k, res.top_k_acc,
-                    doc["loss"], res.loss_tensor, doc["ms"], doc["img_s"], res.backend, doc["device"], out))
+    emit(EvalReportEvent(model, data, res.split, res.count, len(ds.classes), res.acc, res.top_k, res.top_k_acc,
+                         doc["loss"], res.loss_tensor, doc["ms"], doc["img_s"], res.backend, doc["device"], out))
     return 0

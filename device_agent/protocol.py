@@ -4,12 +4,13 @@ here), the events, the daemon's framing.
 Standard library only (the host imports it too).
 
     job = TrainJob.from_dict(json.load(f))     # JobError naming the field on any bad value
-    print(Step(step=3, epoch=1, batch=3, loss=0.41, acc=0.88, lr=0.01, ms=83).to_json())
+    print(StepEvent(step=3, epoch=1, batch=3, loss=0.41, acc=0.88, lr=0.01, ms=83).to_json())
     # {"ev": "step", "step": 3, "epoch": 1, ..., "t": 1764000000.123}
 
 Events go to stdout one JSON object a line, `ev` + `t` (unix seconds) + fields; the first line of
 every agent command is `hello` (the handshake), the last line of a run is `done` or `error`.
-`parse_event(line)` turns a line back into its dataclass.
+`parse_event(line)` turns a line back into its dataclass (`...Event`, one per `ev` name: EVENTS), which
+is how the host reads every event: attributes, never string keys.
 """
 from __future__ import annotations
 
@@ -41,10 +42,14 @@ def _clean(v):
 class Event:
     ev: ClassVar[str] = ""
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict:
+        """The JSON object of the event: `ev`, then the fields in order (NaN/inf as None)."""
         d = {"ev": self.ev}
         d.update({f.name: _clean(getattr(self, f.name)) for f in dataclasses.fields(self)})
-        return json.dumps(d, separators=(", ", ": "))
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(", ", ": "))
 
 
 def _now() -> float:
@@ -52,7 +57,7 @@ def _now() -> float:
 
 
 @dataclass
-class Plan(Event):
+class PlanEvent(Event):
     """What the run will do, before the first step."""
     ev: ClassVar[str] = "plan"
     backend: str
@@ -76,7 +81,7 @@ class Plan(Event):
 
 
 @dataclass
-class Progress(Event):
+class ProgressEvent(Event):
     ev: ClassVar[str] = "progress"
     phase: str                    # "features" (filling the cache), "eval"
     done: int
@@ -85,7 +90,7 @@ class Progress(Event):
 
 
 @dataclass
-class Step(Event):
+class StepEvent(Event):
     ev: ClassVar[str] = "step"
     step: int                     # global, 1-based
     epoch: int                    # 1-based
@@ -98,7 +103,7 @@ class Step(Event):
 
 
 @dataclass
-class Epoch(Event):
+class EpochEvent(Event):
     ev: ClassVar[str] = "epoch"
     epoch: int
     train_loss: float
@@ -112,7 +117,7 @@ class Epoch(Event):
 
 
 @dataclass
-class Eval(Event):
+class EvalEvent(Event):
     ev: ClassVar[str] = "eval"
     epoch: int
     split: str
@@ -124,7 +129,7 @@ class Eval(Event):
 
 
 @dataclass
-class Checkpoint(Event):
+class CheckpointEvent(Event):
     ev: ClassVar[str] = "checkpoint"
     step: int
     epoch: int
@@ -135,7 +140,7 @@ class Checkpoint(Event):
 
 
 @dataclass
-class Cache(Event):
+class CacheEvent(Event):
     """Feature cache use for one split: hit = read from the cache, miss = the prefix ran now."""
     ev: ClassVar[str] = "cache"
     hit: bool
@@ -149,7 +154,7 @@ class Cache(Event):
 
 
 @dataclass
-class Done(Event):
+class DoneEvent(Event):
     ev: ClassVar[str] = "done"
     out: str
     final: str                    # the trained model package
@@ -171,7 +176,7 @@ class Done(Event):
 
 
 @dataclass
-class Error(Event):
+class ErrorEvent(Event):
     ev: ClassVar[str] = "error"
     code: str
     message: str
@@ -180,7 +185,7 @@ class Error(Event):
 
 # ============================================================================ handshake and doctor
 @dataclass
-class Hello(Event):
+class HelloEvent(Event):
     """The first line of every agent command, before anything else runs: the host compares
     `protocol` with its own PROTOCOL_VERSION and stops (exit 3) when they differ."""
     ev: ClassVar[str] = "hello"
@@ -193,7 +198,7 @@ class Hello(Event):
 
 
 @dataclass
-class Device(Event):
+class DeviceEvent(Event):
     """`python -m device_agent doctor`: what this device offers the agent."""
     ev: ClassVar[str] = "device"
     os: str                       # platform.platform()
@@ -210,7 +215,7 @@ class Device(Event):
 
 
 @dataclass
-class Infer(Event):
+class InferEvent(Event):
     """`infer`: the model ran on a batch; its first output was saved as .npy on the device."""
     ev: ClassVar[str] = "infer"
     model: str
@@ -224,7 +229,7 @@ class Infer(Event):
 
 
 @dataclass
-class EvalReport(Event):
+class EvalReportEvent(Event):
     """`eval` (device_agent/evaluate.py): a model measured on a dataset split; the whole report
     (per-class precision/recall, the confusion matrix) is the JSON file `output` on the device."""
     ev: ClassVar[str] = "eval_report"
@@ -247,7 +252,7 @@ class EvalReport(Event):
 
 
 @dataclass
-class LayerTime(Event):
+class LayerTimeEvent(Event):
     """`bench`: one layer of one backend (medians over the profiled steps)."""
     ev: ClassVar[str] = "layer_time"
     backend: str                  # "opencl" | "numpy"
@@ -262,7 +267,7 @@ class LayerTime(Event):
 
 
 @dataclass
-class BenchDone(Event):
+class BenchDoneEvent(Event):
     """`bench`: the last line; results[backend] = {ms_step, img_s, memory, device | threads} or {error}."""
     ev: ClassVar[str] = "bench"
     model: str
@@ -275,7 +280,7 @@ class BenchDone(Event):
 
 
 @dataclass
-class Telemetry(Event):
+class TelemetryEvent(Event):
     """After each `epoch` (device_agent/telemetry.py): energy and temperatures over that epoch;
     a sensor the device does not expose (or does not let us read) is null."""
     ev: ClassVar[str] = "telemetry"
@@ -290,7 +295,7 @@ class Telemetry(Event):
 
 
 @dataclass
-class TuneVariant(Event):
+class TuneVariantEvent(Event):
     """`tune`: one timed variant (ms None and `error` set when it did not build)."""
     ev: ClassVar[str] = "tune_variant"
     index: int
@@ -302,7 +307,7 @@ class TuneVariant(Event):
 
 
 @dataclass
-class Tune(Event):
+class TuneEvent(Event):
     """`tune`: the winner, saved in the device's tuning file under `key` ("<device>|<driver>")."""
     ev: ClassVar[str] = "tune"
     key: str
@@ -317,16 +322,26 @@ class Tune(Event):
     t: float = field(default_factory=_now)
 
 
-EVENTS = {c.ev: c for c in (Hello, Device, Plan, Progress, Step, Epoch, Eval, Checkpoint, Cache, Done,
-                          Infer, EvalReport, Error, LayerTime, BenchDone, Telemetry, TuneVariant, Tune)}
+EVENTS = {c.ev: c for c in (HelloEvent, DeviceEvent, PlanEvent, ProgressEvent, StepEvent, EpochEvent, EvalEvent,
+                          CheckpointEvent, CacheEvent, DoneEvent, InferEvent, EvalReportEvent, ErrorEvent,
+                          LayerTimeEvent, BenchDoneEvent, TelemetryEvent, TuneVariantEvent, TuneEvent)}
 
 
-def parse_event(line: str) -> Event:
-    """One JSONL line back into its event dataclass (ValueError if it is not one)."""
-    d = json.loads(line)
-    cls = EVENTS.get(d.pop("ev", None)) if isinstance(d, dict) else None
+def parse_event(line: str | dict) -> Event:
+    """One JSONL line (or its decoded object) back into its event dataclass; ValueError when it is not
+    one: not JSON, no known `ev`, a field missing or one the event does not have."""
+    d = json.loads(line) if isinstance(line, (str, bytes)) else line
+    d = dict(d) if isinstance(d, dict) else None
+    cls = EVENTS.get(d.pop("ev", None)) if d is not None else None
     if cls is None:
-        raise ValueError(f"not a THOMAS event: {line[:80]!r}")
+        raise ValueError(f"not a THOMAS event: {str(line)[:80]!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in d and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing or set(d) - names:
+        extra = sorted(set(d) - names)
+        raise ValueError(f"a '{cls.ev}' event " + (f"without {', '.join(missing)}" if missing else
+                                                    f"with unknown field(s) {', '.join(extra)}"))
     return cls(**d)
 
 

@@ -35,8 +35,8 @@ from .heads import loss_graph, num_classes
 from .limits import MAX_JOB_BYTES, read_json
 from .monitor import BestEpoch, DivergenceGuard
 from .optim import lr_at, make_optimizer
-from .protocol import (Cache, Checkpoint, Done, Epoch, Error, Eval, Event, Plan, Progress, Step,
-                       TrainJob)
+from .protocol import (CacheEvent, CheckpointEvent, DoneEvent, EpochEvent, ErrorEvent, EvalEvent, Event, PlanEvent,
+                       ProgressEvent, StepEvent, TrainJob)
 from .runlock import LOCK_NAME, RunLock
 from .stages import FeatureCache, split_graph, trainable_params
 from .telemetry import Telemetry
@@ -69,36 +69,36 @@ class _Run:
             except OSError as e:            # disk full: stdout still carries this event and the error
                 _drop(self.events)
                 self.events = None
-                if not isinstance(ev, Error):   # an error event is the run's last: stdout is enough
+                if not isinstance(ev, ErrorEvent):   # an error event is the run's last: stdout is enough
                     raise OSError(e.errno, e.strerror, str(self.out / "events.jsonl")) from e
         if self.emit is not None:
             self.emit(ev)
         self.telemetry.tick()
-        if isinstance(ev, Epoch):           # joules and temperatures of the epoch that just ended
+        if isinstance(ev, EpochEvent):           # joules and temperatures of the epoch that just ended
             self.send(self.telemetry.epoch(ev.epoch))
 
 
-def run(job: TrainJob, emit=None) -> Done:
+def run(job: TrainJob, emit=None) -> DoneEvent:
     """Run a job; every event goes to emit(event) and <out>/events.jsonl. On failure an `error`
     event is sent, then the ThomasError is raised again (marked .reported)."""
     r = _Run(job, emit)
     try:
         return _run(r)
     except ThomasError as e:
-        r.send(Error(e.code, str(e)))
+        r.send(ErrorEvent(e.code, str(e)))
         e.reported = True
         raise
     except KeyboardInterrupt as e:
-        r.send(Error("interrupted", "interrupted; the last checkpoint is kept"))
+        r.send(ErrorEvent("interrupted", "interrupted; the last checkpoint is kept"))
         e.reported = True
         raise
     except OSError as e:                    # the device's storage: disk_full / io, not internal
         err = disk_error(e, fallback=r.out, then="then resume the run (its checkpoints are kept)")
-        r.send(Error(err.code, str(err)))
+        r.send(ErrorEvent(err.code, str(err)))
         err.reported = True
         raise err from None
     except Exception as e:  # noqa: BLE001  (a bug: record it as the run's last event, then re-raise)
-        r.send(Error("internal", f"{type(e).__name__}: {e}"))
+        r.send(ErrorEvent("internal", f"{type(e).__name__}: {e}"))
         e.reported = True
         raise
     finally:
@@ -163,7 +163,7 @@ def _load_graph(job: TrainJob, ds: Dataset) -> Graph:
     return graph
 
 
-def _run(r: _Run) -> Done:
+def _run(r: _Run) -> DoneEvent:
     """The run as named steps: set up (nothing on disk yet), prepare the run directory, resume,
     plan, the epochs, the results."""
     t_run = time.perf_counter()
@@ -288,10 +288,10 @@ def _send_plan(r: _Run, s: _State) -> None:
                                {"model": str(Path(job.model).resolve()), "data": str(Path(job.data).resolve())})
     mem = s.engine.memory()
     n_train = int(sum(graph.weights[k].size for k in s.trainable))
-    r.send(Plan(s.backend, job.dtype, _stage_name(job), n_train, graph.num_params(False) - n_train,
-                [g for g in graph.param_groups() if any(graph.params[k].group == g for k in s.trainable)],
-                list(s.split.cut), s.cache is not None, len(ds.train), len(ds.val), len(ds.classes), job.batch,
-                job.epochs, s.spe, s.total, s.step, mem))
+    r.send(PlanEvent(s.backend, job.dtype, _stage_name(job), n_train, graph.num_params(False) - n_train,
+                     [g for g in graph.param_groups() if any(graph.params[k].group == g for k in s.trainable)],
+                     list(s.split.cut), s.cache is not None, len(ds.train), len(ds.val), len(ds.classes), job.batch,
+                     job.epochs, s.spe, s.total, s.step, mem))
 
 
 def _features(r: _Run, s: _State, split_name: str, epoch: int) -> dict | None:
@@ -307,7 +307,7 @@ def _features(r: _Run, s: _State, split_name: str, epoch: int) -> dict | None:
         def progress(done: int, n: int) -> None:
             if done == n or done - shown[0] >= n / 10:
                 shown[0] = done
-                r.send(Progress("features", done, n))
+                r.send(ProgressEvent("features", done, n))
         cache.fill({"train": ds.train, "val": ds.val}, s.prefix(), max(r.job.batch, 64), s.preprocess, progress)
         s.computed.update(cache.loaded)
     if split_name in s.computed:           # filled by this run: its first use is the miss
@@ -315,8 +315,8 @@ def _features(r: _Run, s: _State, split_name: str, epoch: int) -> dict | None:
         s.computed.discard(split_name)
     feats = cache.loaded.get(split_name, {})
     rows = len(ds.train if split_name == "train" else ds.val)
-    r.send(Cache(hit, split_name, epoch + 1, cache.key, rows,
-                 int(sum(a.nbytes for a in feats.values())), round((time.perf_counter() - t0) * 1e3, 1)))
+    r.send(CacheEvent(hit, split_name, epoch + 1, cache.key, rows,
+                      int(sum(a.nbytes for a in feats.values())), round((time.perf_counter() - t0) * 1e3, 1)))
     return feats
 
 
@@ -348,7 +348,7 @@ def _evaluate(r: _Run, s: _State, epoch: int):
         loss_sum, correct = loss_sum + ls, correct + c
         preds.append(np.argmax(logits, axis=1))
     n = len(ds.val)
-    r.send(Eval(epoch + 1, "val", loss_sum / n, correct / n, n, round((time.perf_counter() - t0) * 1e3, 1)))
+    r.send(EvalEvent(epoch + 1, "val", loss_sum / n, correct / n, n, round((time.perf_counter() - t0) * 1e3, 1)))
     return loss_sum / n, correct / n, np.concatenate(preds)
 
 
@@ -359,8 +359,8 @@ def _save_ckpt(r: _Run, s: _State, epoch: int, batch: int) -> None:
             "guard": s.guard.state(), "best": s.best.state()}
     p = checkpoint.save(r.out / "ckpt", s.step, params=s.engine.params(), optimizer=s.engine.optimizer_state(),
                         meta=meta, keep=job.keep_checkpoints)
-    r.send(Checkpoint(s.step, epoch + (batch > 0), str(p), p.stat().st_size,
-                      round((time.perf_counter() - t0) * 1e3, 1)))
+    r.send(CheckpointEvent(s.step, epoch + (batch > 0), str(p), p.stat().st_size,
+                           round((time.perf_counter() - t0) * 1e3, 1)))
 
 
 def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
@@ -384,8 +384,8 @@ def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
             raise TrainError(_diverged(r, s, why, epoch, i, rate))
         s.step += 1
         s.sums = [s.sums[0] + loss * len(y), s.sums[1] + correct, s.sums[2] + len(y)]
-        r.send(Step(s.step, epoch + 1, i + 1, loss, correct / len(y), rate,
-                    round((time.perf_counter() - ts) * 1e3, 1)))
+        r.send(StepEvent(s.step, epoch + 1, i + 1, loss, correct / len(y), rate,
+                         round((time.perf_counter() - ts) * 1e3, 1)))
         if job.checkpoint_every and s.step % job.checkpoint_every == 0 and i + 1 < spe:
             _save_ckpt(r, s, epoch, i + 1)
     ms = (time.perf_counter() - t0) * 1e3
@@ -394,8 +394,8 @@ def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
     s.val_loss, s.val_acc, s.preds = _evaluate(r, s, epoch)
     improved = s.best.update(epoch + 1, s.val_loss, s.val_acc)
     lr = s.lr(max(s.step - 1, 0))
-    r.send(Epoch(epoch + 1, s.train_loss, s.train_acc, s.val_loss, s.val_acc, lr, round(ms, 1),
-                 round(sums[2] / max(ms, 1e-9) * 1e3, 1)))
+    r.send(EpochEvent(epoch + 1, s.train_loss, s.train_acc, s.val_loss, s.val_acc, lr, round(ms, 1),
+                      round(sums[2] / max(ms, 1e-9) * 1e3, 1)))
     with open(r.out / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"epoch": epoch + 1, "train_loss": s.train_loss, "train_acc": s.train_acc,
                             "val_loss": s.val_loss, "val_acc": s.val_acc, "lr": lr, "ms": round(ms, 1)}) + "\n")
@@ -406,7 +406,7 @@ def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
     s.epochs_done = epoch + 1
 
 
-def _finish(r: _Run, s: _State, t_run: float) -> Done:
+def _finish(r: _Run, s: _State, t_run: float) -> DoneEvent:
     """The confusion matrix of the last eval, final/, and the `done` event."""
     job, ds = r.job, s.ds
     if s.preds is None and len(ds.val):
@@ -427,10 +427,10 @@ def _finish(r: _Run, s: _State, t_run: float) -> Done:
         mem["prefix"] = s.prefix_engine.memory()["peak"]
     if s.cache is not None:
         mem["feature_cache"] = s.cache.nbytes()
-    done = Done(str(r.out), str(final), s.epochs_done, s.step, s.train_loss, s.train_acc, s.val_loss, s.val_acc,
-                round((time.perf_counter() - t_run) * 1e3, 1), mem, best=None if best is None else str(best),
-                best_epoch=s.best.epoch, select=job.select, best_metric=s.best.metric,
-                final_metric=s.best.value(s.val_loss, s.val_acc), stopped_early=s.stopped_early)
+    done = DoneEvent(str(r.out), str(final), s.epochs_done, s.step, s.train_loss, s.train_acc, s.val_loss, s.val_acc,
+                     round((time.perf_counter() - t_run) * 1e3, 1), mem, best=None if best is None else str(best),
+                     best_epoch=s.best.epoch, select=job.select, best_metric=s.best.metric,
+                     final_metric=s.best.value(s.val_loss, s.val_acc), stopped_early=s.stopped_early)
     r.send(done)
     return done
 
@@ -517,17 +517,17 @@ def main(argv=None, root=None) -> int:
         return 0
     except ThomasError as e:
         if not getattr(e, "reported", False):
-            emit(Error(e.code, str(e)))
+            emit(ErrorEvent(e.code, str(e)))
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
         if not getattr(e, "reported", False):
-            emit(Error("interrupted", "interrupted"))
+            emit(ErrorEvent("interrupted", "interrupted"))
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001  (the protocol's last line is always done or error)
         if not getattr(e, "reported", False):
-            emit(Error("internal", f"{type(e).__name__}: {e}"))
+            emit(ErrorEvent("internal", f"{type(e).__name__}: {e}"))
         if os.environ.get("THOMAS_DEBUG"):
             raise
         print(f"error: internal error: {type(e).__name__}: {e} (THOMAS_DEBUG=1 for a traceback)",

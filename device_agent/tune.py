@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import BackendError, ThomasError
 from .fsutil import atomic_write
-from .protocol import Tune, TuneVariant
+from .protocol import TuneEvent, TuneVariantEvent
 
 # a small set of plausible tiles per device kind (the kernel defaults come first)
 VARIANTS = {
@@ -139,16 +139,16 @@ def main(args: list[str], emit) -> int:
         try:
             ms, n, per, loss = _time_gemms(rt, g, job["batch"], job["steps"], params)
         except (ThomasError, RuntimeError) as e:   # cl.Error is a RuntimeError: a tile this device cannot build
-            emit(TuneVariant(i, v, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+            emit(TuneVariantEvent(i, v, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
             continue
         if i == 0:
             ref = loss
         if not _agrees(loss, ref):
-            emit(TuneVariant(i, shown, None, n, f"wrong results: loss {loss:.6g} where the shipped tiles give "
+            emit(TuneVariantEvent(i, shown, None, n, f"wrong results: loss {loss:.6g} where the shipped tiles give "
                                                  f"{ref:.6g}; variant skipped"))
             continue
         results.append((ms, i, params, per))
-        emit(TuneVariant(i, shown, ms, n, None))
+        emit(TuneVariantEvent(i, shown, ms, n, None))
     if not results:
         raise ThomasError("no GEMM variant built on this device; the default tuning stays")
     ms, i, params, per = min(results, key=lambda r: (r[0], r[1]))
@@ -173,5 +173,5 @@ def main(args: list[str], emit) -> int:
                                        "tuned": time.strftime("%Y-%m-%d %H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write((json.dumps(doc, indent=1) + "\n").encode()))
-    emit(Tune(key, "gemm", i, params, ms, default_ms, str(path), shapes, round(tuned_ms, 3)))
+    emit(TuneEvent(key, "gemm", i, params, ms, default_ms, str(path), shapes, round(tuned_ms, 3)))
     return 0

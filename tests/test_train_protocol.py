@@ -6,8 +6,8 @@ import json
 import pytest
 
 from device_agent.errors import JobError, ThomasError
-from device_agent.protocol import (EVENTS, PROTOCOL_VERSION, Cache, Done, Error, Plan, Step, TrainJob,
-                                   parse_event)
+from device_agent.protocol import (EVENTS, PROTOCOL_VERSION, CacheEvent, DoneEvent, ErrorEvent, PlanEvent,
+                                   StepEvent, TrainJob, parse_event)
 
 BASE = {"model": "models/m", "data": "data/d", "out": "runs/1"}
 
@@ -81,17 +81,18 @@ def test_missing_and_non_object():
 
 
 def test_events_are_one_json_object_a_line():
-    s = Step(step=3, epoch=1, batch=3, loss=0.41, acc=0.5, lr=0.01, ms=83.0)
+    s = StepEvent(step=3, epoch=1, batch=3, loss=0.41, acc=0.5, lr=0.01, ms=83.0)
     line = s.to_json()
     d = json.loads(line)
     assert d["ev"] == "step" and d["step"] == 3 and isinstance(d["t"], float) and "\n" not in line
     assert parse_event(line) == s
-    assert json.loads(Error("bad_data", "x").to_json()) == {"ev": "error", "code": "bad_data", "message": "x",
-                                                          "t": json.loads(Error("bad_data", "x").to_json())["t"]}
+    e = ErrorEvent("bad_data", "x")
+    assert json.loads(e.to_json()) == {"ev": "error", "code": "bad_data", "message": "x", "t": e.t}
     # non-finite numbers become null (JSON has no NaN)
-    assert json.loads(Done("o", "o/final", 1, 2, float("nan"), 0.5, None, None, 1.0).to_json())["train_loss"] is None
+    done = DoneEvent("o", "o/final", 1, 2, float("nan"), 0.5, None, None, 1.0)
+    assert json.loads(done.to_json())["train_loss"] is None
     assert {"plan", "progress", "step", "epoch", "eval", "checkpoint", "cache", "done", "error"} <= set(EVENTS)
-    assert json.loads(Cache(True, "train", 2, "k", 10, 100, 0.1).to_json())["hit"] is True
+    assert json.loads(CacheEvent(True, "train", 2, "k", 10, 100, 0.1).to_json())["hit"] is True
     with pytest.raises(ValueError):
         parse_event('{"ev": "nope"}')
-    assert Plan.ev == "plan"
+    assert PlanEvent.ev == "plan"
