@@ -23,7 +23,7 @@ from rich.table import Table
 from device_agent.errors import ThomasError
 
 from . import session, store, zoo
-from .main import app, err, guarded, out
+from .app import app, err, guarded, out
 from .push_cmd import push_model, resolve_model_source
 from .session import DEFAULT_TIMEOUT, RunFailed, Session, Target, console_note, open_transport
 

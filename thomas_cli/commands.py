@@ -11,7 +11,10 @@ from device_agent.graph import Graph, load_package, save_package
 from device_agent.ops import get_op
 
 from . import zoo
-from .main import app, guarded, out, print_json, zoo_app
+from .app import app, guarded, out, print_json
+
+zoo_app = typer.Typer(no_args_is_help=True, help="Built-in model architectures.")
+app.add_typer(zoo_app, name="zoo")
 
 
 @zoo_app.command("list")

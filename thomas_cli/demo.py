@@ -27,7 +27,7 @@ from device_agent.errors import ThomasError
 
 from . import zoo
 from .finetune_cmd import new_run
-from .main import err, out
+from .app import err, out
 from .push_cmd import push_arrays, push_model
 from .session import TARGET, Session, Target, open_transport, run_job
 

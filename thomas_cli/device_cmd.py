@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from . import session
-from .main import app, err, guarded, out, print_json
+from .app import app, err, guarded, out, print_json
 from .session import Session, Target, console_note, open_transport
 from .transport.base import DeviceError, DeviceRow
 

@@ -25,7 +25,7 @@ from device_agent.graph import MODEL_JSON, Graph, load_package
 from device_agent.limits import parse_json
 
 from . import store
-from .main import app, err, guarded, out, print_json
+from .app import app, err, guarded, out, print_json
 from .session import RunFailed, Session, console_note, open_transport, pull_run
 
 BACKENDS = ("auto", "opencl", "numpy")

@@ -31,7 +31,7 @@ from device_agent.protocol import TrainJob
 
 from . import store, zoo
 from .images import parse_size
-from .main import app, err, guarded, out
+from .app import app, err, guarded, out
 from .push_cmd import device_meta, push_data, push_model, resolve_model_source
 from .session import DEFAULT_TIMEOUT, Session, console_note, open_transport, run_job
 

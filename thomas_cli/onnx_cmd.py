@@ -21,7 +21,7 @@ from rich.table import Table
 from device_agent.errors import OnnxError, PackageError
 from device_agent.graph import MODEL_JSON, Graph, load_package, save_package
 
-from .main import app, err, guarded, out, print_json
+from .app import app, err, guarded, out, print_json
 from .session import console_note
 
 def resolve_package(arg: str | os.PathLike, which: str | None = None, note=None) -> Path:

@@ -33,7 +33,7 @@ from device_agent.graph import Graph, load_package, save_package
 from device_agent.limits import parse_json
 
 from . import images, store, zoo
-from .main import app, err, guarded, out, print_json
+from .app import app, err, guarded, out, print_json
 from .session import Session, console_note, open_transport
 from .transport.base import Transport
 

@@ -22,7 +22,7 @@ import typer
 from device_agent.errors import ThomasError
 
 from . import store
-from .main import app, err, guarded
+from .app import app, err, guarded
 
 ANNOTATE_MAX = 20
 NAMES_MAX = 40

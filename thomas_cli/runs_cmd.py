@@ -15,7 +15,7 @@ from rich.table import Table
 from device_agent.errors import ThomasError
 
 from . import store
-from .main import app, err, guarded, out, print_json
+from .app import app, err, guarded, out, print_json
 from .session import DEFAULT_TIMEOUT, Session, Target, attach_run, console_note, open_transport, pull_run
 from .transport.base import DeviceError, check_rel
 

@@ -342,7 +342,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def console_note(msg: str) -> None:
-    from .main import note
+    from .app import note
 
     note(msg)
 

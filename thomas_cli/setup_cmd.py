@@ -34,7 +34,7 @@ from device_agent.errors import ThomasError
 from device_agent.protocol import DAEMON_PORT, PROTOCOL_VERSION
 
 from . import session
-from .main import app, err, guarded, out, print_json
+from .app import app, err, guarded, out, print_json
 from .session import Session, console_note
 
 setup_app = typer.Typer(no_args_is_help=True, help="Set a phone up for THOMAS (daemon mode on unrooted phones).")
