@@ -186,8 +186,9 @@ BAD_INPUT = {
     "empty dataset": (lambda root, job: _edit_json(root, lambda d: d["splits"].update(
         train={"count": 0, "shards": []})), "bad_data", "no training images"),
     "single class": (lambda root, job: _rewrite(root, labels=lambda y: y * 0), "bad_data", "single class"),
-    "labels out of range": (lambda root, job: (root / "data" / "digits" / "classes.json").write_text(
-        json.dumps([str(i) for i in range(9)])), "bad_data", "label 9 is out of range"),
+    "labels out of range": (lambda root, job: ((root / "data" / "digits" / "classes.json").write_text(
+        json.dumps([str(i) for i in range(9)])), _edit_json(root, lambda d: d.update(num_classes=9))),
+        "bad_data", "label 9 is out of range"),
     "image size": (lambda root, job: _rewrite(root, size=16), "bad_data", "images are 16x16, model 'tiny' expects 8x8"),
     "truncated shard": (lambda root, job: _corrupt(root, "train-00000.images.npy", cut=500), "bad_data",
                         "train-00000.images.npy"),
