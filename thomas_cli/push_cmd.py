@@ -304,7 +304,7 @@ def push_data_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """Decode images on this computer (Pillow), write uint8 shards + labels + classes.json, push them.
-    A dataset's own train/val[/test] split is kept as it is; data without one is split at random."""
+    A dataset's own train/val (and test) split is kept as it is; data without one is split at random."""
     if channels not in (1, 3):
         raise DataError(f"--channels {channels}: give 1 (grayscale) or 3 (RGB)")
     hw = images.parse_size(size)           # a bad --size fails before the device is touched
