@@ -9,7 +9,7 @@ from pathlib import Path
 from devicekit import RUN_ARGS, only_run, thomas, thomas_json
 from test_device_cli import make_target, push_basics
 
-from thomas_cli import store
+from thomas_cli import runs, store
 
 TINY = ["mobilenet_v2", "--width", "0.35", "--size", "32", "--classes", "10", "--batch", "2", "--steps", "1"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -43,7 +43,7 @@ def test_report_curves_from_metrics_and_errors(tmp_path, monkeypatch):
     dev = DeviceTarget("local", tmp_path, ["--device", "local"])
     rec = {"id": "20260101-000000-abcd", "model": "m", "data": "d", "stage": "last", "status": "done"}
     store.run_dir(rec["id"]).mkdir(parents=True)
-    store.save_run(rec)
+    runs.save_run(rec)
     r = thomas(dev, "report", rec["id"], "-o", str(tmp_path / "x.png"), expect=1)
     assert "no metrics to plot" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()

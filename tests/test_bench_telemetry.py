@@ -90,13 +90,13 @@ def test_training_run_sends_telemetry_after_each_epoch(tmp_path, monkeypatch):
 
 
 def test_finetune_view_prints_telemetry_lines(capsys):
-    from thomas_cli.finetune_cmd import RunView
+    from thomas_cli.views import RunView
 
     v = RunView(as_json=False)
     v.tty = False
-    v({"ev": "telemetry", "epoch": 2, "seconds": 3.0, "battery_j": 12.5, "battery_w": 4.2, "rapl_j": None,
-       "temps": {"cpu": 41.0}, "temp_max": 44.0})
-    v({"ev": "telemetry", "epoch": 3, "seconds": 3.0, "battery_j": None, "battery_w": None, "rapl_j": None,
-       "temps": {}, "temp_max": None})                      # nothing measured: nothing printed
+    v(parse_event({"ev": "telemetry", "epoch": 2, "seconds": 3.0, "battery_j": 12.5, "battery_w": 4.2, "rapl_j": None,
+       "temps": {"cpu": 41.0}, "temp_max": 44.0}))
+    v(parse_event({"ev": "telemetry", "epoch": 3, "seconds": 3.0, "battery_j": None, "battery_w": None, "rapl_j": None,
+       "temps": {}, "temp_max": None}))                     # nothing measured: nothing printed
     err = capsys.readouterr().err
     assert "epoch 2 energy: 12.5 J battery, max 44 °C" in err and "epoch 3" not in err

@@ -339,7 +339,7 @@ def test_disk_full_is_a_clean_answer(paired):
 
 # ============================================================================ agent install + restart
 def test_install_real_payload_run_hello_and_restart(paired, tmp_path):
-    from thomas_cli.session import build_payload
+    from thomas_cli.device import build_payload
 
     daemon, connect = paired
     c = connect()

@@ -6,7 +6,7 @@ pytest.importorskip("sklearn")
 
 
 def test_demo_runs_every_stage_through_the_cli(monkeypatch, tmp_path, capsys):
-    from thomas_cli import demo, store
+    from thomas_cli import demo, runs as run_records
 
     full = demo.digits_dataset
 
@@ -22,7 +22,7 @@ def test_demo_runs_every_stage_through_the_cli(monkeypatch, tmp_path, capsys):
     assert all(r.val_acc is not None and 0 <= r.val_acc <= 1 for r in results)
     assert all(len(r.epoch_s) == 1 and r.peak > 0 for r in results)
     assert results[1].cache == "miss"                      # last layer: frozen features cached once
-    runs = {rec["id"]: rec for rec in store.list_runs()}
+    runs = {rec["id"]: rec for rec in run_records.list_runs()}
     assert len(runs) == 4 and all(rec["status"] == "done" for rec in runs.values())
     fine = [rec for rec in runs.values() if rec["stage"] != "scratch"]
     assert all(rec["job"]["model"] == f"runs/{results[0].final}/final" for rec in fine)

@@ -301,7 +301,7 @@ def test_bad_job_fields_are_named(dev, tmp_path, home):
 
 def test_bad_job_on_the_device_end_is_named(dev, tmp_path):
     """The agent validates too: a job file with a wrong type, run directly, ends with an error event."""
-    from thomas_cli.session import Session, Target, open_transport
+    from thomas_cli.device import Session, Target, open_transport
 
     push_basics(dev, tmp_path, per_class=6)
     tgt = Target(serial=dev.vdev.serial if dev.vdev else None, device="adb" if dev.vdev else "local",
@@ -312,7 +312,7 @@ def test_bad_job_on_the_device_end_is_named(dev, tmp_path):
         s.t.write_bytes("jobs/bad.json", json.dumps(doc).encode())
         res = s.call(["run", "jobs/bad.json"], timeout=60)
         last = res.events[-1]
-        assert last["ev"] == "error" and last["code"] == "bad_job" and needle in last["message"], last
+        assert last.ev == "error" and last.code == "bad_job" and needle in last.message, last
         assert res.returncode == 1
 
 
@@ -330,9 +330,10 @@ def test_python_api_runs_a_stage_on_the_local_device(tmp_path, monkeypatch):
     """What `make demo` builds on: push a zoo model and arrays, run one stage, get the epoch table."""
     from devicekit import digits
     from thomas_cli import zoo
-    from thomas_cli.finetune_cmd import RunView, new_run
-    from thomas_cli.push_cmd import push_arrays, push_model
-    from thomas_cli.session import Session, run_job
+    from thomas_cli.deploy import push_arrays, push_model
+    from thomas_cli.device import Session
+    from thomas_cli.runs import new_run, run_job
+    from thomas_cli.views import RunView
     from thomas_cli.transport.local import LocalTransport
 
     s = Session(LocalTransport(tmp_path / "device"))
@@ -346,4 +347,4 @@ def test_python_api_runs_a_stage_on_the_local_device(tmp_path, monkeypatch):
     view = RunView(as_json=False)
     with view:
         done = run_job(s, rec, on_event=view)
-    assert done["ev"] == "done" and len(view.epochs) == 1 and view.table(rec, done).row_count == 1
+    assert done.ev == "done" and len(view.epochs) == 1 and view.table(rec, done).row_count == 1

@@ -168,8 +168,8 @@ def welcome(port: int) -> dict:
 
 def write_bootstrap(shared: Path, port: int = 7878) -> str:
     """What `thomas setup termux` pushes, written to a local folder; returns the payload hash."""
-    from thomas_cli.session import build_payload
-    from thomas_cli.setup_cmd import PAYLOAD_ZIP, SCRIPT, bootstrap_script
+    from thomas_cli.device import build_payload
+    from thomas_cli.termux import PAYLOAD_ZIP, SCRIPT, bootstrap_script
 
     shared.mkdir(parents=True, exist_ok=True)
     z, digest = build_payload(shared)
@@ -180,7 +180,7 @@ def write_bootstrap(shared: Path, port: int = 7878) -> str:
 
 # ============================================================================ the pieces
 def test_bootstrap_script_text():
-    from thomas_cli.setup_cmd import bootstrap_script
+    from thomas_cli.termux import bootstrap_script
 
     s = bootstrap_script("ab" * 32, "0.1.0", 7979, "/sdcard/My Files/thomas")
     assert subprocess.run(["sh", "-n"], input=s, text=True).returncode == 0
@@ -192,7 +192,7 @@ def test_bootstrap_script_text():
 
 
 def test_parsers():
-    from thomas_cli.setup_cmd import installer_of, storage_granted
+    from thomas_cli.termux import installer_of, storage_granted
 
     listing = "package:com.termux.api  installer=null\npackage:com.termux  installer=com.android.vending"
     assert installer_of(listing, "com.termux") == "com.android.vending"
@@ -247,7 +247,7 @@ def test_play_store_termux_and_no_storage_warn_but_go_on(vphone):
 
 
 def test_interactive_retry_then_quit(vphone, monkeypatch):
-    from thomas_cli import setup_cmd
+    from thomas_cli.commands import setup as setup_cmd
 
     vd, dev, shared = vphone(packages=())
     monkeypatch.setattr(setup_cmd, "_interactive", lambda yes: True)
@@ -301,7 +301,7 @@ def test_bootstrap_script_refuses_outside_termux_and_a_mismatched_payload(tmp_pa
     p = subprocess.run(["sh", str(shared / "thomas-termux.sh")], env=env, capture_output=True, text=True, timeout=20)
     assert p.returncode == 1 and "run this inside Termux" in p.stderr
     # a zip from another build next to this script: refused before anything changes
-    from thomas_cli.setup_cmd import bootstrap_script
+    from thomas_cli.termux import bootstrap_script
 
     (shared / "thomas-termux.sh").write_text(bootstrap_script("0" * 64, "0.1.0", 7878, str(shared)))
     p = subprocess.run(["sh", str(shared / "thomas-termux.sh")], env=termux.env(), capture_output=True, text=True,

@@ -172,7 +172,7 @@ def test_pull_tree_refuses_names_that_escape(tmp_path):
 
 # ============================================================================ payload and agent
 def test_payload_is_deterministic_and_self_contained(tmp_path):
-    from thomas_cli.session import PAYLOAD, build_payload
+    from thomas_cli.device import PAYLOAD, build_payload
 
     p1, h1 = build_payload(tmp_path / "a")
     p2, h2 = build_payload(tmp_path / "b")

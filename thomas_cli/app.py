@@ -11,6 +11,7 @@ stderr: `error: ...` (exit 1, 3 for a protocol mismatch); usage errors add `hint
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
 
@@ -18,6 +19,7 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from device_agent.errors import ThomasError
 
@@ -180,5 +182,17 @@ def flush_notes() -> None:
         err.print(f"[dim]{_NOTES.pop(0)}[/]", highlight=False, soft_wrap=True)
 
 
+def current_context():
+    """The Click context of the command being run, None outside one (Click's get_current_context, from
+    the Click typer uses)."""
+    return importlib.import_module(f"{click.__name__}.globals").get_current_context(silent=True)
+
+
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=1) + "\n")
+
+
+def progress(what: str) -> Progress:
+    """A transient progress bar on stderr, shown only on a terminal (add_task, advance as usual)."""
+    return Progress(TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True, disable=not err.is_terminal)

@@ -25,11 +25,13 @@ from rich.table import Table
 
 from device_agent.errors import ThomasError
 
+from device_agent.protocol import CacheEvent, DoneEvent, EpochEvent, Event, PlanEvent, StepEvent
+
 from . import zoo
-from .finetune_cmd import new_run
 from .app import err, out
-from .push_cmd import push_arrays, push_model
-from .session import TARGET, Session, Target, open_transport, run_job
+from .deploy import push_arrays, push_model
+from .device import Session, Target, open_transport
+from .runs import new_run, run_job
 
 SIZE, WIDTH = 32, 0.5
 
@@ -97,19 +99,18 @@ def run_stage(s: Session, stage: str, backend: str, model: dict, data: dict, bas
     res = StageResult(stage, backend, data["name"], rec["job"]["epochs"])
     task = progress.add_task(f"{stage:>7} {backend}", total=None, info="") if progress else None
 
-    def on_event(ev: dict) -> None:
-        kind = ev.get("ev")
-        if kind == "plan" and progress:
-            progress.update(task, total=ev.get("total_steps"))
-        elif kind == "step" and progress:
-            progress.update(task, completed=ev["step"], info=f"epoch {ev['epoch']} loss {ev['loss']:.3f}")
-        elif kind == "epoch":
-            res.epoch_s.append(ev["ms"] / 1e3)
-        elif kind == "cache" and ev.get("split") == "train" and ev.get("epoch") == 1:
-            res.cache = "hit" if ev.get("hit") else "miss"
-        elif kind == "done":
-            res.val_acc, res.final = ev.get("val_acc"), rec["id"]
-            mem = ev.get("memory") or {}
+    def on_event(ev: Event) -> None:
+        if isinstance(ev, PlanEvent) and progress:
+            progress.update(task, total=ev.total_steps)
+        elif isinstance(ev, StepEvent) and progress:
+            progress.update(task, completed=ev.step, info=f"epoch {ev.epoch} loss {ev.loss:.3f}")
+        elif isinstance(ev, EpochEvent):
+            res.epoch_s.append(ev.ms / 1e3)
+        elif isinstance(ev, CacheEvent) and ev.split == "train" and ev.epoch == 1:
+            res.cache = "hit" if ev.hit else "miss"
+        elif isinstance(ev, DoneEvent):
+            res.val_acc, res.final = ev.val_acc, rec["id"]
+            mem = ev.memory or {}
             res.peak = mem.get("peak", 0) + mem.get("prefix", 0)
 
     t0 = time.perf_counter()
@@ -120,9 +121,11 @@ def run_stage(s: Session, stage: str, backend: str, model: dict, data: dict, bas
     return res
 
 
-def run_demo(backends=("numpy",)) -> list[StageResult]:
-    """Every stage on every backend (a backend = one more row per stage in the table)."""
-    target = TARGET if TARGET.device != "auto" else Target(device="local", root=TARGET.root, python=TARGET.python)
+def run_demo(backends=("numpy",), target: Target | None = None) -> list[StageResult]:
+    """Every stage on every backend (a backend = one more row per stage in the table), on the device the
+    target names (the global options; the local device unless one is named)."""
+    tgt = target or Target()
+    target = tgt if tgt.device != "auto" else Target(device="local", root=tgt.root, python=tgt.python)
     s = Session(open_transport(target), note=lambda m: err.print(m, highlight=False))
     t0 = time.perf_counter()
     s.ensure_agent()

@@ -1,7 +1,6 @@
-"""`thomas report RUN [-o report.png]`: a PNG of one run (matplotlib, Agg).
+"""The PNG of one run (matplotlib, Agg), for `thomas report RUN [-o report.png]` (commands/report.py).
 
-    thomas report 20260101-120000-ab12                 # -> report-<run>.png in the current folder
-    thomas report RUN -o docs/report.png
+    render("20260101-120000-ab12", Path("report.png"))
 
 A training run: loss and accuracy per epoch (train and val) from its metrics.jsonl (else the `epoch`
 events of events.jsonl), and its val confusion matrix (confusion.json) beside them. A bench run (`thomas
@@ -17,12 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import typer
-
 from device_agent.errors import ThomasError
+from device_agent.protocol import EpochEvent
 
-from . import store
-from .app import app, err, guarded
+from . import runs, store
+from .bench import BenchResult
 
 ANNOTATE_MAX = 20
 NAMES_MAX = 40
@@ -46,20 +44,21 @@ def epoch_metrics(run_id: str) -> list[dict]:
     d = store.run_dir(run_id)
     rows = [r for r in _jsonl(d / "metrics.jsonl") if "epoch" in r]
     if not rows:
-        rows = [e for e in _jsonl(d / "events.jsonl") if e.get("ev") == "epoch"]
+        rows = [e.to_dict() for e in runs.read_events(run_id) if isinstance(e, EpochEvent)]
     by_epoch = {r["epoch"]: r for r in rows}          # a resumed run may repeat an epoch: the last wins
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 
 def render(run_id: str, dest: Path) -> Path:
     """Write the PNG of run `run_id` to dest; ThomasError when the run has nothing to plot."""
-    rec = store.load_run(run_id)
+    rec = runs.load_run(run_id)
     if rec.get("kind") == "eval":
         return render_eval(run_id, rec, dest)
-    bench = store.read_json(store.run_dir(run_id) / "bench.json")
+    doc = runs.read_result(run_id, "bench.json")
+    bench = BenchResult.from_json(doc) if doc else None
     metrics = epoch_metrics(run_id)
     confusion = _confusion_doc(store.run_dir(run_id) / "confusion.json") if metrics else None
-    if not metrics and not (bench and bench.get("layers")):
+    if not metrics and not (bench and bench.layers):
         raise ThomasError(f"run {run_id} has no metrics to plot (no epoch finished: no metrics.jsonl or epoch "
                           f"events, and it is not a bench run)")
     import matplotlib
@@ -67,9 +66,9 @@ def render(run_id: str, dest: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    backends = sorted({e["backend"] for e in bench["layers"]}, key=("opencl", "numpy").index) if bench else []
+    backends = sorted({e.backend for e in bench.layers}, key=("opencl", "numpy").index) if bench else []
     panels = (2 if metrics else 0) + len(backends) + (confusion is not None)
-    n_layers = max((sum(e["backend"] == b for e in bench["layers"]) for b in backends), default=0)
+    n_layers = max((sum(e.backend == b for e in bench.layers) for b in backends), default=0)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, max(4.5, 0.14 * n_layers)), squeeze=False)
     axes = list(axes[0])
     title = f"run {run_id}: {rec.get('model')}" + (f" on {rec['data']}" if rec.get("data") else "") + \
@@ -92,15 +91,15 @@ def render(run_id: str, dest: Path) -> Path:
                        f"{confusion.get('split', 'val')} confusion after the last epoch")
     if bench:
         for backend in backends:
-            rows = [e for e in bench["layers"] if e["backend"] == backend]
+            rows = [e for e in bench.layers if e.backend == backend]
             ax = axes.pop(0)
             ys = range(len(rows))
-            fw = [e["fw_ms"] for e in rows]
-            bw = [e["bw_ms"] for e in rows]
+            fw = [e.fw_ms for e in rows]
+            bw = [e.bw_ms for e in rows]
             ax.barh(ys, fw, label="forward")
             ax.barh(ys, bw, left=fw, label="backward")
-            ax.set_yticks(list(ys), [e["layer"] for e in rows], fontsize=7)
-            r = bench["summary"]["results"].get(backend, {})
+            ax.set_yticks(list(ys), [e.layer for e in rows], fontsize=7)
+            r = bench.summary.results.get(backend, {})
             ax.set_title(f"{backend}: {r.get('ms_step', 0):.1f} ms/step" + (f" ({r['device']})" if r.get("device") else ""))
             ax.set_xlabel("ms per layer")
             ax.set_ylim(len(rows) - 0.5, -0.5)
@@ -153,7 +152,7 @@ def draw_confusion(ax, matrix, classes: list, title: str) -> None:
 
 def render_eval(run_id: str, rec: dict, dest: Path) -> Path:
     """The PNG of an eval run: the confusion matrix, and per-class precision/recall bars (K <= NAMES_MAX)."""
-    doc = store.read_json(store.run_dir(run_id) / "eval.json")
+    doc = runs.read_result(run_id, "eval.json")
     if not isinstance(doc, dict) or "confusion" not in doc:
         raise ThomasError(f"run {run_id} is an eval run without its report eval.json ({rec.get('status')}"
                           f"{': ' + rec['error'] if rec.get('error') else ''})")
@@ -191,15 +190,3 @@ def render_eval(run_id: str, rec: dict, dest: Path) -> Path:
     fig.savefig(dest, dpi=110)
     plt.close(fig)
     return dest
-
-
-@app.command()
-@guarded
-def report(
-    run: str = typer.Argument(..., help="Run id (`thomas runs list`)."),
-    output: Path = typer.Option(None, "-o", "--output", help="PNG to write (default: report-RUN.png)."),
-):
-    """Plot a run: loss and accuracy per epoch (and the val confusion matrix), per-layer time bars of a
-    bench run, the confusion matrix and per-class precision/recall of an eval run."""
-    dest = render(run, output or Path(f"report-{run}.png"))
-    err.print(f"wrote {dest}", highlight=False)

@@ -1,7 +1,8 @@
-"""The host's own records under THOMAS_HOME (default ~/.thomas): runs and what was pushed where.
+"""The host's own files under THOMAS_HOME (default ~/.thomas): where they are, atomic JSON, names, and the
+registry of what was pushed where. Run records are written by runs.py alone.
 
     $THOMAS_HOME/
-      runs/<id>/run.json        the record: device, job, status, summary (this module)
+      runs/<id>/run.json        the record: device, job, status, summary (runs.py)
       runs/<id>/events.jsonl    every event received, appended as it arrives (the mirror)
       runs/<id>/agent.log       the agent's non-event output (its stderr)
       runs/<id>/{job.json, metrics.jsonl, confusion.json, final/, ckpt/}   pulled from the device
@@ -14,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -72,46 +72,6 @@ def run_dir(run_id: str) -> Path:
     if not _RUN_ID.match(run_id or ""):
         raise StoreError(f"'{run_id}' is not a run id (see `thomas runs list`)")
     return runs_dir() / run_id
-
-
-def load_run(run_id: str) -> dict:
-    rec = read_json(run_dir(run_id) / "run.json")
-    if rec is None:
-        raise StoreError(f"no run '{run_id}' in {runs_dir()} (see `thomas runs list`)")
-    return rec
-
-
-def save_run(rec: dict) -> None:
-    write_json(run_dir(rec["id"]) / "run.json", rec)
-
-
-def list_runs() -> list[dict]:
-    d = runs_dir()
-    if not d.is_dir():
-        return []
-    out = []
-    for p in sorted(d.iterdir()):
-        rec = read_json(p / "run.json") if p.is_dir() else None
-        if rec is not None:
-            out.append(rec)
-    return out
-
-
-def remove_run(run_id: str) -> None:
-    shutil.rmtree(run_dir(run_id))
-
-
-def read_events(run_id: str) -> list[dict]:
-    p = run_dir(run_id) / "events.jsonl"
-    if not p.is_file():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue          # a line cut off by a crash: the rest is still good
-    return out
 
 
 # ============================================================================ registry

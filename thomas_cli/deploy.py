@@ -1,30 +1,31 @@
-"""`thomas push-model`, `thomas models list`, `thomas push-data`: what a run needs, on the device.
+"""Deploy: models and datasets onto a device (what `thomas push-model`, `push-data` and every command that
+pushes what it needs do).
 
-    thomas push-model mobilenet_v2 --classes 10 --size 32 --width 0.35    # a zoo model
-    thomas push-model ./my_package --name mine                             # a model package
-    thomas models list --json
-    thomas push-data ./flowers --size 224 --val 0.2          # ImageFolder or .npz, split at random
-    thomas push-data ./lines.npz --channels 1                # x_train, y_train, x_val, y_val kept; own H x W
-    thomas push-data ./cars --size 64x256                    # train/ val/ [test/] folders kept
+    res = push_model(s, graph, "mnv2", "zoo:mobilenet_v2")          # skipped when the device has that content
+    res = push_data(s, Path("./flowers"), "flowers", size="64x256")  # decode here, write shards, push
+    res = push_arrays(s, x, y, ["cat", "dog"], "pets", val=0.2)       # arrays already decoded
+    rows = device_models(s.t)                                        # models/ of the device, with their meta
 
 Device layout: models/<name>/{model.json, weights.npz, thomas.json} and
 data/<name>/{dataset.json, classes.json, *.npy, thomas.json}; thomas.json holds the content hash,
-so pushing the same thing again costs one small read. A tree is pushed under a temporary name and
-renamed into place, so a device never holds half a model.
+so pushing the same thing again costs one small read. A tree is pushed under a temporary name
+(`.push-NAME-PID`) and renamed into place, so a device never holds half a model; a failed push removes
+its temp folder and the next push sweeps those of dead pushes. The host's registry (store.remember)
+notes what went where.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
+import os
+import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from device_agent.dataset_write import DATASET_JSON, check_labels, random_split, write_splits
 from device_agent.errors import DataError, DiskError, ThomasError
@@ -33,12 +34,9 @@ from device_agent.graph import Graph, load_package, save_package
 from device_agent.limits import parse_json
 
 from . import images, store, zoo
-from .app import app, err, guarded, out, print_json
-from .session import Session, console_note, open_transport
-from .transport.base import Transport
-
-models_app = typer.Typer(no_args_is_help=True, help="Models on the device.")
-app.add_typer(models_app, name="models")
+from .app import err, progress
+from .device import Session
+from .transport.base import Transport, check_rel
 
 META = "thomas.json"
 
@@ -65,11 +63,6 @@ def device_meta(t: Transport, rel: str) -> dict | None:
         return parse_json(t.read_bytes(f"{rel}/{META}"), rel, ValueError)   # a deep or bad file: no meta
     except ValueError:
         return None
-
-
-def progress(total: int | None, what: str) -> Progress:
-    return Progress(TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=True, disable=not err.is_terminal)
 
 
 # ============================================================================ models
@@ -106,31 +99,6 @@ def push_model(s: Session, g: Graph, name: str, source: str, force: bool = False
     return dict(meta, skipped=False)
 
 
-@app.command("push-model")
-@guarded
-def push_model_cmd(
-    model: str = typer.Argument(..., help="A zoo name (see `thomas zoo list`) or a model package directory."),
-    name: str = typer.Option(None, "--name", help="Name on the device (default: zoo name / directory name)."),
-    classes: int = typer.Option(1000, "--classes", min=1, help="Zoo: number of output classes."),
-    size: int = typer.Option(224, "--size", min=1, help="Zoo: input height and width."),
-    width: float = typer.Option(1.0, "--width", help="Zoo: width multiplier (MobileNets)."),
-    seed: int = typer.Option(0, "--seed", help="Zoo: seed of the initial weights."),
-    force: bool = typer.Option(False, "--force", help="Push even when the device has the same content."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-):
-    """Push a model to the device (re-pushed only when its content changed)."""
-    g, default, source = resolve_model_source(model, classes, size, width, seed)
-    s = Session(open_transport(note=console_note), note=console_note)
-    res = push_model(s, g, name or default, source, force)
-    if as_json:
-        print_json(res)
-        return
-    what = "already on" if res["skipped"] else "pushed to"
-    out.print(f"{res['name']}: {what} {s.t.serial}:{s.t.root}/models/{res['name']} "
-              f"({res['bytes'] / 2**20:.1f} MiB, {res['params']:,} parameters, {res['classes']} classes, "
-              f"input {'x'.join(map(str, res['input']))}, hash {res['hash'][:12]})")
-
-
 def device_models(t: Transport) -> list[dict]:
     rows = []
     for e in t.listdir("models"):
@@ -143,28 +111,6 @@ def device_models(t: Transport) -> list[dict]:
     return rows
 
 
-@models_app.command("list")
-@guarded
-def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """List the models on the device, with size and content hash."""
-    t = open_transport(note=console_note)
-    rows = device_models(t)
-    if as_json:
-        print_json(rows)
-        return
-    tb = Table(title=f"models on {t.serial}:{t.root}")
-    tb.add_column("name", no_wrap=True)
-    for col in ("arch", "classes", "input", "params", "size"):
-        tb.add_column(col)
-    tb.add_column("hash", no_wrap=True)
-    tb.add_column("pushed")
-    for r in rows:
-        tb.add_row(r["name"], r.get("arch", ""), str(r.get("classes", "")), "x".join(map(str, r.get("input", []))),
-                   f"{r['params']:,}" if r.get("params") else "", f"{r['bytes'] / 2**20:.1f} MiB",
-                   (r.get("hash") or "?")[:12], r.get("pushed", ""))
-    out.print(tb)
-
-
 # ============================================================================ data
 def push_data(s: Session, src: Path, name: str, size=None, val: float | None = None, seed: int = 0,
               force: bool = False, channels: int = 3, resplit: bool = False) -> dict:
@@ -175,7 +121,7 @@ def push_data(s: Session, src: Path, name: str, size=None, val: float | None = N
     hw = tuple(size) if isinstance(size, tuple) else images.parse_size(size)
     if val is not None and not 0 <= val < 1:
         raise DataError(f"--val {val}: give a fraction in [0, 1)")
-    with progress(None, f"decoding {src.name}") as bar:
+    with progress(f"decoding {src.name}") as bar:
         task = bar.add_task("decode", total=images.count_inputs(src) or None)
         dec = images.load(src, hw, channels, on_image=lambda k: bar.advance(task, k))
     for path, why in dec.bad:
@@ -237,7 +183,8 @@ def push_splits(s: Session, parts: dict, classes: list[str], name: str, split_so
         digest = hashlib.sha256((ds / DATASET_JSON).read_bytes()).hexdigest()
         counts = {k: v["count"] for k, v in doc["splits"].items()}
         meta = {"name": name, "hash": digest, "bytes": tree_bytes(ds), "count": doc["count"],
-                "train": counts["train"], "val": counts.get("val", 0), **({"test": counts["test"]} if "test" in counts else {}),
+                "train": counts["train"], "val": counts.get("val", 0),
+                **({"test": counts["test"]} if "test" in counts else {}),
                 "classes": list(classes), "height": doc["height"], "width": doc["width"],
                 "channels": doc["channels"], "size": f"{doc['height']}x{doc['width']}",
                 "split_source": split_source, "source": source, "bad": bad or [],
@@ -248,16 +195,17 @@ def push_splits(s: Session, parts: dict, classes: list[str], name: str, split_so
             return dict(have, skipped=True, bad=meta["bad"])
         (ds / META).write_text(json.dumps(meta, indent=1) + "\n")
         files = sum(1 for p in ds.rglob("*") if p.is_file())
-        with progress(files, f"pushing {name}") as bar:
+        with progress(f"pushing {name}") as bar:
             task = bar.add_task("push", total=files)
             publish(s, ds, f"data/{name}", on_file=lambda n: bar.advance(task))
     store.remember(s.t.describe(), "data", name, meta)
     return dict(meta, skipped=False)
 
 
+# ============================================================================ publishing trees
 def publish(s: Session, local: Path, rel: str, on_file=None) -> None:
-    """Session.publish_tree with the device's free space checked first and its OS errors (full,
-    read-only, no permission) as one line naming the path and the fix; a failed push leaves nothing."""
+    """publish_tree with the device's free space checked first and its OS errors (full, read-only, no
+    permission) as one line naming the path and the fix; a failed push leaves nothing."""
     need = tree_bytes(local)
     try:
         free = s.t.free_bytes()
@@ -265,52 +213,42 @@ def publish(s: Session, local: Path, rel: str, on_file=None) -> None:
             raise DiskError(f"no space left on the device for {rel}: it needs {need / 2**20:.1f} MiB, {s.t.root} "
                             f"has {free / 2**20:.1f} MiB free: free space on the device (thomas runs rm RUN, "
                             f"a smaller --size) or use another device root (--device-root)", "disk_full")
-        s.publish_tree(local, rel, on_file)
+        publish_tree(s.t, local, rel, on_file)
     except OSError as e:
         if e.filename2 is not None:              # shutil's copy names its source first, the device file second
             e = OSError(e.errno, e.strerror, e.filename2)
         raise disk_error(e, f"{s.t.root}/{rel}", "then push again") from None
 
 
-def data_line(res: dict, where: str) -> str:
-    """The one-line summary of a push: counts, split and its source, classes, size, where."""
-    what = "already on" if res["skipped"] else "pushed to"
-    bad = f", {len(res['bad'])} unreadable skipped" if res["bad"] else ""
-    test = f" / {res['test']} test" if res.get("test") else ""
-    src = res.get("split_source", "")
-    split = "split from the dataset" if src == "dataset" else f"split {src}" if src else ""
-    size = res.get("size") or ""
-    size = f"{size}x{size}" if isinstance(size, int) else size
-    kind = {1: " gray", 3: " RGB"}.get(res.get("channels", 3), "")
-    return (f"{res['name']}: {res['count']} images ({res['train']} train / {res['val']} val{test}{bad}), {split}, "
-            f"{len(res['classes'])} classes, {size}{kind}: {what} {where} ({res['bytes'] / 2**20:.1f} MiB)")
+def publish_tree(t: Transport, local: Path, rel: str, on_file=None) -> int:
+    """Push a directory to `rel` whole: into a temp name first (`.push-NAME-PID`), then one rename.
+    A failed push removes its temp folder; stale ones of dead pushes (pid not alive) are swept first."""
+    rel = check_rel(rel)
+    parent, _, name = rel.rpartition("/")
+    prefix = parent + "/" if parent else ""
+    tmp = f"{prefix}.push-{name}-{os.getpid()}"
+    with contextlib.suppress(OSError, ThomasError):          # best effort: never blocks a push
+        for e in t.listdir(parent) if parent else []:
+            m = re.fullmatch(r"\.push-.+-(\d+)", e.name)
+            if m and e.is_dir and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                t.remove(prefix + e.name)
+    t.remove(tmp)
+    try:
+        n = t.push_tree(local, tmp, on_file)
+        t.move(tmp, rel)
+    except BaseException:
+        with contextlib.suppress(OSError, ThomasError):
+            t.remove(tmp)
+        raise
+    return n
 
 
-@app.command("push-data")
-@guarded
-def push_data_cmd(
-    src: Path = typer.Argument(..., help="An ImageFolder (one subfolder per class, or train/ val/ [test/] of "
-                                         "them) or an .npz (x, y or x_train, y_train, x_val, y_val[, x_test, y_test])."),
-    size: str = typer.Option(None, "--size", help="Resize every image to S x S or H x W (e.g. 224, 64x256; "
-                                                  f"at most {images.MAX_SIDE}). Default: the images' own size."),
-    channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale, stored (N,H,W,1))."),
-    val: float = typer.Option(None, "--val", help="Fraction of each class held out for validation, for data "
-                                                  "without its own split (default 0.2)."),
-    resplit: bool = typer.Option(False, "--resplit", help="Pool the data's own train and val and split them at "
-                                                          "random (--val, --seed); a test split is kept."),
-    name: str = typer.Option(None, "--name", help="Dataset name on the device (default: folder / file name)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the train/val split."),
-    force: bool = typer.Option(False, "--force", help="Push even when the device has the same content."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-):
-    """Decode images on this computer (Pillow), write uint8 shards + labels + classes.json, push them.
-    A dataset's own train/val (and test) split is kept as it is; data without one is split at random."""
-    if channels not in (1, 3):
-        raise DataError(f"--channels {channels}: give 1 (grayscale) or 3 (RGB)")
-    hw = images.parse_size(size)           # a bad --size fails before the device is touched
-    s = Session(open_transport(note=console_note), note=console_note)
-    res = push_data(s, src, name or src.stem, hw, val, seed, force, channels, resplit)
-    if as_json:
-        print_json(res)
-        return
-    out.print(data_line(res, f"{s.t.serial}:{s.t.root}/data/{res['name']}"), highlight=False, soft_wrap=True)
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this computer exists (the pid in a `.push-NAME-PID` temp name)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True

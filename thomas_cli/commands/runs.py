@@ -1,4 +1,4 @@
-"""`thomas runs list|show|pull|rm`: the runs this host started, mirrored under $THOMAS_HOME/runs.
+"""`thomas runs list|show|pull|rm|attach|cancel`: the runs this host started, mirrored under $THOMAS_HOME/runs.
 
     thomas runs list --json
     thomas runs show RUN                 # job, status, the epoch table
@@ -12,12 +12,15 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from device_agent.errors import ThomasError
+from device_agent.protocol import EpochEvent, PlanEvent
 
-from . import store
-from .app import app, err, guarded, out, print_json
-from .session import DEFAULT_TIMEOUT, Session, Target, attach_run, console_note, open_transport, pull_run
-from .transport.base import DeviceError, check_rel
+from .. import runs
+from ..app import app, err, guarded, note, out, print_json
+from ..bench import BenchResult
+from ..device import DEFAULT_TIMEOUT, Session
+from ..transport.base import check_rel
+from ..views import RunView, epoch_table, layer_table, show_done, show_report, totals_table
+from .common import target
 
 runs_app = typer.Typer(no_args_is_help=True, help="Runs started from this computer.")
 app.add_typer(runs_app, name="runs")
@@ -27,7 +30,8 @@ def _row(rec: dict) -> dict:
     s = rec.get("summary") or {}
     d = rec.get("device", {})
     return {"id": rec["id"], "created": rec.get("created"), "status": rec.get("status"), "model": rec.get("model"),
-            "data": rec.get("data"), "stage": rec.get("stage"), "kind": rec.get("kind", "train"), "epochs": s.get("epochs"), "val_acc": s.get("val_acc"),
+            "data": rec.get("data"), "stage": rec.get("stage"), "kind": rec.get("kind", "train"),
+            "epochs": s.get("epochs"), "val_acc": s.get("val_acc"),
             "acc": s.get("acc"),   # an eval run's top-1 on its split (stage "eval SPLIT")
             "train_acc": s.get("train_acc"), "device": f"{d.get('transport')}:{d.get('serial')}",
             "error": rec.get("error")}
@@ -41,11 +45,11 @@ def _fmt(v, f):
 @guarded
 def runs_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List runs, newest last."""
-    rows = [_row(r) for r in store.list_runs()]
+    rows = [_row(r) for r in runs.list_runs()]
     if as_json:
         print_json(rows)
         return
-    t = Table(title=f"runs in {store.runs_dir()}")
+    t = Table(title=f"runs in {runs.runs_dir()}")
     t.add_column("run", no_wrap=True)
     for col in ("status", "model", "data", "stage", "epochs", "val acc"):
         t.add_column(col)
@@ -64,12 +68,13 @@ def runs_list(as_json: bool = typer.Option(False, "--json", help="Machine-readab
 def runs_show(run: str = typer.Argument(..., help="Run id (see `thomas runs list`)."),
               as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Show a run: its job, status, and per-epoch metrics."""
-    rec = store.load_run(run)
-    events = store.read_events(run)
-    epochs = [e for e in events if e.get("ev") == "epoch"]
-    report = store.read_json(store.run_dir(run) / "eval.json") if rec.get("kind") == "eval" else None
+    rec = runs.load_run(run)
+    events = runs.read_events(run)
+    epochs = [e for e in events if isinstance(e, EpochEvent)]
+    report = runs.read_result(run, "eval.json") if rec.get("kind") == "eval" else None
     if as_json:
-        print_json(dict(rec, epochs=epochs, events=len(events), **({"eval": report} if report else {})))
+        print_json(dict(rec, epochs=[e.to_dict() for e in epochs], events=len(events),
+                        **({"eval": report} if report else {})))
         return
     row = _row(rec)
     out.print(f"[bold]run {run}[/]: {row['status']}  {row['model']} on {row['data']} ({row['stage']}), "
@@ -79,41 +84,16 @@ def runs_show(run: str = typer.Argument(..., help="Run id (see `thomas runs list
     job = rec.get("job", {})
     out.print("job: " + ", ".join(f"{k}={job[k]}" for k in ("layers", "init", "epochs", "batch", "lr", "optimizer",
                                                               "backend", "seed", "steps") if k in job), highlight=False)
-    bench = store.read_json(store.run_dir(run) / "bench.json") if rec.get("kind") == "bench" else None
+    bench = runs.read_result(run, "bench.json") if rec.get("kind") == "bench" else None
     if bench:
-        from .bench_cmd import layer_table, totals_table
-
-        out.print(layer_table([("", bench)], f"{rec.get('model')} {rec.get('stage')}, batch {job.get('batch')}"))
-        out.print(totals_table([("", bench)]))
-        out.print(f"{len(events)} events in {store.run_dir(run) / 'events.jsonl'}", highlight=False)
-        return
-    if report:
-        from .eval_cmd import show_report
-
+        res = BenchResult.from_json(bench)
+        out.print(layer_table([("", res)], f"{rec.get('model')} {rec.get('stage')}, batch {job.get('batch')}"))
+        out.print(totals_table([("", res)]))
+    elif report:
         show_report(report)
-        out.print(f"{len(events)} events in {store.run_dir(run) / 'events.jsonl'}", highlight=False)
-        return
-    t = Table("epoch", "train loss", "train acc", "val loss", "val acc", "img/s", "time")
-    for e in epochs:
-        t.add_row(str(e["epoch"]), _fmt(e.get("train_loss"), ".4f"), _fmt(e.get("train_acc"), ".3f"),
-                  _fmt(e.get("val_loss"), ".4f"), _fmt(e.get("val_acc"), ".3f"), _fmt(e.get("img_s"), ".0f"),
-                  f"{e.get('ms', 0) / 1000:.1f} s")
-    out.print(t)
-    out.print(f"{len(events)} events in {store.run_dir(run) / 'events.jsonl'}", highlight=False)
-
-
-def _transport_for(rec: dict):
-    """The device the run lives on (the global options may name another root or device)."""
-    from . import session
-
-    d = rec["device"]
-    tgt = session.TARGET
-    if d["transport"] == "local":
-        return open_transport(Target(device="local", root=d["root"], python=tgt.python or d.get("python")))
-    if d["transport"] == "daemon":
-        return open_transport(Target(serial=d["serial"], device="adb", mode="daemon"), note=console_note)
-    return open_transport(Target(serial=d["serial"], device="adb", root=d["root"], python=tgt.python or d.get("python"),
-                                 su=d.get("su", False), mode="shell"))
+    else:
+        out.print(epoch_table(epochs))
+    out.print(f"{len(events)} events in {runs.run_dir(run) / 'events.jsonl'}", highlight=False)
 
 
 @runs_app.command("cancel")
@@ -121,19 +101,10 @@ def _transport_for(rec: dict):
 def runs_cancel(run: str = typer.Argument(..., help="Run id (a run started through the Termux daemon).")):
     """Stop a run that goes on in the phone's daemon (e.g. after this computer lost it); its checkpoints
     stay, so `thomas finetune --resume RUN` can continue it later."""
-    rec = store.load_run(run)
-    job = rec.get("daemon_job")
-    if not job:
-        raise ThomasError(f"run {run} was not started through a THOMAS daemon: shell and local runs stop "
-                          f"with their connection (Ctrl-C)")
-    t = _transport_for(rec)
-    state = t.cancel_job(job)
-    if state in ("running", "queued"):
-        raise ThomasError(f"run {run} (daemon job {job}) is still {state} on {t.serial}; it is being stopped "
-                          f"(SIGKILL follows in 5 s): check with `thomas runs cancel {run}` again")
-    if rec.get("status") in ("running", "lost", "timeout", "interrupted"):
-        rec.update(status="cancelled", error=f"cancelled on the daemon ({state})")
-        store.save_run(rec)
+    rec = runs.load_run(run)
+    job = runs.daemon_job(rec)
+    t = runs.transport_for(rec, target(), note)
+    state = runs.cancel_run(rec, t)
     out.print(f"run {run}: daemon job {job} is {state} on {t.serial}; `thomas finetune --resume {run}` continues "
               f"it from its last checkpoint", highlight=False, soft_wrap=True)
 
@@ -149,20 +120,18 @@ def runs_attach(
     """Follow a run that keeps going on the phone's daemon after this computer lost it (unplugged,
     closed, Ctrl-C): the events missed meanwhile are replayed, each exactly once, then the run is
     followed to its end and its results are pulled. Ctrl-C detaches again; the run goes on."""
-    from .finetune_cmd import RunView, show_done
-
-    rec = store.load_run(run)
-    s = Session(_transport_for(rec), note=console_note)
+    rec = runs.load_run(run)
+    s = Session(runs.transport_for(rec, target(), note), note=note)
     view = RunView(as_json)
     if not as_json:
         err.print(f"attaching to run [bold]{run}[/] (daemon job {rec.get('daemon_job')}) on {s.t.serial}",
                   highlight=False)
     with view:
         if not as_json:
-            for ev in store.read_events(run):        # the progress bar picks up where the mirror ends
-                if ev.get("ev") in ("plan", "epoch"):
+            for ev in runs.read_events(run):        # the progress bar picks up where the mirror ends
+                if isinstance(ev, (PlanEvent, EpochEvent)):
                     view(ev)
-        done = attach_run(s, rec, on_event=view, timeout=timeout)
+        done = runs.attach_run(s, rec, on_event=view, timeout=timeout)
     show_done(view, rec, done)
 
 
@@ -174,12 +143,12 @@ def runs_pull(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """Pull a run's files from the device into $THOMAS_HOME/runs/RUN (checkpoints included)."""
-    rec = store.load_run(run)
+    rec = runs.load_run(run)
     for p in paths or []:
         check_rel(p, "run path")
-    t = _transport_for(rec)
-    files = pull_run(t, run, list(paths) if paths else None)
-    host = store.run_dir(run)
+    t = runs.transport_for(rec, target(), note)
+    files = runs.pull_run(t, run, list(paths) if paths else None)
+    host = runs.run_dir(run)
     if as_json:
         print_json({"run": run, "dir": str(host), "files": [str(f.relative_to(host)) for f in files]})
         return
@@ -195,14 +164,7 @@ def runs_rm(
     keep_device: bool = typer.Option(False, "--keep-device", help="Remove only the host's copy."),
 ):
     """Remove a run: the host's folder and the device's run folder."""
-    rec = store.load_run(run)
-    if not keep_device:
-        try:
-            t = _transport_for(rec)
-            t.remove(f"runs/{run}")
-            t.remove(f"jobs/{run}.json")
-        except DeviceError as e:
-            err.print(f"[yellow]warning:[/] the device copy stays ({e}); the host copy is removed",
-                      highlight=False, soft_wrap=True)
-    store.remove_run(run)
+    rec = runs.load_run(run)
+    runs.remove_everywhere(rec, keep_device, target(), note, warn=lambda msg: err.print(
+        f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True))
     out.print(f"removed run {run}", highlight=False)

@@ -1,4 +1,5 @@
-"""`thomas setup termux`: the guided setup of daemon mode on an unrooted phone (docs/ANDROID.md).
+"""Daemon mode on an unrooted phone: the Termux bootstrap script and the checks of `thomas setup termux`
+(commands/setup.py walks through them; docs/ANDROID.md).
 
     thomas setup termux                              # each step, then its check; Enter to go on
     thomas setup termux --yes --code 123456 --json   # no prompts: the checks only, exit 1 at the first failure
@@ -21,24 +22,16 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-import typer
 
 import device_agent
 from device_agent.errors import ThomasError
 from device_agent.protocol import DAEMON_PORT, PROTOCOL_VERSION
 
-from . import session
-from .app import app, err, guarded, out, print_json
-from .session import Session, console_note
-
-setup_app = typer.Typer(no_args_is_help=True, help="Set a phone up for THOMAS (daemon mode on unrooted phones).")
-app.add_typer(setup_app, name="setup")
+from .app import err
+from .device import build_payload
 
 SHARED_DIR = "/sdcard/Download/thomas"
 SCRIPT = "thomas-termux.sh"
@@ -67,19 +60,9 @@ class Check:
 
 
 # ============================================================================ the bootstrap script
-def bootstrap_script(payload_hash: str, agent: str, port: int = DAEMON_PORT, shared: str = SHARED_DIR) -> str:
-    """The POSIX sh script typed once in Termux (`sh <shared>/thomas-termux.sh`). It unpacks the
-    payload zip lying next to it into ~/thomas/agent (agent.new, then swapped in), writes
-    $PREFIX/bin/thomas-daemon and starts the daemon in the foreground. Rerunning it upgrades: it stops
-    the daemon an earlier run started, swaps the agent, rewrites the wrapper.
-    Extra arguments, and the words of $THOMAS_DAEMON_ARGS, go to `python -m device_agent serve`."""
-    if not re.fullmatch(r"[0-9a-f]{64}", payload_hash):
-        raise ValueError(f"not a payload hash: {payload_hash!r}")
-    port = int(port)
-    agent = re.sub(r"[^0-9A-Za-z.+-]", "", agent)
-    typed = shlex.quote(f"{shared}/{SCRIPT}").replace("\n", " ")      # only ever shown in a comment
-    return f"""#!/bin/sh
-# THOMAS bootstrap for Termux, written by `thomas setup termux` (agent {agent}, payload {payload_hash[:12]}).
+# The script's text (str.format fields: payload_hash, short, agent, port, typed, shared, PAYLOAD_ZIP, SCRIPT)
+_BOOTSTRAP = """#!/bin/sh
+# THOMAS bootstrap for Termux, written by `thomas setup termux` (agent {agent}, payload {short}).
 # Type in Termux:   sh {typed}
 # It unpacks the agent ({PAYLOAD_ZIP}, next to this script) into ~/thomas/agent, installs the
 # `thomas-daemon` command and starts the daemon in the foreground. Running it again upgrades the agent.
@@ -179,6 +162,21 @@ exec "$wrapper" ${{THOMAS_DAEMON_ARGS:-}} "$@"
 """
 
 
+def bootstrap_script(payload_hash: str, agent: str, port: int = DAEMON_PORT, shared: str = SHARED_DIR) -> str:
+    """The POSIX sh script typed once in Termux (`sh <shared>/thomas-termux.sh`). It unpacks the
+    payload zip lying next to it into ~/thomas/agent (agent.new, then swapped in), writes
+    $PREFIX/bin/thomas-daemon and starts the daemon in the foreground. Rerunning it upgrades: it stops
+    the daemon an earlier run started, swaps the agent, rewrites the wrapper.
+    Extra arguments, and the words of $THOMAS_DAEMON_ARGS, go to `python -m device_agent serve`."""
+    if not re.fullmatch(r"[0-9a-f]{64}", payload_hash):
+        raise ValueError(f"not a payload hash: {payload_hash!r}")
+    port = int(port)
+    agent = re.sub(r"[^0-9A-Za-z.+-]", "", agent)
+    typed = shlex.quote(f"{shared}/{SCRIPT}").replace("\n", " ")      # only ever shown in a comment
+    return _BOOTSTRAP.format(payload_hash=payload_hash, short=payload_hash[:12], agent=agent, port=port, typed=typed,
+                             shared=shared, PAYLOAD_ZIP=PAYLOAD_ZIP, SCRIPT=SCRIPT)
+
+
 # ============================================================================ checks through adb
 def _dev(serial: str):
     from .transport.adb import client
@@ -250,7 +248,7 @@ def push_bootstrap(serial: str, shared: str, port: int) -> tuple[Check, str]:
     from .transport.base import DeviceError
 
     with tempfile.TemporaryDirectory(prefix="thomas-setup-") as d:
-        zip_path, digest = session.build_payload(Path(d))
+        zip_path, digest = build_payload(Path(d))
         script = Path(d) / SCRIPT
         script.write_text(bootstrap_script(digest, device_agent.__version__, port, shared))
         files = [(zip_path, f"{shared}/{PAYLOAD_ZIP}"), (script, f"{shared}/{SCRIPT}")]
@@ -343,208 +341,3 @@ def do_pair(serial: str, port: int, code: str, name: str) -> Check:
         return Check("pair", "fail", str(e), "check the code the daemon shows in Termux; `thomas-daemon pair` "
                                              "in a second Termux session opens a new one")
     return Check("pair", "ok", f"paired as {rec['name']}; the token is in $THOMAS_HOME/pairing (mode 0600)")
-
-
-# ============================================================================ the walk
-class Walk:
-    """The conversation: steps printed, checks run, prompts only when interactive."""
-
-    def __init__(self, interactive: bool, as_json: bool):
-        self.interactive = interactive
-        self.as_json = as_json
-        self.con = err if as_json else out
-        self.checks: list[Check] = []
-        self.facts: dict = {}           # serial, shared_dir, port, payload: for --json
-
-    def say(self, text: str = "") -> None:
-        self.con.print(text, highlight=False, soft_wrap=True)
-
-    def step(self, n: int, title: str, lines: list[str]) -> None:
-        self.say()
-        self.say(f"[bold]Step {n}/7: {title}[/]")
-        for ln in lines:
-            self.say(f"  {ln}")
-
-    def wait_enter(self, what: str = "done") -> None:
-        if self.interactive:
-            typer.prompt(f"  Press Enter when {what}", default="", show_default=False, prompt_suffix=" ",
-                         err=self.as_json)
-
-    def show(self, c: Check) -> None:
-        mark = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]", "manual": "[dim]·[/]"}[c.state]
-        self.say(f"  {mark} {c.step}: {c.value}")
-        if c.fix and c.state != "ok":
-            self.say(f"    [dim]fix:[/] {c.fix}")
-
-    def manual(self, n: int, title: str, lines: list[str], what: str, check_fn, wait: bool = True) -> Check:
-        """A step done on the phone: checked first (done already: just the ✓), else the instructions,
-        Enter when done (interactive), then the check."""
-        c = check_fn()
-        if c.state == "ok":
-            self.step(n, title, [])
-            return self.run(check_fn, first=c)
-        self.step(n, title, lines)
-        if wait and self.interactive:
-            self.wait_enter(what)
-            return self.run(check_fn)
-        return self.run(check_fn, first=c)
-
-    def run(self, check_fn, first: Check | None = None) -> Check:
-        """Run a check until it passes (interactive: retry or go on as the user says)."""
-        while True:
-            c, first = first or check_fn(), None
-            self.show(c)
-            if c.state in ("ok", "manual"):
-                break
-            if not self.interactive:
-                if c.state == "fail":
-                    self.fail(c)
-                break
-            choice = typer.prompt("  [r]etry the check, [c]ontinue anyway, [q]uit",
-                                  default="r" if c.state == "fail" else "c", err=self.as_json).strip().lower()[:1]
-            if choice == "q":
-                self.fail(c)
-            if choice == "c":
-                break
-        self.checks = [x for x in self.checks if x.step != c.step] + [c]
-        return c
-
-    def fail(self, c: Check):
-        self.checks = [x for x in self.checks if x.step != c.step] + [c]
-        self.dump(ok=False)
-        raise SetupFailed(c.line())
-
-    def dump(self, ok: bool, doctor: dict | None = None) -> None:
-        if self.as_json:
-            print_json({"ok": ok, **self.facts, "steps": [dataclasses.asdict(c) for c in self.checks],
-                        "doctor": doctor})
-
-
-def _interactive(yes: bool) -> bool:
-    return not yes and sys.stdin.isatty()
-
-
-@setup_app.command("termux")
-@guarded
-def termux(
-    shared_dir: str = typer.Option(SHARED_DIR, "--shared-dir",
-                                   help="Phone folder that both adb and Termux reach (shared storage)."),
-    port: int = typer.Option(DAEMON_PORT, "--port", min=1, max=65535, help="The daemon's port on the phone."),
-    code: str = typer.Option(None, "--code", help="The pairing code the daemon shows in Termux (asked when missing)."),
-    name: str = typer.Option(None, "--name", help="How the phone will know this computer (default: its host name)."),
-    wait: float = typer.Option(None, "--wait", min=0,
-                               help=f"Seconds to wait for the daemon to answer (default {WAIT_S:.0f}; 0 with --yes)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="No prompts: print the steps, run the checks, "
-                                                         "exit 1 at the first failed one (also without a terminal)."),
-    as_json: bool = typer.Option(False, "--json", help="The checks as JSON on stdout (the guide goes to stderr)."),
-):
-    """Set an unrooted phone up for daemon mode: Termux, its packages, the THOMAS agent and daemon,
-    pairing, then `thomas doctor`; each step is checked from this computer through adb where it can be.
-    With --yes (or without a terminal) nothing is asked: the checks run and the first failure exits 1."""
-    shared = shared_dir.rstrip("/") or "/"
-    if not shared.startswith("/") or any(c in shared for c in "\n\r\0"):
-        raise typer.BadParameter("must be an absolute phone path", param_hint="--shared-dir")
-    script = f"{shared}/{SCRIPT}"
-    serial = session.pick_serial(dataclasses.replace(session.TARGET, device="adb"), note=console_note)
-    walk = Walk(_interactive(yes), as_json)
-    walk.facts = {"serial": serial, "shared_dir": shared, "port": port}
-    wait_s = wait if wait is not None else (WAIT_S if walk.interactive else 0.0)
-    run_cmd = f"sh {shlex.quote(script)}"
-    walk.say(f"Setting up [bold]{serial}[/] for THOMAS daemon mode (docs/ANDROID.md). The phone needs no root; "
-             f"this computer checks each step through adb.")
-
-    walk.manual(1, "install Termux", [
-        "Install Termux from F-Droid (https://f-droid.org/packages/com.termux/) or from its GitHub releases",
-        "(https://github.com/termux/termux-app/releases) -- not the Google Play build. Open it once.",
-        "Termux:API is optional (THOMAS does not need it); if you add it, take it from the same source."],
-        "Termux is installed", lambda: check_termux(serial))
-
-    from .transport.daemon import probe_daemon
-
-    # NOTE: a daemon that answers already (a rerun) means the packages are there: step 7 says for sure
-    running = walk.interactive and probe_daemon(serial, port) is not None
-    walk.manual(2, "install Python, numpy and OpenCL in Termux", [
-        "Type in Termux:",
-        "  [cyan]pkg update && pkg upgrade[/]",
-        "  [cyan]pkg install python python-pip python-numpy ocl-icd opencl-headers clinfo[/]",
-        "For the GPU, pyopencl (no Android wheel exists: pip compiles it, several minutes):",
-        "  [cyan]pkg install clang cmake ninja[/]",
-        "  [cyan]pip install scikit-build-core nanobind[/]",
-        "  [cyan]pip install --no-build-isolation pyopencl[/]   (uses Termux's numpy instead of building one)",
-        "The vendor OpenCL driver is usually /vendor/lib64/libOpenCL.so. Since Android 7 an app may load it only",
-        "if it is listed in /vendor/etc/public.libraries.txt. `clinfo -l` shows what Termux sees; if it lists no",
-        "platform, try `LD_LIBRARY_PATH=/vendor/lib64:$PREFIX/lib clinfo -l` (docs/ANDROID.md, OpenCL).",
-        "Without pyopencl or a visible driver THOMAS still trains, on the CPU. Step 7 checks all of this."],
-        "the packages are installed",
-        lambda: Check("packages", "manual", "checked at step 7 (the agent's doctor, through the daemon)"),
-        wait=not running)
-
-    walk.manual(3, "let Termux read shared storage", [
-        "Type in Termux:  [cyan]termux-setup-storage[/]   and allow the permission Android asks for."],
-        "storage is allowed", lambda: check_storage(serial))
-
-    walk.step(4, "push the THOMAS agent and its bootstrap script", [
-        f"This computer copies {PAYLOAD_ZIP} and {SCRIPT} to {shared} on the phone."])
-    digest = ""
-
-    def push() -> Check:
-        nonlocal digest
-        c, digest = push_bootstrap(serial, shared, port)
-        walk.facts["payload"] = digest
-        return c
-
-    walk.run(push)
-
-    walk.step(5, "start the daemon in Termux", [
-        f"Type in Termux (one command):  [cyan]{run_cmd}[/]",
-        "It unpacks the agent into ~/thomas/agent, installs the `thomas-daemon` command and starts the daemon",
-        "(under termux-wake-lock). Leave that session open; it shows a pairing code for step 6.",
-        "Later, `thomas-daemon` starts it again; rerunning the script upgrades the agent."])
-    walk.run(lambda: check_daemon(serial, port, digest, wait_s, walk.interactive, script)[0])
-
-    walk.step(6, "pair this computer with the daemon", [
-        "Type the 6-digit pairing code the daemon shows in Termux. No code on screen (or it expired)?",
-        "Open a second Termux session (swipe from the left edge > New session) and type `thomas-daemon pair`."])
-    host_name = name or socket.gethostname()
-
-    def pair_check() -> Check:
-        nonlocal code
-        done = check_paired(serial, port)
-        if done is not None:
-            return done
-        if code is None:
-            if not walk.interactive:
-                return Check("pair", "fail", "this computer is not paired with the daemon yet",
-                             "rerun with --code CODE (the pairing code the daemon shows in Termux), or `thomas pair`")
-            code = typer.prompt("  pairing code shown in Termux", err=as_json)
-        c = do_pair(serial, port, code, host_name)
-        code = None                     # a retry asks again
-        return c
-
-    walk.run(pair_check)
-
-    walk.step(7, "check everything: thomas doctor through the daemon", [])
-    doctor = _doctor(serial, walk)
-    walk.dump(ok=doctor["ok"], doctor=doctor)
-    if not doctor["ok"]:
-        failed = ", ".join(c["check"] for c in doctor["checks"] if c["state"] == "fail")
-        raise SetupFailed(f"doctor: {failed} failed (see the table); fix it in Termux, then `thomas doctor`")
-    walk.say(f"\n[green]Done.[/] {serial} is ready for daemon mode: `thomas push-model`, `thomas finetune` ... "
-             f"now run through the daemon. After a reboot, type `thomas-daemon` in Termux.")
-
-
-def _doctor(serial: str, walk: Walk) -> dict:
-    from .device_cmd import detect_modes, doctor_table, run_doctor
-
-    modes = detect_modes(serial)
-    t = session.open_transport(dataclasses.replace(session.TARGET, serial=serial, device="adb", mode="daemon"),
-                               note=console_note)
-    try:
-        res = run_doctor(Session(t, note=console_note), modes=modes)
-    finally:
-        t.close()
-    walk.con.print(doctor_table(res, t))
-    failed = [c["check"] for c in res["checks"] if c["state"] == "fail"]
-    walk.checks.append(Check("doctor", "ok" if res["ok"] else "fail",
-                             "every essential check passed" if res["ok"] else f"failed: {', '.join(failed)}"))
-    return res

@@ -1,4 +1,11 @@
-"""Model commands: `thomas zoo list|build`, `thomas inspect`, `thomas demo`."""
+"""Model commands: `thomas zoo list|build`, `thomas inspect`, `thomas push-model`, `thomas models list`.
+
+    thomas zoo build mobilenet_v2 -o pkg --classes 10 --size 32          # a package with seeded weights
+    thomas inspect pkg --batch 8                                          # layers, shapes, params, FLOPs
+    thomas push-model mobilenet_v2 --classes 10 --size 32 --width 0.35    # a zoo model onto the device
+    thomas push-model ./my_package --name mine                             # a model package
+    thomas models list --json
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,11 +17,15 @@ from rich.table import Table
 from device_agent.graph import Graph, load_package, save_package
 from device_agent.ops import get_op
 
-from . import zoo
-from .app import app, guarded, out, print_json
+from .. import zoo
+from ..app import app, guarded, out, print_json
+from ..deploy import device_models, push_model, resolve_model_source
+from .common import session, transport
 
 zoo_app = typer.Typer(no_args_is_help=True, help="Built-in model architectures.")
 app.add_typer(zoo_app, name="zoo")
+models_app = typer.Typer(no_args_is_help=True, help="Models on the device.")
+app.add_typer(models_app, name="models")
 
 
 @zoo_app.command("list")
@@ -69,6 +80,8 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """Validate a model package and show its layers, shapes, parameters and FLOPs."""
+    from ..onnx.preprocess import describe
+
     g = load_package(package)
     rows = layer_rows(g, batch)
     total_flops = sum(r["flops"] for r in rows)
@@ -84,28 +97,54 @@ def inspect(
     out.print(t)
     out.print(f"{len(rows)} nodes, {g.num_params():,} trainable parameters, "
               f"{total_flops / 1e9:.3f} GFLOP per forward pass at batch {batch}")
-    from .onnx.preprocess import describe
-
     for spec in g.inputs:
         dims = "x".join("N" if d is None else str(d) for d in spec.shape)
         out.print(f"input '{spec.name}' {dims}, preprocess: {describe(spec.preprocess)}", highlight=False,
                   soft_wrap=True)
 
 
-@app.command()
+@app.command("push-model")
 @guarded
-def demo(
-    backend: list[str] = typer.Option(None, "--backend", help="Backend(s) to run every stage on: "
-                                      "numpy, opencl (repeat for one table row per backend; default: "
-                                      "both when an OpenCL device exists, else numpy)."),
+def push_model_cmd(
+    model: str = typer.Argument(..., help="A zoo name (see `thomas zoo list`) or a model package directory."),
+    name: str = typer.Option(None, "--name", help="Name on the device (default: zoo name / directory name)."),
+    classes: int = typer.Option(1000, "--classes", min=1, help="Zoo: number of output classes."),
+    size: int = typer.Option(224, "--size", min=1, help="Zoo: input height and width."),
+    width: float = typer.Option(1.0, "--width", help="Zoo: width multiplier (MobileNets)."),
+    seed: int = typer.Option(0, "--seed", help="Zoo: seed of the initial weights."),
+    force: bool = typer.Option(False, "--force", help="Push even when the device has the same content."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """The main job on this machine: MobileNetV2 on digits from scratch, then fine-tuned in three stages."""
-    from device_agent.engine import opencl_available
+    """Push a model to the device (re-pushed only when its content changed)."""
+    g, default, source = resolve_model_source(model, classes, size, width, seed)
+    s = session()
+    res = push_model(s, g, name or default, source, force)
+    if as_json:
+        print_json(res)
+        return
+    what = "already on" if res["skipped"] else "pushed to"
+    out.print(f"{res['name']}: {what} {s.t.serial}:{s.t.root}/models/{res['name']} "
+              f"({res['bytes'] / 2**20:.1f} MiB, {res['params']:,} parameters, {res['classes']} classes, "
+              f"input {'x'.join(map(str, res['input']))}, hash {res['hash'][:12]})")
 
-    from .demo import run_demo
 
-    backend = backend or (["numpy", "opencl"] if opencl_available() else ["numpy"])
-    for b in backend:
-        if b not in ("numpy", "opencl"):
-            raise typer.BadParameter(f"unknown backend {b!r} (numpy, opencl)", param_hint="--backend")
-    run_demo(backends=tuple(backend))
+@models_app.command("list")
+@guarded
+def models_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List the models on the device, with size and content hash."""
+    t = transport()
+    rows = device_models(t)
+    if as_json:
+        print_json(rows)
+        return
+    tb = Table(title=f"models on {t.serial}:{t.root}")
+    tb.add_column("name", no_wrap=True)
+    for col in ("arch", "classes", "input", "params", "size"):
+        tb.add_column(col)
+    tb.add_column("hash", no_wrap=True)
+    tb.add_column("pushed")
+    for r in rows:
+        tb.add_row(r["name"], r.get("arch", ""), str(r.get("classes", "")), "x".join(map(str, r.get("input", []))),
+                   f"{r['params']:,}" if r.get("params") else "", f"{r['bytes'] / 2**20:.1f} MiB",
+                   (r.get("hash") or "?")[:12], r.get("pushed", ""))
+    out.print(tb)
