@@ -11,7 +11,7 @@ Every implementation offers the same three groups, so a command never knows whic
   * the agent (install_payload, start_agent -> AgentProcess streaming its stdout lines),
   * facts for `thomas doctor` (probe).
 Shell mode (`adb.py`), the embedded default (`local.py`) and the Termux daemon (issue 6: files and
-runs over a forwarded socket) are three implementations; `session.py` and the commands hold no
+runs over a forwarded socket) are three implementations; `device.py` (the Session) and the commands hold no
 transport-specific code.
 
 Remote paths are validated here once (`check_rel`): relative, '/'-separated, no '..', no empty or
@@ -279,7 +279,7 @@ class Transport(ABC):
     # ------------------------------------------------------------------ the agent
     @abstractmethod
     def install_payload(self, archive: Path) -> None:
-        """Unpack the agent archive (session.build_payload) as <root>/agent, replacing it whole."""
+        """Unpack the agent archive (device.build_payload) as <root>/agent, replacing it whole."""
 
     @abstractmethod
     def start_agent(self, args: list[str]) -> AgentProcess:
