@@ -35,7 +35,7 @@ def measure(engine: str, model: str, size: int, batch: int, reps: int) -> dict:
     last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
     res = {}
     if engine == "numpy":
-        from device_agent.backends.numpy_ref import NumpyRef
+        from device_agent.backends.numpy import NumpyRef
 
         def step(stage):
             be = engines[stage]

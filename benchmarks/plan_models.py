@@ -43,7 +43,7 @@ _KEEP = []   # NOTE: plans stay alive to the end: tearing one down mid-run crash
 
 
 def bench_plan(g, stage, x, y, steps):
-    from device_agent.plan import OptimConfig, Plan
+    from device_agent.backends.opencl.plan import OptimConfig, Plan
 
     if stage == "infer":
         plan = Plan(g, batch=len(x), trainable=set())

@@ -35,7 +35,7 @@ def main():
     import pyopencl as cl
 
     from device_agent.backends.opencl.runtime import replay
-    from device_agent.plan import OptimConfig, Plan
+    from device_agent.backends.opencl.plan import OptimConfig, Plan
     from thomas_cli import zoo
 
     keep = []

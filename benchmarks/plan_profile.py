@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", default=str(HERE / "results" / "plan_profile.json"))
     a = ap.parse_args()
-    from device_agent.plan import OptimConfig, Plan
+    from device_agent.backends.opencl.plan import OptimConfig, Plan
     from thomas_cli import zoo
 
     rng = np.random.default_rng(0)

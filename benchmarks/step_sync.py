@@ -55,7 +55,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
-    from device_agent.plan import OptimConfig, Plan
+    from device_agent.backends.opencl.plan import OptimConfig, Plan
     from device_agent.stages import trainable_params
     from thomas_cli import zoo
 

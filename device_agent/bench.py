@@ -130,7 +130,7 @@ def bench_opencl(g, stage: str, batch: int, steps: int, costs: dict) -> dict:
         import pyopencl as cl
 
         from .backends.opencl.runtime import replay
-        from .plan import OptimConfig, Plan
+        from .backends.opencl.plan import OptimConfig, Plan
     except ImportError as e:
         return {"backend": "opencl", "error": f"pyopencl is not installed ({e})"}
     x, y = _inputs(g, batch)
@@ -193,7 +193,7 @@ def bench_opencl(g, stage: str, batch: int, steps: int, costs: dict) -> dict:
 # ============================================================================ numpy baseline
 def bench_numpy(g, stage: str, batch: int, steps: int, costs: dict) -> dict:
     """The serial baseline in this process; call it through `baseline()` so BLAS is pinned."""
-    from .backends.numpy_ref import NumpyRef
+    from .backends.numpy import NumpyRef
 
     x, y = _inputs(g, batch)
     trainable = _trainable(g, stage)

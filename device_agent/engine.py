@@ -9,27 +9,29 @@ drives two engines; it never touches a backend directly:
 
 `x` is an array (N,C,H,W) when the graph has one input, else {input name: array}. A TrainEngine
 runs heads.loss_graph(graph): its loss, accuracy and eval logits read the logits before a final
-Softmax/LogSoftmax (flattened to (N,K)), never the probabilities. A backend
-provides both classes with the constructors of NumpyEngine / NumpyInfer below; `make_engines`
-picks one (job field `backend`).
+Softmax/LogSoftmax (flattened to (N,K)), never the probabilities.
+
+A backend is one folder, device_agent/backends/<name>/, whose package offers `available()` and
+`engine_classes()` -> (TrainEngine class, InferEngine class) with the constructors of
+backends/numpy's NumpyEngine / NumpyInfer; `resolve_backend` and `engine_classes` below pick one
+(job field `backend`) and import it only then. Nothing here imports a backend at module level.
 
 Determinism: train_step k (0-based, counted by the engine and saved in optimizer_state()["step"])
-draws its dropout masks from default_rng([seed, 3, k]), so a resumed run is bit-identical.
+draws its dropout masks from default_rng([seed, RNG_DROPOUT, k]), so a resumed run is bit-identical.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Protocol
 
 import numpy as np
 
-from .backends.numpy_ref import NumpyRef
-from .errors import BackendError, JobError
+from .errors import JobError
 from .graph import Graph
-from .heads import loss_graph
-from .optim import Optimizer, clip_grad_norm
+from .ops.dropout import RNG_DROPOUT  # noqa: F401  (re-exported: the engines' dropout stream)
 
-RNG_DROPOUT = 3
+BACKENDS = ("numpy", "opencl")   # the folders under device_agent/backends/
 
 
 class TrainEngine(Protocol):
@@ -61,140 +63,33 @@ class InferEngine(Protocol):
     def memory(self) -> dict: ...
 
 
-# ============================================================================ numpy
-class NumpyEngine:
-    """TrainEngine on the numpy reference backend (optimizer from optim.py)."""
-
-    backend = "numpy"
-
-    def __init__(self, graph: Graph, trainable: set[str], optimizer: Optimizer, bn_batch_stats: bool,
-                 clip_grad_norm: float | None = None, label_smoothing: float = 0.0, dtype=np.float32,
-                 seed: int = 0, recompute: bool = False):
-        # recompute: an OpenCL memory option; the reference already frees what no backward reads
-        graph = loss_graph(graph)            # the loss reads the logits, not a final Softmax's output
-        self.graph = graph
-        self.ref = NumpyRef(graph, trainable=trainable, dtype=dtype)
-        self.opt = optimizer
-        self.bn_batch_stats = bool(bn_batch_stats)
-        self.clip = clip_grad_norm
-        self.label_smoothing = float(label_smoothing)
-        self.seed = int(seed)
-        self.output = graph.outputs[0]
-        self._activations = 0
-
-    def train_step(self, x, y, lr):
-        # NOTE: a diverging run overflows somewhere; it is reported as a non-finite loss, not a warning
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return self._train_step(x, y, lr)
-
-    def _train_step(self, x, y, lr):
-        rng = np.random.default_rng([self.seed, RNG_DROPOUT, self.opt.t])
-        out = self.ref.forward(x, training=True, bn_batch_stats=self.bn_batch_stats, grad=True, rng=rng)
-        logits = out[self.output]
-        loss = self.ref.loss(y, label_smoothing=self.label_smoothing)
-        correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
-        if not np.isfinite(loss):
-            self.ref._tape = None
-            return loss, correct
-        if not self._activations:
-            self._activations = _tape_bytes(self.ref._tape) + logits.nbytes
-        grads = self.ref.backward()
-        grads = {k: grads[k] for k in self.opt.names}
-        if self.clip is not None:
-            clip_grad_norm(grads, self.clip)
-        self.opt.step(self.ref.weights, grads, lr)
-        return loss, correct
-
-    def eval_batch(self, x, y):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            logits = self.ref.forward(x, training=False, bn_batch_stats=False)[self.output]
-            loss = self.ref.loss(y)
-        return float(loss) * len(y), int(np.count_nonzero(np.argmax(logits, axis=1) == y)), logits
-
-    def params(self):
-        return {k: v.copy() for k, v in self.ref.weights.items()}
-
-    def load_params(self, d):
-        _load_into(self.ref.weights, d, "parameter")
-
-    def optimizer_state(self):
-        return self.opt.state()
-
-    def load_optimizer_state(self, d):
-        self.opt.load_state(d)
-
-    def memory(self):
-        w = self.ref.weights
-        m = {"params": sum(v.nbytes for v in w.values()),
-             "grads": sum(w[k].nbytes for k in self.ref.trainable),
-             "optimizer": self.opt.nbytes(), "activations": self._activations}
-        m["peak"] = sum(m.values())
-        return m
-
-
-class NumpyInfer:
-    """InferEngine on the numpy reference backend (keeps nothing for backward)."""
-
-    backend = "numpy"
-
-    def __init__(self, graph: Graph, dtype=np.float32):
-        self.ref = NumpyRef(graph, trainable=set(), dtype=dtype)
-        self._activations = 0
-
-    def forward(self, x):
-        out = self.ref.forward(x, training=False, bn_batch_stats=False)
-        if not self._activations:
-            self._activations = sum(v.nbytes for v in out.values())
-        return out
-
-    def memory(self):
-        m = {"params": sum(v.nbytes for v in self.ref.weights.values()), "activations": self._activations}
-        m["peak"] = sum(m.values())
-        return m
-
-
-def _tape_bytes(tape) -> int:
-    """Bytes of the arrays the numpy tape keeps for backward (each counted once)."""
-    seen, total = set(), 0
-    stack = [saved for _, saved, *_ in tape or ()]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, np.ndarray):
-            base = v if v.base is None else v.base
-            if isinstance(base, np.ndarray) and id(base) not in seen:
-                seen.add(id(base))
-                total += base.nbytes
-        elif isinstance(v, (tuple, list)):
-            stack.extend(v)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-    return total
-
-
-def _load_into(dst: dict, src: dict, what: str) -> None:
-    missing = sorted(set(dst) - set(src))
-    extra = sorted(set(src) - set(dst))
-    if missing or extra:
-        raise BackendError(f"{what} '{(missing or extra)[0]}' is {'missing' if missing else 'unknown'}")
-    for k, v in src.items():
-        if tuple(v.shape) != dst[k].shape:
-            raise BackendError(f"{what} '{k}' has shape {tuple(v.shape)}, expected {dst[k].shape}")
-        dst[k] = np.array(v, dtype=dst[k].dtype)
-
-
 # ============================================================================ backend choice
-def opencl_available() -> bool:
-    """True when device_agent.backends.opencl imports, says available() and offers the engines."""
+def backend_module(name: str):
+    """The package device_agent.backends.<name> (imported now, not before)."""
+    if name not in BACKENDS:
+        raise JobError(f"unknown backend '{name}' (known: {', '.join(BACKENDS)})")
+    return importlib.import_module(f"{__package__}.backends.{name}")
+
+
+def backend_available(name: str) -> bool:
+    """True when device_agent.backends.<name> imports, says available() and offers its engines."""
     try:
-        from .backends import opencl
+        mod = backend_module(name)
     except ImportError:
         return False
     try:
-        ok = bool(getattr(opencl, "available", lambda: False)())
-    except Exception as e:  # noqa: BLE001  (a broken driver must not take the numpy path down)
-        print(f"thomas: OpenCL not usable: {type(e).__name__}: {e}", file=sys.stderr)
+        ok = bool(getattr(mod, "available", lambda: False)())
+        return ok and len(mod.engine_classes()) == 2
+    except ImportError:
         return False
-    return ok and hasattr(opencl, "OpenCLEngine") and hasattr(opencl, "OpenCLInfer")
+    except Exception as e:  # noqa: BLE001  (a broken driver must not take the numpy path down)
+        print(f"thomas: {name} backend not usable: {type(e).__name__}: {e}", file=sys.stderr)
+        return False
+
+
+def opencl_available() -> bool:
+    """True when the OpenCL backend can run here (pyopencl, a device, its engines)."""
+    return backend_available("opencl")
 
 
 def missing_kernels(graph: Graph | None) -> list[str]:
@@ -231,7 +126,4 @@ def resolve_backend(name: str, dtype: str = "float32", graph: Graph | None = Non
 
 def engine_classes(backend: str):
     """(TrainEngine class, InferEngine class) of a resolved backend name."""
-    if backend == "opencl":
-        from .backends import opencl
-        return opencl.OpenCLEngine, opencl.OpenCLInfer
-    return NumpyEngine, NumpyInfer
+    return backend_module(backend).engine_classes()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends.numpy_ref import NumpyRef
+from .backends.numpy import NumpyRef
 from .errors import BackendError
 from .graph import Graph
 

@@ -65,7 +65,7 @@ def _time_gemms(rt, g, batch: int, steps: int, params: dict, shapes: dict | None
     earlier tune are set aside)."""
     from .backends.opencl.runtime import replay
     from .bench import _inputs
-    from .plan import OptimConfig, Plan
+    from .backends.opencl.plan import OptimConfig, Plan
 
     rt.tuning.override = {"gemm": dict(params, shapes=shapes or {})}
     try:

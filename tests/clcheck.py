@@ -17,6 +17,7 @@ try:
     import pyopencl as cl
 
     from device_agent.backends.opencl import available
+    from device_agent.backends.opencl.arena import workspace_bytes
     from device_agent.backends.opencl.runtime import LaunchBuilder, NodeIO, Runtime, TensorRef, replay
     HAVE_CL = available()
 except ImportError:  # pragma: no cover - pyopencl is a runtime dependency
@@ -74,8 +75,8 @@ def cl_run(op_name, attrs, inputs, *, training=False, bn_batch_stats=False, seed
         for k, (shape, dtype) in op.cl.state(a, in_shapes, out_shapes, training or bn_batch_stats).items():
             state[k] = empty(rt, k, shape, dtype)
     ws = None
-    if op.cl.workspace is not None:
-        nbytes = op.cl.workspace(a, in_shapes, out_shapes)
+    if op.cl.workspace is not None or op.cl.gemms is not None:
+        nbytes = workspace_bytes(op.cl, a, in_shapes, out_shapes)   # as the Plan sizes it
         if nbytes:
             ws = empty(rt, "workspace", (max(1, nbytes // 4),))
     io = NodeIO(op_name.lower(), op_name, a, xs, ys, state=state, workspace=ws, training=training,

@@ -66,7 +66,7 @@ def test_a_plan_trains_on_tuned_and_on_corrupt_tuning(tmp_path, monkeypatch):
     import numpy as np
 
     from device_agent.backends.opencl.runtime import Runtime, device_key
-    from device_agent.plan import OptimConfig, Plan
+    from device_agent.backends.opencl.plan import OptimConfig, Plan
     from train_helpers import tiny_cnn
 
     f = tmp_path / "devices.json"
@@ -109,7 +109,7 @@ def test_per_shape_tiles_are_picked_past_noise_and_used_by_the_plan(tmp_path, mo
     from device_agent.backends.opencl.runtime import LaunchBuilder, Runtime, device_key
     from device_agent.bench import _inputs
     from device_agent.builder import GraphBuilder
-    from device_agent.plan import OptimConfig, Plan
+    from device_agent.backends.opencl.plan import OptimConfig, Plan
     from device_agent.tune import pick_shapes
 
     a, b = {"TM": 4}, {"TM": 8}

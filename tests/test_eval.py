@@ -44,7 +44,7 @@ def _fitted(softmax: bool = False) -> Graph:
     squares on the features of the first 60 images, so the model predicts every class, not always
     right (a confusion matrix with off-diagonal cells)."""
     from device_agent.data import normalize
-    from device_agent.engine import NumpyInfer
+    from device_agent.backends.numpy import NumpyInfer
 
     def build(head: bool) -> Graph:
         b = GraphBuilder("fit", input_shape=(None, 3, 8, 8), preprocess=dict(IMAGENET_PREPROCESS), seed=5)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from device_agent.backends.numpy_ref import NumpyRef
+from device_agent.backends.numpy import NumpyRef
 from device_agent.errors import BackendError
 from device_agent.graph import Graph, Node, ParamSpec, TensorSpec
 from test_package import tiny_graph

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from device_agent.backends.numpy_ref import NumpyRef
+from device_agent.backends.numpy import NumpyRef
 from device_agent.errors import OnnxError
 from device_agent.graph import Graph, Node, ParamSpec, TensorSpec, save_package
 from onnx_helpers import init, model, node, packages_round_trip, save  # noqa: F401

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from device_agent.backends.numpy_ref import NumpyRef
+from device_agent.backends.numpy import NumpyRef
 from device_agent.builder import GraphBuilder
 from device_agent.errors import OnnxError
 from device_agent.graph import save_package

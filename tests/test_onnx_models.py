@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from device_agent.backends.numpy_ref import NumpyRef
+from device_agent.backends.numpy import NumpyRef
 from device_agent.builder import replace_head
 from device_agent.graph import load_package, save_package
 from onnx_helpers import LIGHT_DIR, calibrate_bn, packages_round_trip, randomized_light, torch_export  # noqa: F401

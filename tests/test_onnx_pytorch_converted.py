@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper, version_converter
 
-from device_agent.backends.numpy_ref import NumpyRef
+from device_agent.backends.numpy import NumpyRef
 from device_agent.errors import OnnxError
 from device_agent.graph import save_package
 from onnx_helpers import packages_round_trip  # noqa: F401

@@ -104,7 +104,7 @@ def test_channel_shuffle_graph_matches_torch():
     """Reshape (N,g,C/g,H,W) -> Transpose 0,2,1,3,4 -> Reshape (N,C,H,W): rank-5 shape inference,
     forward and backward through the numpy engine vs torch's channel_shuffle."""
     torch = pytest.importorskip("torch")
-    from device_agent.backends.numpy_ref import NumpyRef
+    from device_agent.backends.numpy import NumpyRef
     from device_agent.graph import Graph, Node, TensorSpec
 
     n, c, h, w, g = 2, 6, 3, 2, 3

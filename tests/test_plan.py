@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clcheck import needs_cl, runtime
-from device_agent.backends.numpy_ref import NumpyRef
+from device_agent.backends.numpy import NumpyRef
 from test_numpy_ref import branchy_graph
 
 pytestmark = needs_cl
@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 
 def _plan(*args, **kw):
-    from device_agent.plan import Plan
+    from device_agent.backends.opencl.plan import Plan
 
     return Plan(*args, runtime=runtime(), **kw)
 
@@ -64,7 +64,7 @@ CASES = [("alexnet", 63, 2, "sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size,batch,kind,opt", CASES, ids=[c[0] + "-" + c[3] for c in CASES])
 def test_full_training_step_matches_numpy_ref(name, size, batch, kind, opt):
-    from device_agent.plan import OptimConfig
+    from device_agent.backends.opencl.plan import OptimConfig
 
     g = _zoo(name, size)
     rng = np.random.default_rng(0)

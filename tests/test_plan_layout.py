@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from clcheck import needs_cl
-from device_agent.backends.numpy_ref import NumpyRef
-from device_agent.engine import NumpyEngine, missing_kernels, resolve_backend
+from device_agent.backends.numpy import NumpyEngine, NumpyRef
+from device_agent.engine import missing_kernels, resolve_backend
 from device_agent.errors import BackendError
 from device_agent.graph import Graph, Node, ParamSpec, TensorSpec
 from device_agent.optim import make_optimizer
@@ -104,7 +104,7 @@ def _engines(g, trainable):
 @needs_cl
 def test_opencl_engine_trains_like_numpy():
     """3 SGD steps: the same losses and weights on both engines; then eval and an inference Plan."""
-    from device_agent.plan import Plan
+    from device_agent.backends.opencl.plan import Plan
 
     g = layout_graph()
     x, y = _batch()

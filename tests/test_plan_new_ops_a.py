@@ -9,7 +9,7 @@ import pytest
 
 from clcheck import needs_cl, runtime
 from device_agent.builder import GraphBuilder
-from device_agent.engine import NumpyEngine, NumpyInfer
+from device_agent.backends.numpy import NumpyEngine, NumpyInfer
 from device_agent.optim import make_optimizer
 
 pytestmark = needs_cl
@@ -62,7 +62,7 @@ def test_numpy_gradients_match_torch(batch_stats):
     """float64: the numpy engine's loss and every gradient (PRelu slopes included) equal the
     TorchTwin's (an independent torch interpreter of the graph) to 1e-9."""
     torch = pytest.importorskip("torch")
-    from device_agent.backends.numpy_ref import NumpyRef
+    from device_agent.backends.numpy import NumpyRef
     from torch_twin import TorchTwin
 
     g = new_ops_net()
@@ -118,7 +118,7 @@ def test_three_sgd_steps_opencl_match_numpy(stage):
 
 
 def test_inference_plan_with_folded_bn_and_log_softmax_head():
-    from device_agent.plan import Plan
+    from device_agent.backends.opencl.plan import Plan
 
     g = new_ops_net(log_softmax_head=True)
     x = _batches(batch=3, steps=1)[0][0]

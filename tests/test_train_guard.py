@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from device_agent import checkpoint
-from device_agent.engine import NumpyEngine
+from device_agent.backends.numpy import NumpyEngine
 from device_agent.errors import JobError
 from device_agent.monitor import WINDOW, DivergenceGuard
 from device_agent.optim import make_optimizer

@@ -100,7 +100,7 @@ def test_loss_reads_the_logits_of_every_head_form(case):
     if case == "plain":
         assert lg is g                     # a model that ends in its logits trains exactly as before
     # the loss graph's output holds the logits the full graph computes on the way to its output
-    from device_agent.backends.numpy_ref import NumpyRef
+    from device_agent.backends.numpy import NumpyRef
     x = np.random.default_rng(1).standard_normal((3, 3, 8, 8))
     g2 = copy.deepcopy(g)
     g2.outputs = list(g.outputs) + [want]              # the full graph, keeping its logits tensor too

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device_agent.backends.numpy_ref import NumpyRef
+from device_agent.backends.numpy import NumpyEngine, NumpyRef
 from device_agent.builder import reinit
-from device_agent.engine import NumpyEngine
 from device_agent.errors import JobError
 from device_agent.optim import make_optimizer
 from device_agent.stages import split_graph, trainable_params

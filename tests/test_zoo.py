@@ -26,7 +26,7 @@ from thomas_cli.zoo import DESCRIPTIONS, MIN_SIZE, ZOO, build, make_divisible
 torch = pytest.importorskip("torch")
 from torch_twin import TorchTwin  # noqa: E402
 
-from device_agent.backends.numpy_ref import NumpyRef  # noqa: E402
+from device_agent.backends.numpy import NumpyRef  # noqa: E402
 
 MODELS = ["alexnet", "alexnet_bvlc", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"]
 BN_MODELS = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"]

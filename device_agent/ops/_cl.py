@@ -21,10 +21,21 @@ SMALL_WG = 64
 # and PoCL compiles a kernel once per work-group size it meets.
 ELT_WG = 64
 
+# The activation fused into a launch's epilogue, as kernels take it (gemm.cl's bias_mode bits 2-3,
+# conv2d.cl's and batchnorm.cl's act argument).
+ACTS = {None: 0, 0: 0, "relu": 1, "relu6": 2}
+
 
 def elt(b) -> tuple:
     """lsize for elementwise launches: tuning "pointwise" -> "wg", default ELT_WG."""
     return (int(b.tuning("pointwise").get("wg", ELT_WG)),)
+
+
+def row_local_size(b) -> tuple:
+    """A fixed local size for element-indexed helper kernels (reductions, im2col, ...): a 64-wide row
+    on GPUs; 8 on CPUs, where PoCL builds one work-group function per local size and its own pick
+    varies with the global size (every new shape would cost a compile)."""
+    return (8, 1, 1) if b.kind == "cpu" else (64, 1, 1)
 
 
 def pow2_floor(n: int) -> int:

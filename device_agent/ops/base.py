@@ -88,10 +88,18 @@ class ClSpec:
                      live from forward to backward (BN batch statistics, max-pool argmax, ...)
     workspace(attrs, in_shapes, out_shapes) -> bytes of scratch one launch sequence needs
                      (shared by all nodes; im2col columns)
+    gemms(attrs, in_shapes, out_shapes) -> [(M, N, K, batch, reduce_batch), ...]: the matrix products
+                     the launchers run through `b.gemm(..., work=io.workspace, work_off=<workspace
+                     bytes / 4>)`; the backend reserves room for their partial products (split-K on
+                     GPUs) after the `workspace` bytes
     alias            output 0 is input 0 reinterpreted (Flatten, Reshape, Identity): no launch
     recompute(b, io) enqueue launches that rewrite io.y from the saved inputs and io.state alone (no
                      side effects): a Plan built with recompute=True calls it in the backward instead
                      of keeping y alive for the consumers that save it (BatchNorm)
+
+    The launch builder `b` is the op's only window on the backend: b.launch(file, kernel, ...),
+    b.gemm(ta, tb, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, ...), b.colsum(g, s, rows,
+    cols), b.gemm_family() ("gpu" | "cpu"), b.tuning(op), b.kind, b.rt. Ops never import a backend.
     """
 
     forward: Callable | None = None
@@ -99,6 +107,7 @@ class ClSpec:
     saves: tuple[str, ...] | Callable = ()
     state: Callable | None = None
     workspace: Callable | None = None
+    gemms: Callable | None = None
     alias: bool = False
     recompute: Callable | None = None
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.opencl.gemm import ACTS
 from . import register
-from ._cl import elt, local_floats, pow2_floor, reduce_wg
+from ._cl import ACTS, elt, local_floats, pow2_floor, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 SLOTS = ("weight", "bias", "running_mean", "running_var")

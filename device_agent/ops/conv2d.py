@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..backends.opencl.gemm import ACTS, gemm, gemm_config, row_local_size, split_floats
 from . import register
+from ._cl import ACTS, row_local_size
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 _COLS_BUDGET = 1 << 23  # elements of one im2col buffer (32 MiB float32, 64 MiB float64)
@@ -311,18 +311,25 @@ def _dw_segments(b, rows: int, lanes: int) -> tuple[int, int]:
 
 def cl_conv_workspace(attrs, in_shapes, out_shapes):
     """bytes: im2col columns of nb images (nb = whole batch if within _CL_COLS_BUDGET; pointwise
-    convolutions use them only for dW on CPU devices), then GEMM partial products (GPU split-K)."""
+    convolutions use them only for dW on CPU devices); the GEMM partial products (GPU split-K) of
+    `cl_conv_gemms` follow them."""
     n, c = in_shapes[0][:2]
-    g = attrs["groups"]
-    if _is_depthwise(c, g):   # the dW segments' partial sums
+    if _is_depthwise(c, attrs["groups"]):   # the dW segments' partial sums
         r, s = attrs["kernel"]
         return 4 * out_shapes[0][1] * r * s * min(DW_MAX_SEGS, n * out_shapes[0][2])
     nb, per_image = _cols_images(attrs, in_shapes[0], out_shapes[0])
+    return 4 * nb * per_image
+
+
+def cl_conv_gemms(attrs, in_shapes, out_shapes):
+    """the GEMMs of one column chunk of nb images (per group): forward, dX and dW (batch-reduced)"""
+    c, g = in_shapes[0][1], attrs["groups"]
+    if _is_depthwise(c, g):
+        return []
+    nb, _ = _cols_images(attrs, in_shapes[0], out_shapes[0])
     k, (r, s), pq = out_shapes[0][1], attrs["kernel"], out_shapes[0][2] * out_shapes[0][3]
     kg, crsg = k // g, c // g * r * s
-    partials = max(split_floats(kg, pq, crsg, nb), split_floats(crsg, pq, kg, nb),
-                   split_floats(kg, crsg, pq, nb, reduce_batch=True))
-    return 4 * (nb * per_image + partials)
+    return [(kg, pq, crsg, nb, False), (crsg, pq, kg, nb, False), (kg, crsg, pq, nb, True)]
 
 
 def _dw_defines(b, attrs: dict) -> dict:
@@ -367,7 +374,7 @@ def cl_conv_forward(b, io):
     bias_kw = {"bias": bias, "bias_mode": "row" if bias is not None else None, "act": io.act}
     if _is_pointwise(io.attrs):
         for gi in range(g):
-            gemm(b, False, False, kg, pq, cg, w, gi * kg * cg, cg, x, gi * cg * pq, pq, y, gi * kg * pq, pq,
+            b.gemm(False, False, kg, pq, cg, w, gi * kg * cg, cg, x, gi * cg * pq, pq, y, gi * kg * pq, pq,
                  batch=n, stride_b=c * pq, stride_c=k * pq, bias_off=gi * kg, **bias_kw, **work)
         return
     cols, ldp = io.workspace, _ldp(pq)
@@ -375,7 +382,7 @@ def cl_conv_forward(b, io):
         m = min(nb, n - i0)
         _cl_im2col(b, io, x, i0 * c * h * wd, cols, ldp, crs, m, geo)
         for gi in range(g):
-            gemm(b, False, False, kg, pq, crsg, w, gi * kg * crsg, crsg, cols, gi * crsg * ldp, ldp,
+            b.gemm(False, False, kg, pq, crsg, w, gi * kg * crsg, crsg, cols, gi * crsg * ldp, ldp,
                  y, i0 * k * pq + gi * kg * pq, pq, batch=m, stride_b=crs * ldp, stride_c=k * pq,
                  bias_off=gi * kg, **bias_kw, **work)
 
@@ -417,7 +424,7 @@ def cl_conv_backward(b, io):
     nb, work = _regions(io)
     cols, ldp = io.workspace, _ldp(pq)
     if gw is not None:
-        cpu = gemm_config(b)[0] == "cpu"
+        cpu = b.gemm_family() == "cpu"
         for i0 in range(0, n, nb):
             m = min(nb, n - i0)
             beta = 0.0 if i0 == 0 else 1.0
@@ -428,7 +435,7 @@ def cl_conv_backward(b, io):
                          *geo,
                          defines=defs)
                 for gi in range(g):
-                    gemm(b, False, False, kg, crsg, pq, gy, i0 * k * pq + gi * kg * pq, pq, cols, gi * crsg, crs,
+                    b.gemm(False, False, kg, crsg, pq, gy, i0 * k * pq + gi * kg * pq, pq, cols, gi * crsg, crs,
                          gw, gi * kg * crsg, crsg, beta=beta, batch=m, stride_a=k * pq, stride_b=pq * crs,
                          reduce_batch=True, **work)
                 continue
@@ -438,7 +445,7 @@ def cl_conv_backward(b, io):
             src, ld = (x, pq) if pointwise else (cols, ldp)
             off, stride = (i0 * c * pq, c * pq) if pointwise else (0, crs * ldp)
             for gi in range(g):
-                gemm(b, False, True, kg, crsg, pq, gy, i0 * k * pq + gi * kg * pq, pq, src, off + gi * crsg * ld,
+                b.gemm(False, True, kg, crsg, pq, gy, i0 * k * pq + gi * kg * pq, pq, src, off + gi * crsg * ld,
                      ld, gw, gi * kg * crsg, crsg, beta=beta, batch=m, stride_a=k * pq, stride_b=stride,
                      reduce_batch=True, **work)
     if gx is None:
@@ -446,14 +453,14 @@ def cl_conv_backward(b, io):
     if pointwise:
         # undoes: y[n,gi] = w[gi] @ x[n,gi]  ->  dx[n,gi] (Cg,HW) = w[gi]^T @ gy[n,gi]
         for gi in range(g):
-            gemm(b, True, False, cg, pq, kg, w, gi * kg * cg, cg, gy, gi * kg * pq, pq, gx, gi * cg * pq, pq,
+            b.gemm(True, False, cg, pq, kg, w, gi * kg * cg, cg, gy, gi * kg * pq, pq, gx, gi * cg * pq, pq,
                  batch=n, stride_b=k * pq, stride_c=c * pq, **work)
         return
     # undoes: y[n,gi] = w[gi] @ cols[n,gi]  ->  dcols[n,gi] = w[gi]^T @ gy[n,gi], then col2im
     for i0 in range(0, n, nb):
         m = min(nb, n - i0)
         for gi in range(g):
-            gemm(b, True, False, crsg, pq, kg, w, gi * kg * crsg, crsg, gy, i0 * k * pq + gi * kg * pq, pq,
+            b.gemm(True, False, crsg, pq, kg, w, gi * kg * crsg, crsg, gy, i0 * k * pq + gi * kg * pq, pq,
                  cols, gi * crsg * ldp, ldp, batch=m, stride_b=k * pq, stride_c=crs * ldp, **work)
         b.launch("conv2d.cl", "col2im", (h * wd, c, m), row_local_size(b), cols, ldp, gx, i0 * c * h * wd, c, h, wd,
                  *geo,
@@ -475,5 +482,6 @@ register(OpDef(
     param_shapes=conv_param_shapes,
     flops=conv_flops,
     doc="2-D cross-correlation as torch conv2d; pads [top,left,bottom,right]; depthwise when groups == C",
-    cl=ClSpec(cl_conv_forward, cl_conv_backward, saves=("x0", "x1"), workspace=cl_conv_workspace),
+    cl=ClSpec(cl_conv_forward, cl_conv_backward, saves=("x0", "x1"), workspace=cl_conv_workspace,
+              gemms=cl_conv_gemms),
 ))

@@ -14,6 +14,11 @@ from . import register
 from ._cl import copy, elt
 from .base import Attr, ClSpec, OpDef, OpError
 
+# Training step k (0-based) of every engine draws its dropout seeds from default_rng([seed,
+# RNG_DROPOUT, k]) (data.py's RNG_SHUFFLE / RNG_AUGMENT are the other kinds), so a resumed run is
+# bit-identical and the numpy and OpenCL engines draw the same masks.
+RNG_DROPOUT = 3
+
 
 def _pcg(v: np.ndarray) -> np.ndarray:
     """PCG-RXS-M-XS 32-bit hash (uint32 in, uint32 out); the same arithmetic as the kernel."""

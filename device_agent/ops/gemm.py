@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.opencl.gemm import colsum, gemm, split_floats
 from . import register
 from .base import Attr, ClSpec, OpDef, ShapeError, expect_rank, expect_shape
 
@@ -64,10 +63,11 @@ def gemm_backward(attrs, saved, gys, needs, ctx):
 
 
 # ----------------------------------------------------------------------------- OpenCL
-def cl_gemm_workspace(attrs, in_shapes, out_shapes):
-    """bytes of split-K partial products (GPUs: at batch 8 one FC GEMM alone leaves the device idle)"""
+def cl_gemm_gemms(attrs, in_shapes, out_shapes):
+    """forward, dX, dW: their split-K partial products live in the workspace (GPUs: at batch 8 one FC
+    GEMM alone leaves the device idle)"""
     (n, f), m = in_shapes[0], attrs["out_features"]
-    return 4 * max(split_floats(n, m, f), split_floats(n, f, m), split_floats(m, f, n))
+    return [(n, m, f, 1, False), (n, f, m, 1, False), (m, f, n, 1, False)]
 
 
 def _work(io) -> dict:
@@ -80,7 +80,7 @@ def cl_gemm_forward(b, io):
     x, w = io.x[0], io.x[1]
     (n, f), m = x.shape, w.shape[0]
     bias = io.x[2] if len(io.x) > 2 else None
-    gemm(b, False, True, n, m, f, x, 0, f, w, 0, f, io.y[0], 0, m,
+    b.gemm(False, True, n, m, f, x, 0, f, w, 0, f, io.y[0], 0, m,
          bias=bias, bias_mode="col" if bias is not None else None, act=io.act, **_work(io))
 
 
@@ -91,16 +91,16 @@ def cl_gemm_backward(b, io):
     gx = io.gx + [None] * (3 - len(io.gx))
     # undoes: y = x @ w.T
     if gx[0] is not None:
-        gemm(b, False, False, n, f, m, gy, 0, m, w, 0, f, gx[0], 0, f, **_work(io))  # dx (N,F) = g (N,M) @ w (M,F)
+        b.gemm(False, False, n, f, m, gy, 0, m, w, 0, f, gx[0], 0, f, **_work(io))  # dx (N,F) = g (N,M) @ w (M,F)
     if gx[1] is not None:
-        gemm(b, True, False, m, f, n, gy, 0, m, x, 0, f, gx[1], 0, f, **_work(io))   # dw (M,F) = g^T (M,N) @ x (N,F)
+        b.gemm(True, False, m, f, n, gy, 0, m, x, 0, f, gx[1], 0, f, **_work(io))   # dw (M,F) = g^T (M,N) @ x (N,F)
     # undoes: y = y + b
     if gx[2] is not None:
-        colsum(b, gy, gx[2], n, m)                                          # db (M,) = g.sum(axis=0)
+        b.colsum(gy, gx[2], n, m)                                          # db (M,) = g.sum(axis=0)
 
 
 register(OpDef("Gemm", ("x", "weight", "bias?"), {"out_features": Attr("int", min=1)},
                gemm_infer, gemm_forward, gemm_backward, params=("weight", "bias"),
                param_shapes=gemm_param_shapes, flops=gemm_flops,
                doc="y = x @ weight.T + bias (torch Linear)",
-               cl=ClSpec(cl_gemm_forward, cl_gemm_backward, saves=("x0", "x1"), workspace=cl_gemm_workspace)))
+               cl=ClSpec(cl_gemm_forward, cl_gemm_backward, saves=("x0", "x1"), gemms=cl_gemm_gemms)))

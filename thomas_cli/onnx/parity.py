@@ -40,7 +40,7 @@ def onnx_parity(path, graph: Graph, input_shape=None, seed: int = 0, batch: int 
     Returns {"batch", "seed", "max_abs", "max_rel", "outputs": {name: {"max_abs", "max_rel"}}},
     rel = max|ours - ort| / max|ort| per output (the worst output is reported at the top);
     every output the ONNX file has is compared, by name."""
-    from device_agent.backends.numpy_ref import NumpyRef
+    from device_agent.backends.numpy import NumpyRef
 
     path = Path(path)
     m = load_model(path)

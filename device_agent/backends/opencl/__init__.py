@@ -1,7 +1,17 @@
-"""The OpenCL backend: device selection, kernel loader with a binary cache, tuning data, and the
-launch builder the Plan (device_agent/plan.py) records op launches with.
+"""The OpenCL backend, all in this folder:
 
-pyopencl is optional on a phone: `available()` says whether this backend can run here.
+  device.py    device selection (THOMAS_CL_DEVICE)
+  loader.py    kernels/*.cl built with -D tunables, binaries cached per device + driver
+  runtime.py   Runtime (context, queue, tuning data), TensorRef, NodeIO, the LaunchBuilder op
+               launchers record with (b.launch, b.gemm, b.colsum), replay
+  gemm.py      the GEMM launcher; optim.py the optimizer / clipping launchers and OptimConfig
+  passes.py    graph rewrites before allocation (BN folding, fused activations)
+  arena.py     activation lifetimes and liveness pooling; record.py launch recording
+  plan.py      Plan: one graph + stage + batch size as a fixed launch list
+  engine.py    OpenCLEngine / OpenCLInfer: device_agent/engine.py's interface on Plans
+
+pyopencl is optional on a phone: `available()` says whether this backend can run here; importing
+this package never imports pyopencl (the names below load on first use).
 """
 from __future__ import annotations
 
@@ -15,9 +25,18 @@ def available() -> bool:
     return bool(all_devices())
 
 
+def engine_classes():
+    """(OpenCLEngine, OpenCLInfer); ImportError without pyopencl."""
+    from .engine import OpenCLEngine, OpenCLInfer
+    return OpenCLEngine, OpenCLInfer
+
+
 def __getattr__(name):
     # NOTE: lazy, so `import device_agent.backends.opencl` works without pyopencl (available() says no)
     if name in ("OpenCLEngine", "OpenCLInfer"):
         from . import engine
         return getattr(engine, name)
+    if name in ("Plan", "OptimConfig"):
+        from . import plan
+        return getattr(plan, name)
     raise AttributeError(name)

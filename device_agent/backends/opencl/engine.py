@@ -17,7 +17,7 @@ import numpy as np
 from ...errors import BackendError
 from ...graph import Graph
 from ...heads import loss_graph
-from ...plan import OptimConfig, Plan
+from .plan import OptimConfig, Plan
 
 _SLOTS = {"momentum": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
 

@@ -21,6 +21,8 @@ way. Without (enough) work the launcher falls back to one launch per batch entry
 """
 from __future__ import annotations
 
+from ...ops._cl import ACTS, row_local_size
+
 GPU_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
 CPU_KEYS = ("TM", "TN", "VW", "DM", "DN")
 # the kernel file's own defaults, used when the tuning data has nothing for a forced family
@@ -29,8 +31,7 @@ CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "LX": 4, "LY": 4}
 MAX_SPLIT = 64           # K parts per product at most
 MIN_KCHUNK_SLICES = 4    # each part gets at least 4 K-slices (KWG each)
 WORK_CAP = 1 << 22       # floats of partial products an op reserves at most (16 MiB)
-_BIAS = {None: 0, "col": 1, "row": 2}
-ACTS = {None: 0, 0: 0, "relu": 1, "relu6": 2}   # epilogue activations, bits 2-3 of bias_mode
+_BIAS = {None: 0, "col": 1, "row": 2}            # bias_mode bits 0-1; ACTS (ops/_cl.py): bits 2-3
 
 
 def shape_key(form: str, M: int, N: int, K: int, batch: int = 1, reduce_batch: bool = False) -> str:
@@ -219,13 +220,6 @@ def _launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc
     return b.launch("gemm.cl", f"gemm_gpu_{form}", gsize, lsize, M, N, K, A, a_off, lda, B, b_off, ldb,
                     C, c_off, ldc, float(alpha), float(beta), stride_a, stride_b, stride_c, bias, bias_off,
                     bias_mode, aligned, ksplit, kchunk, defines=_defines(b, "gpu", t), flops=flops)
-
-
-def row_local_size(b) -> tuple:
-    """A fixed local size for element-indexed helper kernels (reductions, im2col, ...): a 64-wide row
-    on GPUs; 8 on CPUs, where PoCL builds one work-group function per local size and its own pick
-    varies with the global size (every new shape would cost a compile)."""
-    return (8, 1, 1) if b.kind == "cpu" else (64, 1, 1)
 
 
 def _defines(b, fam: str, p: dict) -> dict:

@@ -19,11 +19,35 @@ The gradient buffers themselves are left unscaled.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ...errors import BackendError
 from ...ops._cl import elt, local_floats, reduce_wg
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """torch.optim semantics: kind 'sgd' (momentum, dampening 0, nesterov, weight_decay),
+    'adam' (L2 weight decay added to the gradient) or 'adamw' (decoupled weight decay)."""
+
+    kind: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad_norm: float = 0.0   # 0 = off
+
+    def slots(self) -> tuple[str, ...]:
+        """The per-parameter state buffers this optimizer keeps."""
+        if self.kind == "sgd":
+            return ("momentum",) if self.momentum else ()
+        if self.kind in ("adam", "adamw"):
+            return ("exp_avg", "exp_avg_sq")
+        raise BackendError(f"unknown optimizer '{self.kind}' (sgd, adam, adamw)")
+
 
 FILE = "optim.cl"
 # Work-groups per gradient segment in clipping pass 1: enough to fill a phone GPU, few enough

@@ -23,6 +23,7 @@ import numpy as np
 import pyopencl as cl
 
 from ...resources import configs_dir
+from . import gemm as _gemm
 from .device import describe, kind_of, select_device
 from .loader import load_program
 
@@ -227,6 +228,25 @@ class LaunchBuilder:
         rec = Launch(k, gsize, lsize, self.label or kernel, dict(dyn or {}), flops, tuple(args))
         self.launches.append(rec)
         return rec
+
+    # the GEMM launcher (gemm.py), offered to op launchers so that no op imports a backend
+    def gemm(self, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int, B, b_off: int,
+             ldb: int, C, c_off: int, ldc: int, *args, **kwargs) -> list:
+        """Record C = alpha * op(A) @ op(B) + beta * C (+ bias, act): see gemm.gemm."""
+        return _gemm.gemm(self, ta, tb, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, *args, **kwargs)
+
+    def colsum(self, g, s, rows: int, cols: int, label: str | None = None) -> Launch:
+        """g (rows, cols) -> s (cols,) = g.sum(axis=0), deterministic."""
+        return _gemm.colsum(self, g, s, rows, cols, label)
+
+    def gemm_family(self) -> str:
+        """"gpu" (local-memory tiles) or "cpu" (register tiles): the GEMM kernels this device runs."""
+        return _gemm.gemm_config(self)[0]
+
+    @staticmethod
+    def gemm_scratch_floats(M: int, N: int, K: int, batch: int = 1, reduce_batch: bool = False) -> int:
+        """Floats of partial products a GEMM of this shape can use (ClSpec.gemms)."""
+        return _gemm.split_floats(M, N, K, batch, reduce_batch)
 
 
 def replay(queue: cl.CommandQueue, launches: list[Launch], values: dict | None = None) -> None:

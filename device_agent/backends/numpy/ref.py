@@ -1,4 +1,4 @@
-"""numpy_ref: runs a Graph forward and backward in plain numpy.
+"""The numpy reference backend (NumpyRef): runs a Graph forward and backward in plain numpy.
 
 It is the correctness oracle for every other backend and, with THOMAS_THREADS=1 (BLAS on one
 thread, see device_agent/__init__.py), the serial single-core CPU baseline.
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BackendError
-from ..graph import Graph, Node
-from ..ops import Ctx, OpDef, get_op, normalize_attrs
+from ...errors import BackendError
+from ...graph import Graph, Node
+from ...ops import Ctx, OpDef, get_op, normalize_attrs
 
 
 @dataclass

@@ -1,0 +1,415 @@
+"""The Plan: one model, stage, batch size and OpenCL device turned into a fixed launch list over
+buffers allocated once.
+
+    plan = Plan(graph, batch=8, trainable=None, optimizer=OptimConfig("sgd", momentum=0.9))
+    loss, correct = plan.train_step(x, labels, lr=0.01, seed=step)   # only x, labels go up; 2 scalars come back
+    logits = Plan(graph, batch=8, trainable=set()).infer(x)           # inference plan: BN folded into conv
+    plan.memory()                                                      # bytes by category, peak, reuse savings
+
+What the Plan owns (llm.c's "malloc all parameters at once"):
+  params      one buffer, trainable parameters first (so the optimizer is ONE launch over a flat
+              range), then frozen ones and BN buffers; each tensor a sub-buffer
+  grads       the same layout for the trainable range; each backward OVERWRITES its gradient, so
+              nothing is zeroed per step; a tensor consumed twice gets its second contribution in
+              a temporary that one `acc_add` launch folds in
+  optimizer   momentum / Adam moments, flat, same layout
+  arena       activations, activation gradients and per-node state, pooled by liveness (arena.py):
+              two tensors share a buffer when their lifetimes [produced, last read] do not overlap.
+              NOTE: every tensor is a whole cl.Buffer of the pool, never a sub-buffer of one big
+              arena: NVIDIA's OpenCL driver blocks the host in every enqueue that touches a
+              sub-buffer overlapping one still in use (an H100 MobileNetV2 last-layer step spent
+              31.7 ms of host time enqueueing 7.9 ms of kernels); whole buffers cost ~6 % more bytes
+  workspace   one scratch buffer, the largest any node asks for (im2col columns, GEMM partials)
+  recompute   (Plan(recompute=True)) BN outputs are not kept for the backward: each is rewritten
+              from the BN input and statistics right before the first backward that reads it
+
+A step is `replay(queue, launches)`: no allocation, no host round trip between ops, no finish()
+until the two scalars are read back. Frozen nodes record no backward launches at all. The graph
+rewrites (BN folding, fused activations) are in passes.py, the launch recording in record.py.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyopencl as cl
+
+from ...errors import BackendError
+from ...graph import Graph, Node
+from ...heads import loss_graph
+from ...ops import get_op, normalize_attrs
+from ...ops.dropout import draw_seed
+from .arena import Lifetimes, pool, workspace_bytes
+from .optim import OptimConfig
+from .passes import _folded, fold_batchnorm, frozen_nodes, fuse_activations
+from .record import LaunchRecording
+from .runtime import Runtime, TensorRef, replay, round_up
+
+__all__ = ["OptimConfig", "Plan", "fold_batchnorm", "frozen_nodes", "fuse_activations"]
+
+
+class Plan(LaunchRecording):
+    def __init__(self, graph: Graph, batch: int, *, trainable=None, optimizer: OptimConfig | None = None,
+                 training: bool = True, bn_batch_stats: bool | None = None, label_smoothing: float = 0.0,
+                 runtime: "Runtime | None" = None, reuse: bool = True, fold_bn: bool = True,
+                 fuse_act: bool = True, recompute: bool = False):
+        self.rt = runtime or Runtime()
+        self.batch = int(batch)
+        if trainable is None or trainable:   # training: the loss reads the logits, not a final Softmax
+            graph = loss_graph(graph)
+        all_trainable = [k for k, p in graph.params.items() if p.trainable]
+        self.trainable = set(all_trainable if trainable is None else trainable)
+        bad = sorted(self.trainable - set(all_trainable))
+        if bad:
+            raise BackendError(f"'{bad[0]}' is not a trainable parameter of model '{graph.name}'")
+        self.inference = not self.trainable
+        self.optimizer = optimizer or OptimConfig()
+        self.training = training and not self.inference
+        self.bn_batch_stats = self.training if bn_batch_stats is None else (bn_batch_stats and not self.inference)
+        # BN folded into the conv before it: every one in inference, the frozen prefix's in training
+        # with frozen statistics (a last-layer step then runs the inference forward up to the head).
+        # params() / load_params() still speak the unfolded weights: the fold's sources are kept here.
+        # Then each BN + ReLU(6) pair, and each frozen conv/FC + ReLU(6) pair, becomes one launch (the
+        # activation in the producer's epilogue; a BN's backward reads the output for its mask).
+        self._fold: dict = {}
+        self.acts: dict[str, str] = {}
+        self.graph = graph
+        frozen = {n.name for n in graph.nodes} if self.inference else frozen_nodes(graph, self.trainable)
+        if fold_bn and not self.bn_batch_stats:
+            self.graph = fold_batchnorm(graph, None if self.inference else frozen, self._fold)
+        if fuse_act:
+            self.graph = fuse_activations(self.graph, frozen, self.acts)
+        self._fold_src = {t: np.array(graph.weights[t], np.float32) for wn, b0, bn_, st, eps in self._fold.values()
+                          for t in [wn] + ([b0] if b0 else []) + st}
+        self._fold_out = {t for wn, b0, bname, st, eps in self._fold.values() for t in (wn, bname)}
+        self.label_smoothing = float(label_smoothing)
+        self.reuse = reuse
+        self.recompute = recompute
+        self.step_count = 0
+        self._build()
+
+    # ================================================================== building
+    def _build(self) -> None:
+        """Named steps, each over what the ones before it decided."""
+        self._specs()
+        bw_nodes = self._schedule()
+        self._alloc_params()
+        life = self.life = Lifetimes()
+        self._forward_lifetimes(life)
+        self._recompute_lifetimes(life, bw_nodes)
+        self._state_lifetimes(life)
+        if not self.inference:
+            self._grad_lifetimes(life, bw_nodes)
+        self._storage_of = life.storage_of
+        self._alloc_arena(life)
+        self._alloc_io()
+        self._record(bw_nodes)
+
+    def _specs(self) -> None:
+        """Each node's op and normalised attrs; every tensor's shape at this batch size."""
+        self.shapes = self.graph.infer_shapes(self.batch)
+        self.specs = {}
+        for n in self.graph.nodes:
+            op = get_op(n.op)
+            if op.cl is None:
+                raise BackendError(f"node '{n.name}': op {n.op} has no OpenCL kernels yet")
+            self.specs[n.name] = (op, normalize_attrs(op, n.attrs))
+
+    def _schedule(self) -> list[Node]:
+        """Which tensors need gradients (self.req), and the time line lifetimes are measured on:
+        forward node i runs at i, the loss at F = len(nodes), backward k at F + 1 + k, END after.
+        Returns the nodes with a backward, in backward order."""
+        nodes = self.graph.nodes
+        req = set(self.trainable)
+        bw_nodes: list[Node] = []
+        if not self.inference:
+            for n in nodes:
+                if any(t in req for t in n.inputs):
+                    req.update(n.outputs)
+                    bw_nodes.append(n)
+            bw_nodes.reverse()
+        self.req = req
+        self.F = len(nodes)
+        self.t_fw = {n.name: i for i, n in enumerate(nodes)}
+        self.t_bw = {n.name: self.F + 1 + k for k, n in enumerate(bw_nodes)}
+        self.END = self.F + 2 + len(bw_nodes)
+        return bw_nodes
+
+    def _alloc_params(self) -> None:
+        """Parameters in one flat buffer (trainable first), gradients in the same layout."""
+        g, rt = self.graph, self.rt
+        align = rt.align // 4                              # in floats
+        order = [k for k in g.params if k in self.trainable] + [k for k in g.params if k not in self.trainable]
+        self.param_offset: dict[str, int] = {}
+        off = 0
+        self.n_trainable = 0
+        for k in order:
+            self.param_offset[k] = off
+            off = round_up(off + max(1, int(np.prod(g.params[k].shape))), align)
+            if k in self.trainable:
+                self.n_trainable = off
+        self.n_params = off
+        flat = np.zeros(self.n_params, np.float32)
+        for k in order:
+            o = self.param_offset[k]
+            flat[o:o + g.weights[k].size] = g.weights[k].reshape(-1)
+        self.params_buf = rt.alloc(flat.nbytes)
+        cl.enqueue_copy(rt.queue, self.params_buf, flat)
+        self.param_ref = {k: self._sub(self.params_buf, self.param_offset[k], k, g.params[k].shape) for k in order}
+        self.grads_buf = None
+        self.grad_ref: dict[str, TensorRef] = {}
+        if self.n_trainable:
+            self.grads_buf = rt.alloc(self.n_trainable * 4)
+            cl.enqueue_copy(rt.queue, self.grads_buf, np.zeros(self.n_trainable, np.float32))
+            self.grad_ref = {k: self._sub(self.grads_buf, self.param_offset[k], f"d{k}", g.params[k].shape)
+                             for k in order if k in self.trainable}
+
+    def _sub(self, buf, off_floats: int, name: str, shape, dtype=np.float32) -> "TensorRef":
+        dtype = np.dtype(dtype)
+        n = max(1, int(np.prod(shape, dtype=np.int64))) * dtype.itemsize
+        sub = buf.get_sub_region(int(off_floats) * 4, n)
+        return TensorRef(name, tuple(shape), sub, dtype)
+
+    # ------------------------------------------------------------------ lifetimes
+    def _forward_lifetimes(self, life: Lifetimes) -> None:
+        """Every node output from its producer to its last forward reader (an alias shares its
+        input's storage); graph outputs until the loss (training) or the end (inference)."""
+        g, shapes = self.graph, self.shapes
+        for n in g.nodes:
+            op, a = self.specs[n.name]
+            i = self.t_fw[n.name]
+            for k, t in enumerate(n.outputs):
+                if op.cl.alias and k == 0 and n.inputs[0] not in g.params and n.inputs[0] in life:
+                    life.alias(t, shapes[t], n.inputs[0])
+                else:                       # (an alias of a graph input gets its own slot)
+                    life.new(t, shapes[t], i, i)
+            for t in n.inputs:
+                if t in life:
+                    life.touch(t, i)
+        for t in g.outputs:
+            life.touch(t, self.END if self.inference else self.F)
+
+    def _recompute_lifetimes(self, life: Lifetimes, bw_nodes: list[Node]) -> None:
+        """Forward tensors a backward saves live until that backward. With recompute, a BN output a
+        consumer's backward reads is not kept from the forward: a copy is rewritten
+        (ClSpec.recompute) right before the first such backward and lives only until the last."""
+        producers = self.graph.producers()
+        self.recomputed: dict[str, list[str]] = {}      # tensor -> the backward nodes that read its copy
+        for n in bw_nodes:
+            op, a = self.specs[n.name]
+            for s in op.cl.saved(a):
+                kind, idx = s[0], int(s[1:])
+                t = n.inputs[idx] if kind == "x" else n.outputs[idx]
+                if t not in life:
+                    continue
+                p = producers.get(t)
+                if self.recompute and kind == "x" and p is not None and p.name in self.t_bw \
+                        and self.specs[p.name][0].cl.recompute is not None:
+                    self.recomputed.setdefault(t, []).append(n.name)
+                else:
+                    life.touch(t, self.t_bw[n.name])
+        for t, readers in self.recomputed.items():
+            times = [self.t_bw[r] for r in readers]
+            life.new(f"{t}@recomputed", self.shapes[t], min(times), max(times))
+
+    def _state_lifetimes(self, life: Lifetimes) -> None:
+        """Per-node state: forward -> backward (or just the forward in inference)."""
+        self.state_ref: dict[str, dict[str, str]] = {}
+        shapes = self.shapes
+        for n in self.graph.nodes:
+            op, a = self.specs[n.name]
+            if op.cl.state is None:
+                continue
+            ins = [shapes[t] for t in n.inputs]
+            outs = [shapes[t] for t in n.outputs]
+            names = {}
+            for k, (shape, dtype) in op.cl.state(a, ins, outs, self.training or self.bn_batch_stats).items():
+                sname = f"{n.name}::{k}"
+                t = self.t_fw[n.name]
+                life.new(sname, shape, t, self.t_bw.get(n.name, t), dtype)
+                names[k] = sname
+            self.state_ref[n.name] = names
+
+    def _grad_lifetimes(self, life: Lifetimes, bw_nodes: list[Node]) -> None:
+        """Gradients of activations: produced by the first backward that writes them, read until
+        the producer's backward; a second writer gets a temporary folded in by acc_add. Alias
+        nodes pass their gradient through in the same storage when safe."""
+        g, shapes, t_bw = self.graph, self.shapes, self.t_bw
+        consumers, producers = g.consumers(), g.producers()
+        input_names = {s.name for s in g.inputs}
+        logits = g.outputs[0]
+        self.grad_slot: dict[str, str] = {}
+        self.grad_writers: dict[str, list[str]] = {}
+        for t in self.req - set(g.params):
+            if t in input_names:
+                continue
+            writers = sorted({c.name for c in consumers.get(t, []) if c.name in t_bw}, key=t_bw.get)
+            if t == logits:
+                writers = ["<loss>"] + writers
+            if not writers:
+                continue
+            first = self.F if t == logits else t_bw[writers[0]]
+            self.grad_writers[t] = writers
+            life.new(f"d:{t}", shapes[t], first, t_bw[producers[t].name])
+            self.grad_slot[t] = f"d:{t}"
+        for n in bw_nodes:
+            x = n.inputs[0]
+            if self.specs[n.name][0].cl.alias and x in self.grad_slot and n.outputs[0] in self.grad_slot \
+                    and len(consumers[x]) == 1:
+                life.merge(f"d:{x}", into=f"d:{n.outputs[0]}")
+        for t, ws in self.grad_writers.items():
+            for w in ws[1:]:
+                life.new(f"d:{t}@{w}", shapes[t], t_bw[w], t_bw[w])
+        for k in self.trainable:
+            users = sorted({c.name for c in consumers.get(k, []) if c.name in t_bw}, key=t_bw.get)
+            for w in users[1:]:
+                life.new(f"d:{k}@{w}", g.params[k].shape, t_bw[w], t_bw[w])
+
+    # ------------------------------------------------------------------ buffers
+    def _alloc_arena(self, life: Lifetimes) -> None:
+        """Pool the storages into whole buffers; a TensorRef per slot."""
+        uniq = life.storages()
+        sizes = pool(uniq, self.reuse)
+        self.arena_bytes = sum(sizes)
+        self.no_reuse_bytes = sum(max(s.nbytes, 4) for s in uniq)
+        self.arena = [self.rt.alloc(n) for n in sizes]
+        self.refs: dict[str, TensorRef] = {}
+        for name, sl in life.slots.items():
+            self.refs[name] = TensorRef(name, sl.shape, self.arena[sl.storage.pool], sl.dtype)
+
+    def _alloc_io(self) -> None:
+        """Graph inputs, the shared workspace, labels and the two scalars a step reads back."""
+        rt, g, shapes = self.rt, self.graph, self.shapes
+        for s in g.inputs:
+            shape = tuple(self.batch if d is None else d for d in s.shape)
+            self.refs[s.name] = TensorRef(s.name, shape, rt.alloc(int(np.prod(shape)) * 4))
+        self.input_name = g.inputs[0].name
+        ws = 0
+        for n in g.nodes:
+            op, a = self.specs[n.name]
+            ws = max(ws, workspace_bytes(op.cl, a, [shapes[t] for t in n.inputs], [shapes[t] for t in n.outputs]))
+        self.workspace_bytes = ws
+        self.workspace = TensorRef("workspace", (max(1, ws // 4),), rt.alloc(ws)) if ws else None
+        self.labels = TensorRef("labels", (self.batch,), rt.alloc(self.batch * 4), np.dtype(np.int32))
+        self.loss_ref = TensorRef("loss", (1,), rt.alloc(4))
+        self.correct_ref = TensorRef("correct", (1,), rt.alloc(4))
+        self.opt_bytes = 0
+
+    # ================================================================== running
+    def _upload(self, x) -> None:
+        """x: the input array, or {input name: array} for a graph with several inputs (a training
+        suffix whose cut crosses a residual branch)."""
+        feeds = x if isinstance(x, dict) else {self.input_name: x}
+        names = [s.name for s in self.graph.inputs]
+        if sorted(feeds) != sorted(names):
+            raise BackendError(f"the plan takes inputs {names}, got {sorted(feeds)}")
+        keep = []
+        for name in names:
+            ref, a = self.refs[name], np.ascontiguousarray(feeds[name], np.float32)
+            if tuple(a.shape) != ref.shape:
+                raise BackendError(f"input '{name}' has shape {tuple(a.shape)}, the plan was built for {ref.shape}")
+            cl.enqueue_copy(self.rt.queue, ref.buf, a, is_blocking=False)
+            keep.append(a)
+        self._keep = keep   # the copies are asynchronous: keep the host arrays alive until the step ends
+
+    def _values(self, seed, lr: float = 0.0) -> dict:
+        """Per-step kernel arguments. seed (an int or a sequence, as numpy's default_rng takes)
+        gives one dropout seed per Dropout node, drawn in node order exactly as numpy_ref does."""
+        rng = np.random.default_rng(seed)
+        vals = {f"{n}:seed": np.uint32(draw_seed(rng)) for n in self.dropout_nodes}
+        vals["lr"] = np.float32(lr)
+        vals["step"] = np.int32(self.step_count)
+        return vals
+
+    def forward(self, x: np.ndarray, seed=0) -> np.ndarray:
+        """Forward only; returns the first output (logits)."""
+        return self.forward_all(x, seed)[self.graph.outputs[0]]
+
+    infer = forward
+
+    def forward_all(self, x: np.ndarray, seed=0) -> dict[str, np.ndarray]:
+        """Forward only; every graph output, read back once the launches ran."""
+        self._upload(x)
+        replay(self.rt.queue, self.fw_launches, self._values(seed))
+        return {o: self._read(self.refs[o]) for o in self.graph.outputs}
+
+    def train_step(self, x: np.ndarray, labels: np.ndarray, lr: float, seed=0) -> tuple[float, int]:
+        """forward + loss + backward + optimizer update (not applied when the loss is not finite);
+        returns (mean loss, correct count)."""
+        if self.inference:
+            raise BackendError("this plan was built for inference (no trainable parameters)")
+        labels = np.ascontiguousarray(labels, np.int32)
+        if labels.shape != (self.batch,):
+            raise BackendError(f"labels have shape {labels.shape}, the plan was built for ({self.batch},)")
+        self._upload(x)
+        cl.enqueue_copy(self.rt.queue, self.labels.buf, labels, is_blocking=False)
+        self.step_count += 1
+        vals = self._values(seed, lr)
+        replay(self.rt.queue, self.fw_launches, vals)
+        replay(self.rt.queue, self.bw_launches, vals)
+        # NOTE: the loss is read back BEFORE the update is enqueued, so a non-finite step is never
+        # applied (the weights stay those of the last good step); the step's one host sync moves here
+        loss, correct = self._scalars()
+        if math.isfinite(loss):
+            replay(self.rt.queue, self.opt_launches, vals)
+        else:
+            self.step_count -= 1
+        self._keep = None
+        return loss, int(round(correct))
+
+    def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, seed=0) -> tuple[float, dict]:
+        """forward + loss + backward without the update; gradients copied back (tests, bench)."""
+        labels = np.ascontiguousarray(labels, np.int32)
+        self._upload(x)
+        cl.enqueue_copy(self.rt.queue, self.labels.buf, labels, is_blocking=False)
+        vals = self._values(seed)
+        replay(self.rt.queue, self.fw_launches, vals)
+        replay(self.rt.queue, self.bw_launches, vals)
+        loss, _ = self._scalars()
+        return loss, {k: self._read(r) for k, r in self.grad_ref.items()}
+
+    def _scalars(self) -> tuple[float, float]:
+        """The one host sync of a step: read back the loss and the correct count."""
+        out = np.empty(1, np.float32), np.empty(1, np.float32)
+        cl.enqueue_copy(self.rt.queue, out[0], self.loss_ref.buf, is_blocking=False)
+        cl.enqueue_copy(self.rt.queue, out[1], self.correct_ref.buf)
+        return float(out[0][0]), float(out[1][0])
+
+    def _read(self, ref: "TensorRef") -> np.ndarray:
+        host = np.empty(ref.shape, ref.dtype)
+        cl.enqueue_copy(self.rt.queue, host, ref.buf)
+        return host
+
+    def params(self) -> dict[str, np.ndarray]:
+        """The graph's parameters as given (a folded conv + BN pair as its unfolded tensors)."""
+        out = {k: self._read(r) for k, r in self.param_ref.items() if k not in self._fold_out}
+        out.update({k: v.copy() for k, v in self._fold_src.items()})
+        return out
+
+    def load_params(self, weights: dict[str, np.ndarray]) -> None:
+        """Unfolded tensors by name; a folded pair is folded again from what changed."""
+        refold = set()
+        for k, v in weights.items():
+            if k in self._fold_src:
+                self._fold_src[k] = np.array(v, np.float32).reshape(self._fold_src[k].shape)
+                refold.update(bn for bn, (wn, b0, _, st, _) in self._fold.items() if k in [wn, b0, *st])
+            elif k in self.param_ref:
+                cl.enqueue_copy(self.rt.queue, self.param_ref[k].buf, np.ascontiguousarray(v, np.float32))
+        for bn in refold:
+            wn, b0, bname, st, eps = self._fold[bn]
+            src = self._fold_src
+            w, b = _folded(src[wn], src[b0] if b0 else None, *(src[t] for t in st), eps)
+            cl.enqueue_copy(self.rt.queue, self.param_ref[wn].buf, w)
+            cl.enqueue_copy(self.rt.queue, self.param_ref[bname].buf, b)
+        self.rt.queue.finish()
+
+    def memory(self) -> dict:
+        opt = self.opt_bytes
+        return {"params": self.n_params * 4, "grads": self.n_trainable * 4, "optimizer": opt,
+                "activations": self.arena_bytes, "activations_without_reuse": self.no_reuse_bytes,
+                "saved_by_reuse": self.no_reuse_bytes - self.arena_bytes,
+                "workspace": self.workspace_bytes,
+                "peak": self.n_params * 4 + self.n_trainable * 4 + opt + self.arena_bytes + self.workspace_bytes}
+
+    def launch_labels(self) -> list[str]:
+        return [ln.label for ln in self.fw_launches + self.bw_launches + self.opt_launches]
