@@ -152,8 +152,10 @@ def file_sizes(package: str, root: Path = ROOT) -> list[tuple[int, str]]:
 
 def summary(package: str) -> dict:
     es = edges(package)
+    pairs = {(e.src, e.dst, e.level) for e in es}             # one edge per module pair and level
     return {"package": package, "modules": len(modules(package)),
-            "edges": {"module": sum(e.level == "module" for e in es), "function": sum(e.level == "function" for e in es)},
+            "edges": {"module": sum(lv == "module" for _, _, lv in pairs),
+                      "function": sum(lv == "function" for _, _, lv in pairs)},
             "cycles_module_level": cycles(es, ("module",)),
             "cycles_all_imports": cycles(es),
             "function_level_imports": sorted({f"{e.src} -> {e.dst}" for e in es if e.level == "function"}),
