@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._cl import alias_backward, alias_forward, elt, local_floats, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._cl import copy, elt
 from .base import Attr, ClSpec, OpDef, OpError
 

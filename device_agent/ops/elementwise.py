@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._cl import elt, int4, local_floats, pad4, reduce_wg, strides4
 from .base import ClSpec, OpDef, ShapeError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .registry import register
 from .base import Attr, ClSpec, OpDef, ShapeError, expect_rank, expect_shape
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._cl import elt
 from .base import Attr, ClSpec, OpDef, expect_rank
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._cl import elt, local_floats, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank
 from .conv2d import pad_nchw, tap, window_view

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._cl import elt, int4, local_floats, reduce_wg
 from .base import Attr, ClSpec, OpDef, ShapeError
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._cl import constant_ints, elt
 from .base import Attr, ClSpec, OpDef, ShapeError, expect_rank
 

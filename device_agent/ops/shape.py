@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._cl import alias_backward, alias_forward, elt, int4, int8
 from .base import Attr, ClSpec, OpDef, ShapeError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._cl import elt, local_floats, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
