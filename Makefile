@@ -36,9 +36,10 @@ demo: setup
 bench: setup
 	set -e; for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f; done
 
-# Line budget of the on-device agent (tinygrad's sz.py habit).
+# Line budget of the on-device agent (tinygrad's sz.py habit) and the layout rules test_layout_rules.py checks.
 sz:
 	@find device_agent -name '*.py' | xargs wc -l | sort -n | tail -15
+	@$(PYTHON) tests/test_layout_rules.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
