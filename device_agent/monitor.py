@@ -71,14 +71,16 @@ class DivergenceGuard:
 
 
 class BestEpoch:
-    """The epoch with the best `select` metric so far (val_acc: highest, val_loss: lowest; a tie keeps
-    the earlier epoch, NaN never wins) and the epochs since it improved (for `patience`)."""
+    """The epoch with the best `select` metric so far (val_acc: highest, a tie going to the lower
+    val_loss, as a small val set often ties on accuracy; val_loss: lowest; a full tie keeps the earlier
+    epoch, NaN never wins) and the epochs since it improved (for `patience`)."""
 
     def __init__(self, select: str = "val_acc", patience: int | None = None):
         self.select = select
         self.patience = patience
         self.epoch: int | None = None        # 1-based
         self.metric: float | None = None
+        self.loss: float | None = None       # its val_loss: the tie-break of val_acc
         self.since = 0                       # evaluated epochs without improvement since self.epoch
 
     def value(self, val_loss, val_acc) -> float | None:
@@ -92,10 +94,13 @@ class BestEpoch:
             better = False
         elif self.metric is None:
             better = True
+        elif self.select == "val_acc":
+            better = v > self.metric or (v == self.metric and _lower(val_loss, self.loss))
         else:
-            better = v > self.metric if self.select == "val_acc" else v < self.metric
+            better = v < self.metric
         if better:
             self.epoch, self.metric, self.since = epoch, v, 0
+            self.loss = None if val_loss is None else float(val_loss)
         else:
             self.since += 1
         return better
@@ -104,7 +109,7 @@ class BestEpoch:
         return self.patience is not None and self.epoch is not None and self.since >= self.patience
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "metric": self.metric, "since": self.since}
+        return {"epoch": self.epoch, "metric": self.metric, "since": self.since, "loss": self.loss}
 
     def load_state(self, d, where: str) -> None:
         ok = (isinstance(d, dict) and _count(d.get("since")) and
@@ -114,6 +119,13 @@ class BestEpoch:
             raise CheckpointError(f"{where}: meta field 'best' is {d!r}, not an epoch, metric and count"[:200])
         self.epoch, self.since = d["epoch"], d["since"]
         self.metric = None if d["metric"] is None else float(d["metric"])
+        loss = d.get("loss")                 # absent in checkpoints written before the tie-break
+        self.loss = float(loss) if _finite(loss) else None
+
+
+def _lower(new, old) -> bool:
+    """new val_loss strictly below old (a missing or non-finite loss never wins a tie)."""
+    return _finite(new) and (old is None or new < old)
 
 
 def _finite(x) -> bool:

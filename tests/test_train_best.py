@@ -197,3 +197,17 @@ def test_resume_rewrites_best_when_killed_before_it_was_written(tmp_path, capsys
     for which in ("final", "best"):
         a, b = _weights(ref / which), _weights(out / which)
         assert all(np.array_equal(a[k], b[k]) for k in a), which
+
+
+def test_best_val_acc_ties_go_to_the_lower_val_loss():
+    from device_agent.monitor import BestEpoch
+
+    b = BestEpoch("val_acc")
+    assert b.update(1, 0.84, 1.0) and b.epoch == 1
+    assert b.update(2, 0.20, 1.0) and b.epoch == 2          # same accuracy, lower loss: better
+    assert not b.update(3, 0.20, 1.0) and b.epoch == 2      # a full tie keeps the earlier epoch
+    assert not b.update(4, 0.01, 0.9) and b.epoch == 2      # accuracy first
+    assert not b.update(5, float("nan"), 1.0) and b.since == 3
+    c = BestEpoch("val_acc")
+    c.load_state({"epoch": 2, "metric": 1.0, "since": 0}, "ckpt")   # a checkpoint from before the tie-break
+    assert c.update(3, 0.5, 1.0) and c.epoch == 3
