@@ -162,11 +162,11 @@ def main(argv: list[str]) -> int:
 
         return evaluate.main(args, emit)
     if cmd == "bench" and len(args) == 1:
-        from . import bench
+        from .bench import bench
 
         return bench.main(args, emit)
     if cmd == "tune" and len(args) == 1:
-        from . import tune
+        from .bench import tune
 
         return tune.main(args, emit)
     emit(ErrorEvent("usage", USAGE))

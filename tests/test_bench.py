@@ -87,7 +87,7 @@ def test_bench_table_and_desktop_compare(tmp_path, monkeypatch, request):
 
 
 def test_bench_without_pyopencl_still_runs_the_baseline(tmp_path, monkeypatch, capsys):
-    from device_agent import bench
+    from device_agent.bench import bench
     from device_agent.protocol import parse_event
     from thomas_cli import zoo
     from device_agent.graph import save_package
@@ -108,14 +108,14 @@ def test_bench_without_pyopencl_still_runs_the_baseline(tmp_path, monkeypatch, c
 
 
 def test_bench_job_errors_name_the_field(tmp_path):
-    from device_agent import bench
+    from device_agent.bench import bench
     from device_agent.errors import InputError
 
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"model": "x", "stage": "middle"}))
     with pytest.raises(InputError, match="stage"):
         bench.load_job(str(job))
-    from device_agent import tune
+    from device_agent.bench import tune
 
     for doc, words in (({"model": "x", "batch": 0}, "tune field 'batch' must be an integer >= 1, got 0"),
                        ({"model": "x", "steps": True}, "tune field 'steps'"), ({"batch": 2}, "needs 'model'")):

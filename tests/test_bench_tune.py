@@ -26,7 +26,7 @@ def dev(request, tmp_path, monkeypatch):
 
 def test_tune_saves_the_winner_for_this_device_and_driver(dev):
     from device_agent.backends.opencl.runtime import Runtime
-    from device_agent.tune import VARIANTS
+    from device_agent.bench.tune import VARIANTS
 
     r = thomas(dev, "tune", *TINY, "--json")
     evs = [json.loads(line) for line in r.stdout.splitlines()]
@@ -87,7 +87,7 @@ def test_a_plan_trains_on_tuned_and_on_corrupt_tuning(tmp_path, monkeypatch):
 def test_tune_without_pyopencl_is_a_clean_error(tmp_path, monkeypatch):
     import sys
 
-    from device_agent import tune
+    from device_agent.bench import tune
     from device_agent.errors import BackendError
 
     job = tmp_path / "job.json"
@@ -107,10 +107,10 @@ def test_per_shape_tiles_are_picked_past_noise_and_used_by_the_plan(tmp_path, mo
 
     from device_agent.backends.opencl.gemm import gemm_config, shape_key
     from device_agent.backends.opencl.runtime import LaunchBuilder, Runtime, device_key
-    from device_agent.bench import _inputs
+    from device_agent.bench.bench import _inputs
     from device_agent.builder import GraphBuilder
     from device_agent.backends.opencl.plan import OptimConfig, Plan
-    from device_agent.tune import pick_shapes
+    from device_agent.bench.tune import pick_shapes
 
     a, b = {"TM": 4}, {"TM": 8}
     results = [(10.0, 0, a, {"s1": 5.0, "s2": 5.0, "s3": 0.010}),
@@ -156,7 +156,7 @@ def test_per_shape_tiles_are_picked_past_noise_and_used_by_the_plan(tmp_path, mo
 def test_a_variant_that_computes_another_loss_never_wins(tmp_path, monkeypatch, capsys):
     """tune compares each variant's warm-up loss with the shipped tiles' and skips a wrong one, even
     when it is the fastest."""
-    import device_agent.tune as tune
+    import device_agent.bench.tune as tune
     from device_agent.graph import save_package
     from thomas_cli.zoo import build
 

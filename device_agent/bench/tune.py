@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from .errors import BackendError, ThomasError
-from .fsutil import atomic_write
-from .protocol import TuneEvent, TuneVariantEvent
+from ..errors import BackendError, ThomasError
+from ..fsutil import atomic_write
+from ..protocol import TuneEvent, TuneVariantEvent
 
 # a small set of plausible tiles per device kind (the kernel defaults come first)
 VARIANTS = {
@@ -63,9 +63,9 @@ def _time_gemms(rt, g, batch: int, steps: int, params: dict, shapes: dict | None
     """(median ms of all the model's GEMM launches, how many, median ms per GEMM shape, the loss of the
     warm-up step) with `params` over the tuning and `shapes` as the per-shape tiles (those of an
     earlier tune are set aside)."""
-    from .backends.opencl.runtime import replay
+    from ..backends.opencl.plan import OptimConfig, Plan
+    from ..backends.opencl.runtime import replay
     from .bench import _inputs
-    from .backends.opencl.plan import OptimConfig, Plan
 
     rt.tuning.override = {"gemm": dict(params, shapes=shapes or {})}
     try:
@@ -121,11 +121,11 @@ _KEEP = []   # NOTE: plans stay alive to the process's end (tearing one down mid
 
 
 def main(args: list[str], emit) -> int:
-    from .graph import load_package
+    from ..graph import load_package
 
     job = load_job(args[0])
     try:
-        from .backends.opencl.runtime import Runtime, device_key, tuning_file
+        from ..backends.opencl.runtime import Runtime, device_key, tuning_file
     except ImportError as e:
         raise BackendError(f"tune needs pyopencl and an OpenCL device: pyopencl is not installed ({e})") from None
     g = load_package(job["model"])

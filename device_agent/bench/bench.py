@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ThomasError
-from .protocol import BenchDoneEvent, LayerTimeEvent
+from ..errors import InputError, ThomasError
+from ..protocol import BenchDoneEvent, LayerTimeEvent
 
 STAGES = ("infer", "last", "all")
 LR = 1e-4
@@ -70,7 +70,7 @@ def _inputs(g, batch: int, seed: int = 0):
 
 
 def _trainable(g, stage: str):
-    from .stages import trainable_params
+    from ..stages import trainable_params
 
     return set() if stage == "infer" else trainable_params(g, stage)
 
@@ -129,8 +129,8 @@ def bench_opencl(g, stage: str, batch: int, steps: int, costs: dict) -> dict:
     try:
         import pyopencl as cl
 
-        from .backends.opencl.runtime import replay
-        from .backends.opencl.plan import OptimConfig, Plan
+        from ..backends.opencl.runtime import replay
+        from ..backends.opencl.plan import OptimConfig, Plan
     except ImportError as e:
         return {"backend": "opencl", "error": f"pyopencl is not installed ({e})"}
     x, y = _inputs(g, batch)
@@ -193,7 +193,7 @@ def bench_opencl(g, stage: str, batch: int, steps: int, costs: dict) -> dict:
 # ============================================================================ numpy baseline
 def bench_numpy(g, stage: str, batch: int, steps: int, costs: dict) -> dict:
     """The serial baseline in this process; call it through `baseline()` so BLAS is pinned."""
-    from .backends.numpy import NumpyRef
+    from ..backends.numpy import NumpyRef
 
     x, y = _inputs(g, batch)
     trainable = _trainable(g, stage)
@@ -247,9 +247,9 @@ def bench_numpy(g, stage: str, batch: int, steps: int, costs: dict) -> dict:
 def baseline(job_path: str) -> dict:
     """numpy_ref in a child started with THOMAS_THREADS=1; returns its result dict."""
     env = dict(os.environ, THOMAS_THREADS="1")
-    pkg_parent = str(Path(__file__).resolve().parent.parent)
+    pkg_parent = str(Path(__file__).resolve().parents[2])    # the folder holding device_agent/
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    p = subprocess.run([sys.executable, "-m", "device_agent.bench", "--baseline", job_path],
+    p = subprocess.run([sys.executable, "-m", "device_agent.bench.bench", "--baseline", job_path],
                        env=env, capture_output=True, text=True)
     if p.returncode != 0:
         tail = " | ".join(p.stderr.strip().splitlines()[-3:]) or f"exit status {p.returncode}"
@@ -258,7 +258,7 @@ def baseline(job_path: str) -> dict:
 
 
 def main(args: list[str], emit) -> int:
-    from .graph import load_package
+    from ..graph import load_package
 
     job = load_job(args[0])
     g = load_package(job["model"])
@@ -281,14 +281,14 @@ def main(args: list[str], emit) -> int:
     return 0
 
 
-if __name__ == "__main__":   # the baseline child: python -m device_agent.bench --baseline JOB.json
+if __name__ == "__main__":   # the baseline child: python -m device_agent.bench.bench --baseline JOB.json
     if len(sys.argv) == 3 and sys.argv[1] == "--baseline":
-        from .graph import load_package
+        from ..graph import load_package
 
         _job = load_job(sys.argv[2])
         _g = load_package(_job["model"])
         print(json.dumps(bench_numpy(_g, _job["stage"], _job["batch"], _job["steps"],
                                      node_costs(_g, _job["batch"]))))
         sys.exit(0)
-    print("usage: python -m device_agent.bench --baseline JOB.json", file=sys.stderr)
+    print("usage: python -m device_agent.bench.bench --baseline JOB.json", file=sys.stderr)
     sys.exit(2)
