@@ -7,7 +7,7 @@
                                                       # hello, infer | error
     python -m device_agent eval MODEL DATA OUT.json [--split val|train|test] [--batch N] [--top K]
                                 [--backend B]         # hello, progress..., eval_report | error
-    python -m device_agent serve [--port 7878] [--root DIR] [--pair]   # the daemon (serve.py), no events
+    python -m device_agent serve [--port 7878] [--root DIR] [--pair]   # the daemon (daemon/serve.py), no events
     python -m device_agent pair [--root DIR]          # a pairing code for the running daemon, no events
 
 Every path argument and path-valued job field must stay inside the device root, the agent's working
@@ -139,7 +139,7 @@ def infer(args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"] or argv[:1] == ["pair"]:
-        from . import serve      # a server, not an agent call: no hello on stdout
+        from .daemon import serve      # a server, not an agent call: no hello on stdout
 
         return serve.serve_main(argv[1:], payload_hash()) if argv[0] == "serve" else serve.pair_main(argv[1:])
     hello()

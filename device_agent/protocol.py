@@ -346,7 +346,7 @@ def parse_event(line: str | dict) -> Event:
 
 
 # ============================================================================ the daemon wire (issue 6)
-# `python -m device_agent serve` (device_agent/serve.py) listens on 127.0.0.1:DAEMON_PORT of the phone,
+# `python -m device_agent serve` (device_agent/daemon/) listens on 127.0.0.1:DAEMON_PORT of the phone,
 # inside Termux; the host reaches it through `adb forward tcp:L tcp:DAEMON_PORT`
 # (thomas_cli/transport/daemon.py). Everything below is the whole contract between the two.
 #

@@ -1,4 +1,4 @@
-"""The daemon (`python -m device_agent serve`, device_agent/serve.py) over raw TCP: pairing, auth, confined
+"""The daemon (`python -m device_agent serve`, device_agent/daemon/) over raw TCP: pairing, auth, confined
 file ops, resumable uploads, agent install + restart, jobs (queue, stream, re-attach, cancel), crash safety.
 Every test runs a real daemon subprocess on port 0 with its own root; jobs run a stand-in agent
 (daemonkit.FAKE_AGENT) except the install test, which installs and runs the real payload."""

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 HAVE_ADB = shutil.which("adb") is not None
 SCRUB = ("THOMAS_SERIAL", "THOMAS_DEVICE", "THOMAS_DEVICE_ROOT", "THOMAS_DEVICE_PYTHON", "THOMAS_SU", "THOMAS_MODE",
          "ANDROID_SERIAL", "ANDROID_ADB_SERVER_PORT", "ANDROID_ADB_SERVER_HOST", "ADBUTILS_ADB_PATH")
-SERVE = Path(__file__).resolve().parents[1] / "device_agent" / "serve.py"
+SERVE = Path(__file__).resolve().parents[1] / "device_agent" / "daemon" / "serve.py"
 TERMUX_OK = ("com.termux@org.fdroid.fdroid+storage",)
 
 
@@ -45,7 +45,7 @@ def _need_adb():
 
 def _need_serve():
     # NOTE: serve.py is another piece of issue 6; a checkout without it must fail loudly, not skip
-    assert SERVE.is_file(), "device_agent/serve.py (the daemon) is missing: the bootstrap script has nothing to start"
+    assert SERVE.is_file(), "device_agent/daemon/serve.py (the daemon) is missing: the bootstrap script has nothing to start"
 
 
 def phone(tmp_path, monkeypatch, packages=()) -> tuple[VirtualDevice, DeviceTarget, str]:
@@ -232,7 +232,7 @@ def test_pushes_payload_and_script_then_waits_for_the_daemon(vphone):
     script = (Path(shared) / "thomas-termux.sh").read_text()
     with zipfile.ZipFile(Path(shared) / "thomas-agent.zip") as z:
         meta = json.loads(z.read("PAYLOAD"))
-        assert "device_agent/serve.py" in z.namelist() or not SERVE.exists()
+        assert "device_agent/daemon/serve.py" in z.namelist() or not SERVE.exists()
     assert meta["hash"] == res["payload"] and f"want='{meta['hash']}'" in script
 
 
@@ -272,7 +272,7 @@ def test_bootstrap_script_unpacks_installs_and_starts_the_daemon(tmp_path, termu
     code = d.wait_for(r"pairing code: (\d{6})").group(1)
     agent = termux.home / "thomas" / "agent"
     assert json.loads((agent / "PAYLOAD").read_text())["hash"] == digest
-    assert (agent / "device_agent" / "serve.py").is_file() and not (termux.home / "thomas" / "agent.new").exists()
+    assert (agent / "device_agent" / "daemon" / "serve.py").is_file() and not (termux.home / "thomas" / "agent.new").exists()
     wrapper = termux.prefix / "bin" / "thomas-daemon"
     assert os.access(wrapper, os.X_OK) and (termux.home / "wake-lock").read_text() == "locked\n"
     w = welcome(port)

@@ -1,6 +1,7 @@
-"""The THOMAS daemon for unrooted phones (issue 6): `python -m device_agent serve` (device_agent/serve.py)
-inside Termux. Standard library only. By what each part is:
+"""The THOMAS daemon for unrooted phones (issue 6): `python -m device_agent serve` inside
+Termux. Standard library only. By what each part is:
 
+    serve.py     the entry points: `serve` (listen until stopped) and `pair` (codes, paired computers)
     base.py      what every part shares: the log, Refused, the JSON state files
     pairing.py   pairing codes, paired hosts, authentication (hosts.json, pairing.json)
     jobs.py      agent calls as jobs: the FIFO lane, output lines, cancel, recovery after a crash

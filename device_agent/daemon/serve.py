@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .daemon.base import agent_pythonpath, log, our_process, read_json, write_json
-from .daemon.pairing import open_pairing
-from .daemon.state import Daemon
-from .daemon.wire import Server
-from .protocol import DAEMON_DIR, DAEMON_PORT, PAIR_TTL_S
+from .. import __version__
+from ..protocol import DAEMON_DIR, DAEMON_PORT, PAIR_TTL_S
+from .base import agent_pythonpath, log, our_process, read_json, write_json
+from .pairing import open_pairing
+from .state import Daemon
+from .wire import Server
 
 
 def serve_main(argv: list[str], payload: str | None) -> int:
