@@ -7,9 +7,16 @@
 
 Two tensors share a buffer when their lifetimes [produced, last read] do not overlap. An alias
 (Flatten, Reshape) shares its input's storage, so it stretches that storage's lifetime.
+
+Across Plans: the Plans of one store (an engine's batch sizes, eval) share their pooled buffers
+and workspace through a SharedArena: buffer i of every Plan is one device buffer, as large as the
+largest Plan's buffer i. A Plan runs alone on the in-order queue and keeps nothing in its arena
+from one step to the next (a step reads back what it returns before the next Plan runs), so the
+engine needs the activation memory of its largest Plan, not the sum.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,6 +105,50 @@ def pool(storages: list[Storage], reuse: bool = True) -> list[int]:
         spans[best].append((s.start, s.end))
         s.pool = best
     return sizes
+
+
+class SharedArena:
+    """Pooled activation buffers and one workspace shared by the Plans that `attach`; a Plan that
+    needs a larger buffer i than the others gets a new one, and every attached Plan rebinds to it
+    (Plan._rebind: its TensorRefs and the kernel arguments bound to the old buffer)."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.bufs: list = []
+        self.sizes: list[int] = []
+        self.ws = None
+        self.ws_bytes = 0
+        self._plans = weakref.WeakSet()
+
+    def buffers(self, sizes: list[int]) -> list:
+        """Buffers for a Plan's pool sizes (largest first, as `pool` returns them)."""
+        for i, n in enumerate(sizes):
+            if i == len(self.bufs):
+                self.bufs.append(self.rt.alloc(n))
+                self.sizes.append(n)
+            elif n > self.sizes[i]:
+                old, self.bufs[i], self.sizes[i] = self.bufs[i], self.rt.alloc(n), n
+                self._replace(old, self.bufs[i])
+        return self.bufs[:len(sizes)]
+
+    def workspace(self, nbytes: int):
+        """The one workspace buffer, at least `nbytes` (None for 0 while none exists)."""
+        if nbytes > self.ws_bytes:
+            old, self.ws, self.ws_bytes = self.ws, self.rt.alloc(nbytes), nbytes
+            if old is not None:
+                self._replace(old, self.ws)
+        return self.ws
+
+    def attach(self, plan) -> None:
+        """From now on `plan` follows every buffer this arena replaces."""
+        self._plans.add(plan)
+
+    def _replace(self, old, new) -> None:
+        for plan in list(self._plans):
+            plan._rebind(old, new)
+
+    def nbytes(self) -> dict:
+        return {"activations": sum(self.sizes), "workspace": self.ws_bytes}
 
 
 def workspace_bytes(spec, attrs: dict, in_shapes: list, out_shapes: list) -> int:

@@ -1,25 +1,27 @@
 """The training loop's engines (device_agent/engine.py's TrainEngine / InferEngine) on OpenCL Plans.
 
-A Plan is built per batch size, so the last partial batch of an epoch gets its own Plan; the
-weights and optimizer state move between Plans through the host only when the batch size
-changes (twice an epoch at most). Evaluation runs an inference Plan without BN folding, whose
-weights are refreshed from the training Plan only after training steps ran.
+One Store per engine (store.py) holds the parameters, BN statistics, gradients and optimizer
+state on the device; every Plan of the engine runs over it: one training Plan per batch size (the
+last partial batch of an epoch gets its own), one eval Plan per batch size. Switching between them
+moves nothing through the host; only the batches, the step's two scalars, eval logits and what a
+checkpoint writes (params(), optimizer_state()) cross. Eval Plans fold the same BatchNorms the
+training Plans fold (frozen ones with frozen statistics), and no others.
 
 NOTE: the Plan reads the loss back before it enqueues the update, so a step whose loss is not
 finite is never applied (as on numpy); the loop then stops with `diverged`.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ...errors import BackendError
 from ...graph import Graph
 from ...heads import loss_graph
-from .plan import OptimConfig, Plan
-
-_SLOTS = {"momentum": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
+from ...ops.dropout import RNG_DROPOUT
+from .optim import OptimConfig
+from .passes import frozen_nodes
+from .plan import Plan
+from .store import Store
 
 
 def _config(opt) -> OptimConfig:
@@ -55,6 +57,21 @@ def _loss_sum(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-logp[np.arange(len(y)), y].sum())
 
 
+def engine_memory(store: Store, plans) -> dict:
+    """Device bytes of a store and the Plans over it, by category: the weights once, the shared
+    activation buffers and workspace (as large as the largest Plan needs), each Plan's inputs;
+    "plans" = how many, "shared_by_plans" = what separate arenas would have cost more."""
+    m = dict(store.memory(), **store.scratch.nbytes())
+    m["io"] = sum(p.io_bytes for p in plans)
+    own = sum(p.arena_bytes + p.workspace_bytes for p in plans)
+    m["activations_without_reuse"] = max((p.no_reuse_bytes for p in plans), default=0)
+    m["saved_by_reuse"] = max(m["activations_without_reuse"] - m["activations"], 0)
+    m["shared_by_plans"] = own - m["activations"] - m["workspace"]
+    m["plans"] = len(plans)
+    m["peak"] = store.nbytes() + m["activations"] + m["workspace"] + m["io"]
+    return m
+
+
 class OpenCLEngine:
     backend = "opencl"
 
@@ -74,114 +91,67 @@ class OpenCLEngine:
         self.label_smoothing = float(label_smoothing)
         self.seed = int(seed)
         self.recompute = bool(recompute)     # Plan(recompute=True): BN outputs rewritten for the backward
-        self.t = int(optimizer.t)
+        # the BNs every Plan folds: the frozen ones, when statistics are frozen (as Plan decides alone)
+        fold = set() if self.bn_batch_stats else frozen_nodes(graph, self.trainable)
+        self.store = Store(graph, self.trainable, optimizer=self.config, fold=fold, runtime=self.rt)
+        self.store.step = int(optimizer.t)
         self.plans: dict[int, Plan] = {}
-        self.current: Plan | None = None
         self.evals: dict[int, Plan] = {}
-        self._weights = {k: np.asarray(v, np.float32) for k, v in graph.weights.items()}
-        self._opt: dict[str, np.ndarray] | None = None
-        self._eval_stale = True
+        self.current: Plan | None = None
+
+    @property
+    def t(self) -> int:
+        """Optimizer steps applied so far (the dropout stream of the next step)."""
+        return self.store.step
 
     # ------------------------------------------------------------------ plans
     def _train_plan(self, batch: int) -> Plan:
-        if self.current is not None and self.current.batch == batch:
-            return self.current
-        if self.current is not None:   # hand weights and optimizer state to the other batch size
-            self._weights = self.current.params()
-            self._opt = self._read_opt(self.current)
         plan = self.plans.get(batch)
         if plan is None:
             plan = self.plans[batch] = Plan(self.graph, batch, trainable=self.trainable, optimizer=self.config,
                                             training=True, bn_batch_stats=self.bn_batch_stats,
                                             label_smoothing=self.label_smoothing, recompute=self.recompute,
-                                            runtime=self.rt)
-        plan.load_params(self._weights)
-        if self._opt is not None:
-            self._write_opt(plan, self._opt)
-        plan.step_count = self.t
+                                            runtime=self.rt, store=self.store)
         self.current = plan
         return plan
 
-    def _read_opt(self, plan: Plan) -> dict[str, np.ndarray]:
-        out = {}
-        for slot, ref in plan.opt_state.items():
-            flat = plan._read(ref)
-            for k in sorted(self.trainable):
-                o, n = plan.param_offset[k], int(np.prod(plan.graph.params[k].shape))
-                out[f"{k}.{_SLOTS[slot]}"] = flat[o:o + n].reshape(plan.graph.params[k].shape).copy()
-        return out
-
-    def _write_opt(self, plan: Plan, state: dict[str, np.ndarray]) -> None:
-        import pyopencl as cl
-
-        for slot, ref in plan.opt_state.items():
-            flat = np.zeros(ref.size, np.float32)
-            for k in self.trainable:
-                o = plan.param_offset[k]
-                v = np.asarray(state[f"{k}.{_SLOTS[slot]}"], np.float32).reshape(-1)
-                flat[o:o + v.size] = v
-            cl.enqueue_copy(plan.rt.queue, ref.buf, flat)
-        plan.rt.queue.finish()
+    def _eval_plan(self, batch: int) -> Plan:
+        plan = self.evals.get(batch)
+        if plan is None:
+            plan = self.evals[batch] = Plan(self.graph, batch, trainable=set(), runtime=self.rt, store=self.store)
+        return plan
 
     # ------------------------------------------------------------------ TrainEngine
     def train_step(self, x, y, lr):
         x = _feeds(self.graph, x)
         plan = self._train_plan(_batch(x))
-        loss, correct = plan.train_step(x, np.asarray(y), lr, seed=[self.seed, 3, self.t])
-        if math.isfinite(loss):            # a non-finite step was not applied (Plan.train_step)
-            self.t += 1
-        self._eval_stale = True
-        return loss, correct
+        # a non-finite step is not applied and not counted (Plan.train_step)
+        return plan.train_step(x, np.asarray(y), lr, seed=[self.seed, RNG_DROPOUT, self.store.step])
 
     def eval_batch(self, x, y):
         x = _feeds(self.graph, x)
-        n = _batch(x)
-        ev = self.evals.get(n)
-        if ev is None:
-            ev = self.evals[n] = Plan(self.graph, n, trainable=set(), fold_bn=False, runtime=self.rt)
-            self._eval_stale = True
-        if self._eval_stale:
-            w = self.params()
-            for p in self.evals.values():
-                p.load_params(w)
-            self._eval_stale = False
-        logits = ev.infer(x)
+        logits = self._eval_plan(_batch(x)).infer(x)
         y = np.asarray(y)
         return _loss_sum(logits, y), int(np.count_nonzero(np.argmax(logits, axis=1) == y)), logits
 
     def params(self):
-        return self.current.params() if self.current is not None else {k: v.copy() for k, v in self._weights.items()}
+        return self.store.params()
 
     def load_params(self, d):
-        missing = sorted(set(self._weights) - set(d))
+        missing = sorted(set(self.graph.weights) - set(d))
         if missing:
             raise BackendError(f"parameter '{missing[0]}' is missing")
-        self._weights = {k: np.asarray(d[k], np.float32) for k in self._weights}
-        if self.current is not None:
-            self.current.load_params(self._weights)
-        self._eval_stale = True
+        self.store.load_params({k: d[k] for k in self.graph.weights})
 
     def optimizer_state(self):
-        state = self._read_opt(self.current) if self.current is not None else dict(self._opt or {})
-        if not state:
-            probe = self._train_plan(1) if self.current is None else self.current
-            state = {f"{k}.{_SLOTS[s]}": np.zeros(probe.graph.params[k].shape, np.float32)
-                     for s in probe.opt_state for k in self.trainable}
-        state["step"] = np.asarray(self.t, np.int64)
-        return state
+        return self.store.optimizer_state()
 
     def load_optimizer_state(self, d):
-        d = dict(d)
-        self.t = int(d.pop("step", 0))
-        self._opt = d
-        if self.current is not None:
-            self._write_opt(self.current, d)
-            self.current.step_count = self.t
+        self.store.load_optimizer_state(d)
 
     def memory(self):
-        if self.current is None:
-            return {"params": sum(v.nbytes for v in self._weights.values()), "peak": 0}
-        return self.current.memory()
+        """The whole engine: the store and every Plan built so far (training and eval)."""
+        return engine_memory(self.store, [*self.plans.values(), *self.evals.values()])
 
 
 class OpenCLInfer:
@@ -193,6 +163,7 @@ class OpenCLInfer:
 
         self.graph = graph
         self.rt = runtime or shared_runtime()
+        self.store = Store(graph, set(), fold=None, runtime=self.rt)   # every BN folded
         self.plans: dict[int, Plan] = {}
 
     def forward(self, x):
@@ -200,8 +171,8 @@ class OpenCLInfer:
         n = _batch(x)
         plan = self.plans.get(n)
         if plan is None:
-            plan = self.plans[n] = Plan(self.graph, n, trainable=set(), runtime=self.rt)
+            plan = self.plans[n] = Plan(self.graph, n, trainable=set(), runtime=self.rt, store=self.store)
         return plan.forward_all(x)
 
     def memory(self):
-        return max((p.memory() for p in self.plans.values()), key=lambda m: m["peak"], default={"peak": 0})
+        return engine_memory(self.store, list(self.plans.values()))

@@ -5,14 +5,14 @@ buffers allocated once.
     loss, correct = plan.train_step(x, labels, lr=0.01, seed=step)   # only x, labels go up; 2 scalars come back
     logits = Plan(graph, batch=8, trainable=set()).infer(x)           # inference plan: BN folded into conv
     plan.memory()                                                      # bytes by category, peak, reuse savings
+    Plan(graph, batch=3, trainable=None, store=plan.store)            # the same weights, another batch size
 
-What the Plan owns (llm.c's "malloc all parameters at once"):
-  params      one buffer, trainable parameters first (so the optimizer is ONE launch over a flat
-              range), then frozen ones and BN buffers; each tensor a sub-buffer
-  grads       the same layout for the trainable range; each backward OVERWRITES its gradient, so
-              nothing is zeroed per step; a tensor consumed twice gets its second contribution in
-              a temporary that one `acc_add` launch folds in
-  optimizer   momentum / Adam moments, flat, same layout
+Parameters, gradients, optimizer state and BN statistics live in a Store (store.py): one per
+engine, shared by all its Plans (a Plan built without one makes its own). The store folds BN
+into convs; each backward OVERWRITES its parameter gradient, so nothing is zeroed per step, and a
+parameter consumed twice gets its second contribution in a temporary that one `acc_add` folds in.
+
+What the Plan owns:
   arena       activations, activation gradients and per-node state, pooled by liveness (arena.py):
               two tensors share a buffer when their lifetimes [produced, last read] do not overlap.
               NOTE: every tensor is a whole cl.Buffer of the pool, never a sub-buffer of one big
@@ -20,6 +20,8 @@ What the Plan owns (llm.c's "malloc all parameters at once"):
               sub-buffer overlapping one still in use (an H100 MobileNetV2 last-layer step spent
               31.7 ms of host time enqueueing 7.9 ms of kernels); whole buffers cost ~6 % more bytes
   workspace   one scratch buffer, the largest any node asks for (im2col columns, GEMM partials)
+              Both are shared with the other Plans of the store (arena.SharedArena): an engine
+              holds the activation memory of its largest Plan, not the sum over its Plans.
   recompute   (Plan(recompute=True)) BN outputs are not kept for the backward: each is rewritten
               from the BN input and statistics right before the first backward that reads it
 
@@ -41,19 +43,23 @@ from ...ops import get_op, normalize_attrs
 from ...ops.dropout import draw_seed
 from .arena import Lifetimes, pool, workspace_bytes
 from .optim import OptimConfig
-from .passes import _folded, fold_batchnorm, frozen_nodes, fuse_activations
+from .passes import fold_batchnorm, frozen_nodes, fuse_activations
 from .record import LaunchRecording
-from .runtime import Runtime, TensorRef, replay, round_up
+from .runtime import Runtime, TensorRef, replay
+from .store import Store
 
-__all__ = ["OptimConfig", "Plan", "fold_batchnorm", "frozen_nodes", "fuse_activations"]
+__all__ = ["OptimConfig", "Plan", "Store", "fold_batchnorm", "frozen_nodes", "fuse_activations"]
 
 
 class Plan(LaunchRecording):
     def __init__(self, graph: Graph, batch: int, *, trainable=None, optimizer: OptimConfig | None = None,
                  training: bool = True, bn_batch_stats: bool | None = None, label_smoothing: float = 0.0,
                  runtime: "Runtime | None" = None, reuse: bool = True, fold_bn: bool = True,
-                 fuse_act: bool = True, recompute: bool = False):
-        self.rt = runtime or Runtime()
+                 fuse_act: bool = True, recompute: bool = False, store: Store | None = None):
+        """store: the engine's device-resident weights to run over (its graph, trainable set,
+        optimizer and BN folding apply; `trainable` must be its set, or empty for an eval /
+        inference Plan). Without one the Plan makes its own from graph and these options."""
+        self.rt = runtime or (store.rt if store is not None else Runtime())
         self.batch = int(batch)
         if trainable is None or trainable:   # training: the loss reads the logits, not a final Softmax
             graph = loss_graph(graph)
@@ -63,37 +69,56 @@ class Plan(LaunchRecording):
         if bad:
             raise BackendError(f"'{bad[0]}' is not a trainable parameter of model '{graph.name}'")
         self.inference = not self.trainable
-        self.optimizer = optimizer or OptimConfig()
         self.training = training and not self.inference
         self.bn_batch_stats = self.training if bn_batch_stats is None else (bn_batch_stats and not self.inference)
-        # BN folded into the conv before it: every one in inference, the frozen prefix's in training
-        # with frozen statistics (a last-layer step then runs the inference forward up to the head).
-        # params() / load_params() still speak the unfolded weights: the fold's sources are kept here.
+        # BN folded into the conv before it (by the store): every one in inference, the frozen
+        # prefix's in training with frozen statistics (a last-layer step then runs the inference
+        # forward up to the head). params() / load_params() still speak the unfolded weights.
         # Then each BN + ReLU(6) pair, and each frozen conv/FC + ReLU(6) pair, becomes one launch (the
         # activation in the producer's epilogue; a BN's backward reads the output for its mask).
-        self._fold: dict = {}
-        self.acts: dict[str, str] = {}
-        self.graph = graph
         frozen = {n.name for n in graph.nodes} if self.inference else frozen_nodes(graph, self.trainable)
-        if fold_bn and not self.bn_batch_stats:
-            self.graph = fold_batchnorm(graph, None if self.inference else frozen, self._fold)
+        if store is None:
+            fold = (None if self.inference else frozen) if fold_bn and not self.bn_batch_stats else set()
+            store = Store(graph, self.trainable, optimizer=optimizer, fold=fold, runtime=self.rt)
+        self._check_store(store, graph, optimizer)
+        self.store = store
+        self.optimizer = store.optimizer
+        self._fold = store.fold
+        self.acts: dict[str, str] = {}
+        self.graph = store.graph
         if fuse_act:
             self.graph = fuse_activations(self.graph, frozen, self.acts)
-        self._fold_src = {t: np.array(graph.weights[t], np.float32) for wn, b0, bn_, st, eps in self._fold.values()
-                          for t in [wn] + ([b0] if b0 else []) + st}
-        self._fold_out = {t for wn, b0, bname, st, eps in self._fold.values() for t in (wn, bname)}
         self.label_smoothing = float(label_smoothing)
         self.reuse = reuse
         self.recompute = recompute
-        self.step_count = 0
         self._build()
+
+    def _check_store(self, store: Store, graph: Graph, optimizer: OptimConfig | None) -> None:
+        if store.rt is not self.rt:
+            raise BackendError("a Plan and its store must share one Runtime")
+        if set(store.source.params) != set(graph.params):
+            raise BackendError(f"the store holds the parameters of model '{store.source.name}', "
+                               f"not those of '{graph.name}'")
+        if self.trainable and self.trainable != store.trainable:
+            raise BackendError("a training Plan trains its store's parameters (or none: eval / inference)")
+        if optimizer is not None and optimizer != store.optimizer:
+            raise BackendError(f"the store was built for {store.optimizer}, not {optimizer}")
+
+    @property
+    def step_count(self) -> int:
+        """The optimizer's step count, kept by the store (every Plan of an engine continues it)."""
+        return self.store.step
+
+    @step_count.setter
+    def step_count(self, v: int) -> None:
+        self.store.step = int(v)
 
     # ================================================================== building
     def _build(self) -> None:
         """Named steps, each over what the ones before it decided."""
         self._specs()
         bw_nodes = self._schedule()
-        self._alloc_params()
+        self._bind_store()
         life = self.life = Lifetimes()
         self._forward_lifetimes(life)
         self._recompute_lifetimes(life, bw_nodes)
@@ -104,6 +129,23 @@ class Plan(LaunchRecording):
         self._alloc_arena(life)
         self._alloc_io()
         self._record(bw_nodes)
+        self.store.scratch.attach(self)
+
+    def _rebind(self, old, new) -> None:
+        """The store's shared arena replaced buffer `old` by a larger `new` (another Plan needed
+        more): this Plan's tensors and the kernel arguments bound to `old` follow."""
+        self.arena = [new if b == old else b for b in self.arena]
+        for ref in [*self.refs.values(), self.workspace]:
+            if ref is not None and ref.buf == old:
+                ref.buf = new
+        for ln in self.fw_launches + self.bw_launches + self.opt_launches:
+            for i, a in enumerate(ln.args):
+                if isinstance(a, TensorRef) and (a.buf == old or a.buf == new):
+                    a.buf = new
+                    ln.kernel.set_arg(i, new)
+                elif isinstance(a, cl.MemoryObjectHolder) and a == old:
+                    ln.kernel.set_arg(i, new)
+                    ln.args = ln.args[:i] + (new,) + ln.args[i + 1:]
 
     def _specs(self) -> None:
         """Each node's op and normalised attrs; every tensor's shape at this batch size."""
@@ -135,40 +177,13 @@ class Plan(LaunchRecording):
         self.END = self.F + 2 + len(bw_nodes)
         return bw_nodes
 
-    def _alloc_params(self) -> None:
-        """Parameters in one flat buffer (trainable first), gradients in the same layout."""
-        g, rt = self.graph, self.rt
-        align = rt.align // 4                              # in floats
-        order = [k for k in g.params if k in self.trainable] + [k for k in g.params if k not in self.trainable]
-        self.param_offset: dict[str, int] = {}
-        off = 0
-        self.n_trainable = 0
-        for k in order:
-            self.param_offset[k] = off
-            off = round_up(off + max(1, int(np.prod(g.params[k].shape))), align)
-            if k in self.trainable:
-                self.n_trainable = off
-        self.n_params = off
-        flat = np.zeros(self.n_params, np.float32)
-        for k in order:
-            o = self.param_offset[k]
-            flat[o:o + g.weights[k].size] = g.weights[k].reshape(-1)
-        self.params_buf = rt.alloc(flat.nbytes)
-        cl.enqueue_copy(rt.queue, self.params_buf, flat)
-        self.param_ref = {k: self._sub(self.params_buf, self.param_offset[k], k, g.params[k].shape) for k in order}
-        self.grads_buf = None
-        self.grad_ref: dict[str, TensorRef] = {}
-        if self.n_trainable:
-            self.grads_buf = rt.alloc(self.n_trainable * 4)
-            cl.enqueue_copy(rt.queue, self.grads_buf, np.zeros(self.n_trainable, np.float32))
-            self.grad_ref = {k: self._sub(self.grads_buf, self.param_offset[k], f"d{k}", g.params[k].shape)
-                             for k in order if k in self.trainable}
-
-    def _sub(self, buf, off_floats: int, name: str, shape, dtype=np.float32) -> "TensorRef":
-        dtype = np.dtype(dtype)
-        n = max(1, int(np.prod(shape, dtype=np.int64))) * dtype.itemsize
-        sub = buf.get_sub_region(int(off_floats) * 4, n)
-        return TensorRef(name, tuple(shape), sub, dtype)
+    def _bind_store(self) -> None:
+        """The store's parameters (and, training, its gradients) as this Plan's tensors."""
+        st = self.store
+        self.param_ref = st.param_ref
+        self.grad_ref = st.grad_ref if not self.inference else {}
+        self.param_offset, self.n_params = st.param_offset, st.n_params
+        self.n_trainable = st.n_trainable if not self.inference else 0
 
     # ------------------------------------------------------------------ lifetimes
     def _forward_lifetimes(self, life: Lifetimes) -> None:
@@ -272,7 +287,7 @@ class Plan(LaunchRecording):
         sizes = pool(uniq, self.reuse)
         self.arena_bytes = sum(sizes)
         self.no_reuse_bytes = sum(max(s.nbytes, 4) for s in uniq)
-        self.arena = [self.rt.alloc(n) for n in sizes]
+        self.arena = list(self.store.scratch.buffers(sizes))
         self.refs: dict[str, TensorRef] = {}
         for name, sl in life.slots.items():
             self.refs[name] = TensorRef(name, sl.shape, self.arena[sl.storage.pool], sl.dtype)
@@ -289,11 +304,11 @@ class Plan(LaunchRecording):
             op, a = self.specs[n.name]
             ws = max(ws, workspace_bytes(op.cl, a, [shapes[t] for t in n.inputs], [shapes[t] for t in n.outputs]))
         self.workspace_bytes = ws
-        self.workspace = TensorRef("workspace", (max(1, ws // 4),), rt.alloc(ws)) if ws else None
+        self.workspace = TensorRef("workspace", (max(1, ws // 4),), self.store.scratch.workspace(ws)) if ws else None
         self.labels = TensorRef("labels", (self.batch,), rt.alloc(self.batch * 4), np.dtype(np.int32))
         self.loss_ref = TensorRef("loss", (1,), rt.alloc(4))
         self.correct_ref = TensorRef("correct", (1,), rt.alloc(4))
-        self.opt_bytes = 0
+        self.io_bytes = 4 * self.batch + 8 + sum(self.refs[s.name].nbytes for s in g.inputs)
 
     # ================================================================== running
     def _upload(self, x) -> None:
@@ -308,7 +323,7 @@ class Plan(LaunchRecording):
             ref, a = self.refs[name], np.ascontiguousarray(feeds[name], np.float32)
             if tuple(a.shape) != ref.shape:
                 raise BackendError(f"input '{name}' has shape {tuple(a.shape)}, the plan was built for {ref.shape}")
-            cl.enqueue_copy(self.rt.queue, ref.buf, a, is_blocking=False)
+            self.rt.write(ref.buf, a, blocking=False)
             keep.append(a)
         self._keep = keep   # the copies are asynchronous: keep the host arrays alive until the step ends
 
@@ -342,7 +357,8 @@ class Plan(LaunchRecording):
         if labels.shape != (self.batch,):
             raise BackendError(f"labels have shape {labels.shape}, the plan was built for ({self.batch},)")
         self._upload(x)
-        cl.enqueue_copy(self.rt.queue, self.labels.buf, labels, is_blocking=False)
+        self.rt.write(self.labels.buf, labels, blocking=False)
+        self._keep.append(labels)
         self.step_count += 1
         vals = self._values(seed, lr)
         replay(self.rt.queue, self.fw_launches, vals)
@@ -361,7 +377,8 @@ class Plan(LaunchRecording):
         """forward + loss + backward without the update; gradients copied back (tests, bench)."""
         labels = np.ascontiguousarray(labels, np.int32)
         self._upload(x)
-        cl.enqueue_copy(self.rt.queue, self.labels.buf, labels, is_blocking=False)
+        self.rt.write(self.labels.buf, labels, blocking=False)
+        self._keep.append(labels)
         vals = self._values(seed)
         replay(self.rt.queue, self.fw_launches, vals)
         replay(self.rt.queue, self.bw_launches, vals)
@@ -371,45 +388,32 @@ class Plan(LaunchRecording):
     def _scalars(self) -> tuple[float, float]:
         """The one host sync of a step: read back the loss and the correct count."""
         out = np.empty(1, np.float32), np.empty(1, np.float32)
-        cl.enqueue_copy(self.rt.queue, out[0], self.loss_ref.buf, is_blocking=False)
-        cl.enqueue_copy(self.rt.queue, out[1], self.correct_ref.buf)
+        self.rt.read(out[0], self.loss_ref.buf, blocking=False)
+        self.rt.read(out[1], self.correct_ref.buf)
         return float(out[0][0]), float(out[1][0])
 
     def _read(self, ref: "TensorRef") -> np.ndarray:
-        host = np.empty(ref.shape, ref.dtype)
-        cl.enqueue_copy(self.rt.queue, host, ref.buf)
-        return host
+        return self.rt.read(np.empty(ref.shape, ref.dtype), ref.buf)
 
     def params(self) -> dict[str, np.ndarray]:
         """The graph's parameters as given (a folded conv + BN pair as its unfolded tensors)."""
-        out = {k: self._read(r) for k, r in self.param_ref.items() if k not in self._fold_out}
-        out.update({k: v.copy() for k, v in self._fold_src.items()})
-        return out
+        return self.store.params()
 
     def load_params(self, weights: dict[str, np.ndarray]) -> None:
         """Unfolded tensors by name; a folded pair is folded again from what changed."""
-        refold = set()
-        for k, v in weights.items():
-            if k in self._fold_src:
-                self._fold_src[k] = np.array(v, np.float32).reshape(self._fold_src[k].shape)
-                refold.update(bn for bn, (wn, b0, _, st, _) in self._fold.items() if k in [wn, b0, *st])
-            elif k in self.param_ref:
-                cl.enqueue_copy(self.rt.queue, self.param_ref[k].buf, np.ascontiguousarray(v, np.float32))
-        for bn in refold:
-            wn, b0, bname, st, eps = self._fold[bn]
-            src = self._fold_src
-            w, b = _folded(src[wn], src[b0] if b0 else None, *(src[t] for t in st), eps)
-            cl.enqueue_copy(self.rt.queue, self.param_ref[wn].buf, w)
-            cl.enqueue_copy(self.rt.queue, self.param_ref[bname].buf, b)
-        self.rt.queue.finish()
+        self.store.load_params(weights)
+
+    def own_memory(self) -> dict:
+        """Bytes this Plan holds beside its store: activations (pooled), workspace, inputs/labels."""
+        return {"activations": self.arena_bytes, "activations_without_reuse": self.no_reuse_bytes,
+                "saved_by_reuse": self.no_reuse_bytes - self.arena_bytes, "workspace": self.workspace_bytes,
+                "io": self.io_bytes}
 
     def memory(self) -> dict:
-        opt = self.opt_bytes
-        return {"params": self.n_params * 4, "grads": self.n_trainable * 4, "optimizer": opt,
-                "activations": self.arena_bytes, "activations_without_reuse": self.no_reuse_bytes,
-                "saved_by_reuse": self.no_reuse_bytes - self.arena_bytes,
-                "workspace": self.workspace_bytes,
-                "peak": self.n_params * 4 + self.n_trainable * 4 + opt + self.arena_bytes + self.workspace_bytes}
+        """What running this Plan needs on the device: its store and its own buffers; peak = the sum."""
+        m = dict(self.store.memory(), **self.own_memory())
+        m["peak"] = self.store.nbytes() + self.arena_bytes + self.workspace_bytes + self.io_bytes
+        return m
 
     def launch_labels(self) -> list[str]:
         return [ln.label for ln in self.fw_launches + self.bw_launches + self.opt_launches]

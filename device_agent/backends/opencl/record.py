@@ -1,14 +1,11 @@
 """Launch recording: how a Plan turns its nodes into pre-bound launch lists (forward, loss +
 backward, optimizer), once, at build time. Mixed into Plan (plan.py), whose buffers it reads:
-`refs` (activations), `param_ref` / `grad_ref`, `grad_slot`, `state_ref`, `workspace`, `life`.
+`refs` (activations), `param_ref` / `grad_ref` and the optimizer state (its `store`), `grad_slot`,
+`state_ref`, `workspace`, `life`.
 
-    b = LaunchBuilder(rt)
-    self._record(b, bw_nodes)      # fills fw_launches, bw_launches, opt_launches
+    self._record(bw_nodes)      # fills fw_launches, bw_launches, opt_launches
 """
 from __future__ import annotations
-
-import numpy as np
-import pyopencl as cl
 
 from ...errors import BackendError
 from ...graph import Node
@@ -127,35 +124,21 @@ class LaunchRecording:
         cl_ce_fwd_bwd(b, self.refs[out], self.labels, self.loss_ref, self.correct_ref,
                       self.refs[self.grad_slot[out]], scratch, self.label_smoothing)
 
-    def _zeros(self, name: str, n: int) -> "TensorRef":
-        buf = self.rt.alloc(n * 4)
-        cl.enqueue_copy(self.rt.queue, buf, np.zeros(n, np.float32))
-        self.opt_bytes += n * 4
-        return TensorRef(name, (n,), buf)
-
     def _optimizer_launches(self, b) -> None:
-        """One update launch over the flat trainable range (clipping: two more, no host sync)."""
+        """One update launch over the store's flat trainable range (clipping: two more, no host sync)."""
         from . import optim as clopt
 
-        o, n = self.optimizer, self.n_trainable
-        p = TensorRef("params", (n,), self.params_buf.get_sub_region(0, n * 4))
-        g = TensorRef("grads", (n,), self.grads_buf)
-        self.opt_state: dict[str, TensorRef] = {}
+        o, st = self.optimizer, self.store
+        p, g, state = st.flat_params, st.flat_grads, st.opt_state
         scale = None
         if o.clip_grad_norm > 0:
-            partial = self._zeros("clip_partial", clopt.clip_partials([n]))
-            scale = self._zeros("clip_scale", 2)
-            clopt.clip_grad_norm(b, [g], partial, scale, o.clip_grad_norm)
+            scale = st.clip_scale
+            clopt.clip_grad_norm(b, [g], st.clip_partial, scale, o.clip_grad_norm)
         if o.kind == "sgd":
-            mom = None
-            if o.momentum:
-                mom = self.opt_state["momentum"] = self._zeros("momentum", n)
-            clopt.sgd_step(b, p, g, mom, momentum=o.momentum, nesterov=o.nesterov,
+            clopt.sgd_step(b, p, g, state.get("momentum"), momentum=o.momentum, nesterov=o.nesterov,
                            weight_decay=o.weight_decay, scale=scale)
         elif o.kind in ("adam", "adamw"):
-            m = self.opt_state["exp_avg"] = self._zeros("exp_avg", n)
-            v = self.opt_state["exp_avg_sq"] = self._zeros("exp_avg_sq", n)
-            clopt.adam_step(b, p, g, m, v, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                            decoupled=o.kind == "adamw", scale=scale)
+            clopt.adam_step(b, p, g, state["exp_avg"], state["exp_avg_sq"], betas=o.betas, eps=o.eps,
+                            weight_decay=o.weight_decay, decoupled=o.kind == "adamw", scale=scale)
         else:
             raise BackendError(f"unknown optimizer '{o.kind}' (sgd, adam, adamw)")

@@ -109,7 +109,11 @@ def _deep_merge(a: dict, b: dict) -> None:
 
 
 class Runtime:
-    """One device, one context, one in-order queue."""
+    """One device, one context, one in-order queue.
+
+    Host <-> device copies go through `write` / `read`, which count the bytes in `moved`
+    ({"to_device": n, "to_host": n}): what a training epoch moves is measurable (tests,
+    benchmarks) without a profiler."""
 
     def __init__(self, device: cl.Device | str | None = None):
         self.device = device if isinstance(device, cl.Device) else select_device(device)
@@ -119,6 +123,24 @@ class Runtime:
         self.tuning = Tuning(self.device)
         self.align = max(256, self.device.mem_base_addr_align // 8)
         self.info = describe(self.device)
+        self.moved = {"to_device": 0, "to_host": 0}
+
+    def write(self, buf: cl.Buffer, host: np.ndarray, offset: int = 0, blocking: bool = True) -> None:
+        """host array -> buf at byte `offset`. Non-blocking: keep `host` alive until the queue ran."""
+        self.moved["to_device"] += host.nbytes
+        cl.enqueue_copy(self.queue, buf, host, dst_offset=int(offset), is_blocking=blocking)
+
+    def read(self, host: np.ndarray, buf: cl.Buffer, offset: int = 0, blocking: bool = True) -> np.ndarray:
+        """buf from byte `offset` -> host array (its size); returns `host`."""
+        self.moved["to_host"] += host.nbytes
+        cl.enqueue_copy(self.queue, host, buf, src_offset=int(offset), is_blocking=blocking)
+        return host
+
+    def zeros(self, nbytes: int) -> cl.Buffer:
+        """A new buffer of zero bytes (filled on the device: nothing crosses from the host)."""
+        buf = self.alloc(nbytes)
+        cl.enqueue_fill_buffer(self.queue, buf, np.zeros(1, np.float32), 0, max(int(nbytes), 4) // 4 * 4)
+        return buf
 
     def program(self, name: str, defines: dict | None = None) -> cl.Program:
         return load_program(self.ctx, self.device, name, defines)
