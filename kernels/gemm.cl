@@ -4,8 +4,8 @@
 //   op(A) = A (M x K, lda >= K) or A^T (A stored K x M, lda >= M); op(B) likewise (K x N or N x K)
 //   A, B, C of batch z start at a_off + z*stride_a (b_off + z*stride_b, c_off + z*stride_c)
 //   bias_mode bits 0-1: 0 no bias, 1 + bias[bias_off + n] (per column), 2 + bias[bias_off + m] (per row);
-//   bits 2-3: an activation applied last (0 none, 1 relu as eltwise.cl's relu_fwd, 2 relu6 as its
-//   clip_fwd with (0, 6)): a frozen conv/FC + activation pair runs as one launch (device_agent/plan.py)
+//   bits 2-3: an activation applied last (0 none, 1 relu as activation.cl's relu_fwd, 2 relu6 as its
+//   clip_fwd with (0, 6)): a frozen conv/FC + activation pair runs as one launch (backends/opencl/passes.py)
 //   beta == 0 never reads C (it may hold NaN).
 //
 // Two families, one kernel per form (nn, nt, tn, tt) each, all from one build:

@@ -82,12 +82,12 @@ def test_bn_plane_reductions(xshape, planes):
     from clcheck import runtime
 
     rt = runtime()
-    rt.tuning.override["bn"] = {"planes": planes}
+    rt.tuning.override["batchnorm"] = {"planes": planes}
     try:
         for batch in (True, False):
             _bn_check(xshape, batch, {"eps": 1e-3, "momentum": 0.2})
     finally:
-        rt.tuning.override.pop("bn")
+        rt.tuning.override.pop("batchnorm")
 
 
 @pytest.mark.parametrize("batch", [True, False])
@@ -124,12 +124,12 @@ def test_bn_segmented_reductions(xshape, seg, wg):
     from clcheck import runtime
 
     rt = runtime()
-    rt.tuning.override["bn"] = {"seg": seg, "wg": wg, "planes": False}
+    rt.tuning.override["batchnorm"] = {"seg": seg, "wg": wg, "planes": False}
     try:
         for batch in (True, False):
             _bn_check(xshape, batch, {"eps": 1e-3, "momentum": 0.2})
     finally:
-        rt.tuning.override.pop("bn")
+        rt.tuning.override.pop("batchnorm")
 
 
 @pytest.mark.parametrize("batch", [True, False])

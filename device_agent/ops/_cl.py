@@ -112,7 +112,7 @@ def copy(b, src, dst) -> None:
     """dst <- src (flat, same size); nothing when both are the same buffer (an aliased tensor)."""
     if same_buffer(src, dst) or src.size == 0:
         return
-    b.launch("eltwise.cl", "copy_f", (src.size,), elt(b), src, dst, src.size)
+    b.launch("plan.cl", "copy", (src.size,), elt(b), src, dst, src.size)
 
 
 def alias_forward(b, io) -> None:

@@ -33,13 +33,13 @@ def relu_backward(attrs, saved, gys, needs, ctx):
 
 def cl_relu_forward(b, io):
     (x,), (y,) = io.x, io.y
-    b.launch("eltwise.cl", "relu_fwd", (x.size,), elt(b), x, y, x.size)
+    b.launch("activation.cl", "relu_fwd", (x.size,), elt(b), x, y, x.size)
 
 
 def cl_relu_backward(b, io):
     if io.gx[0] is not None:
         y = io.y[0]
-        b.launch("eltwise.cl", "relu_bwd", (y.size,), elt(b), y, io.gy[0], io.gx[0], y.size)
+        b.launch("activation.cl", "relu_bwd", (y.size,), elt(b), y, io.gy[0], io.gx[0], y.size)
 
 
 register(OpDef("Relu", ("x",), {}, _same, relu_forward, relu_backward,
@@ -222,7 +222,7 @@ def identity_backward(attrs, saved, gys, needs, ctx):
 
 
 # ----------------------------------------------------------------------------- OpenCL launchers
-# kernels/eltwise.cl; one work-item per element. Backward reads x for HardSigmoid/HardSwish
+# kernels/activation.cl; one work-item per element. Backward reads x for HardSigmoid/HardSwish
 # (HardSigmoid recomputes t = alpha*x + beta), y for Sigmoid and Clip. Clip's mask from y is the
 # mask from x (lo < x < hi <=> lo < y < hi, y = min(max(x, lo), hi); both false for NaN), and reading
 # y lets the Plan free Clip's input once the forward passed it: in MobileNetV2 that input is the
@@ -230,13 +230,13 @@ def identity_backward(attrs, saved, gys, needs, ctx):
 def _unary(fwd, bwd, args=lambda a: (), from_y=False):
     def forward(b, io):
         (x,), (y,) = io.x, io.y
-        b.launch("eltwise.cl", fwd, (x.size,), elt(b), x, y, x.size, *args(io.attrs))
+        b.launch("activation.cl", fwd, (x.size,), elt(b), x, y, x.size, *args(io.attrs))
 
     def backward(b, io):
         if io.gx[0] is None:
             return
         src = io.y[0] if from_y else io.x[0]
-        b.launch("eltwise.cl", bwd, (src.size,), elt(b), src, io.gy[0], io.gx[0], src.size, *args(io.attrs))
+        b.launch("activation.cl", bwd, (src.size,), elt(b), src, io.gy[0], io.gx[0], src.size, *args(io.attrs))
 
     return ClSpec(forward, backward, saves=("y0",) if from_y else ("x0",))
 
@@ -260,7 +260,7 @@ def _leaky_saves(a):
 
 def cl_leaky_forward(b, io):
     (x,), (y,) = io.x, io.y
-    b.launch("eltwise.cl", "leaky_fwd", (x.size,), elt(b), x, y, x.size, np.float32(io.attrs["alpha"]))
+    b.launch("activation.cl", "leaky_fwd", (x.size,), elt(b), x, y, x.size, np.float32(io.attrs["alpha"]))
 
 
 def cl_leaky_backward(b, io):
@@ -268,7 +268,7 @@ def cl_leaky_backward(b, io):
         return
     src = io.y[0] if io.attrs["alpha"] >= 0 else io.x[0]
     # undoes: y = x if x > 0 else alpha*x
-    b.launch("eltwise.cl", "leaky_bwd", (src.size,), elt(b), src, io.gy[0], io.gx[0], src.size,
+    b.launch("activation.cl", "leaky_bwd", (src.size,), elt(b), src, io.gy[0], io.gx[0], src.size,
              np.float32(io.attrs["alpha"]))
 
 
@@ -309,7 +309,7 @@ def _prelu_launch(b, kernel, x, slope, *bufs):
     """One work-item per element over the range (inner, C, N); groups along inner only."""
     n, c, inner = _prelu_dims(x.shape)
     wg = min(elt(b)[0], 1 << max(inner - 1, 0).bit_length())
-    b.launch("eltwise.cl", kernel, (inner, c, n), (wg, 1, 1), x, slope, *bufs, c, inner, slope.size == 1)
+    b.launch("activation.cl", kernel, (inner, c, n), (wg, 1, 1), x, slope, *bufs, c, inner, slope.size == 1)
 
 
 def cl_prelu_forward(b, io):
@@ -330,15 +330,15 @@ def cl_prelu_backward(b, io):
     part = gs if _dslope_direct(x.shape, slope.shape) else io.workspace
     # undoes: y = x if x > 0 else slope*x   (dslope = Σ [x <= 0] gy x over N, inner (and C if shared);
     # dx in the same pass)
-    wg = reduce_wg(b, "eltwise.cl", "prelu_bwd_dslope", seg)
-    b.launch("eltwise.cl", "prelu_bwd_dslope", (c * segs * wg,), (wg,), x, slope, gy,
+    wg = reduce_wg(b, "activation.cl", "prelu_bwd_dslope", seg)
+    b.launch("activation.cl", "prelu_bwd_dslope", (c * segs * wg,), (wg,), x, slope, gy,
              part if gx is None else gx, part, n, c, inner, segs, seg, slope.size == 1, gx is not None,
              local_floats(wg))
     if part is gs:
         return
     per = c * segs // slope.size
-    wg = reduce_wg(b, "eltwise.cl", "sum_rows", per)
-    b.launch("eltwise.cl", "sum_rows", (slope.size * wg,), (wg,), part, gs, per, local_floats(wg))
+    wg = reduce_wg(b, "activation.cl", "sum_rows", per)
+    b.launch("activation.cl", "sum_rows", (slope.size * wg,), (wg,), part, gs, per, local_floats(wg))
 
 
 register(

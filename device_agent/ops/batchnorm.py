@@ -104,7 +104,7 @@ def bn_backward(attrs, saved, gys, needs, ctx):
 
 
 # ----------------------------------------------------------------------------- OpenCL launchers
-# kernels/bn.cl; x viewed as (N, C, L), L = H*W or 1.
+# kernels/batchnorm.cl; x viewed as (N, C, L), L = H*W or 1.
 #   state "mean", "invstd" (C,) float32: the batch statistics the forward normalised with
 #   (written only with bn_batch_stats; allocated either way, 8*C bytes).
 #   batch statistics: x[3] running_mean and x[4] running_var are updated IN PLACE by the forward.
@@ -114,7 +114,7 @@ def bn_backward(attrs, saved, gys, needs, ctx):
 # Reductions: the N*L values of a channel are cut in S segments of `seg` values, one work-group
 # each, so that a few wide channels (MobileNetV2's first layers: 32 channels of 32*112*112 values)
 # still fill a GPU; a second tiny launch merges each channel's segments in a fixed order.
-# seg: tuning "bn" -> "seg", default SEG_ITEMS values per work-item; never more than MAX_SEGS segments.
+# seg: tuning "batchnorm" -> "seg", default SEG_ITEMS values per work-item; never more than MAX_SEGS segments.
 SEG_ITEMS = 8
 MAX_SEGS = 256
 PLANE_MIN_L = 16   # per-plane segments (CPU) only for planes of at least this many values
@@ -131,23 +131,23 @@ def bn_cl_workspace(attrs, in_shapes, out_shapes):
 
 
 def _wg(b, kernel: str, cnt: int) -> int:
-    """work-group size of a segmented reduction: reduce_wg, capped by tuning "bn" -> "wg" (the cpu
+    """work-group size of a segmented reduction: reduce_wg, capped by tuning "batchnorm" -> "wg" (the cpu
     default is 8: on PoCL, 256-wide groups with local trees ran the BN reductions ~1.5x slower)"""
-    wg = reduce_wg(b, "bn.cl", kernel, cnt)
-    cap = b.tuning("bn").get("wg")
+    wg = reduce_wg(b, "batchnorm.cl", kernel, cnt)
+    cap = b.tuning("batchnorm").get("wg")
     return min(wg, pow2_floor(int(cap))) if cap else wg
 
 
 def _planes(b, n: int, length: int) -> bool:
-    """segments = the images' planes, one work-item each (tuning "bn" -> "planes"; CPUs by default):
+    """segments = the images' planes, one work-item each (tuning "batchnorm" -> "planes"; CPUs by default):
     plain contiguous loops where PoCL ran the strided group walk at ~1 value per 5 cycles"""
-    want = b.tuning("bn").get("planes", b.kind == "cpu")
+    want = b.tuning("batchnorm").get("planes", b.kind == "cpu")
     return bool(want) and length >= PLANE_MIN_L and n <= MAX_SEGS
 
 
 def _segments(b, cnt: int, wg: int) -> tuple[int, int]:
     """(seg, S): values per segment and segments per channel"""
-    seg = int(b.tuning("bn").get("seg", wg * SEG_ITEMS))
+    seg = int(b.tuning("batchnorm").get("seg", wg * SEG_ITEMS))
     seg = max(1, seg, -(-cnt // MAX_SEGS))
     return seg, -(-cnt // seg)
 
@@ -162,10 +162,10 @@ LCN_MIN_L = 32   # elementwise passes on a (L, C, N) grid (no division per eleme
 def _apply(b, x, w, bias, mean, var_or_invstd, y, c, length, frozen, eps, act):
     if length >= LCN_MIN_L:
         v = 4 if length % 4 == 0 else 1    # float4 loads and stores when rows allow
-        b.launch("bn.cl", "bn_apply_lcn4" if v == 4 else "bn_apply_lcn", (length // v, c, x.shape[0]),
+        b.launch("batchnorm.cl", "bn_apply_lcn4" if v == 4 else "bn_apply_lcn", (length // v, c, x.shape[0]),
                  elt(b) + (1, 1), x, w, bias, mean, var_or_invstd, y, c, length // v, frozen, eps, act)
     else:
-        b.launch("bn.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, var_or_invstd, y, x.size, c, length,
+        b.launch("batchnorm.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, var_or_invstd, y, x.size, c, length,
                  frozen, eps, act)
 
 
@@ -188,13 +188,13 @@ def cl_bn_forward(b, io):
     part = io.workspace   # floats [2C, 2C + 2*C*S)
     if _planes(b, n, length):
         seg, segs = length, n
-        b.launch("bn.cl", "bn_stats_plane", (n, c), None, x, part, 2 * c, n, c, length)
+        b.launch("batchnorm.cl", "bn_stats_plane", (n, c), None, x, part, 2 * c, n, c, length)
     else:
         wg = _wg(b, "bn_stats_part", cnt)
         seg, segs = _segments(b, cnt, wg)
-        b.launch("bn.cl", "bn_stats_part", (segs * wg, c), (wg, 1), x, part, 2 * c, n, c, length, seg,
+        b.launch("batchnorm.cl", "bn_stats_part", (segs * wg, c), (wg, 1), x, part, 2 * c, n, c, length, seg,
                  local_floats(wg))
-    b.launch("bn.cl", "bn_stats_finish", (c,), elt(b), part, 2 * c, segs, seg, rm, rv, mean, invstd, n, c, length,
+    b.launch("batchnorm.cl", "bn_stats_finish", (c,), elt(b), part, 2 * c, segs, seg, rm, rv, mean, invstd, n, c, length,
              eps, np.float32(1 - m), np.float32(m), np.float32(cnt / (cnt - 1)))
     _apply(b, x, w, bias, mean, invstd, y, c, length, 0, eps, act)
 
@@ -224,23 +224,23 @@ def cl_bn_backward(b, io):
         # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
         if _planes(b, n, length):
             segs = n
-            b.launch("bn.cl", "bn_bwd_plane", (n, c), None, x, g, w, bias, act, mean, vi, sums, 2 * c, n, c, length,
+            b.launch("batchnorm.cl", "bn_bwd_plane", (n, c), None, x, g, w, bias, act, mean, vi, sums, 2 * c, n, c, length,
                      frozen, eps)
         else:
             wg = _wg(b, "bn_bwd_part", n * length)
             seg, segs = _segments(b, n * length, wg)
-            b.launch("bn.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, w, bias, act, mean, vi, sums, 2 * c, n,
+            b.launch("batchnorm.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, w, bias, act, mean, vi, sums, 2 * c, n,
                      c, length, seg, frozen, eps, local_floats(wg))
-        b.launch("bn.cl", "bn_bwd_finish", (c,), elt(b), sums, 2 * c, segs, sums, gw or sums, gb or sums, c,
+        b.launch("batchnorm.cl", "bn_bwd_finish", (c,), elt(b), sums, 2 * c, segs, sums, gw or sums, gb or sums, c,
                  gw is not None, gb is not None)
     if gx is not None:
         # undoes: xhat = (x - mean) * invstd  (frozen: constants; batch: statistics of x)
         if length >= LCN_MIN_L:
             v = 4 if length % 4 == 0 else 1
-            b.launch("bn.cl", "bn_dx_lcn4" if v == 4 else "bn_dx_lcn", (length // v, c, n), elt(b) + (1, 1), x, g,
+            b.launch("batchnorm.cl", "bn_dx_lcn4" if v == 4 else "bn_dx_lcn", (length // v, c, n), elt(b) + (1, 1), x, g,
                      bias, act, w, mean, vi, sums, gx, c, length // v, frozen, eps, n * length)
         else:
-            b.launch("bn.cl", "bn_dx", (x.size,), elt(b), x, g, bias, act, w, mean, vi, sums, gx, x.size, c, length,
+            b.launch("batchnorm.cl", "bn_dx", (x.size,), elt(b), x, g, bias, act, w, mean, vi, sums, gx, x.size, c, length,
                      frozen, eps, n * length)
 
 

@@ -3,7 +3,7 @@
     x (*) -> y (*) = x * mask / (1 - ratio),  mask[i] = hash_uniform(seed, i) >= ratio
 
 The mask comes from a counter-based hash of (seed, element index) rather than from numpy's
-generator, so the OpenCL kernel (kernels/eltwise.cl, `dropout_uniform`) draws bit-identical masks:
+generator, so the OpenCL kernel (kernels/dropout.cl, `pcg_hash`) draws bit-identical masks:
 one 32-bit seed per call is drawn from ctx.rng, the rest is arithmetic.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def dropout_backward(attrs, saved, gys, needs, ctx):
 
 
 # ----------------------------------------------------------------------------- OpenCL launchers
-# kernels/eltwise.cl. The seed is a per-step argument (dyn "seed", np.uint32, drawn like
+# kernels/dropout.cl. The seed is a per-step argument (dyn "seed", np.uint32, drawn like
 # draw_seed(ctx.rng)); the forward also stores it in state "seed" (uint32[1]) and the backward
 # redraws the mask from there, so no mask buffer exists. Not training: y = x (a copy, or nothing
 # when the Plan gives y the buffer of x).
@@ -106,7 +106,7 @@ def cl_dropout_forward(b, io):
     if not io.training:
         copy(b, x, y)
         return
-    b.launch("eltwise.cl", "dropout_fwd", (x.size,), elt(b), x, y, io.state["seed"], x.size,
+    b.launch("dropout.cl", "dropout_fwd", (x.size,), elt(b), x, y, io.state["seed"], x.size,
              *_cl_args(io.attrs), np.uint32(0), dyn={6: "seed"})
 
 
@@ -118,7 +118,7 @@ def cl_dropout_backward(b, io):
         return
     g = io.gy[0]
     # undoes: y = x * mask / (1 - ratio)
-    b.launch("eltwise.cl", "dropout_bwd", (g.size,), elt(b), g, io.gx[0], io.state["seed"], g.size,
+    b.launch("dropout.cl", "dropout_bwd", (g.size,), elt(b), g, io.gx[0], io.state["seed"], g.size,
              *_cl_args(io.attrs))
 
 

@@ -83,7 +83,7 @@ def div_backward(attrs, saved, gys, needs, ctx):
 
 
 # ----------------------------------------------------------------------------- OpenCL launchers
-# kernels/eltwise.cl. Shapes are padded to rank 4; a stride of 0 reads a stretched axis.
+# kernels/elementwise.cl. Shapes are padded to rank 4; a stride of 0 reads a stretched axis.
 # Backward: each input's gradient is the per-output-element term (bcast_term's modes) summed over
 # the axes broadcasting stretched that input along: one work-group per gradient element.
 _GRAD_MODES = {"add": (0, 0), "sub": (0, 1), "mul": (2, 3), "div": (4, 5)}
@@ -95,9 +95,9 @@ def _cl_binary(name):
         out = pad4(y.shape, name, "a")
         pa, pb = pad4(xa.shape, name, "a"), pad4(xb.shape, name, "b")
         if pa == pb == out:
-            b.launch("eltwise.cl", f"{name}_flat", (y.size,), elt(b), xa, xb, y, y.size)
+            b.launch("elementwise.cl", f"{name}_flat", (y.size,), elt(b), xa, xb, y, y.size)
         else:
-            b.launch("eltwise.cl", f"{name}_fwd", (y.size,), elt(b), xa, xb, y, y.size, int4(out),
+            b.launch("elementwise.cl", f"{name}_fwd", (y.size,), elt(b), xa, xb, y, y.size, int4(out),
                      int4(strides4(pa, out)), int4(strides4(pb, out)))
 
     def backward(b, io):
@@ -111,13 +111,13 @@ def _cl_binary(name):
             if gx is None:
                 continue
             if shape == out:
-                b.launch("eltwise.cl", "bcast_grad_elem", (g.size,), elt(b), g, xa, xb, gx, g.size, mode,
+                b.launch("elementwise.cl", "bcast_grad_elem", (g.size,), elt(b), g, xa, xb, gx, g.size, mode,
                          int4(out), sa, sb)
                 continue
             rdims = tuple(o if d == 1 else 1 for d, o in zip(shape, out))
             r = int(np.prod(rdims))
-            wg = reduce_wg(b, "eltwise.cl", "bcast_grad", r)
-            b.launch("eltwise.cl", "bcast_grad", (gx.size * wg,), (wg,), g, xa, xb, gx, gx.size, r, mode,
+            wg = reduce_wg(b, "elementwise.cl", "bcast_grad", r)
+            b.launch("elementwise.cl", "bcast_grad", (gx.size * wg,), (wg,), g, xa, xb, gx, gx.size, r, mode,
                      int4(shape), int4(rdims), int4(strides4(out)), sa, sb, local_floats(wg))
 
     saves = ("x0", "x1") if name in ("mul", "div") else ()

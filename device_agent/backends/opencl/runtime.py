@@ -5,7 +5,7 @@ A launcher (ClSpec.forward/backward in an op module) looks like:
 
     def cl_forward(b, io):
         (x,), (y,) = io.x, io.y
-        b.launch("eltwise.cl", "relu_fwd", (x.size,), None, x, y, np.int32(x.size))
+        b.launch("activation.cl", "relu_fwd", (x.size,), None, x, y, np.int32(x.size))
 
 Each `launch` creates its own cl.Kernel with its arguments bound once, so replaying a step is
 just enqueueing; arguments that change per step (learning rate, dropout seed) are named in `dyn`
