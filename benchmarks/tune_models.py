@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from device_agent.graph import save_package
+    from device_agent.model.graph import save_package
     from thomas_cli.zoo import build
 
     out = Path(a.out_dir)

@@ -94,7 +94,7 @@ def infer(args: list[str]) -> int:
     import numpy as np
 
     from .engine import resolve_backend
-    from .graph import load_package
+    from .model.graph import load_package
     from .infer import infer_package
     from .limits import load_npy
     from .protocol import BACKENDS

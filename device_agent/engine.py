@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import JobError
-from .graph import Graph
+from .model.graph import Graph
 from .ops.dropout import RNG_DROPOUT  # noqa: F401  (re-exported: the engines' dropout stream)
 
 BACKENDS = ("numpy", "opencl")   # the folders under device_agent/backends/

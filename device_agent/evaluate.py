@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DataError, InputError, JobError
-from .graph import Graph
-from .heads import loss_graph, loss_output
-from .heads import num_classes as logits_width
+from .model.graph import Graph
+from .model.heads import loss_graph, loss_output
+from .model.heads import num_classes as logits_width
 
 SPLITS = ("train", "val", "test")
 PROGRESS_S = 10.0        # the longest the agent stays silent between `progress` events (after the first batch)
@@ -239,7 +239,7 @@ def main(args: list[str], emit) -> int:
     from .data import open_dataset
     from .engine import resolve_backend
     from .fsutil import atomic_write
-    from .graph import load_package
+    from .model.graph import load_package
     from .protocol import EvalReportEvent, ProgressEvent
 
     (model, data, out), opts = _parse(args)      # __main__ confined the paths to the device root (confine.py)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .backends.numpy import NumpyRef
 from .errors import BackendError
-from .graph import Graph
+from .model.graph import Graph
 
 
 def infer_package(graph: Graph, x: np.ndarray, batch_size: int = 32, output: str | None = None,

@@ -27,8 +27,8 @@ import numpy as np
 
 from .errors import JobError
 from .fsutil import npy_map
-from .graph import Graph, Node, ParamSpec, TensorSpec
-from .heads import loss_graph
+from .model.graph import Graph, Node, ParamSpec, TensorSpec
+from .model.heads import loss_graph
 
 CACHE_FORMAT = 1
 

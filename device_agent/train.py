@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
-from .builder import reinit, replace_head
+from .model.builder import reinit, replace_head
 from .confine import read_train_job
 from .data import RNG_AUGMENT, Dataset, augment_batch, normalize, open_dataset
 from .engine import engine_classes, resolve_backend
 from .errors import JobError, ThomasError, TrainError
 from .fsutil import disk_error
-from .graph import Graph, load_package, save_package
-from .heads import loss_graph, num_classes
+from .model.graph import Graph, load_package, save_package
+from .model.heads import loss_graph, num_classes
 from .limits import MAX_JOB_BYTES, read_json
 from .monitor import BestEpoch, DivergenceGuard
 from .optim import lr_at, make_optimizer

@@ -45,3 +45,14 @@ def own_vdev(tmp_path):
     need_adb()
     with VirtualDevice(tmp_path / "phone") as vd:
         yield vd
+
+
+@pytest.fixture
+def one_torch_thread():
+    """pytest -n runs one worker per core: a second torch thread per worker only oversubscribes."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -179,7 +179,7 @@ def import_cases(work: Path, seed: int) -> list[Case]:
 
 def _loads_package(out: Path) -> None:
     """After an exit 0: what import wrote must be a package the agent loads."""
-    from device_agent.graph import load_package
+    from device_agent.model.graph import load_package
 
     if out.exists():
         load_package(out)

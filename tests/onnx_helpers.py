@@ -12,6 +12,8 @@ package a test leaves under its tmp_path (imports, the device's models/, runs' f
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from device_agent.graph import MODEL_JSON, WEIGHTS_NPZ, load_package, read_weights, save_package
+from device_agent.model.graph import MODEL_JSON, WEIGHTS_NPZ, load_package, read_weights, save_package
 
 LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
 
@@ -184,3 +186,28 @@ def calibrate_bn(graph, seed=0):
         graph.weights[rm] = (0.1 * rng.standard_normal(c)).astype(np.float32)
         graph.weights[rv] = rng.uniform(0.5, 1.5, c).astype(np.float32)
     return graph
+
+
+# ============================================================================ the CLI as a subprocess
+def thomas(*args, ok=True, timeout: float = 180):
+    """`python -m thomas_cli ARGS` on the local device under this test's THOMAS_HOME (never a phone, never
+    adb); no traceback in any case, exit 0 when `ok`."""
+    env = dict(os.environ, THOMAS_DEVICE="local")
+    for k in ("THOMAS_SERIAL", "THOMAS_DEVICE_ROOT", "THOMAS_DEVICE_PYTHON"):
+        env.pop(k, None)
+    p = subprocess.run([sys.executable, "-m", "thomas_cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    assert "Traceback" not in p.stdout + p.stderr, p.stderr
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def fails(*args, match: str) -> str:
+    """The command exits 1 with one `error:` line on stderr that contains `match`; returns the line."""
+    p = thomas(*args, ok=False)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    assert match in lines[0], lines[0]
+    return lines[0]

@@ -15,7 +15,7 @@ def home() -> Path:
     return Path(__import__("os").environ["THOMAS_HOME"])
 from test_device_cli import make_target
 
-from device_agent.graph import load_package
+from device_agent.model.graph import load_package
 
 TINY = ["mobilenet_v2", "--width", "0.35", "--size", "32", "--classes", "10", "--batch", "2", "--steps", "1"]
 
@@ -90,7 +90,7 @@ def test_bench_without_pyopencl_still_runs_the_baseline(tmp_path, monkeypatch, c
     from device_agent.bench import bench
     from device_agent.protocol import parse_event
     from thomas_cli import zoo
-    from device_agent.graph import save_package
+    from device_agent.model.graph import save_package
 
     pkg = tmp_path / "m"
     save_package(zoo.build("mobilenet_v2", num_classes=4, size=32, width=0.35), pkg)

@@ -95,7 +95,7 @@ def test_tune_without_pyopencl_is_a_clean_error(tmp_path, monkeypatch):
     for mod in [m for m in sys.modules if m.startswith("device_agent.backends.opencl")]:
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, "pyopencl", None)
-    monkeypatch.setattr("device_agent.graph.load_package", lambda p: None)
+    monkeypatch.setattr("device_agent.model.graph.load_package", lambda p: None)
     with pytest.raises(BackendError, match="pyopencl is not installed"):
         tune.main([str(job)], print)
 
@@ -108,7 +108,7 @@ def test_per_shape_tiles_are_picked_past_noise_and_used_by_the_plan(tmp_path, mo
     from device_agent.backends.opencl.gemm import gemm_config, shape_key
     from device_agent.backends.opencl.runtime import LaunchBuilder, Runtime, device_key
     from device_agent.bench.bench import _inputs
-    from device_agent.builder import GraphBuilder
+    from device_agent.model.builder import GraphBuilder
     from device_agent.backends.opencl.plan import OptimConfig, Plan
     from device_agent.bench.tune import pick_shapes
 
@@ -157,7 +157,7 @@ def test_a_variant_that_computes_another_loss_never_wins(tmp_path, monkeypatch, 
     """tune compares each variant's warm-up loss with the shipped tiles' and skips a wrong one, even
     when it is the fastest."""
     import device_agent.bench.tune as tune
-    from device_agent.graph import save_package
+    from device_agent.model.graph import save_package
     from thomas_cli.zoo import build
 
     monkeypatch.setenv("THOMAS_TUNING_FILE", str(tmp_path / "devices.json"))

@@ -159,7 +159,7 @@ def test_finetune_streams_to_done_and_runs_commands(dev, tmp_path, home):
     mirrored = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert mirrored == events                               # the mirror holds every event, in order
     assert (run / "final" / "model.json").is_file() and (run / "metrics.jsonl").is_file()
-    from device_agent.graph import load_package
+    from device_agent.model.graph import load_package
 
     assert load_package(run / "final").labels == ["one", "two", "zero"]
     assert not (run / "ckpt").exists()                      # checkpoints stay on the device ...

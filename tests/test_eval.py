@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from clcheck import needs_cl
-from device_agent.builder import IMAGENET_PREPROCESS, GraphBuilder
+from device_agent.model.builder import IMAGENET_PREPROCESS, GraphBuilder
 from device_agent.data import open_dataset, write_dataset
 from device_agent.errors import DataError, InputError
 from device_agent.evaluate import check_fit, evaluate, labels_match, pick_split
-from device_agent.graph import Graph, TensorSpec, save_package
+from device_agent.model.graph import Graph, TensorSpec, save_package
 from train_helpers import REPO, digits, tiny_cnn
 
 K = 4

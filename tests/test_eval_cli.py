@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device_agent.builder import GraphBuilder
+from device_agent.model.builder import GraphBuilder
 from device_agent.data import open_dataset, write_dataset
 from device_agent.evaluate import evaluate
-from device_agent.graph import Graph, save_package
+from device_agent.model.graph import Graph, save_package
 from devicekit import thomas, thomas_json
 from test_daemon_cli import daemon_dev, paired  # noqa: F401  (fixture)
 from test_device_cli import _no_stray_adb_server, make_target  # noqa: F401  (fixture)
@@ -138,7 +138,7 @@ def test_a_finetune_run_is_evaluated_in_place_and_its_report_has_the_confusion(l
     rec = json.loads((_home() / "runs" / doc["id"] / "run.json").read_text())
     assert rec["job"]["model"] == f"runs/{run_id}/{which}"                  # its own copy, nothing pushed
     assert not (local.root / "models" / run_id).exists() and not (local.root / "models" / f"{run_id}-best").exists()
-    from device_agent.graph import load_package
+    from device_agent.model.graph import load_package
 
     want = evaluate(load_package(local.root / "runs" / run_id / which), open_dataset(local.root / "data" / "digits").val,
                     backend="numpy")

@@ -16,7 +16,7 @@ import pytest
 from device_agent import checkpoint
 from device_agent.data import open_dataset
 from device_agent.errors import CheckpointError, DataError, InputError, JobError, PackageError
-from device_agent.graph import load_package
+from device_agent.model.graph import load_package
 from device_agent.limits import MAX_JSON_DEPTH, check_npy, json_depth, load_npz, parse_json, read_json
 from guardkit import agent, job, last_error, small_root, write_job
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device_agent.graph import load_package, save_package
+from device_agent.model.graph import load_package, save_package
 from device_agent.infer import infer_package
 from devicekit import thomas, thomas_json
 from test_device_cli import _no_stray_adb_server, make_target  # noqa: F401  (fixture)

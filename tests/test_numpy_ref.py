@@ -9,7 +9,7 @@ import pytest
 
 from device_agent.backends.numpy import NumpyRef
 from device_agent.errors import BackendError
-from device_agent.graph import Graph, Node, ParamSpec, TensorSpec
+from device_agent.model.graph import Graph, Node, ParamSpec, TensorSpec
 from test_package import tiny_graph
 
 

@@ -37,11 +37,8 @@ CASES = [pytest.param(a, o, marks=[pytest.mark.slow] if o != 13 else []) for a i
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """Every test of this module runs torch on one thread (conftest.one_torch_thread)."""
 
 
 def torch_sgd_losses(net, data_dir: str, job: TrainJob) -> list[float]:

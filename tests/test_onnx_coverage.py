@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from device_agent.backends.numpy import NumpyRef
 from device_agent.errors import OnnxError
-from device_agent.graph import Graph, Node, ParamSpec, TensorSpec, save_package
+from device_agent.model.graph import Graph, Node, ParamSpec, TensorSpec, save_package
 from onnx_helpers import init, model, node, packages_round_trip, save  # noqa: F401
 from thomas_cli.onnx import export_onnx, import_onnx, onnx_parity
 

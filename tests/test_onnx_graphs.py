@@ -8,9 +8,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from device_agent.backends.numpy import NumpyRef
-from device_agent.builder import GraphBuilder
+from device_agent.model.builder import GraphBuilder
 from device_agent.errors import OnnxError
-from device_agent.graph import save_package
+from device_agent.model.graph import save_package
 from onnx_helpers import init, model, node, packages_round_trip, save  # noqa: F401
 from thomas_cli.onnx import export_onnx, import_onnx, onnx_parity, parse_shape
 

@@ -11,40 +11,17 @@ by the round-trip property (onnx_helpers.packages_round_trip)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from device_agent.graph import load_package
+from device_agent.model.graph import load_package
 from device_agent.infer import infer_package
-from onnx_helpers import init, model, node, packages_round_trip, save  # noqa: F401
+from onnx_helpers import init, model, node, packages_round_trip, save, fails, thomas  # noqa: F401
 
 RNG = np.random.default_rng(0)
 
-
-def thomas(*args, ok=True):
-    env = dict(os.environ, THOMAS_DEVICE="local")
-    for k in ("THOMAS_SERIAL", "THOMAS_DEVICE_ROOT", "THOMAS_DEVICE_PYTHON"):
-        env.pop(k, None)
-    p = subprocess.run([sys.executable, "-m", "thomas_cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=180, env=env)
-    assert "Traceback" not in p.stdout + p.stderr, p.stderr
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
-
-
-def fails(*args, match: str):
-    p = thomas(*args, ok=False)
-    assert p.returncode == 1, (p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
-    assert match in lines[0], lines[0]
-    return lines[0]
 
 
 # =============================================================================== exporter-style scalars

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 
 from device_agent.backends.numpy import NumpyRef
-from device_agent.builder import replace_head
-from device_agent.graph import load_package, save_package
+from device_agent.model.builder import replace_head
+from device_agent.model.graph import load_package, save_package
 from onnx_helpers import LIGHT_DIR, calibrate_bn, packages_round_trip, randomized_light, torch_export  # noqa: F401
 from thomas_cli.onnx import export_onnx, import_onnx, onnx_parity
 from thomas_cli.zoo import build

@@ -14,7 +14,7 @@ from onnx import numpy_helper, version_converter
 
 from device_agent.backends.numpy import NumpyRef
 from device_agent.errors import OnnxError
-from device_agent.graph import save_package
+from device_agent.model.graph import save_package
 from onnx_helpers import packages_round_trip  # noqa: F401
 from thomas_cli.onnx import import_onnx
 

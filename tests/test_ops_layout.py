@@ -105,7 +105,7 @@ def test_channel_shuffle_graph_matches_torch():
     forward and backward through the numpy engine vs torch's channel_shuffle."""
     torch = pytest.importorskip("torch")
     from device_agent.backends.numpy import NumpyRef
-    from device_agent.graph import Graph, Node, TensorSpec
+    from device_agent.model.graph import Graph, Node, TensorSpec
 
     n, c, h, w, g = 2, 6, 3, 2, 3
     nodes = [Node("Reshape", "r1", ["x"], ["t0"], {"shape": [0, g, c // g, h, w]}),

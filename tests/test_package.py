@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from device_agent.errors import PackageError
-from device_agent.graph import Graph, Node, ParamSpec, TensorSpec, load_package, save_package
+from device_agent.model.graph import Graph, Node, ParamSpec, TensorSpec, load_package, save_package
 
 
 def tiny_graph() -> Graph:

@@ -19,7 +19,7 @@ def test_wheel_ships_kernels_configs_and_a_working_cli(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "device_agent/_data/kernels/common.cl" in names
     assert "device_agent/_data/configs/tuning/default.json" in names
-    assert "device_agent/graph.py" in names and "thomas_cli/main.py" in names
+    assert "device_agent/model/graph.py" in names and "thomas_cli/main.py" in names
     assert any(n.endswith("entry_points.txt") for n in names)
     assert not any(n.startswith("tests/") for n in names)
 

@@ -14,7 +14,7 @@ from clcheck import needs_cl
 from device_agent.backends.numpy import NumpyEngine, NumpyRef
 from device_agent.engine import missing_kernels, resolve_backend
 from device_agent.errors import BackendError
-from device_agent.graph import Graph, Node, ParamSpec, TensorSpec
+from device_agent.model.graph import Graph, Node, ParamSpec, TensorSpec
 from device_agent.optim import make_optimizer
 from device_agent.ops import REGISTRY
 

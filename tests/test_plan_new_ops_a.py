@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clcheck import needs_cl, runtime
-from device_agent.builder import GraphBuilder
+from device_agent.model.builder import GraphBuilder
 from device_agent.backends.numpy import NumpyEngine, NumpyInfer
 from device_agent.optim import make_optimizer
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from device_agent.builder import GraphBuilder
+from device_agent.model.builder import GraphBuilder
 from device_agent.data import open_dataset
-from device_agent.graph import save_package
+from device_agent.model.graph import save_package
 from devicekit import DeviceTarget, thomas, thomas_json
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -94,7 +94,7 @@ def test_hxw_npz_keeps_its_size_unless_asked(dev, tmp_path):
 def test_train_and_infer_see_the_same_pixels(dev, tmp_path):
     """A folder pushed at the model's size holds, for every image, exactly what `thomas infer`
     feeds the model for that file (convert, then bilinear resize), gray and RGB."""
-    from device_agent.graph import load_package
+    from device_agent.model.graph import load_package
     from thomas_cli.infer_input import load_image
 
     src = folder(tmp_path / "photos", {"": 2}, hw=(20, 30))

@@ -13,7 +13,7 @@ import pytest
 
 from device_agent import checkpoint
 from device_agent.data import open_dataset
-from device_agent.graph import load_package
+from device_agent.model.graph import load_package
 from device_agent.monitor import BestEpoch
 from device_agent.protocol import TrainJob
 from device_agent.train import run

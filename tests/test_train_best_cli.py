@@ -12,7 +12,7 @@ import numpy as np
 from devicekit import RUN_ARGS, only_run, thomas
 from test_device_cli import make_target, push_basics
 
-from device_agent.graph import load_package
+from device_agent.model.graph import load_package
 
 
 def _done(run: Path) -> dict:

@@ -305,7 +305,7 @@ def test_augment_pads_each_axis_by_its_own_eighth_for_h_not_w():
 
 def test_normalize_is_the_arithmetic_of_infer():
     """Train/eval (data.normalize) and `thomas infer` (infer_input) give the same bits for every spec."""
-    from device_agent.graph import TensorSpec
+    from device_agent.model.graph import TensorSpec
     from thomas_cli.infer_input import _preprocess
 
     rng = np.random.default_rng(4)

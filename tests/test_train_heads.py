@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from device_agent import checkpoint
-from device_agent.builder import IMAGENET_PREPROCESS
+from device_agent.model.builder import IMAGENET_PREPROCESS
 from device_agent.data import normalize, open_dataset
-from device_agent.graph import Graph, Node, ParamSpec, load_package
-from device_agent.heads import loss_graph, loss_output, num_classes
+from device_agent.model.graph import Graph, Node, ParamSpec, load_package
+from device_agent.model.heads import loss_graph, loss_output, num_classes
 from device_agent.infer import infer_package
 from device_agent.ops import get_op
 from device_agent.protocol import TrainJob
@@ -238,11 +238,8 @@ def _steps(evs):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """Every test of this module runs torch on one thread (conftest.one_torch_thread)."""
 
 
 @pytest.mark.torch

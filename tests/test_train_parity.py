@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from device_agent import checkpoint
-from device_agent.builder import reinit, replace_head
-from device_agent.graph import load_package
+from device_agent.model.builder import reinit, replace_head
+from device_agent.model.graph import load_package
 from device_agent.ops.dropout import draw_seed, hash_uniform
 from device_agent.protocol import TrainJob
 from device_agent.train import run
@@ -143,12 +143,8 @@ RECIPES64 = {
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """pytest -n runs one worker per core: a second torch thread per worker only oversubscribes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """Every test of this module runs torch on one thread (conftest.one_torch_thread)."""
 
 
 @pytest.mark.parametrize("stage", list(RECIPES64))

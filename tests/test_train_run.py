@@ -11,7 +11,7 @@ import pytest
 from device_agent import checkpoint
 from device_agent.data import VERIFIED_JSON, write_dataset
 from device_agent.errors import JobError, ThomasError, TrainError
-from device_agent.graph import load_package, save_package
+from device_agent.model.graph import load_package, save_package
 from device_agent.protocol import TrainJob
 from device_agent.train import main, run
 from train_helpers import digits, final_weights, make_root, tiny_cnn

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from device_agent.backends.numpy import NumpyEngine, NumpyRef
-from device_agent.builder import reinit
+from device_agent.model.builder import reinit
 from device_agent.errors import JobError
 from device_agent.optim import make_optimizer
 from device_agent.stages import split_graph, trainable_params

@@ -218,7 +218,7 @@ def test_agent_cli_hello_first_and_errors_last(tmp_path):
 
 def test_agent_infer(tmp_path):
     pytest.importorskip("device_agent.infer")
-    from device_agent.graph import save_package
+    from device_agent.model.graph import save_package
     from thomas_cli import zoo
 
     g = zoo.build("mobilenet_v2", num_classes=4, size=32, width=0.35, seed=0)

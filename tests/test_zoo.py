@@ -19,8 +19,8 @@ import json
 import numpy as np
 import pytest
 
-from device_agent.builder import GraphBuilder, IMAGENET_PREPROCESS, replace_head
-from device_agent.graph import load_package, save_package
+from device_agent.model.builder import GraphBuilder, IMAGENET_PREPROCESS, replace_head
+from device_agent.model.graph import load_package, save_package
 from thomas_cli.zoo import DESCRIPTIONS, MIN_SIZE, ZOO, build, make_divisible
 
 torch = pytest.importorskip("torch")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from device_agent.graph import Graph
+from device_agent.model.graph import Graph
 
 
 def _sym(pads):

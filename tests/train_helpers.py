@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device_agent.builder import IMAGENET_PREPROCESS, GraphBuilder
+from device_agent.model.builder import IMAGENET_PREPROCESS, GraphBuilder
 from device_agent.data import write_dataset
-from device_agent.graph import Graph, save_package
+from device_agent.model.graph import Graph, save_package
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ import numpy as np
 from device_agent.dataset_write import DATASET_JSON, check_labels, random_split, write_splits
 from device_agent.errors import DataError, DiskError, ThomasError
 from device_agent.fsutil import disk_error
-from device_agent.graph import Graph, load_package, save_package
+from device_agent.model.graph import Graph, load_package, save_package
 from device_agent.limits import parse_json
 
 from . import images, store, zoo

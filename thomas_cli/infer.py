@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_agent.graph import Graph
+from device_agent.model.graph import Graph
 from device_agent.protocol import ErrorEvent, InferEvent
 
 from .device import RunFailed, Session

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from device_agent.errors import InputError
-from device_agent.graph import TensorSpec
+from device_agent.model.graph import TensorSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 

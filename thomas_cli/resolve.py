@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from device_agent.errors import DataError, PackageError, ThomasError
-from device_agent.graph import MODEL_JSON, Graph, load_package
+from device_agent.model.graph import MODEL_JSON, Graph, load_package
 from device_agent.limits import parse_json
 
 from . import images, store, zoo
@@ -264,7 +264,7 @@ def _run_model(s: Session, run_id: str, host: Path) -> dict:
 def check_data(s: Session, data: str, split: str, g: Graph) -> dict:
     """dataset.json of data/<data> on the device; a one-line error naming model and dataset when the split is
     missing or the model does not fit (input H×W, classes). The agent checks again (channels too)."""
-    from device_agent.heads import num_classes
+    from device_agent.model.heads import num_classes
 
     store.check_name(data, "dataset")
     rel = f"data/{data}/dataset.json"

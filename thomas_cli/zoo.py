@@ -38,9 +38,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from device_agent.builder import IMAGENET_PREPROCESS, GraphBuilder, default_labels
+from device_agent.model.builder import IMAGENET_PREPROCESS, GraphBuilder, default_labels
 from device_agent.errors import ModelError
-from device_agent.graph import Graph
+from device_agent.model.graph import Graph
 
 __all__ = ["ZOO", "DESCRIPTIONS", "build", "make_divisible", "MIN_SIZE"]
 

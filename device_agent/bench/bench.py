@@ -258,7 +258,7 @@ def baseline(job_path: str) -> dict:
 
 
 def main(args: list[str], emit) -> int:
-    from ..graph import load_package
+    from ..model.graph import load_package
 
     job = load_job(args[0])
     g = load_package(job["model"])
@@ -283,7 +283,7 @@ def main(args: list[str], emit) -> int:
 
 if __name__ == "__main__":   # the baseline child: python -m device_agent.bench.bench --baseline JOB.json
     if len(sys.argv) == 3 and sys.argv[1] == "--baseline":
-        from ..graph import load_package
+        from ..model.graph import load_package
 
         _job = load_job(sys.argv[2])
         _g = load_package(_job["model"])

@@ -121,7 +121,7 @@ _KEEP = []   # NOTE: plans stay alive to the process's end (tearing one down mid
 
 
 def main(args: list[str], emit) -> int:
-    from ..graph import load_package
+    from ..model.graph import load_package
 
     job = load_job(args[0])
     try:

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from device_agent.errors import PackageError
-from device_agent.graph import load_package
+from device_agent.model.graph import load_package
 
 from ..app import app, guarded, note, out, print_json
 from ..infer import run_infer, top_rows

@@ -14,7 +14,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from device_agent.graph import Graph, load_package, save_package
+from device_agent.model.graph import Graph, load_package, save_package
 from device_agent.ops import get_op
 
 from .. import zoo

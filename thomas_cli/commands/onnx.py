@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from device_agent.errors import OnnxError
-from device_agent.graph import Graph, load_package, save_package
+from device_agent.model.graph import Graph, load_package, save_package
 
 from ..app import app, err, guarded, note, out, print_json
 from ..resolve import resolve_package
@@ -33,7 +33,7 @@ def _check_tolerance(tol: float) -> None:
 # ------------------------------------------------------------------------------------ import
 def _round_trip(g: Graph, model: Path, shape, tolerance: float) -> tuple[Graph, dict]:
     """Write g as a package to a scratch folder, load it back with the agent's own loader
-    (device_agent.graph.load_package) and run the parity check on THAT graph: what import
+    (device_agent.model.graph.load_package) and run the parity check on THAT graph: what import
     writes is what was checked, and it loads on the device."""
     import shutil
     import tempfile

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from device_agent.graph import ParamSpec
+from device_agent.model.graph import ParamSpec
 from device_agent.ops import get_op
 
 from .common import Malformed, Unsupported, f32, onnx_attrs, vector

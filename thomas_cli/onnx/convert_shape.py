@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from device_agent.graph import ParamSpec
+from device_agent.model.graph import ParamSpec
 from device_agent.ops import OpError
 
 from .common import Malformed, Unsupported, attr_int, attr_ints, attr_str, f32, onnx_attrs, reshape_attr

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from device_agent.errors import OnnxError, PackageError
 from device_agent.fsutil import atomic_write
-from device_agent.graph import Graph, Node
+from device_agent.model.graph import Graph, Node
 
 from .common import DEFAULT_OPSET, EXPORT_OPSETS, META_PREFIX, f32, first_line
 

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from device_agent.errors import OnnxError, PackageError, ThomasError
-from device_agent.graph import Graph, Node, ParamSpec, TensorSpec
+from device_agent.model.graph import Graph, Node, ParamSpec, TensorSpec
 from device_agent.ops import OpError, get_op, normalize_attrs
 
 from . import fold

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from device_agent.errors import OnnxError
-from device_agent.graph import Graph
+from device_agent.model.graph import Graph
 
 from .common import first_line, fmt_shape, input_dims, load_model, model_input, resolve_shape
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import BackendError
-from ...graph import Graph
-from ...heads import loss_graph
+from ...model.graph import Graph
+from ...model.heads import loss_graph
 from ...ops.dropout import RNG_DROPOUT
 from ...optim import Optimizer, clip_grad_norm
 from .ref import NumpyRef

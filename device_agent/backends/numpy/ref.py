@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import BackendError
-from ...graph import Graph, Node
+from ...model.graph import Graph, Node
 from ...ops import Ctx, OpDef, get_op, normalize_attrs
 
 

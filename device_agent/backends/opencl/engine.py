@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import BackendError
-from ...graph import Graph
-from ...heads import loss_graph
+from ...model.graph import Graph
+from ...model.heads import loss_graph
 from ...ops.dropout import RNG_DROPOUT
 from .optim import OptimConfig
 from .passes import frozen_nodes
@@ -70,6 +70,12 @@ def engine_memory(store: Store, plans) -> dict:
     m["plans"] = len(plans)
     m["peak"] = store.nbytes() + m["activations"] + m["workspace"] + m["io"]
     return m
+
+
+def _release(plans, store: Store) -> None:
+    for p in plans:
+        p.release()
+    store.release()
 
 
 class OpenCLEngine:
@@ -153,6 +159,11 @@ class OpenCLEngine:
         """The whole engine: the store and every Plan built so far (training and eval)."""
         return engine_memory(self.store, [*self.plans.values(), *self.evals.values()])
 
+    def close(self) -> None:
+        """Release the engine's Plans, then its store, now (the shared Runtime stays open)."""
+        _release([*self.plans.values(), *self.evals.values()], self.store)
+        self.plans, self.evals, self.current = {}, {}, None
+
 
 class OpenCLInfer:
     backend = "opencl"
@@ -176,3 +187,8 @@ class OpenCLInfer:
 
     def memory(self):
         return engine_memory(self.store, list(self.plans.values()))
+
+    def close(self) -> None:
+        """Release the Plans, then the store, now (the shared Runtime stays open)."""
+        _release(list(self.plans.values()), self.store)
+        self.plans = {}

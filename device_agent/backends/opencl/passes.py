@@ -12,7 +12,7 @@ import copy
 
 import numpy as np
 
-from ...graph import Graph
+from ...model.graph import Graph
 from ...ops import get_op, normalize_attrs
 
 

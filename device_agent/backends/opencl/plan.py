@@ -37,8 +37,8 @@ import numpy as np
 import pyopencl as cl
 
 from ...errors import BackendError
-from ...graph import Graph, Node
-from ...heads import loss_graph
+from ...model.graph import Graph, Node
+from ...model.heads import loss_graph
 from ...ops import get_op, normalize_attrs
 from ...ops.dropout import draw_seed
 from .arena import Lifetimes, pool, workspace_bytes

@@ -8,7 +8,7 @@ backward, optimizer), once, at build time. Mixed into Plan (plan.py), whose buff
 from __future__ import annotations
 
 from ...errors import BackendError
-from ...graph import Node
+from ...model.graph import Node
 from .runtime import LaunchBuilder, NodeIO, TensorRef
 
 

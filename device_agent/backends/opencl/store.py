@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import BackendError
-from ...graph import Graph
+from ...model.graph import Graph
 from .arena import SharedArena
 from .optim import OptimConfig, clip_partials
 from .passes import _folded, fold_batchnorm

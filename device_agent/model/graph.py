@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PackageError
-from .fsutil import atomic_write
-from .limits import load_npz, read_json
-from .ops import OpError, get_op, normalize_attrs
+from ..errors import PackageError
+from ..fsutil import atomic_write
+from ..limits import load_npz, read_json
+from ..ops import OpError, get_op, normalize_attrs
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
