@@ -147,11 +147,8 @@ def main() -> None:
         print(f"| {r['model']} | {r['stage']} | {r['thomas_ms']:.1f} | {r.get('torch_ms', nan):.1f} | "
               f"{r.get('ratio', nan):.2f} | {r.get('torch_upload_ms', nan):.1f} | {r.get('ratio_upload', nan):.2f} | "
               f"{r['thomas_peak'] / 2**20:.0f} | {'' if tp is None else f'{tp / 2**20:.0f}'} |")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # NOTE: on NVIDIA's OpenCL driver the interpreter's final teardown of Plans (sub-buffers,
-    # kernels) segfaults inside GC after all work is done; the results are written, so leave now.
-    os._exit(0)
+    # NOTE: no os._exit: the agent's exit hook (runtime.close_all) releases every Plan, store,
+    # program, queue and context in order before interpreter teardown (NVIDIA segfaulted there)
 
 
 if __name__ == "__main__":

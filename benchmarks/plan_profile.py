@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import defaultdict
@@ -123,7 +122,6 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result) + "\n")
     sys.stdout.flush()
-    os._exit(0)   # NOTE: NVIDIA's OpenCL driver segfaults in interpreter teardown; results are written
 
 
 if __name__ == "__main__":

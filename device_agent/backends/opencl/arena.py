@@ -150,6 +150,12 @@ class SharedArena:
     def nbytes(self) -> dict:
         return {"activations": sum(self.sizes), "workspace": self.ws_bytes}
 
+    def release(self) -> None:
+        for buf in [*self.bufs, self.ws]:
+            if buf is not None:
+                buf.release()
+        self.bufs, self.sizes, self.ws, self.ws_bytes = [], [], None, 0
+
 
 def workspace_bytes(spec, attrs: dict, in_shapes: list, out_shapes: list) -> int:
     """Scratch bytes one node's launches need: the op's own `workspace`, then room for the partial

@@ -54,6 +54,14 @@ def _has_kernels(prg: cl.Program) -> bool:
         return False
 
 
+def forget_programs(ctx: cl.Context) -> None:
+    """Drop the programs built for `ctx` (its Runtime is closing: they must go before the context,
+    and a later context reusing the same id() must not find them)."""
+    prefix = f"{id(ctx)}:"
+    for k in [k for k in _memory if k.startswith(prefix)]:
+        del _memory[k]
+
+
 def load_program(ctx: cl.Context, device: cl.Device, name: str, defines: dict | None = None) -> cl.Program:
     src = source_of(name)
     opts = options_of(defines)

@@ -52,6 +52,8 @@ __all__ = ["OptimConfig", "Plan", "Store", "fold_batchnorm", "frozen_nodes", "fu
 
 
 class Plan(LaunchRecording):
+    RELEASE_ORDER = 0     # Runtime.close(): Plans (kernels, own buffers) before Stores
+
     def __init__(self, graph: Graph, batch: int, *, trainable=None, optimizer: OptimConfig | None = None,
                  training: bool = True, bn_batch_stats: bool | None = None, label_smoothing: float = 0.0,
                  runtime: "Runtime | None" = None, reuse: bool = True, fold_bn: bool = True,
@@ -59,7 +61,9 @@ class Plan(LaunchRecording):
         """store: the engine's device-resident weights to run over (its graph, trainable set,
         optimizer and BN folding apply; `trainable` must be its set, or empty for an eval /
         inference Plan). Without one the Plan makes its own from graph and these options."""
+        self._released = False
         self.rt = runtime or (store.rt if store is not None else Runtime())
+        self.rt.own(self)
         self.batch = int(batch)
         if trainable is None or trainable:   # training: the loss reads the logits, not a final Softmax
             graph = loss_graph(graph)
@@ -308,7 +312,8 @@ class Plan(LaunchRecording):
         self.labels = TensorRef("labels", (self.batch,), rt.alloc(self.batch * 4), np.dtype(np.int32))
         self.loss_ref = TensorRef("loss", (1,), rt.alloc(4))
         self.correct_ref = TensorRef("correct", (1,), rt.alloc(4))
-        self.io_bytes = 4 * self.batch + 8 + sum(self.refs[s.name].nbytes for s in g.inputs)
+        self._own = [self.refs[s.name] for s in g.inputs] + [self.labels, self.loss_ref, self.correct_ref]
+        self.io_bytes = sum(r.nbytes for r in self._own)
 
     # ================================================================== running
     def _upload(self, x) -> None:
@@ -414,6 +419,26 @@ class Plan(LaunchRecording):
         m = dict(self.store.memory(), **self.own_memory())
         m["peak"] = self.store.nbytes() + self.arena_bytes + self.workspace_bytes + self.io_bytes
         return m
+
+    def release(self) -> None:
+        """Drop this Plan's kernels and release its own buffers (inputs, labels, scalars; launcher
+        tables go with their launches); the store's weights and shared arena stay (Store.release).
+        The Plan is unusable afterwards. Runs when the Plan is collected or its Runtime closes."""
+        if self.__dict__.get("_released", True):
+            return
+        self._released = True
+        if not self.rt.closed:
+            self.rt.queue.finish()
+        for ln in [*getattr(self, "fw_launches", ()), *getattr(self, "bw_launches", ()),
+                   *getattr(self, "opt_launches", ())]:
+            ln.kernel, ln.args = None, ()
+        self.fw_launches, self.bw_launches, self.opt_launches = [], [], []
+        for ref in getattr(self, "_own", ()):
+            ref.buf.release()
+        self.refs, self.arena, self.workspace = {}, [], None
+
+    def __del__(self):
+        self.release()
 
     def launch_labels(self) -> list[str]:
         return [ln.label for ln in self.fw_launches + self.bw_launches + self.opt_launches]

@@ -13,9 +13,11 @@ and set from the step's values right before the enqueue.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import pyopencl as cl
 from ...resources import configs_dir
 from . import gemm as _gemm
 from .device import describe, kind_of, select_device
-from .loader import load_program
+from .loader import forget_programs, load_program
 
 
 def round_up(n: int, m: int) -> int:
@@ -113,7 +115,15 @@ class Runtime:
 
     Host <-> device copies go through `write` / `read`, which count the bytes in `moved`
     ({"to_device": n, "to_host": n}): what a training epoch moves is measurable (tests,
-    benchmarks) without a profiler."""
+    benchmarks) without a profiler.
+
+    Teardown: `close()` (also at interpreter exit, and when the Runtime is collected) releases what
+    lives on the device in the order drivers expect: wait for the queue; every Plan's kernels and
+    buffers (Plan.release), every Store's sub-buffers before their parents (Store.release); the
+    programs built for this context; the queue; the context last. NVIDIA's driver segfaults when
+    buffers, kernels or the queue outlive the context, which Python's module teardown otherwise
+    allows. Plans and Stores register with `own` (weakly) and release themselves in the same
+    order when they are collected earlier."""
 
     def __init__(self, device: cl.Device | str | None = None):
         self.device = device if isinstance(device, cl.Device) else select_device(device)
@@ -124,6 +134,33 @@ class Runtime:
         self.align = max(256, self.device.mem_base_addr_align // 8)
         self.info = describe(self.device)
         self.moved = {"to_device": 0, "to_host": 0}
+        self.closed = False
+        self._owners = weakref.WeakSet()
+        _ALL.add(self)
+
+    def own(self, owner) -> None:
+        """Register a Plan or Store (anything with `release()` and RELEASE_ORDER) for close()."""
+        self._owners.add(owner)
+
+    def close(self) -> None:
+        """Release every OpenCL object of this Runtime, children before parents (see the class
+        docstring); the Runtime and everything built on it are unusable afterwards. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.queue.finish()
+        except cl.Error:
+            pass            # a failed device: release what we can all the same
+        for owner in sorted(self._owners, key=lambda o: o.RELEASE_ORDER):
+            owner.release()
+        forget_programs(self.ctx)
+        self.queue = None   # clReleaseCommandQueue, then the context
+        self.ctx = None
+
+    def __del__(self):
+        if not getattr(self, "closed", True):
+            self.close()
 
     def write(self, buf: cl.Buffer, host: np.ndarray, offset: int = 0, blocking: bool = True) -> None:
         """host array -> buf at byte `offset`. Non-blocking: keep `host` alive until the queue ran."""
@@ -155,12 +192,28 @@ class Runtime:
 _SHARED: dict = {}
 
 
+_ALL: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+
+
 def shared_runtime(device: str | None = None) -> "Runtime":
     """One Runtime (context + queue) per device spec per process, shared by every engine."""
     key = device or ""
-    if key not in _SHARED:
+    if key not in _SHARED or _SHARED[key].closed:
         _SHARED[key] = Runtime(device)
     return _SHARED[key]
+
+
+@atexit.register
+def close_all() -> None:
+    """Close every Runtime still alive. Registered when this module is imported, after pyopencl
+    registered its own exit hook, so it runs first (hooks run last-in first-out), and before module
+    teardown; then pyopencl's memoization caches let go of the contexts too."""
+    for rt in list(_ALL):
+        rt.close()
+    _SHARED.clear()
+    from pyopencl.tools import clear_first_arg_caches
+
+    clear_first_arg_caches()
 
 
 @dataclass

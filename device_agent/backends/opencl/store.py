@@ -39,11 +39,15 @@ _SLOTS = {"momentum": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "ex
 
 
 class Store:
+    RELEASE_ORDER = 1     # Runtime.close(): after the Plans that run over it
+
     def __init__(self, graph: Graph, trainable, *, optimizer: OptimConfig | None = None,
                  fold: set[str] | None = frozenset(), runtime: Runtime | None = None):
         """graph: as the Plans will see it (after heads.loss_graph for training); fold: the BN nodes
         to fold (None: every foldable one, an empty set: none)."""
+        self._released = False
         self.rt = runtime or Runtime()
+        self.rt.own(self)
         self.source = graph
         self.trainable = set(trainable)
         self.optimizer = optimizer or OptimConfig()
@@ -189,3 +193,27 @@ class Store:
 
     def nbytes(self) -> int:
         return sum(self.memory().values())
+
+    def release(self) -> None:
+        """Release the device memory: the shared arena, every sub-buffer, then the buffers they are
+        cut from (drivers need not outlive a parent that goes first). Unusable afterwards; runs when
+        the store is collected or its Runtime closes."""
+        if self.__dict__.get("_released", True):
+            return
+        self._released = True
+        if not self.rt.closed:
+            self.rt.queue.finish()
+        subs = [r.buf for r in [*getattr(self, "param_ref", {}).values(), *getattr(self, "grad_ref", {}).values()]]
+        if getattr(self, "flat_params", None) is not None:
+            subs.append(self.flat_params.buf)
+        parents = [getattr(self, "params_buf", None), getattr(self, "grads_buf", None)]
+        parents += [r.buf for r in [*getattr(self, "opt_state", {}).values(), getattr(self, "clip_partial", None),
+                                    getattr(self, "clip_scale", None)] if r is not None]
+        for buf in subs + [b for b in parents if b is not None]:
+            buf.release()
+        if hasattr(self, "scratch"):
+            self.scratch.release()
+        self.param_ref, self.grad_ref, self.opt_state = {}, {}, {}
+
+    def __del__(self):
+        self.release()
