@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
     from device_agent.backends.opencl.plan import OptimConfig, Plan
-    from device_agent.stages import trainable_params
+    from device_agent.training.stages import trainable_params
     from thomas_cli import zoo
 
     rows = []

@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
 
     confine_call(cmd, args, Path.cwd())     # paths stay inside the device root (the cwd): else bad_job
     if cmd == "run" and len(args) == 1:
-        from . import train
+        from .training import train
 
         return train.main(args, root=Path.cwd())
     if cmd == "infer":

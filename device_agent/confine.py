@@ -14,7 +14,7 @@ payload), and must stay inside the root once symbolic links are followed. Otherw
     confined(root, "runs/r1", "job field 'out'")   # -> root/runs/r1, or JobError
     check_job_paths({"cache_dir": "/tmp/x"})       # the host's early check: the syntax rule only
 
-`python -m device_agent.train JOB.json` (the in-tree developer entry, used by tests with absolute
+`python -m device_agent.training.train JOB.json` (the in-tree developer entry, used by tests with absolute
 paths) does not confine; every transport calls `python -m device_agent run`, which does.
 """
 from __future__ import annotations

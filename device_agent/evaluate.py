@@ -236,7 +236,7 @@ def main(args: list[str], emit) -> int:
     import json
     from pathlib import Path
 
-    from .data import open_dataset
+    from .training.data import open_dataset
     from .engine import resolve_backend
     from .fsutil import atomic_write
     from .model.graph import load_package

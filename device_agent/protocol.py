@@ -281,7 +281,7 @@ class BenchDoneEvent(Event):
 
 @dataclass
 class TelemetryEvent(Event):
-    """After each `epoch` (device_agent/telemetry.py): energy and temperatures over that epoch;
+    """After each `epoch` (device_agent/training/telemetry.py): energy and temperatures over that epoch;
     a sensor the device does not expose (or does not let us read) is null."""
     ev: ClassVar[str] = "telemetry"
     epoch: int

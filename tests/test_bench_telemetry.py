@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from device_agent.protocol import parse_event
-from device_agent.telemetry import Telemetry
+from device_agent.training.telemetry import Telemetry
 
 
 class Clock:

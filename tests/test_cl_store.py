@@ -12,8 +12,8 @@ import pytest
 from clcheck import needs_cl
 from device_agent.backends.numpy import NumpyEngine
 from device_agent.errors import BackendError
-from device_agent.optim import make_optimizer
-from device_agent.stages import trainable_params
+from device_agent.training.optim import make_optimizer
+from device_agent.training.stages import trainable_params
 from train_helpers import tiny_cnn
 
 pytestmark = needs_cl

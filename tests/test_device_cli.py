@@ -142,7 +142,7 @@ def test_push_data_npz(dev, tmp_path):
     np.savez(tmp_path / "scans.npz", images=x, labels=y, classes=np.array(["a", "b", "c"]))
     res = thomas_json(dev, "push-data", str(tmp_path / "scans.npz"), "--size", "32")
     assert res["count"] == 24 and res["classes"] == ["a", "b", "c"]
-    from device_agent.data import open_dataset
+    from device_agent.training.data import open_dataset
 
     ds = open_dataset(dev.root / "data" / "scans")
     assert (ds.height, ds.width) == (32, 32) and len(ds.train) + len(ds.val) == 24

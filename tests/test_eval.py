@@ -17,7 +17,7 @@ import pytest
 
 from clcheck import needs_cl
 from device_agent.model.builder import IMAGENET_PREPROCESS, GraphBuilder
-from device_agent.data import open_dataset, write_dataset
+from device_agent.training.data import open_dataset, write_dataset
 from device_agent.errors import DataError, InputError
 from device_agent.evaluate import check_fit, evaluate, labels_match, pick_split
 from device_agent.model.graph import Graph, TensorSpec, save_package
@@ -43,7 +43,7 @@ def _fitted(softmax: bool = False) -> Graph:
     """conv-BN-ReLU, strided conv, flatten, linear (+ Softmax): the classifier's weights fitted by least
     squares on the features of the first 60 images, so the model predicts every class, not always
     right (a confusion matrix with off-diagonal cells)."""
-    from device_agent.data import normalize
+    from device_agent.training.data import normalize
     from device_agent.backends.numpy import NumpyInfer
 
     def build(head: bool) -> Graph:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from device_agent.model.builder import GraphBuilder
-from device_agent.data import open_dataset, write_dataset
+from device_agent.training.data import open_dataset, write_dataset
 from device_agent.evaluate import evaluate
 from device_agent.model.graph import Graph, save_package
 from devicekit import thomas, thomas_json

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from device_agent import checkpoint
+from device_agent.training import checkpoint
 from device_agent.errors import DiskError
 from device_agent.fsutil import atomic_write, disk_error
 from guardkit import agent, job, last_error, small_root, tmpfs, write_job

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_agent import checkpoint
-from device_agent.data import open_dataset
+from device_agent.training import checkpoint
+from device_agent.training.data import open_dataset
 from device_agent.errors import CheckpointError, DataError, InputError, JobError, PackageError
 from device_agent.model.graph import load_package
 from device_agent.limits import MAX_JSON_DEPTH, check_npy, json_depth, load_npz, parse_json, read_json

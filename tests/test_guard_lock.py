@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from device_agent.errors import RunLockedError
-from device_agent.runlock import LOCK_NAME, RunLock
+from device_agent.training.runlock import LOCK_NAME, RunLock
 from guardkit import agent, job, last_error, small_root, write_job
 
 RUN = dict(layers="all", epochs=6, checkpoint_every=2, seed=1)

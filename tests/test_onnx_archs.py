@@ -5,7 +5,7 @@ EfficientNet-B0-style, MnasNet-style, GoogLeNet-style; tiny, 32x32), each export
   * parity with onnxruntime on the logits, batch 1 and 4: max rel error <= 1e-4;
   * `thomas --device local infer` on the imported package equals the numpy engine (import's result);
   * 3 SGD steps (momentum 0.9) of `--layers all` in float64 by the agent's training loop
-    (device_agent.train.run, numpy engine, BN frozen) give the same losses as PyTorch training the
+    (device_agent.training.train.run, numpy engine, BN frozen) give the same losses as PyTorch training the
     original nn.Module in float64 (eval mode) on the same batches: rel error <= 1e-6.
 Opset 13 runs by default; 11 and 17 are marked slow. Measured errors: docs/ONNX.md.
 """
@@ -19,10 +19,10 @@ import sys
 import numpy as np
 import pytest
 
-from device_agent.data import open_dataset
+from device_agent.training.data import open_dataset
 from device_agent.infer import infer_package
 from device_agent.protocol import TrainJob
-from device_agent.train import run
+from device_agent.training.train import run
 from onnx_helpers import packages_round_trip  # noqa: F401
 from thomas_cli.onnx import import_onnx, onnx_parity
 from train_helpers import make_root

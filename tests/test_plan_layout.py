@@ -15,7 +15,7 @@ from device_agent.backends.numpy import NumpyEngine, NumpyRef
 from device_agent.engine import missing_kernels, resolve_backend
 from device_agent.errors import BackendError
 from device_agent.model.graph import Graph, Node, ParamSpec, TensorSpec
-from device_agent.optim import make_optimizer
+from device_agent.training.optim import make_optimizer
 from device_agent.ops import REGISTRY
 
 
@@ -155,7 +155,7 @@ def test_auto_training_run_falls_back(no_kernels, tmp_path, capsys):
     """train.run with backend auto on a model whose op has no kernels: the run trains on numpy,
     its plan event says so, and stderr carries the one note."""
     from device_agent.protocol import TrainJob
-    from device_agent.train import run
+    from device_agent.training.train import run
     from train_helpers import make_root
 
     paths = make_root(tmp_path, classes=range(3), model=layout_graph(c=3, h=8, w=8), limit=60)

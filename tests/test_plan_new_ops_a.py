@@ -10,7 +10,7 @@ import pytest
 from clcheck import needs_cl, runtime
 from device_agent.model.builder import GraphBuilder
 from device_agent.backends.numpy import NumpyEngine, NumpyInfer
-from device_agent.optim import make_optimizer
+from device_agent.training.optim import make_optimizer
 
 pytestmark = needs_cl
 
@@ -131,7 +131,7 @@ def test_inference_plan_with_folded_bn_and_log_softmax_head():
 
 
 def test_prelu_slope_is_a_layer_of_its_own():
-    from device_agent.stages import trainable_params
+    from device_agent.training.stages import trainable_params
 
     g = new_ops_net()
     assert g.params["prelu2.slope"].shape == (8,) and g.params["prelu4.slope"].shape == (1,)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from device_agent.model.builder import GraphBuilder
-from device_agent.data import open_dataset
+from device_agent.training.data import open_dataset
 from device_agent.model.graph import save_package
 from devicekit import DeviceTarget, thomas, thomas_json
 

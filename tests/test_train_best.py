@@ -11,12 +11,12 @@ import shutil
 import numpy as np
 import pytest
 
-from device_agent import checkpoint
-from device_agent.data import open_dataset
+from device_agent.training import checkpoint
+from device_agent.training.data import open_dataset
 from device_agent.model.graph import load_package
-from device_agent.monitor import BestEpoch
+from device_agent.training.monitor import BestEpoch
 from device_agent.protocol import TrainJob
-from device_agent.train import run
+from device_agent.training.train import run
 from train_helpers import events, final_weights, make_root, run_entry
 
 # 480 train images, 15 steps of 32 an epoch; this recipe's val accuracy peaks early and its val loss
@@ -200,7 +200,7 @@ def test_resume_rewrites_best_when_killed_before_it_was_written(tmp_path, capsys
 
 
 def test_best_val_acc_ties_go_to_the_lower_val_loss():
-    from device_agent.monitor import BestEpoch
+    from device_agent.training.monitor import BestEpoch
 
     b = BestEpoch("val_acc")
     assert b.update(1, 0.84, 1.0) and b.epoch == 1

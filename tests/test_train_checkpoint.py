@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device_agent import checkpoint
+from device_agent.training import checkpoint
 from device_agent.errors import CheckpointError
 
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from device_agent.data import augment_batch, normalize, open_dataset, write_dataset
+from device_agent.training.data import augment_batch, normalize, open_dataset, write_dataset
 from device_agent.errors import DataError
 
 
@@ -141,7 +141,7 @@ def test_corrupt_shard(tmp_path):
 def test_shards_are_hashed_once_until_they_change(tmp_path, monkeypatch):
     """The sha256 check reads each shard once: a later open trusts a shard whose size and mtime match
     the recorded check; a shard rewritten since (same size, new bytes) is read and refused again."""
-    import device_agent.data as data
+    import device_agent.training.data as data
 
     d = _write(tmp_path)
     reads = []
@@ -233,7 +233,7 @@ def test_writer_rejects_bad_arrays(tmp_path):
 
 # ------------------------------------------------------------------------------ splits, channels, sizes
 def test_a_given_split_is_kept_in_order_with_its_test(tmp_path):
-    from device_agent.dataset_write import write_splits
+    from device_agent.training.dataset_write import write_splits
 
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (30, 6, 10, 1), dtype=np.uint8)          # gray, H != W
@@ -318,7 +318,7 @@ def test_normalize_is_the_arithmetic_of_infer():
 
 
 def test_writer_refuses_a_val_class_missing_from_train_and_names_negative_labels(tmp_path):
-    from device_agent.dataset_write import write_splits
+    from device_agent.training.dataset_write import write_splits
 
     imgs, labels = _data(20, 2)
     with pytest.raises(DataError) as e:

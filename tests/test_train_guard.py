@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from device_agent import checkpoint
+from device_agent.training import checkpoint
 from device_agent.backends.numpy import NumpyEngine
 from device_agent.errors import JobError
-from device_agent.monitor import WINDOW, DivergenceGuard
-from device_agent.optim import make_optimizer
+from device_agent.training.monitor import WINDOW, DivergenceGuard
+from device_agent.training.optim import make_optimizer
 from device_agent.protocol import TrainJob
-from device_agent.train import main
+from device_agent.training.train import main
 from clcheck import needs_cl
 from train_helpers import make_root, tiny_cnn
 

@@ -19,15 +19,15 @@ import warnings
 import numpy as np
 import pytest
 
-from device_agent import checkpoint
+from device_agent.training import checkpoint
 from device_agent.model.builder import IMAGENET_PREPROCESS
-from device_agent.data import normalize, open_dataset
+from device_agent.training.data import normalize, open_dataset
 from device_agent.model.graph import Graph, Node, ParamSpec, load_package
 from device_agent.model.heads import loss_graph, loss_output, num_classes
 from device_agent.infer import infer_package
 from device_agent.ops import get_op
 from device_agent.protocol import TrainJob
-from device_agent.train import run
+from device_agent.training.train import run
 from clcheck import needs_cl
 from train_helpers import make_root, tiny_cnn
 
@@ -284,7 +284,7 @@ def test_last_stage_with_the_feature_cache_trains_on_the_logits(tmp_path, case):
     np.testing.assert_allclose(_steps(evs), ref, rtol=1e-6)
     assert [e for e in evs if e["ev"] == "eval"][-1]["loss"] == pytest.approx(ref_val, rel=1e-6)
     # the cached features are the frozen part's outputs; the trainable part ends at the logits
-    from device_agent.stages import split_graph, trainable_params
+    from device_agent.training.stages import split_graph, trainable_params
     sp = split_graph(g, trainable_params(g, "last"))
     assert plan["cut"] == sp.cut and [n.op for n in sp.suffix.nodes][-1] in ("Gemm", "Flatten")
     assert not {n.op for n in sp.suffix.nodes} & {"Softmax", "Reshape"}

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from device_agent.optim import clip_grad_norm, lr_at, make_optimizer
+from device_agent.training.optim import clip_grad_norm, lr_at, make_optimizer
 
 torch = pytest.importorskip("torch")
 

@@ -1,5 +1,5 @@
 """Training parity with PyTorch: the same model, init, data order and recipe, run by our loop
-(device_agent.train.run) and by torch (tests/torch_twin.py + torch.optim + torch's schedulers).
+(device_agent.training.train.run) and by torch (tests/torch_twin.py + torch.optim + torch's schedulers).
 
   * float64, MobileNetV2 (width 0.25, 32x32 digits): the first 20 losses of every stage (last,
     N=3, all, scratch) agree to 1e-6 relative, and so do the weights after them. The twin replays our
@@ -16,12 +16,12 @@ import json
 import numpy as np
 import pytest
 
-from device_agent import checkpoint
+from device_agent.training import checkpoint
 from device_agent.model.builder import reinit, replace_head
 from device_agent.model.graph import load_package
 from device_agent.ops.dropout import draw_seed, hash_uniform
 from device_agent.protocol import TrainJob
-from device_agent.train import run
+from device_agent.training.train import run
 from thomas_cli.zoo import build
 from train_helpers import make_root
 
@@ -60,7 +60,7 @@ def torch_train(graph, data_dir, job: TrainJob, epochs=None, twin_cls=TorchTwin,
     """Train `graph` (head already replaced / re-initialised) as `job` says, in torch. Returns
     (losses per step, twin, val accuracy). precompute_prefix: run the frozen layers once (the same
     split as ours, stages.split_graph), then train the rest; else the whole graph every step."""
-    from device_agent.data import open_dataset
+    from device_agent.training.data import open_dataset
     ds = open_dataset(data_dir)
     groups = graph.param_groups()
     sel = groups if job.layers == "all" else groups[-1:] if job.layers == "last" else groups[-job.layers:]
@@ -71,7 +71,7 @@ def torch_train(graph, data_dir, job: TrainJob, epochs=None, twin_cls=TorchTwin,
     train_x = lambda rows: {"input": _normalize(graph, images[rows], np_dt)}  # noqa: E731
     val_x = lambda: {"input": _normalize(graph, vimg, np_dt)}  # noqa: E731
     if precompute_prefix and job.layers != "all":    # torch's own feature cache: the frozen part once
-        from device_agent.stages import split_graph
+        from device_agent.training.stages import split_graph
         sp = split_graph(graph, trainable)
         with torch.no_grad():
             pre = TorchTwin(sp.prefix, dtype=dtype, trainable=set())

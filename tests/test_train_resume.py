@@ -1,4 +1,4 @@
-"""Exact resume: `python -m device_agent.train` killed with SIGKILL at a random step, then resumed,
+"""Exact resume: `python -m device_agent.training.train` killed with SIGKILL at a random step, then resumed,
 ends with final weights bit-identical to an uninterrupted run; a checkpoint cut off mid-write is
 skipped (the previous one is used) and the result is still bit-identical. On numpy, and on OpenCL
 when a device is present (bit-identical holds per backend)."""
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from device_agent import checkpoint
+from device_agent.training import checkpoint
 from train_helpers import REPO, events, final_weights, make_root, run_entry
 
 RECIPES = {
@@ -30,7 +30,7 @@ COMMON = dict(epochs=3, batch=32, checkpoint_every=5, keep_checkpoints=3, seed=1
 def _kill_at(job: dict, path, step: int) -> list[dict]:
     path.write_text(json.dumps(job))
     env = dict(os.environ, THOMAS_THREADS="1")
-    p = subprocess.Popen([sys.executable, "-m", "device_agent.train", str(path)], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-m", "device_agent.training.train", str(path)], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
     seen = []
     for line in p.stdout:

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from device_agent import checkpoint
-from device_agent.data import VERIFIED_JSON, write_dataset
+from device_agent.training import checkpoint
+from device_agent.training.data import VERIFIED_JSON, write_dataset
 from device_agent.errors import JobError, ThomasError, TrainError
 from device_agent.model.graph import load_package, save_package
 from device_agent.protocol import TrainJob
-from device_agent.train import main, run
+from device_agent.training.train import main, run
 from train_helpers import digits, final_weights, make_root, tiny_cnn
 
 FAST = {"epochs": 2, "batch": 64, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "dtype": "float32",
@@ -202,7 +202,7 @@ BAD_INPUT = {
 
 
 def _train_count(root):
-    from device_agent.data import open_dataset
+    from device_agent.training.data import open_dataset
     return len(open_dataset(root / "data" / "digits").train)
 
 

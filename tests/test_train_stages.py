@@ -8,8 +8,8 @@ import pytest
 from device_agent.backends.numpy import NumpyEngine, NumpyRef
 from device_agent.model.builder import reinit
 from device_agent.errors import JobError
-from device_agent.optim import make_optimizer
-from device_agent.stages import split_graph, trainable_params
+from device_agent.training.optim import make_optimizer
+from device_agent.training.stages import split_graph, trainable_params
 from thomas_cli.zoo import build
 from clcheck import needs_cl
 from train_helpers import tiny_cnn

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from device_agent.model.builder import IMAGENET_PREPROCESS, GraphBuilder
-from device_agent.data import write_dataset
+from device_agent.training.data import write_dataset
 from device_agent.model.graph import Graph, save_package
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,10 +60,10 @@ def make_root(tmp: Path, *, size: int = 8, classes=range(10), model: Graph | Non
 
 
 def run_entry(job: dict, path: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """python -m device_agent.train JOB.json in a subprocess."""
+    """python -m device_agent.training.train JOB.json in a subprocess."""
     path.write_text(json.dumps(job))
     env = dict(os.environ, THOMAS_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "device_agent.train", str(path)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "device_agent.training.train", str(path)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=REPO)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_agent.dataset_write import DATASET_JSON, check_labels, random_split, write_splits
+from device_agent.training.dataset_write import DATASET_JSON, check_labels, random_split, write_splits
 from device_agent.errors import DataError, DiskError, ThomasError
 from device_agent.fsutil import disk_error
 from device_agent.model.graph import Graph, load_package, save_package

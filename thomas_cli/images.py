@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from device_agent.dataset_write import check_labels, check_subset
+from device_agent.training.dataset_write import check_labels, check_subset
 from device_agent.errors import DataError
 from device_agent.limits import memory_budget, npy_header
 

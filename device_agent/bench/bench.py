@@ -70,7 +70,7 @@ def _inputs(g, batch: int, seed: int = 0):
 
 
 def _trainable(g, stage: str):
-    from ..stages import trainable_params
+    from ..training.stages import trainable_params
 
     return set() if stage == "infer" else trainable_params(g, stage)
 

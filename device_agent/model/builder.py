@@ -31,8 +31,8 @@ import math
 
 import numpy as np
 
-from .graph import Graph, Node, PackageError, ParamSpec, TensorSpec
 from ..ops import OpError, get_op, normalize_attrs
+from .graph import Graph, Node, PackageError, ParamSpec, TensorSpec
 
 IMAGENET_PREPROCESS = {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 

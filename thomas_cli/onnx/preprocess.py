@@ -6,7 +6,7 @@
 x = (pixel * scale - mean) / std per channel, pixel in 0..255. Presets: imagenet (x/255, ImageNet
 mean/std; 3 channels), unit (x/255), signed ((x/255 - 0.5) / 0.5). One mean/std value means every
 channel. `--scale` is a float or a fraction such as 1/255 (the default when mean/std are given).
-The host (thomas_cli.infer_input._preprocess) and the device (device_agent.data.normalize) apply it.
+The host (thomas_cli.infer_input._preprocess) and the device (device_agent.training.data.normalize) apply it.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from ...errors import BackendError
 from ...model.graph import Graph
 from ...model.heads import loss_graph
 from ...ops.dropout import RNG_DROPOUT
-from ...optim import Optimizer, clip_grad_norm
+from ...training.optim import Optimizer, clip_grad_norm
 from .ref import NumpyRef
 
 

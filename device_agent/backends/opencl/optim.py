@@ -1,5 +1,5 @@
 """Optimizer updates and gradient clipping as kernels (kernels/optim.cl), recorded into a Plan's
-launch list like any op launch. torch.optim semantics, as device_agent/optim.py writes them out.
+launch list like any op launch. torch.optim semantics, as device_agent/training/optim.py writes them out.
 
     partial = alloc(clip_partials([g.size for g in grads]) floats); scale = alloc(2 floats)
     clip_grad_norm(b, grads, partial, scale, max_norm=1.0)      # scale[0] = factor, scale[1] = norm

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import JobError
-from .fsutil import npy_map
-from .model.graph import Graph, Node, ParamSpec, TensorSpec
-from .model.heads import loss_graph
+from ..errors import JobError
+from ..fsutil import npy_map
+from ..model.graph import Graph, Node, ParamSpec, TensorSpec
+from ..model.heads import loss_graph
 
 CACHE_FORMAT = 1
 

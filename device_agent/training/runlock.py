@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import RunLockedError
+from ..errors import RunLockedError
 
 try:
     import fcntl

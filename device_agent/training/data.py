@@ -6,7 +6,7 @@
     for x, y, rows in ds.train.batches(32, epoch=0, seed=0, preprocess=spec, augment=True): ...
     ds.val, ds.test                                    # the other splits (.test is None when absent)
 
-The format (dataset.json, classes.json, *.npy shards) is documented in device_agent/dataset_write.py.
+The format (dataset.json, classes.json, *.npy shards) is documented in device_agent/training/dataset_write.py.
 Shards are read with np.load(mmap_mode="r", allow_pickle=False): a dataset larger than memory
 trains, only the rows of a batch are read. Grayscale datasets (C=1) stay (N,H,W,1) on disk; after
 check_input with a 3-channel model, rows() replicate the channel (what Pillow's convert("RGB") does).
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+from ..fsutil import atomic_write, sha256_file
+from ..limits import check_npy, read_json
 from .dataset_write import (CHANNELS, CLASSES_JSON, DATASET_JSON, FORMAT_VERSION, SPLITS,  # noqa: F401
                             write_dataset, write_splits)
-from .errors import DataError
-from .fsutil import atomic_write, sha256_file
-from .limits import check_npy, read_json
 
 RNG_SHUFFLE, RNG_AUGMENT = 1, 2      # the KIND of default_rng([seed, KIND, ...])
 

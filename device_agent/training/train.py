@@ -1,7 +1,7 @@
 """The training loop: one TrainJob from model package + dataset to a trained package.
 
     done = run(TrainJob.from_dict(doc), emit=print_event)    # raises ThomasError after an `error` event
-    python -m device_agent.train JOB.json                    # JSONL events on stdout, logs on stderr
+    python -m device_agent.training.train JOB.json           # JSONL events on stdout, logs on stderr
 
 Run directory (job.out): job.json, events.jsonl, metrics.jsonl (one line per epoch), confusion.json
 (val split, rows = true class), ckpt/ (checkpoint.py), final/ (a model package).
@@ -23,20 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..confine import read_train_job
+from ..engine import engine_classes, resolve_backend
+from ..errors import JobError, ThomasError, TrainError
+from ..fsutil import disk_error
+from ..limits import MAX_JOB_BYTES, read_json
+from ..model.builder import reinit, replace_head
+from ..model.graph import Graph, load_package, save_package
+from ..model.heads import loss_graph, num_classes
+from ..protocol import (CacheEvent, CheckpointEvent, DoneEvent, EpochEvent, ErrorEvent, EvalEvent, Event, PlanEvent,
+                        ProgressEvent, StepEvent, TrainJob)
 from . import checkpoint
-from .model.builder import reinit, replace_head
-from .confine import read_train_job
 from .data import RNG_AUGMENT, Dataset, augment_batch, normalize, open_dataset
-from .engine import engine_classes, resolve_backend
-from .errors import JobError, ThomasError, TrainError
-from .fsutil import disk_error
-from .model.graph import Graph, load_package, save_package
-from .model.heads import loss_graph, num_classes
-from .limits import MAX_JOB_BYTES, read_json
 from .monitor import BestEpoch, DivergenceGuard
 from .optim import lr_at, make_optimizer
-from .protocol import (CacheEvent, CheckpointEvent, DoneEvent, EpochEvent, ErrorEvent, EvalEvent, Event, PlanEvent,
-                       ProgressEvent, StepEvent, TrainJob)
 from .runlock import LOCK_NAME, RunLock
 from .stages import FeatureCache, split_graph, trainable_params
 from .telemetry import Telemetry
@@ -498,7 +498,7 @@ def _diverged(r: _Run, s: _State, why: str, epoch: int, batch: int, lr: float) -
 
 # ============================================================================ entry point
 def main(argv=None, root=None) -> int:
-    """python -m device_agent.train JOB.json: one JSON event per line on stdout; exit 1 on error.
+    """python -m device_agent.training.train JOB.json: one JSON event per line on stdout; exit 1 on error.
     root: the device root its path fields must stay in (`python -m device_agent run` passes its cwd)."""
     argv = sys.argv[1:] if argv is None else argv
 
@@ -512,7 +512,7 @@ def main(argv=None, root=None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         if len(argv) != 1:
-            raise JobError("usage: python -m device_agent.train JOB.json")
+            raise JobError("usage: python -m device_agent.training.train JOB.json")
         run(read_train_job(argv[0], root), emit)    # root: paths confined to it (the agent's `run`)
         return 0
     except ThomasError as e:

@@ -16,7 +16,7 @@ from collections import deque
 
 import numpy as np
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 WINDOW = 50          # steps: the median the divergence test compares with, checked once this many ran
 SELECT = ("val_acc", "val_loss")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
-from .fsutil import atomic_write, fsync_dir
-from .limits import load_npz, parse_json
+from ..errors import CheckpointError
+from ..fsutil import atomic_write, fsync_dir
+from ..limits import load_npz, parse_json
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{8,})\.npz$")

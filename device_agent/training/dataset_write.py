@@ -1,4 +1,4 @@
-"""The on-device dataset format and its writer (the host runs it; device_agent.data reads it back).
+"""The on-device dataset format and its writer (the host runs it; device_agent.training.data reads it back).
 
     write_dataset("data/digits", images_u8, labels, classes, val_fraction=0.2, seed=0)   # random split
     write_splits("data/cars", {"train": (x_tr, y_tr), "val": (x_va, y_va), "test": (x_te, y_te)},
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .fsutil import fsync_dir, sha256_file
+from ..errors import DataError
+from ..fsutil import fsync_dir, sha256_file
 
 FORMAT_VERSION = 2
 DATASET_JSON = "dataset.json"

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .errors import BackendError
+from ..errors import BackendError
 
 
 # ============================================================================ per-tensor updates

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from .protocol import TelemetryEvent
+from ..protocol import TelemetryEvent
 
 MIN_GAP = 0.2      # s between power samples
 
