@@ -1,5 +1,6 @@
-"""The numpy backend: NumpyRef (the correctness oracle and the serial single-core CPU baseline) and
-the training loop's engines on it. Always available (numpy only).
+"""The numpy backend: ref.py's NumpyRef (the correctness oracle and the serial single-core CPU
+baseline) and engine.py's NumpyEngine / NumpyInfer, the training loop's engines on it. Always
+available (numpy only).
 
 A backend is one folder under device_agent/backends/ offering `available()` and
 `engine_classes()` -> (TrainEngine class, InferEngine class); device_agent/engine.py picks one.

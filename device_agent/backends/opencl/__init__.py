@@ -8,7 +8,9 @@
   passes.py    graph rewrites before allocation (BN folding, fused activations)
   arena.py     activation lifetimes and liveness pooling; record.py launch recording
   plan.py      Plan: one graph + stage + batch size as a fixed launch list
-  engine.py    OpenCLEngine / OpenCLInfer: device_agent/engine.py's interface on Plans
+  store.py     Store: one engine's weights, BN statistics, gradients and optimizer state on the
+               device, shared by all its Plans (and their shared arena)
+  engine.py    OpenCLEngine / OpenCLInfer: device_agent/engine.py's interface on Plans over a Store
 
 pyopencl is optional on a phone: `available()` says whether this backend can run here; importing
 this package never imports pyopencl (the names below load on first use).
