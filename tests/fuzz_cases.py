@@ -369,11 +369,12 @@ def _folder_cases(work: Path, rng) -> list[Case]:
 
 
 # ============================================================================ job fields and job files
-def job_cases(work: Path, model: str, data: str) -> list[Case]:
+def job_cases(work: Path, model: str, data: str, escape: str = "/tmp/thomas-fuzz-escape") -> list[Case]:
+    """`escape`: an absolute path outside the device root that no case may create (`escape`-out too)."""
     base = ["finetune", model, "--data", data, "--epochs", "1", "--batch", "4", "--backend", "cpu"]
     cases = []
-    sets = ["cache_dir=\"/tmp/thomas-fuzz-escape\"", "cache_dir=\"../../../../tmp/thomas-fuzz-escape\"",
-            "out=\"/tmp/thomas-fuzz-out\"", "out=\"../../x\"", "data=\"../../../etc\"", "data=\"/etc\"",
+    sets = [f"cache_dir={json.dumps(escape)}", f"cache_dir={json.dumps('../../../..' + escape)}",
+            f"out={json.dumps(escape + '-out')}", "out=\"../../x\"", "data=\"../../../etc\"", "data=\"/etc\"",
             "model=\"/etc\"", "model=\"../../../x\"", "lr=\"abc\"", "lr=null", "lr=1e400", "epochs=0",
             "epochs=-3", "epochs=\"x\"", "epochs=1e30", "batch=0", "batch=1000000000000", "layers=999",
             "layers=\"foo\"", "layers=-1", "optimizer=\"foo\"", "backend=\"foo\"", "seed=\"x\"",
@@ -388,7 +389,7 @@ def job_cases(work: Path, model: str, data: str) -> list[Case]:
     (work / "list.json").write_text("[1, 2]")
     (work / "types.json").write_text(json.dumps({"epochs": "three", "lr": [1]}))
     (work / "unknown.json").write_text(json.dumps({"frobnicate": True}))
-    (work / "escape.json").write_text(json.dumps({"cache_dir": "/tmp/thomas-fuzz-escape"}))
+    (work / "escape.json").write_text(json.dumps({"cache_dir": escape}))
     (work / "binary.json").write_bytes(bytes(range(256)))
     for f in ("deep", "deep-list", "notjson", "list", "types", "unknown", "escape", "binary", "missing"):
         cases.append(Case(f"job:file[{f}]", [*base, "--job", work / f"{f}.json"]))

@@ -108,11 +108,18 @@ def test_fuzz_push_data(fuzz_env, tmp_path):
 
 
 def test_fuzz_jobs(fuzz_env, tmp_path):
-    cases = fc.job_cases(tmp_path, "tiny", "d")
+    import uuid
+
+    escape = f"/tmp/thomas-fuzz-escape-{uuid.uuid4().hex[:12]}"     # fresh: no other run made it
+    cases = fc.job_cases(tmp_path, "tiny", "d", escape)
     assert len(cases) >= 45
-    _judge("job", cases, fuzz_env, [fuzz_env["root"]])
-    for escaped in ("/tmp/thomas-fuzz-escape", "/tmp/thomas-fuzz-out"):
-        assert not Path(escaped).exists(), f"a job field wrote outside the device root: {escaped}"
+    try:
+        _judge("job", cases, fuzz_env, [fuzz_env["root"]])
+        for escaped in (escape, escape + "-out"):
+            assert not Path(escaped).exists(), f"a job field wrote outside the device root: {escaped}"
+    finally:
+        for escaped in (escape, escape + "-out"):
+            shutil.rmtree(escaped, ignore_errors=True)
 
 
 def _shard_corruptions(d: Path, rng) -> list:
