@@ -26,33 +26,47 @@ ELT_WG = 64
 ACTS = {None: 0, 0: 0, "relu": 1, "relu6": 2}
 
 
+class FlexLocal(tuple):
+    """A local size the launch may shrink (or round to the wave) to fit the kernel's limits on the
+    device (LaunchBuilder.launch -> limits.fit_local): for kernels that bound-check every work-item,
+    whatever the group. Slicing and `+` keep it flexible."""
+
+    flexible = True
+
+    def __getitem__(self, i):
+        v = tuple.__getitem__(self, i)
+        return FlexLocal(v) if isinstance(i, slice) else v
+
+    def __add__(self, other):
+        return FlexLocal(tuple(self) + tuple(other))
+
+
 def elt(b) -> tuple:
-    """lsize for elementwise launches: tuning "pointwise" -> "wg", default ELT_WG."""
-    return (int(b.tuning("pointwise").get("wg", ELT_WG)),)
+    """lsize for elementwise launches: tuning "pointwise" -> "wg", default ELT_WG; fitted to each
+    kernel's limits at launch (FlexLocal)."""
+    return FlexLocal((int(b.tuning("pointwise").get("wg", ELT_WG)),))
 
 
 def row_local_size(b) -> tuple:
     """A fixed local size for element-indexed helper kernels (reductions, im2col, ...): a 64-wide row
     on GPUs; 8 on CPUs, where PoCL builds one work-group function per local size and its own pick
-    varies with the global size (every new shape would cost a compile)."""
-    return (8, 1, 1) if b.kind == "cpu" else (64, 1, 1)
+    varies with the global size (every new shape would cost a compile). Fitted at launch (FlexLocal)."""
+    return FlexLocal((8, 1, 1) if b.kind == "cpu" else (64, 1, 1))
 
 
 def pow2_floor(n: int) -> int:
     return 1 << (max(int(n), 1).bit_length() - 1)
 
 
-def reduce_wg(b, file: str, kernel: str, length: int, defines: dict | None = None) -> int:
+def reduce_wg(b, file: str, kernel: str, length: int, defines: dict | None = None, arrays: int = 1) -> int:
     """Work-group size (a power of two) for a kernel that tree-reduces `length` values per group:
     tuning "reduce" -> "wg" (default REDUCE_WG), or SMALL_WG for short reductions, capped by the
-    kernel's own limit on this device."""
-    import pyopencl as cl
+    kernel's own limits on this device (work-group size, max work-item size, and local memory for
+    `arrays` __local 4-byte arrays of one entry per work-item): b.pick_wg."""
     want = int(b.tuning("reduce").get("wg", REDUCE_WG))
     if length <= SMALL_WG:
         want = min(want, SMALL_WG)
-    k = b.rt.kernel(file, kernel, defines)
-    limit = k.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, b.rt.device)
-    return pow2_floor(min(want, limit))
+    return b.pick_wg(file, kernel, want, pow2=True, local_per_item=4 * arrays, defines=defines)
 
 
 def local_floats(n: int):

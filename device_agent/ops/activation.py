@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .registry import register
-from ._cl import alias_backward, alias_forward, elt, local_floats, reduce_wg
+from ._cl import FlexLocal, alias_backward, alias_forward, elt, local_floats, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError
 
 
@@ -309,7 +309,7 @@ def _prelu_launch(b, kernel, x, slope, *bufs):
     """One work-item per element over the range (inner, C, N); groups along inner only."""
     n, c, inner = _prelu_dims(x.shape)
     wg = min(elt(b)[0], 1 << max(inner - 1, 0).bit_length())
-    b.launch("activation.cl", kernel, (inner, c, n), (wg, 1, 1), x, slope, *bufs, c, inner, slope.size == 1)
+    b.launch("activation.cl", kernel, (inner, c, n), FlexLocal((wg, 1, 1)), x, slope, *bufs, c, inner, slope.size == 1)
 
 
 def cl_prelu_forward(b, io):

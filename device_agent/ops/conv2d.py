@@ -336,8 +336,20 @@ def _dw_defines(b, attrs: dict) -> dict:
     """conv2d.cl's build: LWG work-items per reduction (1 on CPUs: one work-item walks it, no barriers),
     and the node's kernel size, stride and dilation as constants (one build per such geometry)."""
     (r, s), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-    return {"LWG": int(b.tuning("conv2d").get("LWG", 1 if b.kind == "cpu" else 64)),
-            "GEO_R": r, "GEO_S": s, "GEO_SH": sh, "GEO_SW": sw, "GEO_DH": dh, "GEO_DW": dw}
+    d = {"LWG": int(b.tuning("conv2d").get("LWG", 1 if b.kind == "cpu" else 64)),
+         "GEO_R": r, "GEO_S": s, "GEO_SH": sh, "GEO_SW": sw, "GEO_DH": dh, "GEO_DW": dw}
+    return _fit_lwg(b, d)
+
+
+def _fit_lwg(b, d: dict) -> dict:
+    """Halve LWG until both reductions built with it fit this device's limits: the kernels' own
+    work-group limits and the local memory of their __local arrays (DW_TAPS * LWG floats)."""
+    while d["LWG"] > 1:
+        kls = [b.rt.kernel_limits("conv2d.cl", kern, d) for kern in ("dw_bwd_filter_part", "bias_grad")]
+        if all(d["LWG"] <= min(kl.wg, kl.item_sizes[0]) and kl.static_local <= kl.local_mem for kl in kls):
+            break
+        d = dict(d, LWG=d["LWG"] // 2)
+    return d
 
 
 def _regions(io) -> tuple[int, dict]:

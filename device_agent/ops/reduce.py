@@ -145,7 +145,7 @@ def _cl_forward(b, io, mode):
     kd, rd = _groups(x.shape, _axes(io.attrs, x.shape))
     arg = io.state["argmax"] if mode == _MAX else y
     if kd[1:] == rd[1:] == (1, 1) and rd[0] >= ROWS_MIN:
-        wg = reduce_wg(b, "reduce.cl", "reduce_rows", rd[0])
+        wg = reduce_wg(b, "reduce.cl", "reduce_rows", rd[0], arrays=2)
         b.launch("reduce.cl", "reduce_rows", (kd[0] * wg,), (wg,), x, y, arg, kd[0], rd[0], mode,
                  local_floats(wg), local_floats(wg))
     else:

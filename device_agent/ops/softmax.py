@@ -179,7 +179,7 @@ def _sce_launch(b, logits, labels, rows, dx, loss, correct, eps):
     """rows (N,4) scratch; dx None: loss only; correct None: no accuracy count"""
     n, k = logits.shape
     defs = _label_defines(labels)
-    wg = reduce_wg(b, "softmax.cl", "sce_rows", k, defs)
+    wg = reduce_wg(b, "softmax.cl", "sce_rows", k, defs, arrays=2)
     b.launch("softmax.cl", "sce_rows", (n * wg,), (wg,), logits, labels, rows, dx or rows, n, k,
              *_sce_consts(eps, k), np.float32(1) / np.float32(n), dx is not None, local_floats(wg),
              local_floats(wg), defines=defs)

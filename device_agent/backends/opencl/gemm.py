@@ -21,13 +21,21 @@ way. Without (enough) work the launcher falls back to one launch per batch entry
 """
 from __future__ import annotations
 
-from ...ops._cl import ACTS, row_local_size
+from ...ops._cl import ACTS, FlexLocal, row_local_size
+from .limits import LaunchLimitError, warn_skipped
 
 GPU_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
 CPU_KEYS = ("TM", "TN", "VW", "DM", "DN")
 # the kernel file's own defaults, used when the tuning data has nothing for a forced family
 GPU_DEFAULT = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0}
 CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "LX": 4, "LY": 4}
+# smaller GPU tiles, tried in order when the tuned one does not fit the device (limits.py): each keeps
+# MWG/MDIMC and NWG/NDIMC multiples of 4 (the float4 path) and halves work-items or local memory
+GPU_FALLBACK = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0},
+                {"MWG": 32, "NWG": 32, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0},
+                {"MWG": 32, "NWG": 32, "KWG": 8, "MDIMC": 4, "NDIMC": 4, "LPAD": 0},
+                {"MWG": 16, "NWG": 16, "KWG": 8, "MDIMC": 4, "NDIMC": 4, "LPAD": 0},
+                {"MWG": 16, "NWG": 16, "KWG": 4, "MDIMC": 4, "NDIMC": 4, "LPAD": 0})
 MAX_SPLIT = 64           # K parts per product at most
 MIN_KCHUNK_SLICES = 4    # each part gets at least 4 K-slices (KWG each)
 WORK_CAP = 1 << 22       # floats of partial products an op reserves at most (16 MiB)
@@ -75,6 +83,42 @@ def _gpu_tiles(p: dict, M: int, N: int, batch: int, min_groups: int) -> dict:
     if small and _groups(tiles, M, N, batch) < min_groups:
         tiles = {k: int(small.get(k, tiles[k])) for k in GPU_KEYS}
     return tiles
+
+
+def tile_misfit(b, form: str, t: dict) -> str:
+    """Why GPU tile `t` cannot launch gemm_gpu_<form> on this device ("" when it can): its
+    MDIMC x NDIMC work-items against the kernel's limits and max work-item sizes, its local tiles
+    (4 * KWG * (MWG + NWG + 2 LPAD) bytes, or what the driver reports) against the local memory.
+    Device-level limits are checked before the kernel is built."""
+    lim = b.rt.limits
+    wg, need = t["MDIMC"] * t["NDIMC"], 4 * t["KWG"] * (t["MWG"] + t["NWG"] + 2 * t["LPAD"])
+    if wg > lim.wg_cap():
+        return f"{t['NDIMC']}x{t['MDIMC']} work-items > the device's {lim.wg_cap()}"
+    if t["NDIMC"] > lim.item_sizes[0] or t["MDIMC"] > lim.item_sizes[1]:
+        return f"{t['NDIMC']}x{t['MDIMC']} work-items > max work-item sizes {lim.item_sizes[:2]}"
+    if need > lim.local_mem:
+        return f"{need} bytes of local tiles > the device's {lim.local_mem}"
+    kl = b.rt.kernel_limits("gemm.cl", f"gemm_gpu_{form}", _defines(b, "gpu", t))
+    if wg > kl.wg:
+        return f"{t['NDIMC']}x{t['MDIMC']} work-items > the kernel's limit of {kl.wg}"
+    if kl.static_local > kl.local_mem:
+        return f"{kl.static_local} bytes of local tiles > the device's {kl.local_mem}"
+    return ""
+
+
+def fit_tiles(b, form: str, t: dict) -> dict:
+    """`t`, or the first GPU_FALLBACK tile that fits this device, with a warning naming the skipped
+    tile and why (tuning data written for a bigger GPU is not an error on a smaller one)."""
+    why = tile_misfit(b, form, t)
+    if not why:
+        return t
+    name = "gemm " + "x".join(str(t[k]) for k in GPU_KEYS[:3]) + f" on {t['NDIMC']}x{t['MDIMC']}"
+    for cand in GPU_FALLBACK:
+        if all(cand[k] <= t[k] for k in ("MWG", "NWG")) or cand is GPU_FALLBACK[-1]:
+            if not tile_misfit(b, form, cand):
+                warn_skipped(name, why)
+                return dict(cand)
+    raise LaunchLimitError(f"{name}: {why}, and no smaller GEMM tile fits this device")
 
 
 def _groups(t: dict, M: int, N: int, batch: int) -> int:
@@ -162,7 +206,7 @@ def _gemm(b, ta, tb, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha
             return [_launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta,
                                 batch, stride_a, stride_b, stride_c, bias_buf, bias_off, mode)]
         min_groups = int(p.get("min_groups", 2 * _units(b)))
-        t = _gpu_tiles(p, M, N, batch, min_groups)
+        t = fit_tiles(b, form, _gpu_tiles(p, M, N, batch, min_groups))
         room = work_floats if work is not None else 0
         s = _split(t, M, N, K, batch, min_groups, room, need=reduce_batch)
         if reduce_batch and s == 0:
@@ -202,7 +246,7 @@ def _launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc
         gsize = (-(-N // defines["DN"]), -(-M // defines["DM"]), batch)
     else:
         gsize = (-(-N // defines["TN"]), -(-M // defines["TM"]), batch)
-    lsize = (int(p["LX"]), int(p["LY"]), 1) if p.get("LX") and p.get("LY") else None
+    lsize = FlexLocal((int(p["LX"]), int(p["LY"]), 1)) if p.get("LX") and p.get("LY") else None
     return b.launch("gemm.cl", f"gemm_cpu_{form}", gsize, lsize, M, N, K, A, a_off, lda, B, b_off, ldb,
                     C, c_off, ldc, float(alpha), float(beta), stride_a, stride_b, stride_c, bias, bias_off,
                     bias_mode, defines=defines, flops=2 * M * N * K * batch)
@@ -226,7 +270,7 @@ def _defines(b, fam: str, p: dict) -> dict:
     if fam == "gpu":
         d = {k: int(p[k]) for k in GPU_KEYS}
         d["FAMILY"] = 1
-        if b.kind == "cpu":
+        if b.rt.info["kind"] == "cpu":   # the real device (a profile makes b.kind "gpu" on PoCL)
             d["KUNROLL"] = 0  # a GPU-shaped build on a CPU device is a correctness check: build it fast
         return d
     d = {k: int(p[k]) for k in CPU_KEYS}

@@ -27,6 +27,7 @@ import pyopencl as cl
 from ...resources import configs_dir
 from . import gemm as _gemm
 from .device import describe, kind_of, select_device
+from .limits import Limits, check_launch, fit_local, kernel_limits, pick_wg, profile_named
 from .loader import forget_programs, load_program
 
 
@@ -38,11 +39,12 @@ class Tuning:
     """Kernel parameters per op family: configs/tuning/*.json, vendor -> device -> op -> params,
     falling back to vendor 'default', then the 'default' section for the device kind (gpu/cpu)."""
 
-    def __init__(self, device: cl.Device, extra: dict | None = None):
-        self.vendor = device.vendor.strip()
-        self.device = device.name.strip()
-        self.kind = kind_of(device)
-        self.key = device_key(device)
+    def __init__(self, device: cl.Device, extra: dict | None = None, profile: dict | None = None):
+        # a profile (limits.py) stands for a phone GPU: its vendor/device strings pick the tuning
+        self.vendor = profile["vendor"] if profile else device.vendor.strip()
+        self.device = profile["device"] if profile else device.name.strip()
+        self.kind = profile.get("kind", "gpu") if profile else kind_of(device)
+        self.key = device_key(device) + (f"|{profile['name']}" if profile else "")
         self.db: dict = {}
         root = configs_dir() / "tuning"
         for path in sorted(root.glob("*.json")):
@@ -125,12 +127,16 @@ class Runtime:
     allows. Plans and Stores register with `own` (weakly) and release themselves in the same
     order when they are collected earlier."""
 
-    def __init__(self, device: cl.Device | str | None = None):
+    def __init__(self, device: cl.Device | str | None = None, profile: str | dict | None = None):
         self.device = device if isinstance(device, cl.Device) else select_device(device)
+        profile = profile if profile is not None else os.environ.get("THOMAS_CL_PROFILE") or None
+        self.profile = profile_named(profile) if isinstance(profile, str) else profile
+        self.limits = Limits.of(self.device, self.profile)
         self.ctx = cl.Context([self.device])
         self.queue = cl.CommandQueue(self.ctx)
-        self.kind = kind_of(self.device)
-        self.tuning = Tuning(self.device)
+        self.kind = self.profile.get("kind", "gpu") if self.profile else kind_of(self.device)
+        self.tuning = Tuning(self.device, profile=self.profile)
+        self._klimits: dict = {}
         self.align = max(256, self.device.mem_base_addr_align // 8)
         self.info = describe(self.device)
         self.moved = {"to_device": 0, "to_host": 0}
@@ -184,6 +190,14 @@ class Runtime:
 
     def kernel(self, name: str, kernel: str, defines: dict | None = None) -> cl.Kernel:
         return cl.Kernel(self.program(name, defines), kernel)
+
+    def kernel_limits(self, name: str, kernel: str, defines: dict | None = None):
+        """limits.KernelLimits of one kernel build on this device (capped by the active profile);
+        queried on a fresh kernel object, so the static local memory excludes __local arguments."""
+        key = (name, kernel, tuple(sorted((defines or {}).items())))
+        if key not in self._klimits:
+            self._klimits[key] = kernel_limits(self.kernel(name, kernel, defines), self.device, self.limits, kernel)
+        return self._klimits[key]
 
     def alloc(self, nbytes: int) -> cl.Buffer:
         return cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(int(nbytes), 4))
@@ -292,17 +306,28 @@ class LaunchBuilder:
 
     def launch(self, file: str, kernel: str, gsize, lsize, *args, defines: dict | None = None,
                dyn: dict[int, str] | None = None, flops: int = 0) -> Launch:
-        """Bind args once; gsize is rounded up to a multiple of lsize (kernels bound-check)."""
+        """Bind args once; gsize is rounded up to a multiple of lsize (kernels bound-check).
+        A FlexLocal lsize (ops/_cl.py: elt, row_local_size) shrinks to fit the kernel's limits; any
+        other lsize must fit them (limits.check_launch: a LaunchLimitError names kernel and limit)."""
         k = self.rt.kernel(file, kernel, defines)
         for i, a in enumerate(args):
             k.set_arg(i, _arg(a))
         gsize = tuple(int(g) for g in gsize)
+        kl = self.rt.kernel_limits(file, kernel, defines)
+        if lsize is not None and getattr(lsize, "flexible", False):
+            lsize = fit_local(lsize, kl)
+        check_launch(kl, f"{file}:{kernel}", lsize, args)
         if lsize is not None:
             lsize = tuple(int(v) for v in lsize)
             gsize = tuple(round_up(g, v) for g, v in zip(gsize, lsize))
         rec = Launch(k, gsize, lsize, self.label or kernel, dict(dyn or {}), flops, tuple(args))
         self.launches.append(rec)
         return rec
+
+    def pick_wg(self, file: str, kernel: str, want: int, *, pow2: bool = False, local_per_item: int = 0,
+                defines: dict | None = None) -> int:
+        """A 1-D work-group size for `kernel` that this device (and active profile) allows: limits.pick_wg."""
+        return pick_wg(want, self.rt.kernel_limits(file, kernel, defines), pow2=pow2, local_per_item=local_per_item)
 
     # the GEMM launcher (gemm.py), offered to op launchers so that no op imports a backend
     def gemm(self, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int, B, b_off: int,
