@@ -120,6 +120,17 @@ def pick_shapes(results: list[tuple[float, int, dict, dict]], best: int, margin:
 _KEEP = []   # NOTE: plans stay alive to the process's end (tearing one down mid-run crashed NVIDIA's driver in GC)
 
 
+def _misfit(rt, fam: str, params: dict) -> str:
+    """Why a GPU tile variant cannot launch on this device ("" if it can): gemm.tile_misfit."""
+    if fam != "gpu":
+        return ""
+    from ..backends.opencl.gemm import GPU_DEFAULT, GPU_KEYS, tile_misfit
+    from ..backends.opencl.runtime import LaunchBuilder
+
+    t = {k: int(params.get(k, GPU_DEFAULT[k])) for k in GPU_KEYS}
+    return next((w for w in (tile_misfit(LaunchBuilder(rt), form, t) for form in ("nn", "nt", "tn")) if w), "")
+
+
 def main(args: list[str], emit) -> int:
     from ..model.graph import load_package
 
@@ -136,6 +147,10 @@ def main(args: list[str], emit) -> int:
     for i, v in enumerate(VARIANTS["gpu" if fam == "gpu" else "cpu"]):
         params = {k: x for k, x in dict(base, **v).items() if k != "shapes"}
         shown = {k: params[k] for k in sorted(params) if not isinstance(params[k], dict)}
+        why = _misfit(rt, fam, params)
+        if why:   # timing it would time the smaller tile gemm.fit_tiles falls back to
+            emit(TuneVariantEvent(i, shown, None, 0, f"does not fit this device's limits: {why}; variant skipped"))
+            continue
         try:
             ms, n, per, loss = _time_gemms(rt, g, job["batch"], job["steps"], params)
         except (ThomasError, RuntimeError) as e:   # cl.Error is a RuntimeError: a tile this device cannot build
