@@ -67,4 +67,5 @@ def describe(dev: cl.Device) -> dict:
             "driver": dev.driver_version, "version": dev.version, "kind": kind_of(dev),
             "compute_units": dev.max_compute_units, "global_mem": dev.global_mem_size,
             "local_mem": dev.local_mem_size, "max_alloc": dev.max_mem_alloc_size,
+            "max_work_group": dev.max_work_group_size, "max_work_items": list(dev.max_work_item_sizes),
             "fp16": "cl_khr_fp16" in exts, "fp64": "cl_khr_fp64" in exts}
