@@ -2,6 +2,8 @@
 
   device.py    device selection (THOMAS_CL_DEVICE)
   loader.py    kernels/*.cl built with -D tunables, binaries cached per device + driver
+  limits.py    the device's and each kernel's launch limits (capped by a phone profile), the
+               work-group chooser every launch uses, LaunchLimitError
   runtime.py   Runtime (context, queue, tuning data), TensorRef, NodeIO, the LaunchBuilder op
                launchers record with (b.launch, b.gemm, b.colsum), replay
   gemm.py      the GEMM launcher; optim.py the optimizer / clipping launchers and OptimConfig
