@@ -1,10 +1,16 @@
 """Dropout (inverted): active only when ctx.training.
 
-    x (*) -> y (*) = x * mask / (1 - ratio),  mask[i] = hash_uniform(seed, i) >= ratio
+    x (*) -> y (*) = (x * mask) * scale,  mask[i] = hash_bits(seed, i) >= keep_threshold(ratio),
+                                           scale = keep_scale(ratio) = float32(1 / (1 - ratio))
 
 The mask comes from a counter-based hash of (seed, element index) rather than from numpy's
-generator, so the OpenCL kernel (kernels/dropout.cl, `pcg_hash`) draws bit-identical masks:
-one 32-bit seed per call is drawn from ctx.rng, the rest is arithmetic.
+generator, so the OpenCL kernel (kernels/dropout.cl, `pcg_hash`) draws the same masks: one 32-bit
+seed per call is drawn from ctx.rng, the rest is arithmetic. NOTE: bit-identical on every device
+because nothing is left to a compiler's float choices: the mask is integer-only (uint32 wrap-around
+hash, 24-bit draw against an integer threshold), and the scale is one float32 computed once on the
+host and applied by two correctly rounded multiplications (x * mask is exact) -- no division
+(OpenCL allows 2.5 ulp for x / y: NVIDIA's driver was 1 ulp off numpy) and no a * b + c that an
+FMA could contract.
 """
 from __future__ import annotations
 
@@ -35,6 +41,22 @@ def hash_uniform(seed: int, n: int) -> np.ndarray:
     return (bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
+def hash_bits(seed: int, n: int) -> np.ndarray:
+    """The n 24-bit draws (uint32 < 2^24) behind hash_uniform: hash_uniform == hash_bits * 2^-24."""
+    with np.errstate(over="ignore"):
+        return _pcg(np.uint32(seed) ^ _pcg(np.arange(n, dtype=np.uint32))) >> np.uint32(8)
+
+
+def keep_mask(seed: int, n: int, ratio: float) -> np.ndarray:
+    """(n,) bool, keep w.p. 1 - ratio: the kernel's integer comparison (== hash_uniform(seed, n) >= ratio)."""
+    return hash_bits(seed, n) >= np.uint32(keep_threshold(ratio))
+
+
+def keep_scale(ratio: float) -> np.float32:
+    """1 / (1 - ratio) rounded once to float32: the factor numpy and every device multiply by."""
+    return np.float32(1.0 / (1.0 - float(ratio)))
+
+
 def draw_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2 ** 32, dtype=np.uint64))
 
@@ -59,8 +81,8 @@ def dropout_forward(attrs, xs, ctx):
     r = attrs["ratio"]
     # One seed drawn whenever training (even for ratio 0), so the generator's stream does not
     # depend on the ratio: same seed -> same mask.
-    mask = (hash_uniform(draw_seed(ctx.rng), x.size) >= r).reshape(x.shape)  # keep w.p. 1 - ratio
-    y = (x * mask) / x.dtype.type(1 - r)
+    mask = keep_mask(draw_seed(ctx.rng), x.size, r).reshape(x.shape)  # keep w.p. 1 - ratio
+    y = (x * mask) * x.dtype.type(keep_scale(r))
     return [y.astype(x.dtype, copy=False)], (mask,)
 
 
@@ -72,8 +94,8 @@ def dropout_backward(attrs, saved, gys, needs, ctx):
     if mask is None:
         # undoes: y = x (not training)
         return [g]
-    # undoes: y = x * mask / (1 - ratio)
-    return [(g * mask) / g.dtype.type(1 - attrs["ratio"])]
+    # undoes: y = (x * mask) * scale
+    return [(g * mask) * g.dtype.type(keep_scale(attrs["ratio"]))]
 
 
 # ----------------------------------------------------------------------------- OpenCL launchers
@@ -98,7 +120,7 @@ def dropout_cl_state(attrs, in_shapes, out_shapes, training):
 
 def _cl_args(attrs):
     r = attrs["ratio"]
-    return np.uint32(keep_threshold(r)), np.float32(1 - r)
+    return np.uint32(keep_threshold(r)), keep_scale(r)
 
 
 def cl_dropout_forward(b, io):
@@ -117,7 +139,7 @@ def cl_dropout_backward(b, io):
         copy(b, io.gy[0], io.gx[0])    # undoes: y = x
         return
     g = io.gy[0]
-    # undoes: y = x * mask / (1 - ratio)
+    # undoes: y = (x * mask) * scale
     b.launch("dropout.cl", "dropout_bwd", (g.size,), elt(b), g, io.gx[0], io.state["seed"], g.size,
              *_cl_args(io.attrs))
 
