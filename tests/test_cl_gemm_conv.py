@@ -279,7 +279,7 @@ def _shipped_tiles():
                 out[f"{key}-{alt}"] = (fam, dict(p, **p[alt]))
     uniq = {}
     for k, (fam, p) in sorted(out.items()):
-        p = {n: v for n, v in p.items() if n not in ("variant", "small", "skinny", "skinny_m", "min_groups")}
+        p = {n: v for n, v in p.items() if n not in ("variant", "small", "skinny", "skinny_m", "min_groups", "sizes")}
         uniq.setdefault((fam, tuple(sorted(p.items()))), (k, fam, p))   # one build per distinct tile set
     return {k: (fam, p) for k, fam, p in uniq.values()}
 

@@ -67,7 +67,8 @@ def _time_gemms(rt, g, batch: int, steps: int, params: dict, shapes: dict | None
     from ..backends.opencl.runtime import replay
     from .bench import _inputs
 
-    rt.tuning.override = {"gemm": dict(params, shapes=shapes or {})}
+    # sizes=[]: each variant runs as itself on every shape (no shipped size rule swaps its tiles)
+    rt.tuning.override = {"gemm": dict(params, shapes=shapes or {}, sizes=[])}
     try:
         plan = Plan(g, batch=batch, trainable=None, optimizer=OptimConfig("sgd", momentum=0.9), runtime=rt)
     finally:
@@ -117,6 +118,25 @@ def pick_shapes(results: list[tuple[float, int, dict, dict]], best: int, margin:
     return shapes
 
 
+def pin_sized(results: list[tuple[float, int, dict, dict]], sizes, shapes: dict) -> dict[str, dict]:
+    """Shapes a shipped size rule covers (gemm.size_rule), which pick_shapes left alone, get the tiles
+    of the variant that ran them fastest: every variant was timed as itself, so without an entry the
+    rule's tiles would run there instead of a measured choice."""
+    from ..backends.opencl.gemm import parse_shape_key, size_rule
+
+    out: dict[str, dict] = {}
+    for key in results[0][3] if results else ():
+        try:
+            _, M, N, K, _ = parse_shape_key(key)
+        except (ValueError, IndexError):
+            continue                                   # a launch label, not a GEMM shape key
+        if key in shapes or size_rule(sizes, M, N, K) is None:
+            continue
+        _, params = min(((r[3][key], r[2]) for r in results if key in r[3]), key=lambda r: r[0])
+        out[key] = {k: v for k, v in params.items() if isinstance(v, (int, float)) and k.isupper()}
+    return out
+
+
 _KEEP = []   # NOTE: plans stay alive to the process's end (tearing one down mid-run crashed NVIDIA's driver in GC)
 
 
@@ -145,7 +165,7 @@ def main(args: list[str], emit) -> int:
     fam = base.get("variant") or rt.kind
     results, ref = [], None
     for i, v in enumerate(VARIANTS["gpu" if fam == "gpu" else "cpu"]):
-        params = {k: x for k, x in dict(base, **v).items() if k != "shapes"}
+        params = {k: x for k, x in dict(base, **v).items() if k not in ("shapes", "sizes")}
         shown = {k: params[k] for k in sorted(params) if not isinstance(params[k], dict)}
         why = _misfit(rt, fam, params)
         if why:   # timing it would time the smaller tile gemm.fit_tiles falls back to
@@ -169,6 +189,7 @@ def main(args: list[str], emit) -> int:
     ms, i, params, per = min(results, key=lambda r: (r[0], r[1]))
     default_ms = next((m for m, j, _, _ in results if j == 0), None)
     shapes, tuned_ms = pick_shapes(results, i), ms
+    shapes.update(pin_sized(results, base.get("sizes"), shapes))
     if shapes:
         # what the Plan will run, measured: the winner with its per-shape tiles; kept only if faster whole
         tuned_ms, _, _, loss = _time_gemms(rt, g, job["batch"], job["steps"], params, shapes)

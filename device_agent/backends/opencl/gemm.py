@@ -13,6 +13,15 @@ Two kernel families (kernels/gemm.cl): "gpu" (work-group tiles staged in local m
 the device kind unless the tuning data ("variant") or the caller (`variant=`) says otherwise; tile
 sizes come from configs/tuning/*.json -> "gemm", overridable with `params=` (tests, `thomas tune`).
 
+Tiles by problem size (shipped defaults, no tuning file needed): "gemm" -> "sizes" is a list of rules
+{"name", "min_m", "min_n", "min_k", "min_mnk", "tiles"}; the first whose thresholds one product
+(M, N, K and M*N*K of one batch entry) meets replaces the tiles (size_rule): e.g. 128x128 tiles for
+the H100's 4096^3 SGEMMs while the model-sized GEMMs keep 64x64. Precedence, lowest first: the
+family's defaults < the merged tuning data (kind default, vendor, device, the device's tuning-file
+winner) < the size rule < a per-shape entry ("shapes", written by `thomas tune`) < `params=` <
+"skinny" (M <= skinny_m). A rule's GPU tile that does not fit the device (limits.py) is skipped with
+one warning line and the tiles below it run.
+
 GPU family and scratch `work` (floats [work_off, work_off + work_floats) of a buffer): when the tiles
 leave the device idle (fewer than min_groups work-groups; FC layers at batch 8, 1x1 convolutions on
 7x7 maps) K is split over more work-groups writing partial products to `work`, summed in a fixed
@@ -47,11 +56,49 @@ def shape_key(form: str, M: int, N: int, K: int, batch: int = 1, reduce_batch: b
     return f"{form} {M}x{N}x{K}" + (f" {'r' if reduce_batch else 'b'}{batch}" if batch > 1 else "")
 
 
+def parse_shape_key(key: str) -> tuple[str, int, int, int, int]:
+    """shape_key's inverse: "nt 8x1000x1280 r32" -> ("nt", 8, 1000, 1280, 32)."""
+    parts = key.split()
+    M, N, K = (int(v) for v in parts[1].split("x"))
+    return parts[0], M, N, K, int(parts[2][1:]) if len(parts) > 2 else 1
+
+
+def size_rule(sizes, M: int, N: int, K: int) -> dict | None:
+    """The first rule of `sizes` (tuning "gemm" -> "sizes") whose thresholds one M x N x K product
+    meets, else None. A rule without thresholds matches every product.
+
+        size_rule([{"min_m": 1024, "min_n": 1024, "min_mnk": 2**31, "tiles": {...}}], 4096, 4096, 4096)
+        -> that rule;  (1024, 1024, 1024) -> None (M*N*K = 2^30)
+    """
+    for r in sizes if isinstance(sizes, list) else ():
+        if not (isinstance(r, dict) and isinstance(r.get("tiles"), dict)):
+            continue
+        if M >= int(r.get("min_m", 0)) and N >= int(r.get("min_n", 0)) and K >= int(r.get("min_k", 0)) \
+                and M * N * K >= int(r.get("min_mnk", 0)):
+            return r
+    return None
+
+
+def _sized(b, fam: str, out: dict, rule: dict, form: str | None) -> dict:
+    """`out` with the rule's tiles, unless they are GPU tiles this device cannot launch (a warning)."""
+    cand = dict(out, **rule["tiles"])
+    if fam == "gpu" and form is not None and getattr(b, "rt", None) is not None:
+        t = {k: int(cand[k]) for k in GPU_KEYS}
+        why = tile_misfit(b, form, t)
+        if why:
+            warn_skipped(f"gemm size rule '{rule.get('name', 'sizes')}' "
+                         + "x".join(str(t[k]) for k in GPU_KEYS[:3]) + f" on {t['NDIMC']}x{t['MDIMC']}", why)
+            return out
+    return cand
+
+
 def gemm_config(b, variant: str | None = None, params: dict | None = None, M: int | None = None,
-                shape: str | None = None) -> tuple[str, dict]:
-    """(family, params) for this builder's device: tuning data (with the tiles `thomas tune` chose for
-    this `shape`, when it chose some), then the caller's overrides; with M given, a "skinny" tile set
-    replaces the tiles for M <= skinny_m (FC layers: M = batch)."""
+                shape: str | None = None, N: int | None = None, K: int | None = None,
+                form: str | None = None) -> tuple[str, dict]:
+    """(family, params) for this builder's device: tuning data, then with M, N, K given the first
+    matching size rule (that fits the device when `form` is given), then the tiles `thomas tune` chose
+    for this `shape` when it chose some, then the caller's overrides; with M given, a "skinny" tile
+    set replaces the tiles for M <= skinny_m (FC layers: M = batch)."""
     tun = dict(b.tuning("gemm"))
     fam = variant or tun.get("variant") or b.kind
     if fam not in ("gpu", "cpu"):
@@ -59,8 +106,12 @@ def gemm_config(b, variant: str | None = None, params: dict | None = None, M: in
     if variant is not None and variant != (tun.get("variant") or b.kind):
         tun = {}  # a forced family does not inherit the other family's tuning
     shapes = tun.pop("shapes", None)
+    sizes = tun.pop("sizes", None)
     out = dict(GPU_DEFAULT if fam == "gpu" else CPU_DEFAULT)
     out.update(tun)
+    rule = size_rule(sizes, M, N, K) if None not in (M, N, K) else None
+    if rule is not None:
+        out = _sized(b, fam, out, rule, form)
     if shape is not None and isinstance(shapes, dict) and isinstance(shapes.get(shape), dict):
         out.update(shapes[shape])
     out.update(params or {})
@@ -190,8 +241,8 @@ def gemm(b, ta: bool, tb: bool, M: int, N: int, K: int, A, a_off: int, lda: int,
 def _gemm(b, ta, tb, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, batch, stride_a, stride_b,
           stride_c, label, bias, bias_off, bias_mode, reduce_batch, work, work_off, work_floats, act, variant, params,
           key):
-    fam, p = gemm_config(b, variant, params, M, shape=key)
     form = ("t" if ta else "n") + ("t" if tb else "n")
+    fam, p = gemm_config(b, variant, params, M, shape=key, N=N, K=K, form=form)
     flops = 2 * M * N * K * batch
     bias_buf = bias if bias is not None else C
     mode = _BIAS[bias_mode] | ACTS[act] << 2
