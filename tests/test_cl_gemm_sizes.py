@@ -208,3 +208,18 @@ def test_the_rule_runs_end_to_end_and_a_per_shape_entry_overrides_it(runtime_of,
         check(got, want, 40)
         used = {d["NWG"] for k, d in launches if k == "gemm_gpu_nn"}
         assert used == {nwg}, launches
+
+
+def test_tune_pins_rule_covered_shapes_to_their_measured_winner():
+    """thomas tune times each variant as itself (size rules off); a shape a shipped rule covers keeps the
+    fastest variant's tiles as a per-shape entry, unless pick_shapes already chose one; others untouched."""
+    from device_agent.bench.tune import pin_sized
+
+    sizes = [{"name": "large", "min_m": 1024, "min_n": 1024, "min_mnk": 2 ** 31, "tiles": BIG}]
+    big, big2, small = "nn 4096x4096x4096", "tn 2048x2048x2048 b2", "nt 64x3025x363 b32"
+    a, b = dict(_tiles(64, 64, 16, 16, 16), variant="gpu"), dict(BIG, variant="gpu")
+    results = [(10.0, 0, a, {big: 3.0, big2: 1.0, small: 0.5, "conv1/gemm": 0.1}),
+               (12.0, 1, b, {big: 2.0, big2: 1.5, small: 0.9, "conv1/gemm": 0.1})]
+    assert pin_sized(results, sizes, {}) == {big: BIG, big2: _tiles(64, 64, 16, 16, 16)}
+    assert pin_sized(results, sizes, {big: {"MWG": 32}}) == {big2: _tiles(64, 64, 16, 16, 16)}
+    assert pin_sized(results, None, {}) == {} and pin_sized([], sizes, {}) == {}
