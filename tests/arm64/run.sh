@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# `make test-arm64`: the real agent on ARM64 — Debian bookworm's arm64 Python, numpy, pyopencl and PoCL,
+# emulated by qemu-user-static — runs doctor, a numpy epoch, and two OpenCL steps checked against numpy.
+#
+#   tests/arm64/run.sh            build the userland once (cached in .arm64/rootfs), then run and check
+#   ARM64_REBUILD=1 tests/arm64/run.sh     build the userland again
+#
+# Needs root (debootstrap, chroot, a private mount namespace) and Debian's mirror the first time.
+# Why a chroot and binfmt_misc rather than `qemu-aarch64-static -L ROOTFS`: -L redirects only some
+# system calls (PoCL's faccessat of its kernel library escapes it), and PoCL links every kernel by
+# running the arm64 `ld` in a child process, which only the kernel's binfmt_misc can hand to qemu.
+# Without binfmt_misc the run goes on (chroot + qemu as the entry program): doctor and the numpy
+# engine run, the OpenCL step is reported SKIPPED with the reason.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+CACHE=$REPO/.arm64
+ROOTFS=$CACHE/rootfs
+SUITE=bookworm
+MIRROR=${ARM64_MIRROR:-http://deb.debian.org/debian}
+PACKAGES=python3,python3-numpy,python3-pyopencl,pocl-opencl-icd,ocl-icd-libopencl1
+STAMP=$ROOTFS/.thomas-rootfs        # holds "$SUITE $PACKAGES" once the userland is complete
+T0=$(date +%s.%N)
+since() { echo "$(date +%s.%N) $1" | awk '{printf "%.1f", $1 - $2}'; }
+say() { echo "arm64: $*" >&2; }
+
+[ "$(id -u)" = 0 ] || { say "needs root (debootstrap, chroot, mount namespace): run it as root or with sudo"; exit 1; }
+
+host_tools() {
+  local need=()
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+  command -v unshare >/dev/null || need+=(util-linux)
+  [ ${#need[@]} = 0 ] && return
+  command -v apt-get >/dev/null || { say "missing ${need[*]} and apt-get is not here"; exit 1; }
+  say "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+# debootstrap --foreign resolves and downloads the packages (and unpacks the base set); the rest of
+# its second stage would run arm64 maintainer scripts, so the .debs are unpacked with dpkg-deb instead
+# and the two links update-alternatives would make (BLAS, LAPACK for numpy) are made by hand.
+build_rootfs() {
+  local tmp=$CACHE/rootfs.tmp lib
+  rm -rf "$tmp"
+  mkdir -p "$CACHE"
+  say "building the Debian $SUITE arm64 userland ($PACKAGES) from $MIRROR"
+  debootstrap --foreign --arch=arm64 --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp" "$MIRROR" \
+    >"$CACHE/debootstrap.log" 2>&1 || { say "debootstrap failed: see $CACHE/debootstrap.log"; tail -5 "$CACHE/debootstrap.log" >&2; exit 1; }
+  for deb in "$tmp"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$tmp"; done
+  rm -f "$tmp"/var/cache/apt/archives/*.deb
+  lib=$tmp/usr/lib/aarch64-linux-gnu
+  ln -sf blas/libblas.so.3 "$lib/libblas.so.3"
+  ln -sf lapack/liblapack.so.3 "$lib/liblapack.so.3"
+  cp "$(command -v qemu-aarch64-static)" "$tmp/usr/bin/qemu-aarch64-static"   # the no-binfmt fallback
+  echo "$SUITE $PACKAGES" >"$tmp/.thomas-rootfs"
+  rm -rf "$ROOTFS" && mv "$tmp" "$ROOTFS"
+}
+
+# binfmt_misc hands every arm64 ELF to qemu (flag F: the interpreter is opened now, so it works in the chroot).
+binfmt() {
+  local dir=/proc/sys/fs/binfmt_misc conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+  [ -e $dir/qemu-aarch64 ] && grep -q enabled $dir/qemu-aarch64 && return 0
+  [ -e $dir/register ] || mount -t binfmt_misc binfmt_misc $dir 2>/dev/null || return 1
+  [ -e $dir/qemu-aarch64 ] && { echo 1 >$dir/qemu-aarch64 2>/dev/null; return 0; }
+  [ -f $conf ] && cat $conf >$dir/register 2>/dev/null && say "registered qemu-aarch64 with binfmt_misc" && return 0
+  return 1
+}
+
+host_tools
+if [ "${ARM64_REBUILD:-0}" = 1 ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$SUITE $PACKAGES" ]; then
+  build_rootfs
+  BUILD_S=$(since "$T0")
+  say "userland ready in ${BUILD_S}s ($(du -sh "$ROOTFS" | cut -f1))"
+else
+  BUILD_S=0
+  say "userland cached in $ROOTFS"
+fi
+if binfmt; then ENTRY=(); MODE=binfmt; else ENTRY=(/usr/bin/qemu-aarch64-static); MODE=no-binfmt
+  say "binfmt_misc cannot be used here: arm64 child processes cannot start, so the OpenCL step (PoCL links kernels with ld) is skipped"
+fi
+
+.venv/bin/python tests/arm64/prepare.py "$ROOTFS/thomas"
+# Inside: a private mount namespace (the bind mounts vanish with it), /proc /sys /dev for Python,
+# hwloc and PoCL, the device root as cwd with the pushed agent on PYTHONPATH, as the host's transports do.
+inside() {   # inside NAME ARGS...: python3 -m device_agent ARGS > NAME.jsonl, log NAME.log, seconds in T_NAME
+  local name=$1 t rc=0; shift
+  t=$(date +%s.%N)
+  unshare --mount --propagation private --fork sh -c '
+    R=$1; shift
+    for d in proc sys dev; do mount --rbind /$d "$R/$d"; done
+    exec chroot "$R" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/thomas PYTHONPATH=/thomas/agent THOMAS_THREADS=1 \
+      POCL_CACHE_DIR=/thomas/pocl-cache sh -c "cd /thomas && exec \"\$@\"" sh "$@"' \
+    sh "$ROOTFS" "${ENTRY[@]}" /usr/bin/python3 -m device_agent "$@" \
+    >"$ROOTFS/thomas/$name.jsonl" 2>"$ROOTFS/thomas/$name.log" || rc=$?
+  printf -v "T_$name" %s "$(since "$t")"
+  local var=T_$name; say "$name: exit $rc in ${!var}s"
+  [ $rc = 0 ] || { tail -5 "$ROOTFS/thomas/$name.log" >&2; return $rc; }
+}
+inside doctor doctor
+inside epoch run jobs/epoch.json
+inside np2 run jobs/np2.json
+TIMES=(build="$BUILD_S" doctor="$T_doctor" epoch="$T_epoch" np2="$T_np2")
+if [ $MODE = binfmt ]; then
+  inside cl2 run jobs/cl2.json
+  TIMES+=(cl2="$T_cl2")
+fi
+TIMES+=(total="$(since "$T0")")
+SKIP=(); [ $MODE = binfmt ] || SKIP=(--no-opencl)
+.venv/bin/python tests/arm64/check.py "$ROOTFS/thomas" --machine aarch64 "${SKIP[@]}" --times "${TIMES[@]}"
+say "done in $(since "$T0")s (userland build ${BUILD_S}s; summary in $ROOTFS/thomas/summary.json)"
