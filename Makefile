@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.thomas-installed
 
-.PHONY: setup adb test demo bench sz clean
+.PHONY: setup adb test test-arm64 demo bench sz clean
 
 setup: $(STAMP) adb
 
@@ -29,6 +29,11 @@ adb:
 
 test: setup
 	$(BIN)/python -m pytest -n auto --durations=20
+
+# The agent on ARM64 (Debian arm64 Python + PoCL under qemu-user-static; root; docs/ANDROID.md "ARM64").
+# The userland is built once into .arm64/ (git-ignored); ARM64_REBUILD=1 builds it again.
+test-arm64: setup
+	tests/arm64/run.sh
 
 demo: setup
 	$(BIN)/thomas demo

@@ -4,6 +4,7 @@
 #
 #   tests/arm64/run.sh            build the userland once (cached in .arm64/rootfs), then run and check
 #   ARM64_REBUILD=1 tests/arm64/run.sh     build the userland again
+#   ARM64_NO_BINFMT=1 tests/arm64/run.sh   act as if binfmt_misc were unavailable (the fallback below)
 #
 # Needs root (debootstrap, chroot, a private mount namespace) and Debian's mirror the first time.
 # Why a chroot and binfmt_misc rather than `qemu-aarch64-static -L ROOTFS`: -L redirects only some
@@ -76,7 +77,7 @@ else
   BUILD_S=0
   say "userland cached in $ROOTFS"
 fi
-if binfmt; then ENTRY=(); MODE=binfmt; else ENTRY=(/usr/bin/qemu-aarch64-static); MODE=no-binfmt
+if [ "${ARM64_NO_BINFMT:-0}" != 1 ] && binfmt; then ENTRY=(); MODE=binfmt; else ENTRY=(/usr/bin/qemu-aarch64-static); MODE=no-binfmt
   say "binfmt_misc cannot be used here: arm64 child processes cannot start, so the OpenCL step (PoCL links kernels with ld) is skipped"
 fi
 
