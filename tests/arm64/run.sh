@@ -60,12 +60,17 @@ build_rootfs() {
 
 # binfmt_misc hands every arm64 ELF to qemu (flag F: the interpreter is opened now, so it works in the chroot).
 binfmt() {
-  local dir=/proc/sys/fs/binfmt_misc conf=/usr/lib/binfmt.d/qemu-aarch64.conf
-  [ -e $dir/qemu-aarch64 ] && grep -q enabled $dir/qemu-aarch64 && return 0
+  local dir=/proc/sys/fs/binfmt_misc conf=/usr/lib/binfmt.d/qemu-aarch64.conf interp
   [ -e $dir/register ] || mount -t binfmt_misc binfmt_misc $dir 2>/dev/null || return 1
-  [ -e $dir/qemu-aarch64 ] && { echo 1 >$dir/qemu-aarch64 2>/dev/null; return 0; }
-  [ -f $conf ] && cat $conf >$dir/register 2>/dev/null && say "registered qemu-aarch64 with binfmt_misc" && return 0
-  return 1
+  if [ ! -e $dir/qemu-aarch64 ]; then
+    [ -f $conf ] && cat $conf >$dir/register 2>/dev/null || return 1
+    say "registered qemu-aarch64 with binfmt_misc ($conf)"
+  fi
+  grep -q enabled $dir/qemu-aarch64 || echo 1 >$dir/qemu-aarch64 2>/dev/null || return 1
+  # a handler without flag F is looked up inside the chroot: put qemu at its path there
+  interp=$(awk '/^interpreter/ {print $2}' $dir/qemu-aarch64)
+  grep -q '^flags:.*F' $dir/qemu-aarch64 || { mkdir -p "$ROOTFS$(dirname "$interp")" &&
+    cp -f "$(command -v qemu-aarch64-static)" "$ROOTFS$interp"; }
 }
 
 host_tools
