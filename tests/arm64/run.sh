@@ -18,14 +18,33 @@ REPO=$PWD
 CACHE=$REPO/.arm64
 ROOTFS=$CACHE/rootfs
 SUITE=bookworm
-MIRROR=${ARM64_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror this machine's apt already uses (deb822 "URIs:" or a one-line "deb URL ..." entry).
+apt_mirror() {
+  local f url=""
+  for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    url=$(awk '/^URIs:/ {print $2}
+               $1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; break}}' "$f" |
+          grep -v -e security -e updates | head -n 1) || true
+    [ -n "$url" ] && break
+  done
+  echo "$url"
+}
+MIRROR=${ARM64_MIRROR:-$(apt_mirror)}
 PACKAGES=python3,python3-numpy,python3-pyopencl,pocl-opencl-icd,ocl-icd-libopencl1
 STAMP=$ROOTFS/.thomas-rootfs        # holds "$SUITE $PACKAGES" once the userland is complete
 T0=$(date +%s.%N)
 since() { echo "$(date +%s.%N) $1" | awk '{printf "%.1f", $1 - $2}'; }
 say() { echo "arm64: $*" >&2; }
+# What this machine cannot provide (root, the host tools, the mirror) is not a failure of the agent:
+# with ARM64_SKIP_UNAVAILABLE=1 (.ci/run) it is reported as SKIPPED and the run exits 0; a check that
+# ran and failed always exits 1.
+unavailable() {
+  if [ "${ARM64_SKIP_UNAVAILABLE:-0}" = 1 ]; then say "SKIPPED: $*"; exit 0; fi
+  say "$*"; exit 1
+}
 
-[ "$(id -u)" = 0 ] || { say "needs root (debootstrap, chroot, mount namespace): run it as root or with sudo"; exit 1; }
+[ "$(id -u)" = 0 ] || unavailable "needs root (debootstrap, chroot, mount namespace): run it as root or with sudo"
 
 host_tools() {
   local need=()
@@ -33,9 +52,10 @@ host_tools() {
   command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
   command -v unshare >/dev/null || need+=(util-linux)
   [ ${#need[@]} = 0 ] && return
-  command -v apt-get >/dev/null || { say "missing ${need[*]} and apt-get is not here"; exit 1; }
+  command -v apt-get >/dev/null || unavailable "missing ${need[*]} and apt-get is not here"
   say "installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; } ||
+    unavailable "could not install ${need[*]} with apt-get"
 }
 
 # debootstrap --foreign resolves and downloads the packages (and unpacks the base set); the rest of
@@ -45,9 +65,11 @@ build_rootfs() {
   local tmp=$CACHE/rootfs.tmp lib
   rm -rf "$tmp"
   mkdir -p "$CACHE"
+  [ -n "$MIRROR" ] || unavailable "no Debian mirror in this machine's apt sources (set ARM64_MIRROR)"
   say "building the Debian $SUITE arm64 userland ($PACKAGES) from $MIRROR"
   debootstrap --foreign --arch=arm64 --variant=minbase --include="$PACKAGES" "$SUITE" "$tmp" "$MIRROR" \
-    >"$CACHE/debootstrap.log" 2>&1 || { say "debootstrap failed: see $CACHE/debootstrap.log"; tail -5 "$CACHE/debootstrap.log" >&2; exit 1; }
+    >"$CACHE/debootstrap.log" 2>&1 || { tail -5 "$CACHE/debootstrap.log" >&2; rm -rf "$tmp"
+    unavailable "debootstrap could not fetch the arm64 userland (see $CACHE/debootstrap.log)"; }
   for deb in "$tmp"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$tmp"; done
   rm -f "$tmp"/var/cache/apt/archives/*.deb
   lib=$tmp/usr/lib/aarch64-linux-gnu
