@@ -68,19 +68,23 @@ def _which_note(run: Path, which: str, asked: str | None) -> str:
     return said
 
 
+def run_model_name(pkg: Path) -> str:
+    """The device model name of a package: a run's final/ goes by the run's id, its best/ as
+    <id>-best, a package directory by its own name."""
+    src = pkg.resolve()
+    name = {"final": src.parent.name, "best": f"{src.parent.name}-best"}.get(src.name, src.name)
+    return store.check_name(name, "model")
+
+
 def run_package(model: str, note=None) -> tuple[Path, str] | None:
     """(package, device model name) when MODEL names a training run of this computer (its id or its
     folder): the run's best/ model when it has one, else final/, pushed as models/<run>-best or
     models/<run>. None when MODEL is something else."""
-    p = Path(model)
-    if (p / MODEL_JSON).is_file():
+    run_id, host = _run_dir(model)
+    if run_id is None:
         return None
-    run = p if p.is_dir() else store.runs_dir() / model if store.NAME.match(model) else None
-    if run is None or not any((run / w / MODEL_JSON).is_file() for w in ("best", "final")):
-        return None
-    pkg = resolve_package(run, note=note)
-    rid = run.resolve().name
-    return pkg, store.check_name(f"{rid}-best" if pkg.name == "best" else rid, "model")
+    pkg = resolve_package(host, note=note)
+    return pkg, run_model_name(pkg)
 
 
 def device_graph(s: Session, remote: str, bad: str = "is not a model") -> Graph:
@@ -98,8 +102,8 @@ def push_local(s: Session, g: Graph, pkg: Path) -> str:
     a run's final/ goes by the run's id, its best/ as <id>-best, a package directory by its name.
     Returns models/<name>."""
     src = pkg.resolve()
-    name = {"final": src.parent.name, "best": f"{src.parent.name}-best"}.get(src.name, src.name)
-    res = push_model(s, g, store.check_name(name, "model"), str(src))
+    name = run_model_name(src)
+    res = push_model(s, g, name, str(src))
     if not res["skipped"]:
         s.note(f"pushed {src} to {s.t.serial}:{s.t.root}/models/{name}")
     return f"models/{name}"
@@ -255,7 +259,7 @@ def _run_model(s: Session, run_id: str, host: Path) -> dict:
             return {"remote": remote, "source": f"run {run_id} {which}/", "which": which,
                     "graph": device_graph(s, remote)}
         if (host / which / MODEL_JSON).is_file():
-            name = store.check_name(run_id if which == "final" else f"{run_id}-best", "model")
+            name = run_model_name(host / which)
             return {"remote": f"models/{name}", "source": f"run {run_id} {which}/", "which": which,
                     "graph": load_package(host / which), "push": ((host / which).resolve(), name)}
     raise PackageError(f"run {run_id} has no best/ or final/ model (still running, or it failed?)")
