@@ -122,40 +122,33 @@ def _rows(attrs, shape):
     return int(np.prod(shape[:a], dtype=np.int64)) * inner, shape[a], inner
 
 
-def cl_softmax_forward(b, io):
-    (x,), (y,) = io.x, io.y
-    rows, k, inner = _rows(io.attrs, x.shape)
-    wg = reduce_wg(b, "softmax.cl", "softmax_fwd", k)
-    b.launch("softmax.cl", "softmax_fwd", (rows * wg,), (wg,), x, y, rows, k, inner, local_floats(wg))
+def _row_forward(kernel: str):
+    """forward launcher of softmax.cl's `kernel`: one work-group per row, x -> y"""
+    def forward(b, io):
+        (x,), (y,) = io.x, io.y
+        rows, k, inner = _rows(io.attrs, x.shape)
+        wg = reduce_wg(b, "softmax.cl", kernel, k)
+        b.launch("softmax.cl", kernel, (rows * wg,), (wg,), x, y, rows, k, inner, local_floats(wg))
+    return forward
 
 
-def cl_softmax_backward(b, io):
-    gx = io.gx[0]
-    if gx is None:
-        return
-    rows, k, inner = _rows(io.attrs, gx.shape)
-    wg = reduce_wg(b, "softmax.cl", "softmax_bwd", k)
-    # undoes: y = softmax(x)
-    b.launch("softmax.cl", "softmax_bwd", (rows * wg,), (wg,), io.y[0], io.gy[0], gx, rows, k, inner,
-             local_floats(wg))
+def _row_backward(kernel: str):
+    """backward launcher of softmax.cl's `kernel`: reads the saved y and gy, writes gx"""
+    def backward(b, io):
+        gx = io.gx[0]
+        if gx is None:
+            return
+        rows, k, inner = _rows(io.attrs, gx.shape)
+        wg = reduce_wg(b, "softmax.cl", kernel, k)
+        b.launch("softmax.cl", kernel, (rows * wg,), (wg,), io.y[0], io.gy[0], gx, rows, k, inner,
+                 local_floats(wg))
+    return backward
 
 
-def cl_logsoftmax_forward(b, io):
-    (x,), (y,) = io.x, io.y
-    rows, k, inner = _rows(io.attrs, x.shape)
-    wg = reduce_wg(b, "softmax.cl", "logsoftmax_fwd", k)
-    b.launch("softmax.cl", "logsoftmax_fwd", (rows * wg,), (wg,), x, y, rows, k, inner, local_floats(wg))
-
-
-def cl_logsoftmax_backward(b, io):
-    gx = io.gx[0]
-    if gx is None:
-        return
-    rows, k, inner = _rows(io.attrs, gx.shape)
-    wg = reduce_wg(b, "softmax.cl", "logsoftmax_bwd", k)
-    # undoes: y = log softmax(x)
-    b.launch("softmax.cl", "logsoftmax_bwd", (rows * wg,), (wg,), io.y[0], io.gy[0], gx, rows, k, inner,
-             local_floats(wg))
+cl_softmax_forward = _row_forward("softmax_fwd")             # y = softmax(x)
+cl_softmax_backward = _row_backward("softmax_bwd")           # undoes: y = softmax(x)
+cl_logsoftmax_forward = _row_forward("logsoftmax_fwd")       # y = log softmax(x)
+cl_logsoftmax_backward = _row_backward("logsoftmax_bwd")     # undoes: y = log softmax(x)
 
 
 _LABEL_T = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int", "u4": "uint",
