@@ -129,3 +129,15 @@ def cl_check(op_name, attrs, inputs, *, training=False, bn_batch_stats=False, rt
             assert not np.isnan(g).any(), f"{op_name}: gradient {i} has NaN (unwritten?)"
             np.testing.assert_allclose(g, r, rtol=rtol, atol=atol, err_msg=f"{op_name} gradient of input {i}")
     return ys, gxs, state
+
+
+def nontrivial_bn_stats(g, seed: int = 1):
+    """Give every BatchNorm running mean/var non-trivial values (a fresh graph's 0/1 would hide the
+    frozen-statistics and BN-folding paths); returns g."""
+    rng = np.random.default_rng(seed)
+    for k, p in g.params.items():
+        if k.endswith("running_var"):
+            g.weights[k] = (rng.random(p.shape) + 0.5).astype(np.float32)
+        elif k.endswith("running_mean"):
+            g.weights[k] = (rng.standard_normal(p.shape) * 0.1).astype(np.float32)
+    return g

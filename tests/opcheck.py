@@ -9,8 +9,23 @@ are passed through untouched and never differentiated.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from device_agent.ops import Ctx, get_op, normalize_attrs
+
+
+def infer(op_name, attrs, shapes):
+    """The op's shape inference on validated attrs: output shapes."""
+    op = get_op(op_name)
+    return op.infer(normalize_attrs(op, attrs), [tuple(s) for s in shapes])
+
+
+def raises(exc, field, fn, *args):
+    """fn(*args) raises `exc` whose `field` names the culprit; returns the error."""
+    with pytest.raises(exc) as e:
+        fn(*args)
+    assert e.value.field == field, f"field {e.value.field!r}, expected {field!r}: {e.value}"
+    return e.value
 
 
 def run_forward(op_name, attrs, inputs, ctx=None):

@@ -22,7 +22,9 @@ def test_pool(op_name, cip, name, x_shape, attrs):
 
 
 @pytest.mark.parametrize("attrs", [dict(kernel=[2, 2]), dict(kernel=[3, 3], stride=[2, 2]),
-                                   dict(kernel=[3, 3], stride=[1, 1], pads=[1, 1, 1, 1], ceil_mode=True)])
+                                   dict(kernel=[3, 3], stride=[1, 1], pads=[1, 1, 1, 1], ceil_mode=True),
+                                   dict(kernel=[2, 2], dilation=[2, 2], ceil_mode=True),
+                                   dict(kernel=[3, 3], stride=[1, 1], dilation=[2, 1], pads=[2, 1, 2, 1])])
 def test_maxpool_ties_and_nan_follow_numpy_argmax(attrs):
     """Ties go to the first maximum (row-major) and NaN wins its windows, as the reference's argmax."""
     x = np.random.default_rng(0).integers(0, 3, (2, 3, 7, 6)).astype(np.float32)   # many ties

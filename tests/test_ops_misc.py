@@ -10,23 +10,11 @@ import pytest
 
 from device_agent.ops import Ctx, OpError, ShapeError, get_op, normalize_attrs
 from device_agent.ops.elementwise import unbroadcast
-from opcheck import fd_check, run_backward, run_forward, torch_check
+from opcheck import fd_check, infer, raises, run_backward, run_forward, torch_check
 
 
 def rnd(shape, seed=0, dtype=np.float64, scale=1.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
-
-
-def infer(op_name, attrs, shapes):
-    op = get_op(op_name)
-    return op.infer(normalize_attrs(op, attrs), [tuple(s) for s in shapes])
-
-
-def raises(exc, field, fn, *args):
-    with pytest.raises(exc) as e:
-        fn(*args)
-    assert e.value.field == field, f"field {e.value.field!r}, expected {field!r}: {e.value}"
-    return e.value
 
 
 # ============================================================================= Gemm

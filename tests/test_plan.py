@@ -3,7 +3,7 @@ frozen prefixes, gradient accumulation at branches, and kernel build errors."""
 import numpy as np
 import pytest
 
-from clcheck import needs_cl, runtime
+from clcheck import needs_cl, nontrivial_bn_stats, runtime
 from device_agent.backends.numpy import NumpyRef
 from test_numpy_ref import branchy_graph
 
@@ -22,14 +22,7 @@ def _zoo(name, size, classes=10, width=1.0):
     from thomas_cli import zoo
 
     g = zoo.build(name, num_classes=classes, size=size, width=width, seed=0)
-    # non-trivial BN statistics so frozen-statistics paths are exercised
-    rng = np.random.default_rng(1)
-    for k, p in g.params.items():
-        if k.endswith("running_var"):
-            g.weights[k] = (rng.random(p.shape) + 0.5).astype(np.float32)
-        elif k.endswith("running_mean"):
-            g.weights[k] = (rng.standard_normal(p.shape) * 0.1).astype(np.float32)
-    return g
+    return nontrivial_bn_stats(g)     # frozen-statistics paths see real values
 
 
 def _close(a, b, what, rtol=1e-4):

@@ -7,7 +7,7 @@ max_pool2d with dilation; AveragePool with dilation through F.unfold)."""
 import numpy as np
 import pytest
 
-from clcheck import needs_cl, runtime
+from clcheck import needs_cl, nontrivial_bn_stats, runtime
 from device_agent.model.builder import GraphBuilder
 from device_agent.backends.numpy import NumpyEngine, NumpyInfer
 from device_agent.training.optim import make_optimizer
@@ -35,13 +35,7 @@ def new_ops_net(size: int = 12, classes: int = 10, seed: int = 0, log_softmax_he
     if log_softmax_head:
         x = b.op("LogSoftmax", [x], {"axis": 1}, name="head")
     g = b.finish({"logits": x}, labels=[str(i) for i in range(classes)])
-    rng = np.random.default_rng(1)              # non-trivial BN statistics for the frozen paths
-    for k, p in g.params.items():
-        if k.endswith("running_var"):
-            g.weights[k] = (rng.random(p.shape) + 0.5).astype(np.float32)
-        elif k.endswith("running_mean"):
-            g.weights[k] = (rng.standard_normal(p.shape) * 0.1).astype(np.float32)
-    return g
+    return nontrivial_bn_stats(g)     # frozen-statistics paths see real values
 
 
 def _close(a, b, what, rtol):
