@@ -12,7 +12,7 @@ setup: $(STAMP) adb
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,demo]'
+	$(BIN)/python -m pip install -q -e '.[test,demo,fleet]'
 	@touch $(STAMP)
 
 # The virtual adb device of the tests drives a real `adb` server (Debian package `adb`). Installed
