@@ -3,6 +3,23 @@
 #define REAL float  // storage and accumulation type; the only one the agent builds today
 #endif
 
+// Activation storage (dtype "mixed", issue 18 item 1; docs/BACKENDS.md "Half-precision storage").
+// A kernel reads and writes ACTIVATIONS (forward values, never gradients or weights) through these, and
+// declares their pointers `__global ACT_T*` / `__global const ACT_T*`. Built with -DACT_HALF each element is
+// a 16-bit half in memory (vload_half / vstore_half: core OpenCL 1.2, no cl_khr_fp16; vstore_half rounds to
+// nearest even), converted to and from float in registers: arithmetic stays float. Without it (the default)
+// they are plain REAL loads and stores, so a kernel written with them builds unchanged in float32.
+// i counts elements, not bytes; v is a float expression.
+#ifdef ACT_HALF
+#define ACT_T half
+#define LOAD_ACT(p, i) vload_half((i), (p))
+#define STORE_ACT(p, i, v) vstore_half((v), (i), (p))
+#else
+#define ACT_T REAL
+#define LOAD_ACT(p, i) ((p)[(i)])
+#define STORE_ACT(p, i, v) ((p)[(i)] = (v))
+#endif
+
 // Sum of v over the work-group (its size a power of two, s one REAL per work-item); every work-item
 // gets the total, in a fixed order (deterministic). s may be reused once this returns.
 REAL wg_sum(REAL v, __local REAL* s) {

@@ -11,3 +11,17 @@ __kernel void acc_add(__global REAL* y, __global const REAL* x, const int n) {
     const int i = get_global_id(0);
     if (i < n) y[i] += x[i];
 }
+
+// dtype "mixed" (plan.py): a tensor a backward reads is kept as halves from its producer to that backward
+// (pack_half right after the producer, round to nearest even) and expanded to float right before the
+// first backward that reads it (unpack_half); arithmetic stays float. vload_half / vstore_half are core
+// OpenCL 1.2 (no cl_khr_fp16).
+__kernel void pack_half(__global const REAL* x, __global half* y, const int n) {
+    const int i = get_global_id(0);
+    if (i < n) vstore_half(x[i], i, y);
+}
+
+__kernel void unpack_half(__global const half* x, __global REAL* y, const int n) {
+    const int i = get_global_id(0);
+    if (i < n) y[i] = vload_half(i, x);
+}
