@@ -21,5 +21,6 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     timeout 90 python3 benchmarks/ops.py --device-only --torch-cuda --square 1024,2048,4096 --models '' --gemm-params "$p" --out "$OUT/gemm_$(echo "$p" | tr -dc 0-9 | cut -c1-8).json" >> "$OUT/gemm.log" 2>&1; echo "gemm override rc=$?"
   done
   grep -iE "sgemm|cublas|%|square" "$OUT/gemm.log" | tail -30
-  timeout 240 python3 benchmarks/plan_models.py --torch cuda --size 224 --batch 32 --steps 10 --out "$OUT/plan_models.json" > "$OUT/plan.log" 2>&1; echo "plan rc=$?"; tail -30 "$OUT/plan.log"
+  timeout 240 python3 benchmarks/plan_models.py --torch cuda --size 224 --batch 32 --steps 10 --stages infer,last,full,full_rc --out "$OUT/plan_models.json" > "$OUT/plan.log" 2>&1; echo "plan rc=$?"; tail -30 "$OUT/plan.log"
+  timeout 150 python3 benchmarks/device_memory.py --torch cuda --size 224 --batch 32 --stages ${MEM_STAGES:-full,full_rc} --out "$OUT/device_memory.json" > "$OUT/memory.log" 2>&1; echo "memory rc=$?"; tail -8 "$OUT/memory.log"
 fi
