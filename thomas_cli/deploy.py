@@ -36,6 +36,7 @@ from device_agent.limits import parse_json
 from . import images, store, zoo
 from .app import err, progress
 from .device import Session
+from .partition import plan_parts
 from .transport.base import Transport, check_rel
 
 META = "thomas.json"
@@ -121,14 +122,42 @@ def push_data(s: Session, src: Path, name: str, size=None, val: float | None = N
     hw = tuple(size) if isinstance(size, tuple) else images.parse_size(size)
     if val is not None and not 0 <= val < 1:
         raise DataError(f"--val {val}: give a fraction in [0, 1)")
+    dec = decode(src, hw, channels)
+    parts, split_source, extra = plan_splits(dec, src, val, seed, resplit)
+    return push_splits(s, parts, dec.classes, name, split_source, extra, source=str(src.resolve()),
+                       bad=[p for p, _ in dec.bad], force=force)
+
+
+def decode(src: Path, hw, channels: int) -> images.Decoded:
+    """images.load with a progress bar; unreadable images listed on stderr (and kept in .bad)."""
     with progress(f"decoding {src.name}") as bar:
         task = bar.add_task("decode", total=images.count_inputs(src) or None)
         dec = images.load(src, hw, channels, on_image=lambda k: bar.advance(task, k))
     for path, why in dec.bad:
         err.print(f"[yellow]skipped[/] {path}: {why}", highlight=False, soft_wrap=True)
-    parts, split_source, extra = plan_splits(dec, src, val, seed, resplit)
-    return push_splits(s, parts, dec.classes, name, split_source, extra, source=str(src.resolve()),
-                       bad=[p for p, _ in dec.bad], force=force)
+    return dec
+
+
+def push_partitioned(sessions: list[Session], src: Path, name: str, size=None, val: float | None = None,
+                     seed: int = 0, force: bool = False, channels: int = 3, resplit: bool = False,
+                     alpha: float | None = None) -> list[dict]:
+    """Decode once, cut into len(sessions) parts (partition.plan_parts: IID, or Dirichlet(alpha) by class)
+    and push part j as data/<name> to sessions[j]; every part has the full class list. Returns each
+    push's meta plus per_class (its examples of each class)."""
+    store.check_name(name, "dataset")
+    hw = tuple(size) if isinstance(size, tuple) else images.parse_size(size)
+    for s in sessions:                 # an unreachable device fails before anything is decoded or pushed
+        s.t.exists("data")
+    dec = decode(src, hw, channels)
+    plans = plan_parts(dec.parts, len(dec.classes), len(sessions), alpha, seed, val, resplit, str(src))
+    out = []
+    for s, (parts, split_source, extra) in zip(sessions, plans):
+        per_class = sum(np.bincount(y, minlength=len(dec.classes)) for _, y, _ in parts.values())
+        res = push_splits(s, parts, dec.classes, name, split_source, extra, source=str(src.resolve()),
+                          bad=[p for p, _ in dec.bad], force=force)
+        out.append(dict(res, per_class=[int(c) for c in per_class], device=s.t.serial, root=s.t.root,
+                        transport=s.t.kind))
+    return out
 
 
 def plan_splits(dec: images.Decoded, src: Path, val: float | None, seed: int, resplit: bool):
