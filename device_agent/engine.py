@@ -107,6 +107,8 @@ def resolve_backend(name: str, dtype: str = "float32", graph: Graph | None = Non
 
     An 'auto' that falls back to numpy because of ops without kernels says so in one stderr line
     (a note, not an error); an explicit 'opencl' keeps the Plan's error naming the node and op."""
+    if dtype == "mixed":
+        return _resolve_mixed(name, graph)
     if name == "numpy" or (name == "auto" and dtype != "float32"):
         return "numpy"
     if opencl_available():
@@ -122,6 +124,22 @@ def resolve_backend(name: str, dtype: str = "float32", graph: Graph | None = Non
                        "(pyopencl, a device, or device_agent.backends.opencl's engines are missing); "
                        "use 'numpy' or 'auto'")
     return "numpy"
+
+
+def _resolve_mixed(name: str, graph: Graph | None) -> str:
+    """dtype 'mixed' (activations kept as halves for the backward) exists only in the OpenCL backend:
+    'auto' and 'opencl' -> 'opencl', anything that would run numpy -> JobError."""
+    if name == "numpy":
+        raise JobError("job field 'dtype' is 'mixed', which only the OpenCL backend runs; "
+                       "use backend 'opencl' or 'auto', or dtype 'float32'")
+    if not opencl_available():
+        raise JobError("job field 'dtype' is 'mixed', which needs the OpenCL backend, and none is usable "
+                       "here (pyopencl or a device is missing); use dtype 'float32'")
+    missing = missing_kernels(graph)
+    if missing:
+        raise JobError(f"job field 'dtype' is 'mixed', which needs the OpenCL backend, but model "
+                       f"'{graph.name}' uses {', '.join(missing)} (no OpenCL kernels yet); use dtype 'float32'")
+    return "opencl"
 
 
 def engine_classes(backend: str):

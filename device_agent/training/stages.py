@@ -126,23 +126,32 @@ def graph_digest(g: Graph) -> str:
     return h.hexdigest()
 
 
+def compute_dtype(job_dtype: str) -> np.dtype:
+    """The arithmetic dtype of a job's dtype field: 'mixed' computes in float32 (only what the
+    backward reads, and the feature cache, are kept as halves)."""
+    return np.dtype(np.float32 if job_dtype == "mixed" else job_dtype)
+
+
 # ============================================================================ feature cache
 class FeatureCache:
     """The frozen prefix's outputs for every image of a dataset, on disk, memory-mapped.
 
     Key = sha256(prefix graph + weights (this holds the cut point), dataset.json digest, backend,
-    dtype): any change to the frozen layers, the data or the numerics gives a new entry.
+    storage dtype): any change to the frozen layers, the data or the numerics gives a new entry.
+    The prefix runs in `dtype`; its outputs are stored as `store` (default the same; dtype 'mixed'
+    stores float16, rounded to nearest even, half the disk and page cache; read back as float32).
     Layout: <root>/features/<key>/{meta.json, train.<i>.npy, val.<i>.npy} (i indexes the cut);
     an entry is written into a temp directory and renamed into place complete. Entries for the
     same (model path, data path, cut) with another key are stale and are removed when a new one
     is stored."""
 
-    def __init__(self, root, split: Split, data_digest: str, backend: str, dtype, source: dict):
+    def __init__(self, root, split: Split, data_digest: str, backend: str, dtype, source: dict, store=None):
         self.root = Path(root) / "features"
         self.cut = list(split.cut)
-        self.dtype = np.dtype(dtype)
-        self.source = dict(source, cut=self.cut, dtype=self.dtype.name, backend=backend)
-        h = hashlib.sha256(f"thomas-features/{CACHE_FORMAT}/{backend}/{self.dtype.name}/{data_digest}/".encode())
+        self.dtype = np.dtype(dtype)                                 # the prefix's arithmetic
+        self.store = np.dtype(dtype if store is None else store)     # the stored features
+        self.source = dict(source, cut=self.cut, dtype=self.store.name, backend=backend)
+        h = hashlib.sha256(f"thomas-features/{CACHE_FORMAT}/{backend}/{self.store.name}/{data_digest}/".encode())
         h.update(graph_digest(split.prefix).encode())
         self.key = h.hexdigest()[:32]
         self.dir = self.root / self.key
@@ -159,7 +168,7 @@ class FeatureCache:
                 self.loaded[split] = {}
                 for i, t in enumerate(self.cut):
                     a = np.load(self.dir / f"{split}.{i}.npy", mmap_mode="r", allow_pickle=False)
-                    if a.shape[0] != rows or a.dtype != self.dtype:
+                    if a.shape[0] != rows or a.dtype != self.store:
                         raise ValueError(f"{split}.{i}.npy: shape {a.shape}, dtype {a.dtype}")
                     self.loaded[split][t] = a
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
@@ -184,7 +193,7 @@ class FeatureCache:
                     rows = np.arange(lo, min(lo + batch, len(sp)))
                     feats = prefix.forward(normalize(sp.rows(rows), preprocess, self.dtype))
                     if outs is None:
-                        outs = [npy_map(tmp / f"{name}.{i}.npy", self.dtype, (len(sp),) + feats[t].shape[1:])
+                        outs = [npy_map(tmp / f"{name}.{i}.npy", self.store, (len(sp),) + feats[t].shape[1:])
                                 for i, t in enumerate(self.cut)]   # a full disk: ENOSPC here, not SIGBUS
                     for o, t in zip(outs, self.cut):
                         o[lo:lo + len(rows)] = feats[t]

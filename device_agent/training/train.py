@@ -38,7 +38,7 @@ from .data import RNG_AUGMENT, Dataset, augment_batch, normalize, open_dataset
 from .monitor import BestEpoch, DivergenceGuard
 from .optim import lr_at, make_optimizer
 from .runlock import LOCK_NAME, RunLock
-from .stages import FeatureCache, split_graph, trainable_params
+from .stages import FeatureCache, compute_dtype, split_graph, trainable_params
 from .telemetry import Telemetry
 
 
@@ -191,7 +191,7 @@ class _State:
                  engine, Infer):
         self.job, self.ds, self.graph, self.backend, self.split, self.engine = job, ds, graph, backend, split, engine
         self.trainable = trainable
-        self.dtype = np.dtype(job.dtype)
+        self.dtype = compute_dtype(job.dtype)
         self.Infer = Infer
         self.prefix_engine = None          # built on first use: a cache hit never runs the prefix
         self.preprocess = graph.inputs[0].preprocess
@@ -223,7 +223,7 @@ def _setup(job: TrainJob) -> _State:
     ds = open_dataset(job.data)
     graph = _load_graph(job, ds)
     backend = resolve_backend(job.backend, job.dtype, graph)
-    dtype = np.dtype(job.dtype)
+    dtype = compute_dtype(job.dtype)
     head = loss_graph(graph)                # the loss reads the logits, not a final Softmax's output
     trainable = trainable_params(head, job.layers)
     split = split_graph(head, trainable)
@@ -233,7 +233,8 @@ def _setup(job: TrainJob) -> _State:
                          momentum=job.momentum, nesterov=job.nesterov, weight_decay=job.weight_decay,
                          betas=job.betas, eps=job.eps)
     engine = Engine(split.suffix, trainable, opt, job.bn_batch_stats, job.clip_grad_norm,
-                    job.label_smoothing, dtype, job.seed, recompute=job.recompute)
+                    job.label_smoothing, job.dtype if job.dtype == "mixed" else dtype, job.seed,
+                    recompute=job.recompute)
     s = _State(job, ds, graph, backend, trainable, split, engine, Infer)
     if s.spe == 0:
         raise JobError(f"job field 'batch' is {job.batch}, more than the {len(ds.train)} training images, "
@@ -285,7 +286,8 @@ def _send_plan(r: _Run, s: _State) -> None:
     if job.feature_cache and not job.augment and s.split.prefix is not None:
         root = Path(job.cache_dir) if job.cache_dir else default_cache_dir(job.data)
         s.cache = FeatureCache(root, s.split, ds.digest, s.backend, s.dtype,
-                               {"model": str(Path(job.model).resolve()), "data": str(Path(job.data).resolve())})
+                               {"model": str(Path(job.model).resolve()), "data": str(Path(job.data).resolve())},
+                               store=np.float16 if job.dtype == "mixed" else None)
     mem = s.engine.memory()
     n_train = int(sum(graph.weights[k].size for k in s.trainable))
     r.send(PlanEvent(s.backend, job.dtype, _stage_name(job), n_train, graph.num_params(False) - n_train,
@@ -323,7 +325,7 @@ def _features(r: _Run, s: _State, split_name: str, epoch: int) -> dict | None:
 def _inputs(s: _State, part, rows: np.ndarray, feats: dict | None, epoch: int, batch_idx: int, augment: bool):
     """What the trainable part reads for these rows: cached features, prefix outputs or images."""
     if feats is not None:
-        return {t: np.asarray(feats[t][rows]) for t in s.split.cut}
+        return {t: np.asarray(feats[t][rows], s.dtype) for t in s.split.cut}
     u8 = part.rows(rows)
     if augment:
         u8 = augment_batch(u8, np.random.default_rng([s.job.seed, RNG_AUGMENT, epoch, batch_idx]))

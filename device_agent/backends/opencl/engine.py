@@ -18,6 +18,7 @@ from ...errors import BackendError
 from ...model.graph import Graph
 from ...model.heads import loss_graph
 from ...ops.dropout import RNG_DROPOUT
+from .mixed import check_dtype as _check_dtype, check_options
 from .optim import OptimConfig
 from .passes import frozen_nodes
 from .plan import Plan
@@ -29,12 +30,6 @@ def _config(opt) -> OptimConfig:
     if opt.name == "sgd":
         return OptimConfig("sgd", momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay)
     return OptimConfig(opt.name, betas=(opt.beta1, opt.beta2), eps=opt.eps, weight_decay=opt.weight_decay)
-
-
-def _check_dtype(dtype) -> None:
-    if np.dtype(dtype) != np.float32:
-        raise BackendError(f"the OpenCL backend computes in float32, not {np.dtype(dtype)} "
-                           f"(use backend 'numpy' for float64)")
 
 
 def _feeds(graph: Graph, x):
@@ -84,7 +79,8 @@ class OpenCLEngine:
     def __init__(self, graph: Graph, trainable: set[str], optimizer, bn_batch_stats: bool,
                  clip_grad_norm: float | None = None, label_smoothing: float = 0.0, dtype=np.float32,
                  seed: int = 0, recompute: bool = False, runtime=None):
-        _check_dtype(dtype)
+        self.dtype = _check_dtype(dtype)
+        check_options(self.dtype, recompute)
         from .runtime import shared_runtime
 
         self.graph = graph = loss_graph(graph)   # the loss reads the logits before a final Softmax
@@ -117,7 +113,7 @@ class OpenCLEngine:
             plan = self.plans[batch] = Plan(self.graph, batch, trainable=self.trainable, optimizer=self.config,
                                             training=True, bn_batch_stats=self.bn_batch_stats,
                                             label_smoothing=self.label_smoothing, recompute=self.recompute,
-                                            runtime=self.rt, store=self.store)
+                                            runtime=self.rt, store=self.store, dtype=self.dtype)
         self.current = plan
         return plan
 

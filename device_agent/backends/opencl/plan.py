@@ -24,6 +24,8 @@ What the Plan owns:
               holds the activation memory of its largest Plan, not the sum over its Plans.
   recompute   (Plan(recompute=True)) BN outputs are not kept for the backward: each is rewritten
               from the BN input and statistics right before the first backward that reads it
+  mixed       (Plan(dtype="mixed")) tensors saved for the backward are kept as halves between the
+              forward and their backward (mixed.py); arithmetic and everything else stay float32
 
 A step is `replay(queue, launches)`: no allocation, no host round trip between ops, no finish()
 until the two scalars are read back. Frozen nodes record no backward launches at all. The graph
@@ -42,6 +44,7 @@ from ...model.heads import loss_graph
 from ...ops import get_op, normalize_attrs
 from ...ops.dropout import draw_seed
 from .arena import Lifetimes, pool, workspace_bytes
+from .mixed import bytes_by_dtype, check_dtype, check_options, halve_lifetimes, keeps_half
 from .optim import OptimConfig
 from .passes import fold_batchnorm, frozen_nodes, fuse_activations
 from .record import LaunchRecording
@@ -57,10 +60,14 @@ class Plan(LaunchRecording):
     def __init__(self, graph: Graph, batch: int, *, trainable=None, optimizer: OptimConfig | None = None,
                  training: bool = True, bn_batch_stats: bool | None = None, label_smoothing: float = 0.0,
                  runtime: "Runtime | None" = None, reuse: bool = True, fold_bn: bool = True,
-                 fuse_act: bool = True, recompute: bool = False, store: Store | None = None):
+                 fuse_act: bool = True, recompute: bool = False, store: Store | None = None,
+                 dtype: str = "float32"):
         """store: the engine's device-resident weights to run over (its graph, trainable set,
         optimizer and BN folding apply; `trainable` must be its set, or empty for an eval /
-        inference Plan). Without one the Plan makes its own from graph and these options."""
+        inference Plan). Without one the Plan makes its own from graph and these options.
+        dtype: "float32", or "mixed": tensors saved for the backward kept as halves (mixed.py)."""
+        self.dtype = check_dtype(dtype)
+        check_options(self.dtype, recompute)
         self._released = False
         self.rt = runtime or (store.rt if store is not None else Runtime())
         self.rt.own(self)
@@ -214,6 +221,7 @@ class Plan(LaunchRecording):
         (ClSpec.recompute) right before the first such backward and lives only until the last."""
         producers = self.graph.producers()
         self.recomputed: dict[str, list[str]] = {}      # tensor -> the backward nodes that read its copy
+        self.halved: dict[str, list[str]] = {}          # mixed: tensor -> the backward nodes reading it
         for n in bw_nodes:
             op, a = self.specs[n.name]
             for s in op.cl.saved(a):
@@ -225,11 +233,14 @@ class Plan(LaunchRecording):
                 if self.recompute and kind == "x" and p is not None and p.name in self.t_bw \
                         and self.specs[p.name][0].cl.recompute is not None:
                     self.recomputed.setdefault(t, []).append(n.name)
+                elif self.dtype == "mixed" and keeps_half(n.op, s):
+                    self.halved.setdefault(t, []).append(n.name)
                 else:
                     life.touch(t, self.t_bw[n.name])
         for t, readers in self.recomputed.items():
             times = [self.t_bw[r] for r in readers]
             life.new(f"{t}@recomputed", self.shapes[t], min(times), max(times))
+        halve_lifetimes(self, life)
 
     def _state_lifetimes(self, life: Lifetimes) -> None:
         """Per-node state: forward -> backward (or just the forward in inference)."""
@@ -288,7 +299,7 @@ class Plan(LaunchRecording):
     def _alloc_arena(self, life: Lifetimes) -> None:
         """Pool the storages into whole buffers; a TensorRef per slot."""
         uniq = life.storages()
-        sizes = pool(uniq, self.reuse)
+        sizes = self.arena_sizes = pool(uniq, self.reuse)
         self.arena_bytes = sum(sizes)
         self.no_reuse_bytes = sum(max(s.nbytes, 4) for s in uniq)
         self.arena = list(self.store.scratch.buffers(sizes))
@@ -306,7 +317,8 @@ class Plan(LaunchRecording):
         ws = 0
         for n in g.nodes:
             op, a = self.specs[n.name]
-            ws = max(ws, workspace_bytes(op.cl, a, [shapes[t] for t in n.inputs], [shapes[t] for t in n.outputs]))
+            ws = max(ws, workspace_bytes(op.cl, a, [shapes[t] for t in n.inputs], [shapes[t] for t in n.outputs],
+                                         dev=rt))
         self.workspace_bytes = ws
         self.workspace = TensorRef("workspace", (max(1, ws // 4),), self.store.scratch.workspace(ws)) if ws else None
         self.labels = TensorRef("labels", (self.batch,), rt.alloc(self.batch * 4), np.dtype(np.int32))
@@ -418,6 +430,7 @@ class Plan(LaunchRecording):
         """What running this Plan needs on the device: its store and its own buffers; peak = the sum."""
         m = dict(self.store.memory(), **self.own_memory())
         m["peak"] = self.store.nbytes() + self.arena_bytes + self.workspace_bytes + self.io_bytes
+        m["by_dtype"] = bytes_by_dtype(self)     # the same peak, by element type
         return m
 
     def release(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ...errors import BackendError
 from ...model.graph import Node
+from .mixed import expand_saved, pack_launches
 from .runtime import LaunchBuilder, NodeIO, TensorRef
 
 
@@ -29,6 +30,7 @@ class LaunchRecording:
                     b.launch("plan.cl", "copy", (io.y[0].size,), None, io.x[0], io.y[0], io.y[0].size)
             else:
                 op.cl.forward(b, io)
+            pack_launches(self, b, n)
             self._scope_dyn(b.launches[first:], n.name)
         self.fw_launches = list(b.launches)
         self.bw_launches = []
@@ -36,6 +38,7 @@ class LaunchRecording:
         if not self.inference:
             b.launches = []
             b.label = "<loss>"
+            self._expanded: set[str] = set()
             self._loss_launch(b)
             for n in bw_nodes:
                 self._backward_launches(b, n)
@@ -99,6 +102,7 @@ class LaunchRecording:
                 self._scope_dyn(b.launches[first:], f"{p.name}:recompute")
         b.label = f"{n.name}:backward"
         first = len(b.launches)
+        expand_saved(self, b, n, io, self._expanded)
         if op.cl.alias:
             gx, gy = io.gx[0], io.gy[0]
             x, y = n.inputs[0], n.outputs[0]

@@ -1,0 +1,118 @@
+"""dtype "mixed" (issue 18 item 1): the tensors a backward reads are kept as 16-bit halves between
+the forward and that backward; arithmetic, weights, gradients and optimizer state stay float32.
+
+    plan = Plan(graph, 32, trainable=None, dtype="mixed")
+    plan.memory()["by_dtype"]     # {"float32": ..., "float16": ..., "int32": ...}
+
+How (Plan._recompute_lifetimes, then record.py): a saved tensor t no longer lives in float32 from
+its producer to its last backward reader. Instead
+  t          float32, pooled, lives over the forward only (producer .. last forward reader)
+  t@half     float16, written by plan.cl `pack_half` right after t's producer, kept until the last
+             backward that reads t (the only long-lived copy: half the bytes)
+  t@f32      float32, pooled, written by `unpack_half` right before the first backward reading t,
+             alive until the last one; that backward reads it in place of t
+so every kernel runs unchanged on float32 buffers (no kernel is forked), at the cost of one extra
+pass over each saved tensor in the forward (read 4 B, write 2 B per element) and one in the
+backward (read 2 B, write 4 B). docs/BACKENDS.md "Half-precision storage" has the measurements
+that chose this over producers/consumers storing halves themselves (common.cl's LOAD_ACT /
+STORE_ACT), and the error budget.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import BackendError
+
+DTYPES = ("float32", "mixed")
+
+# Saved inputs that must stay exact: class indices read as floats (a half holds integers exactly
+# only up to 2048).
+EXACT_SAVES = {("SoftmaxCrossEntropy", "x1")}
+
+
+def check_dtype(dtype) -> str:
+    """'float32' (default) or 'mixed'; a numpy float32 dtype is 'float32'."""
+    if dtype is None:
+        return "float32"
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return dtype
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        pass
+    if dtype == np.float32:
+        return "float32"
+    raise BackendError(f"the OpenCL backend computes in float32, not {dtype} (use backend 'numpy' "
+                       f"for float64, or dtype 'mixed' for halves kept for the backward)")
+
+
+def keeps_half(op_name: str, save: str) -> bool:
+    """Whether a saved tensor ("x0", "y0", ...) of an op may be kept as halves."""
+    return (op_name, save) not in EXACT_SAVES
+
+
+def halve_lifetimes(plan, life) -> None:
+    """t@half from t's producer to its last backward reader, t@f32 from its first to its last."""
+    producers = plan.graph.producers()
+    for t, readers in plan.halved.items():
+        times = [plan.t_bw[r] for r in readers]
+        start = plan.t_fw[producers[t].name]
+        life.new(f"{t}@half", plan.shapes[t], start, max(times), np.float16)
+        life.new(f"{t}@f32", plan.shapes[t], min(times), max(times))
+
+
+def pack_launches(plan, b, node) -> None:
+    """After `node`'s forward: each of its outputs that a backward reads, stored as halves."""
+    from ...ops._cl import elt
+
+    for t in node.outputs:
+        if t in plan.halved:
+            src, dst = plan.refs[t], plan.refs[f"{t}@half"]
+            b.launch("plan.cl", "pack_half", (src.size,), elt(b), src, dst, src.size)
+
+
+def expand_saved(plan, b, node, io, done: set) -> None:
+    """Before `node`'s backward: its saved tensors kept as halves are read from their float32
+    expansion, which the first backward reading each one writes."""
+    from ...ops._cl import elt
+
+    op, a = plan.specs[node.name]
+    for s in op.cl.saved(a):
+        kind, idx = s[0], int(s[1:])
+        t = (node.inputs if kind == "x" else node.outputs)[idx]
+        if node.name not in plan.halved.get(t, ()):
+            continue
+        f32 = plan.refs[f"{t}@f32"]
+        (io.x if kind == "x" else io.y)[idx] = f32
+        if t not in done:
+            done.add(t)
+            half = plan.refs[f"{t}@half"]
+            b.launch("plan.cl", "unpack_half", (f32.size,), elt(b), half, f32, f32.size)
+
+
+def bytes_by_dtype(plan) -> dict[str, int]:
+    """Device bytes of one Plan with its store, by element type. A pooled arena buffer counts as
+    the type of the largest tensor it holds (the one that sized it); the store (weights,
+    gradients, optimizer state) and the workspace are float32, labels int32."""
+    out: dict[str, int] = {}
+
+    def add(dt, n):
+        out[np.dtype(dt).name] = out.get(np.dtype(dt).name, 0) + int(n)
+
+    add(np.float32, plan.store.nbytes() + plan.workspace_bytes)
+    for r in plan._own:
+        add(r.dtype, r.nbytes)
+    sizer: dict[int, tuple[int, np.dtype]] = {}
+    for sl in plan.life.slots.values():
+        st = sl.storage
+        if st.pool >= 0 and st.nbytes >= sizer.get(st.pool, (-1, None))[0]:
+            sizer[st.pool] = (st.nbytes, sl.dtype)
+    for i, nbytes in enumerate(plan.arena_sizes):
+        add(sizer.get(i, (0, np.float32))[1], nbytes)
+    return out
+
+
+def check_options(dtype: str, recompute: bool) -> None:
+    if dtype == "mixed" and recompute:
+        raise BackendError("dtype 'mixed' does not combine with recompute yet (a recomputed BN output "
+                           "would read its input's float32 copy, which mixed no longer keeps)")
