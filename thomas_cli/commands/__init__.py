@@ -6,6 +6,7 @@ and app, never each other (common.py aside) and are never imported by a service.
     models    thomas zoo list|build, inspect, push-model, models list
     data      thomas push-data
     finetune  thomas finetune
+    fleet     thomas fleet finetune (Flower; imported only when it runs)
     runs      thomas runs list|show|pull|rm|attach|cancel
     onnx      thomas import / export
     infer     thomas infer
@@ -16,4 +17,4 @@ and app, never each other (common.py aside) and are never imported by a service.
     setup     thomas setup termux
 """
 # NOTE: the order of `thomas --help`
-from . import devices, models, data, finetune, runs, onnx, infer, evaluate, bench, report, demo, setup  # noqa: F401,I001
+from . import devices, models, data, finetune, fleet, runs, onnx, infer, evaluate, bench, report, demo, setup  # noqa: F401,I001
