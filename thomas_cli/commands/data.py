@@ -91,20 +91,22 @@ def push_parts_cmd(src: Path, devices: str | None, n: int | None, alpha: float |
 def parts_table(summary: dict) -> Table:
     classes = summary["classes"]
     how = "IID (stratified)" if summary["dirichlet"] is None else f"Dirichlet alpha={summary['dirichlet']:g}"
-    t = Table("device", "transport", "examples", "train / val", "per class", "pushed",
-              title=f"{summary['name']}: {summary['examples']} examples, {len(classes)} classes, "
+    t = Table(title=f"{summary['name']}: {summary['examples']} examples, {len(classes)} classes, "
                     f"{summary['parts']} part{'s' * (summary['parts'] != 1)}, {how}, seed {summary['seed']}")
+    each = f"per class ({classes[0]} .. {classes[-1]})" if len(classes) <= 12 else "per class"
+    for col in ("device", "transport", "examples", "train/val", each, "pushed"):
+        t.add_column(col, no_wrap=col != each, justify="right" if col == "examples" else "left")
     for r in summary["devices"]:
-        test = f" / {r['test']}" if r.get("test") else ""
-        t.add_row(r["device"], r["transport"], str(r["count"]), f"{r['train']} / {r['val']}{test}",
+        test = f"/{r['test']}" if r.get("test") else ""
+        t.add_row(r["device"], r["transport"], str(r["count"]), f"{r['train']}/{r['val']}{test}",
                   per_class(classes, r["per_class"]), "already there" if r["skipped"] else "pushed")
     return t
 
 
 def per_class(classes: list[str], counts: list[int]) -> str:
-    """'0:12 1:3 2:0' for up to 12 classes; else how many classes it has and its 5 largest."""
+    """Up to 12 classes: every count in class order ('12 3 0'); more: how many it holds and its 5 largest."""
     if len(classes) <= 12:
-        return " ".join(f"{c}:{k}" for c, k in zip(classes, counts))
+        return " ".join(map(str, counts))
     top = sorted(range(len(counts)), key=lambda i: -counts[i])[:5]
     held = sum(1 for k in counts if k)
     return f"{held}/{len(classes)} classes; most: " + " ".join(f"{classes[i]}:{counts[i]}" for i in top)
