@@ -68,7 +68,7 @@ class TrainJob:
     keep_checkpoints: int = 3
     checkpoint_every: int = 0         # steps; 0 = at each epoch end
     drop_last: bool = False
-    recompute: bool = False           # OpenCL: BN outputs recomputed for the backward, not kept (less memory)
+    recompute: bool = True            # OpenCL: BN outputs recomputed for the backward, not kept (bit-identical, less memory)
     resume: bool = False              # continue `out` from its last good checkpoint
     diverge_factor: float | None = 10.0   # stop ('diverged') on a loss > this x the recent median (TRAINING.md)
     select: str = "val_acc"           # best/: the epoch with the highest val_acc | the lowest val_loss

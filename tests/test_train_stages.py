@@ -136,12 +136,13 @@ def test_opencl_engine_trains_a_suffix_cut_across_a_residual():
 
 @needs_cl
 def test_recompute_job_field_reaches_the_opencl_plan():
-    """job field recompute: the OpenCL engine's Plans rewrite BN outputs for the backward — the same
-    bits, fewer activation bytes; a non-bool value is one JobError line."""
+    """job field recompute (default true): the OpenCL engine's Plans rewrite BN outputs for the
+    backward — the same bits, fewer activation bytes; false keeps them; a non-bool value is one JobError line."""
     from device_agent.backends.opencl.engine import OpenCLEngine
     from device_agent.protocol import TrainJob
 
-    assert TrainJob.from_dict({"model": "m", "data": "d", "out": "o", "recompute": True}).recompute
+    assert TrainJob.from_dict({"model": "m", "data": "d", "out": "o"}).recompute    # on by default (< 5 % time)
+    assert not TrainJob.from_dict({"model": "m", "data": "d", "out": "o", "recompute": False}).recompute
     with pytest.raises(JobError, match="job field 'recompute' must be true or false"):
         TrainJob.from_dict({"model": "m", "data": "d", "out": "o", "recompute": "yes"})
     g = build("mobilenet_v2", num_classes=3, size=32, width=0.25, seed=0)
