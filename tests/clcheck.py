@@ -76,7 +76,7 @@ def cl_run(op_name, attrs, inputs, *, training=False, bn_batch_stats=False, seed
             state[k] = empty(rt, k, shape, dtype)
     ws = None
     if op.cl.workspace is not None or op.cl.gemms is not None:
-        nbytes = workspace_bytes(op.cl, a, in_shapes, out_shapes)   # as the Plan sizes it
+        nbytes = workspace_bytes(op.cl, a, in_shapes, out_shapes, dev=rt)   # as the Plan sizes it
         if nbytes:
             ws = empty(rt, "workspace", (max(1, nbytes // 4),))
     io = NodeIO(op_name.lower(), op_name, a, xs, ys, state=state, workspace=ws, training=training,

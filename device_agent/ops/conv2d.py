@@ -25,6 +25,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .registry import register
 from ._cl import ACTS, row_local_size
+from ._conv_igemm import conv_mode, igemm_backward, igemm_forward, workspace_floats
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 _COLS_BUDGET = 1 << 23  # elements of one im2col buffer (32 MiB float32, 64 MiB float64)
@@ -244,6 +245,10 @@ def conv_backward(attrs, saved, gys, needs, ctx):
 #            by the GEMM (reduce_batch: partial products + a fixed-order reduction on GPUs)
 #            CPU-shaped GEMMs: gy[n,gi] @ rows[n,gi], rows = cols^T (im2row)       NN, image by image
 # Workspace: [columns of nb images | GEMM partial products (split-K, dW's per-image products)].
+# Implicit GEMM (ops/_conv_igemm.py, kernels/conv_igemm.cl; GPUs by default, THOMAS_CL_CONV forces it):
+#   general: one launch each for y, dX and dW with the columns gathered per tile in local memory; the
+#            workspace holds only dW's segment partial sums
+#   pointwise: the GEMMs above on the whole batch (no columns); dW on CPU-shaped GEMMs by conv_igemm
 def _cl_geometry(io):
     x = io.x[0]
     n, c, h, wd = x.shape
@@ -309,24 +314,50 @@ def _dw_segments(b, rows: int, lanes: int) -> tuple[int, int]:
     return seg, -(-rows // seg)
 
 
-def cl_conv_workspace(attrs, in_shapes, out_shapes):
+def _igemm_dev(dev, attrs: dict, c: int) -> tuple[bool, bool]:
+    """(implicit GEMM, GPU-shaped GEMMs) for a node on `dev` (the Runtime: kind and tuning; None =
+    THOMAS_CL_CONV alone decides, else the im2col sizes, the larger)"""
+    if _is_depthwise(c, attrs["groups"]):
+        return False, False
+    kind, tun = (dev.kind, dev.tuning.get("conv2d")) if dev is not None else ("cpu", {})
+    gpu_gemm = (dev.tuning.get("gemm").get("variant") or dev.kind) == "gpu" if dev is not None else False
+    return conv_mode(kind, tun) == "igemm", gpu_gemm
+
+
+def _igemm_on(b, io) -> bool:
+    return not _is_depthwise(io.x[0].shape[1], io.attrs["groups"]) and conv_mode(b.kind, b.tuning("conv2d")) == "igemm"
+
+
+def cl_conv_workspace(attrs, in_shapes, out_shapes, dev=None):
     """bytes: im2col columns of nb images (nb = whole batch if within _CL_COLS_BUDGET; pointwise
     convolutions use them only for dW on CPU devices); the GEMM partial products (GPU split-K) of
-    `cl_conv_gemms` follow them."""
+    `cl_conv_gemms` follow them. Implicit GEMM: dW's segment partial sums only (none for a pointwise
+    conv on GPU-shaped GEMMs)."""
     n, c = in_shapes[0][:2]
     if _is_depthwise(c, attrs["groups"]):   # the dW segments' partial sums
         r, s = attrs["kernel"]
         return 4 * out_shapes[0][1] * r * s * min(DW_MAX_SEGS, n * out_shapes[0][2])
+    igemm, gpu_gemm = _igemm_dev(dev, attrs, c)
+    if igemm:
+        k, (r, s), (p, q) = out_shapes[0][1], attrs["kernel"], out_shapes[0][2:]
+        pw_gpu = _is_pointwise(attrs) and gpu_gemm
+        return 0 if pw_gpu else 4 * workspace_floats(k, c // attrs["groups"] * r * s, attrs["groups"], n * p * q)
     nb, per_image = _cols_images(attrs, in_shapes[0], out_shapes[0])
     return 4 * nb * per_image
 
 
-def cl_conv_gemms(attrs, in_shapes, out_shapes):
-    """the GEMMs of one column chunk of nb images (per group): forward, dX and dW (batch-reduced)"""
+def cl_conv_gemms(attrs, in_shapes, out_shapes, dev=None):
+    """the GEMMs of one column chunk of nb images (per group): forward, dX and dW (batch-reduced);
+    implicit GEMM: only a pointwise conv's, over the whole batch"""
     c, g = in_shapes[0][1], attrs["groups"]
     if _is_depthwise(c, g):
         return []
     nb, _ = _cols_images(attrs, in_shapes[0], out_shapes[0])
+    igemm, _ = _igemm_dev(dev, attrs, c)
+    if igemm:
+        if not _is_pointwise(attrs):
+            return []
+        nb = in_shapes[0][0]
     k, (r, s), pq = out_shapes[0][1], attrs["kernel"], out_shapes[0][2] * out_shapes[0][3]
     kg, crsg = k // g, c // g * r * s
     return [(kg, pq, crsg, nb, False), (crsg, pq, kg, nb, False), (kg, crsg, pq, nb, True)]
@@ -352,8 +383,12 @@ def _fit_lwg(b, d: dict) -> dict:
     return d
 
 
-def _regions(io) -> tuple[int, dict]:
-    """(images per chunk, gemm kwargs for the partial-product region after the columns)"""
+def _regions(io, igemm: bool = False) -> tuple[int, dict]:
+    """(images per chunk, gemm kwargs for the partial-product region after the columns); implicit
+    GEMM (pointwise convs): the whole batch, the whole workspace for partial products"""
+    if igemm:
+        ws = io.workspace
+        return io.x[0].shape[0], {"work": ws, "work_off": 0, "work_floats": ws.size if ws is not None else 0}
     nb, per_image = _cols_images(io.attrs, io.x[0].shape, io.y[0].shape)
     ws = io.workspace
     if ws is None or ws.size < nb * per_image:
@@ -380,9 +415,13 @@ def cl_conv_forward(b, io):
                  bias if bias is not None else w, mode, y, c, h, wd, k // c, *geo, qb,
                  defines=_dw_defines(b, io.attrs), flops=2 * n * k * p * q * r * s)
         return
+    igemm = _igemm_on(b, io)
+    if igemm and not _is_pointwise(io.attrs):
+        igemm_forward(b, io, _cl_geometry(io))
+        return
     kg, cg = k // g, c // g
     crs, crsg, pq = c * r * s, cg * r * s, p * q
-    nb, work = _regions(io)
+    nb, work = _regions(io, igemm)
     bias_kw = {"bias": bias, "bias_mode": "row" if bias is not None else None, "act": io.act}
     if _is_pointwise(io.attrs):
         for gi in range(g):
@@ -399,6 +438,29 @@ def cl_conv_forward(b, io):
                  bias_off=gi * kg, **bias_kw, **work)
 
 
+def _cl_dw_backward(b, io, defs) -> None:
+    """dX and dW of a depthwise conv (the direct kernels of conv2d.cl)"""
+    n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = _cl_geometry(io)
+    x, w, gy, gx, gw = io.x[0], io.x[1], io.gy[0], io.gx[0], io.gx[1]
+    geo, lwg = (r, s, p, q, sh, sw, dh, dw, pt, pl), defs["LWG"]
+    # undoes: y[n,k] = sum_{r,s} x[n, k/mult, p*sh+r*dh-pt, q*sw+s*dw-pl] * w[k,0,r,s]
+    if gx is not None and _dw_rows(b):
+        b.launch("conv2d.cl", "dw_bwd_data_rows", (h, c, n), row_local_size(b), gy, w, gx, c, h, wd, k // c,
+                 *geo, defines=defs, flops=2 * n * k * p * q * r * s)
+    elif gx is not None:
+        wb = _dw_run(b, wd)
+        b.launch("conv2d.cl", "dw_bwd_data", (h * -(-wd // wb), c, n), row_local_size(b), gy, w, gx, c, h, wd,
+                 k // c, *geo, wb,
+                 defines=defs, flops=2 * n * k * p * q * r * s)
+    if gw is not None:
+        lq = min(lwg, 1 << max(0, q - 1).bit_length())    # lanes along q: a power of two >= Q, <= LWG
+        seg, segs = _dw_segments(b, n * p, lwg // lq)
+        b.launch("conv2d.cl", "dw_bwd_filter_part", (segs * lwg, k), (lwg, 1), x, gy, io.workspace,
+                 n, c, h, wd, k // c, *geo, seg, lq, defines=defs, flops=2 * n * k * p * q * r * s)
+        b.launch("conv2d.cl", "dw_bwd_filter_finish", (k * r * s,), row_local_size(b)[:1], io.workspace, segs,
+                 gw, k * r * s, defines=defs)
+
+
 def cl_conv_backward(b, io):
     n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = _cl_geometry(io)
     x, w, gy = io.x[0], io.x[1], io.gy[0]
@@ -411,29 +473,21 @@ def cl_conv_backward(b, io):
         # undoes: y += b[None, :, None, None]
         b.launch("conv2d.cl", "bias_grad", (k * lwg,), (lwg,), gy, gb, n, k, p * q, defines=defs)
     if _is_depthwise(c, g):
-        # undoes: y[n,k] = sum_{r,s} x[n, k/mult, p*sh+r*dh-pt, q*sw+s*dw-pl] * w[k,0,r,s]
-        if gx is not None and _dw_rows(b):
-            b.launch("conv2d.cl", "dw_bwd_data_rows", (h, c, n), row_local_size(b), gy, w, gx, c, h, wd, k // c,
-                     *geo, defines=defs, flops=2 * n * k * p * q * r * s)
-        elif gx is not None:
-            wb = _dw_run(b, wd)
-            b.launch("conv2d.cl", "dw_bwd_data", (h * -(-wd // wb), c, n), row_local_size(b), gy, w, gx, c, h, wd,
-                     k // c, *geo, wb,
-                     defines=defs, flops=2 * n * k * p * q * r * s)
-        if gw is not None:
-            lq = min(lwg, 1 << max(0, q - 1).bit_length())    # lanes along q: a power of two >= Q, <= LWG
-            seg, segs = _dw_segments(b, n * p, lwg // lq)
-            b.launch("conv2d.cl", "dw_bwd_filter_part", (segs * lwg, k), (lwg, 1), x, gy, io.workspace,
-                     n, c, h, wd, k // c, *geo, seg, lq, defines=defs, flops=2 * n * k * p * q * r * s)
-            b.launch("conv2d.cl", "dw_bwd_filter_finish", (k * r * s,), row_local_size(b)[:1], io.workspace, segs,
-                     gw, k * r * s, defines=defs)
+        _cl_dw_backward(b, io, defs)
         return
     if gx is None and gw is None:
         return
     kg, cg = k // g, c // g
     crs, crsg, pq = c * r * s, cg * r * s, p * q
     pointwise = _is_pointwise(io.attrs)
-    nb, work = _regions(io)
+    igemm = _igemm_on(b, io)
+    if igemm and (not pointwise or b.gemm_family() == "cpu"):
+        # general: dX and dW implicit; pointwise on CPU-shaped GEMMs: dW implicit (no im2row), dX below
+        igemm_backward(b, io, _cl_geometry(io), data=not pointwise)
+        if not pointwise:
+            return
+        gw = None
+    nb, work = _regions(io, igemm)
     cols, ldp = io.workspace, _ldp(pq)
     if gw is not None:
         cpu = b.gemm_family() == "cpu"

@@ -16,6 +16,7 @@ engine needs the activation memory of its largest Plan, not the sum.
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 from dataclasses import dataclass, field
 
@@ -157,9 +158,16 @@ class SharedArena:
         self.bufs, self.sizes, self.ws, self.ws_bytes = [], [], None, 0
 
 
-def workspace_bytes(spec, attrs: dict, in_shapes: list, out_shapes: list) -> int:
+def workspace_bytes(spec, attrs: dict, in_shapes: list, out_shapes: list, dev=None) -> int:
     """Scratch bytes one node's launches need: the op's own `workspace`, then room for the partial
-    products of the GEMMs it declares (ClSpec.gemms), which it finds after its own bytes."""
-    own = int(spec.workspace(attrs, in_shapes, out_shapes)) if spec.workspace is not None else 0
-    gemms = spec.gemms(attrs, in_shapes, out_shapes) if spec.gemms is not None else []
+    products of the GEMMs it declares (ClSpec.gemms), which it finds after its own bytes. A hook with
+    a `dev` parameter also gets the Runtime `dev` (its path may depend on the device: Conv2d)."""
+    own = int(_hook(spec.workspace, attrs, in_shapes, out_shapes, dev)) if spec.workspace is not None else 0
+    gemms = _hook(spec.gemms, attrs, in_shapes, out_shapes, dev) if spec.gemms is not None else []
     return own + 4 * max((split_floats(*g) for g in gemms), default=0)
+
+
+def _hook(fn, attrs, in_shapes, out_shapes, dev):
+    if dev is not None and "dev" in inspect.signature(fn).parameters:
+        return fn(attrs, in_shapes, out_shapes, dev=dev)
+    return fn(attrs, in_shapes, out_shapes)

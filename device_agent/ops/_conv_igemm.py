@@ -1,0 +1,144 @@
+"""Implicit-GEMM convolution launchers (kernels/conv_igemm.cl): no im2col columns in global memory.
+
+    mode = conv_mode(b.kind, b.tuning("conv2d"))          # "igemm" on GPUs, "im2col" on CPUs
+    igemm_forward(b, io, geo)                             # y = act(w * cols(x) + b), cols gathered per tile
+    igemm_backward(b, io, geo)                            # dX (w^T * dY gathered), dW (dY * cols^T by segments)
+
+Which path a regular convolution (groups < C, not 1x1/stride 1/unpadded on a GPU-shaped GEMM) takes:
+THOMAS_CL_CONV=igemm|im2col|auto forces it for the process (tests run the kernels on PoCL with it), else
+tuning "conv2d" -> "conv", else the device kind: "igemm" on GPUs (a phone profile included), "im2col"
+on CPUs, whose CPU-shaped GEMMs are faster than a local-memory tile there.
+
+Tiles: tuning "conv2d" -> "igemm_tile" ({"MWG", "NWG", "KWG", "MDIMC", "NDIMC"}), else the first of
+TILES that this kernel fits on the device (work-group size, max work-item sizes, local memory:
+limits.py through b.rt.kernel_limits), so a phone profile (PowerVR's 4 KB of local memory) launches.
+
+dW sums N*P*Q products per weight; `dw_segments` cuts that reduction in segments so that a small
+weight tensor still fills a GPU; the segments' partial sums (nseg * K * C/g*R*S floats, the only
+workspace this path needs) are added in a fixed order by conv_igemm_sum (deterministic).
+"""
+from __future__ import annotations
+
+import os
+
+from ._cl import ACTS, row_local_size
+
+MODES = ("igemm", "im2col")
+ENV = "THOMAS_CL_CONV"
+# tiles tried in order: each keeps MWG/MDIMC, NWG/NDIMC multiples of 4 and THREADS a multiple of KWG
+TILES = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8},
+         {"MWG": 32, "NWG": 32, "KWG": 16, "MDIMC": 8, "NDIMC": 8},
+         {"MWG": 32, "NWG": 32, "KWG": 8, "MDIMC": 4, "NDIMC": 4},
+         {"MWG": 16, "NWG": 16, "KWG": 8, "MDIMC": 4, "NDIMC": 4},
+         {"MWG": 16, "NWG": 16, "KWG": 4, "MDIMC": 4, "NDIMC": 4})
+KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC")
+MAX_SEGS = 32              # dW reduction segments per weight at most
+MIN_SEG = 1024             # products per segment at least (N*P*Q / nseg)
+PART_CAP = 1 << 22         # floats of dW partial sums at most (16 MiB)
+WANT_GROUPS = 256          # work-groups the dW launch aims for (64x64 tiles x groups x segments)
+
+
+class ConvModeError(ValueError):
+    """THOMAS_CL_CONV or tuning "conv" names no convolution path."""
+
+
+def conv_mode(kind: str, tun: dict) -> str:
+    """"igemm" or "im2col" for a device of `kind` ("gpu"/"cpu") with tuning "conv2d" `tun`."""
+    want = (os.environ.get(ENV) or "").strip().lower() or str(tun.get("conv", "auto")).lower()
+    if want == "auto":
+        return "igemm" if kind == "gpu" else "im2col"
+    if want not in MODES:
+        raise ConvModeError(f"{ENV}={want!r} is not a convolution path (igemm, im2col or auto)")
+    return want
+
+
+def dw_segments(kg: int, crsg: int, g: int, npq: int) -> int:
+    """Segments of the N*P*Q reduction of dW: enough 64x64 work-groups to fill a GPU, each segment at
+    least MIN_SEG products, the partials (nseg * g*Kg * CRSg floats) within PART_CAP; 1 = no partials."""
+    tiles = -(-kg // 64) * -(-crsg // 64) * g
+    s = max(1, min(MAX_SEGS, -(-WANT_GROUPS // tiles), npq // MIN_SEG))
+    while s > 1 and s * g * kg * crsg > PART_CAP:
+        s -= 1
+    return s
+
+
+def workspace_floats(k: int, crsg: int, g: int, npq: int, need_w: bool = True) -> int:
+    """Floats of workspace the igemm path needs: dW's partial sums (0 with one segment)."""
+    s = dw_segments(k // g, crsg, g, npq) if need_w else 1
+    return s * k * crsg if s > 1 else 0
+
+
+def _defines(attrs: dict, t: dict) -> dict:
+    (r, s), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    return dict({k: int(t[k]) for k in KEYS}, GEO_R=r, GEO_S=s, GEO_SH=sh, GEO_SW=sw, GEO_DH=dh, GEO_DW=dw)
+
+
+def _misfit(b, kernel: str, attrs: dict, t: dict) -> str:
+    """Why tile `t` cannot launch `kernel` on this device ("" when it can); device-level limits first
+    (no build for a tile that cannot fit), then the built kernel's own."""
+    lim = b.rt.limits
+    threads, need = t["MDIMC"] * t["NDIMC"], 4 * t["KWG"] * (t["MWG"] + t["NWG"])
+    if threads > lim.wg_cap() or t["NDIMC"] > lim.item_sizes[0] or t["MDIMC"] > lim.item_sizes[1]:
+        return f"{t['NDIMC']}x{t['MDIMC']} work-items"
+    if need > lim.local_mem:
+        return f"{need} bytes of local tiles"
+    kl = b.rt.kernel_limits("conv_igemm.cl", kernel, _defines(attrs, t))
+    if threads > kl.wg or kl.static_local > kl.local_mem:
+        return f"{t['NDIMC']}x{t['MDIMC']} work-items / {kl.static_local} bytes over the kernel's limits"
+    return ""
+
+
+def pick_tile(b, kernel: str, attrs: dict) -> dict:
+    """The tuned tile if it fits, else the first of TILES that does (LaunchLimitError-free on phones)."""
+    tuned = b.tuning("conv2d").get("igemm_tile")
+    for t in ([dict(TILES[0], **tuned)] if isinstance(tuned, dict) else []) + list(TILES):
+        if not _misfit(b, kernel, attrs, t):
+            return t
+    raise ConvModeError(f"conv_igemm.cl:{kernel}: no tile fits this device's limits")
+
+
+def _launch(b, kernel: str, attrs: dict, cols: int, rows: int, z: int, *args, flops: int = 0):
+    t = pick_tile(b, kernel, attrs)
+    gsize = (-(-cols // t["NWG"]) * t["NDIMC"], -(-rows // t["MWG"]) * t["MDIMC"], z)
+    return b.launch("conv_igemm.cl", kernel, gsize, (t["NDIMC"], t["MDIMC"], 1), *args,
+                    defines=_defines(attrs, t), flops=flops)
+
+
+def igemm_forward(b, io, geo) -> None:
+    """x (N,C,H,W), w (K,C/g,R,S), b? (K,) -> y (N,K,P,Q) = act(conv + b), one launch."""
+    n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = geo
+    x, w, y = io.x[0], io.x[1], io.y[0]
+    bias = io.x[2] if len(io.x) > 2 else None
+    mode = int(bias is not None) | ACTS[io.act] << 1
+    _launch(b, "conv_igemm_fwd", io.attrs, n * p * q, k // g, g, x, w, bias if bias is not None else w, mode, y,
+            n, c, h, wd, k, p, q, pt, pl, g, flops=2 * n * k * p * q * (c // g) * r * s)
+
+
+def igemm_backward(b, io, geo, data: bool = True) -> None:
+    """dX (unless not `data`) and dW of a regular convolution, where wanted (the bias gradient is the
+    caller's)."""
+    n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = geo
+    x, w, gy = io.x[0], io.x[1], io.gy[0]
+    gx, gw = io.gx[0], io.gx[1]
+    flops = 2 * n * k * p * q * (c // g) * r * s
+    if gx is not None and data:
+        # undoes: y[n, k, p, q] += w[k, c, r, s] * x[n, c, p*sh + r*dh - pt, q*sw + s*dw - pl]
+        _launch(b, "conv_igemm_bwd_data", io.attrs, n * h * wd, c // g, g, gy, w, gx, n, c, h, wd, k, p, q,
+                pt, pl, g, flops=flops)
+    if gw is None:
+        return
+    # undoes the same line for w: dw[k, c, r, s] = sum_{n, p, q} gy[n, k, p, q] * x[n, c, h, w]
+    crsg, npq = c // g * r * s, n * p * q
+    nseg = dw_segments(k // g, crsg, g, npq)
+    ws = io.workspace
+    room = (ws.size if ws is not None else 0) // max(1, k * crsg)
+    nseg = nseg if nseg <= room else 1
+    t = pick_tile(b, "conv_igemm_bwd_filt", io.attrs)
+    seg = -(-(-(-npq // nseg)) // t["KWG"]) * t["KWG"]           # whole KWG slices per segment
+    nseg = -(-npq // seg)
+    out = gw if nseg == 1 else ws
+    _launch(b, "conv_igemm_bwd_filt", io.attrs, crsg, k // g, g * nseg, x, gy, out, n, c, h, wd, k, p, q,
+            pt, pl, g, nseg, seg, flops=flops)
+    if nseg > 1:
+        b.launch("conv_igemm.cl", "conv_igemm_sum", (k * crsg,), row_local_size(b)[:1], ws, nseg, k * crsg, gw,
+                 defines=_defines(io.attrs, t), flops=nseg * k * crsg)
