@@ -110,6 +110,11 @@ def test_digits_split_across_daemon_shell_and_local(fleet, tmp_path):
     r = thomas(dev, "push-data", str(tmp_path / "digits.npz"), "--channels", "1", "--devices", ",".join(names),
                "--seed", "3")                                            # same parts again: nothing to push
     assert r.stdout.count("already there") == 3, r.stdout
+    res = json.loads(thomas(dev, "push-data", str(tmp_path / "digits.npz"), "--devices", f"all,local,{names[0]}",
+                            "--name", "every", "--json").stdout)   # all: both phones; a phone all names is kept once
+    assert sorted(r["device"] for r in res["devices"]) == sorted(names) and res["examples"] == 300
+    assert sum(len(read_back(roots[n], "every")["train"][0]) + len(read_back(roots[n], "every")["val"][0])
+               for n in names) == 300
 
 
 def test_bad_input_is_one_line_and_pushes_nothing(fleet, tmp_path):
