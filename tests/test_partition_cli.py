@@ -131,6 +131,7 @@ def test_bad_input_is_one_line_and_pushes_nothing(fleet, tmp_path):
         (["--partition", "2"], ["--partition 2 needs --devices"]),
         (["--devices", f"{a},{a}"], [f"'{a}' is named twice"]),
         (["--devices", ","], ["name the devices"]),
+        (["--devices", f"{a},local", "--val", "1"], ["--val 1"]),
     ]
     for extra, words in cases:
         one_line_error(thomas(dev, "push-data", src, *extra, expect=1), *words)

@@ -146,6 +146,8 @@ def push_partitioned(sessions: list[Session], src: Path, name: str, size=None, v
     push's meta plus per_class (its examples of each class)."""
     store.check_name(name, "dataset")
     hw = tuple(size) if isinstance(size, tuple) else images.parse_size(size)
+    if val is not None and not 0 <= val < 1:
+        raise DataError(f"--val {val}: give a fraction in [0, 1)")
     for s in sessions:                 # an unreachable device fails before anything is decoded or pushed
         s.t.exists("data")
     dec = decode(src, hw, channels)
