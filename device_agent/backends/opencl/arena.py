@@ -33,6 +33,7 @@ class Storage:
     start: int
     end: int
     pool: int = -1
+    offset: int = 0       # bytes into its pool buffer (non-zero only in a packed arena)
 
 
 @dataclass
@@ -106,6 +107,29 @@ def pool(storages: list[Storage], reuse: bool = True) -> list[int]:
         spans[best].append((s.start, s.end))
         s.pool = best
     return sizes
+
+
+def pack(storages: list[Storage], align: int) -> int:
+    """Offsets inside ONE buffer instead of whole buffers (dtype mixed off NVIDIA, see Plan): each
+    storage, largest first, takes the lowest offset (a multiple of `align`) where it overlaps no
+    placed storage whose lifetime intersects its own. Sets each storage's `offset` (and `pool` 0);
+    returns the buffer's byte size. Whole buffers cannot give a half kept from the forward to the
+    backward the room a large float32 temporary had early in the forward: offsets can."""
+    placed: list[Storage] = []
+    end = 0
+    for s in sorted(storages, key=lambda s: (-s.nbytes, s.start)):
+        size = -(-max(s.nbytes, 4) // align) * align
+        busy = sorted((p.offset, p.offset + -(-max(p.nbytes, 4) // align) * align) for p in placed
+                      if not (p.end < s.start or s.end < p.start))
+        off = 0
+        for lo, hi in busy:
+            if off + size <= lo:
+                break
+            off = max(off, hi)
+        s.offset, s.pool = off, 0
+        placed.append(s)
+        end = max(end, off + size)
+    return end
 
 
 class SharedArena:

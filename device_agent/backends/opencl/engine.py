@@ -18,7 +18,7 @@ from ...errors import BackendError
 from ...model.graph import Graph
 from ...model.heads import loss_graph
 from ...ops.dropout import RNG_DROPOUT
-from .mixed import check_dtype as _check_dtype, check_options
+from .mixed import check_dtype as _check_dtype
 from .optim import OptimConfig
 from .passes import frozen_nodes
 from .plan import Plan
@@ -80,7 +80,6 @@ class OpenCLEngine:
                  clip_grad_norm: float | None = None, label_smoothing: float = 0.0, dtype=np.float32,
                  seed: int = 0, recompute: bool = False, runtime=None):
         self.dtype = _check_dtype(dtype)
-        check_options(self.dtype, recompute)
         from .runtime import shared_runtime
 
         self.graph = graph = loss_graph(graph)   # the loss reads the logits before a final Softmax

@@ -71,48 +71,59 @@ def pack_launches(plan, b, node) -> None:
             b.launch("plan.cl", "pack_half", (src.size,), elt(b), src, dst, src.size)
 
 
+def expanded(plan, b, reader: str, t: str, done: set):
+    """What `reader`'s backward reads for tensor t: its float32 expansion when t is kept as halves
+    for it (the first reader's launches write it: unpack_half), else t itself (or a parameter)."""
+    if reader not in plan.halved.get(t, ()):
+        return plan._ref(t)
+    f32 = plan.refs[f"{t}@f32"]
+    if t not in done:
+        from ...ops._cl import elt
+
+        done.add(t)
+        half = plan.refs[f"{t}@half"]
+        b.launch("plan.cl", "unpack_half", (f32.size,), elt(b), half, f32, f32.size)
+    return f32
+
+
 def expand_saved(plan, b, node, io, done: set) -> None:
     """Before `node`'s backward: its saved tensors kept as halves are read from their float32
-    expansion, which the first backward reading each one writes."""
-    from ...ops._cl import elt
-
+    expansion (and a BN output rewritten for it by recompute reads its input's: record.py)."""
     op, a = plan.specs[node.name]
     for s in op.cl.saved(a):
         kind, idx = s[0], int(s[1:])
         t = (node.inputs if kind == "x" else node.outputs)[idx]
-        if node.name not in plan.halved.get(t, ()):
-            continue
-        f32 = plan.refs[f"{t}@f32"]
-        (io.x if kind == "x" else io.y)[idx] = f32
-        if t not in done:
-            done.add(t)
-            half = plan.refs[f"{t}@half"]
-            b.launch("plan.cl", "unpack_half", (f32.size,), elt(b), half, f32, f32.size)
+        if node.name in plan.halved.get(t, ()):
+            (io.x if kind == "x" else io.y)[idx] = expanded(plan, b, node.name, t, done)
 
 
 def bytes_by_dtype(plan) -> dict[str, int]:
-    """Device bytes of one Plan with its store, by element type. A pooled arena buffer counts as
-    the type of the largest tensor it holds (the one that sized it); the store (weights,
-    gradients, optimizer state) and the workspace are float32, labels int32."""
+    """Device bytes of one Plan with its store (the same total as memory()["peak"]), by element
+    type. The store (weights, gradients, optimizer state) and the workspace are float32, labels
+    int32; the arena counts the tensors live at its fullest step (the one that sizes it) by their
+    type, and what pooling leaves unused beyond them as "slack"."""
     out: dict[str, int] = {}
 
-    def add(dt, n):
-        out[np.dtype(dt).name] = out.get(np.dtype(dt).name, 0) + int(n)
+    def add(key, n):
+        out[key] = out.get(key, 0) + int(n)
 
-    add(np.float32, plan.store.nbytes() + plan.workspace_bytes)
+    add("float32", plan.store.nbytes() + plan.workspace_bytes)
     for r in plan._own:
-        add(r.dtype, r.nbytes)
-    sizer: dict[int, tuple[int, np.dtype]] = {}
+        add(r.dtype.name, r.nbytes)
+    T = plan.END + 1
+    live = np.zeros(T, np.int64)
+    kinds: dict[str, np.ndarray] = {}
+    seen = set()
     for sl in plan.life.slots.values():
         st = sl.storage
-        if st.pool >= 0 and st.nbytes >= sizer.get(st.pool, (-1, None))[0]:
-            sizer[st.pool] = (st.nbytes, sl.dtype)
-    for i, nbytes in enumerate(plan.arena_sizes):
-        add(sizer.get(i, (0, np.float32))[1], nbytes)
+        if id(st) in seen:
+            continue
+        seen.add(id(st))
+        a, b = max(st.start, 0), min(st.end, T - 1) + 1
+        live[a:b] += st.nbytes
+        kinds.setdefault(sl.dtype.name, np.zeros(T, np.int64))[a:b] += st.nbytes
+    t = int(live.argmax()) if T else 0
+    for k, v in kinds.items():
+        add(k, v[t])
+    add("slack", plan.arena_bytes - (int(live[t]) if T else 0))
     return out
-
-
-def check_options(dtype: str, recompute: bool) -> None:
-    if dtype == "mixed" and recompute:
-        raise BackendError("dtype 'mixed' does not combine with recompute yet (a recomputed BN output "
-                           "would read its input's float32 copy, which mixed no longer keeps)")

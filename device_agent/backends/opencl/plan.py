@@ -43,8 +43,8 @@ from ...model.graph import Graph, Node
 from ...model.heads import loss_graph
 from ...ops import get_op, normalize_attrs
 from ...ops.dropout import draw_seed
-from .arena import Lifetimes, pool, workspace_bytes
-from .mixed import bytes_by_dtype, check_dtype, check_options, halve_lifetimes, keeps_half
+from .arena import Lifetimes, pack, pool, workspace_bytes
+from .mixed import bytes_by_dtype, check_dtype, halve_lifetimes, keeps_half
 from .optim import OptimConfig
 from .passes import fold_batchnorm, frozen_nodes, fuse_activations
 from .record import LaunchRecording
@@ -61,13 +61,15 @@ class Plan(LaunchRecording):
                  training: bool = True, bn_batch_stats: bool | None = None, label_smoothing: float = 0.0,
                  runtime: "Runtime | None" = None, reuse: bool = True, fold_bn: bool = True,
                  fuse_act: bool = True, recompute: bool = False, store: Store | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", packed: bool | None = None):
         """store: the engine's device-resident weights to run over (its graph, trainable set,
         optimizer and BN folding apply; `trainable` must be its set, or empty for an eval /
         inference Plan). Without one the Plan makes its own from graph and these options.
-        dtype: "float32", or "mixed": tensors saved for the backward kept as halves (mixed.py)."""
+        dtype: "float32", or "mixed": tensors saved for the backward kept as halves (mixed.py).
+        packed: activations at offsets of one buffer (arena.pack) instead of whole buffers; default
+        on for mixed except on NVIDIA (sub-buffers block its host, see `arena` below)."""
         self.dtype = check_dtype(dtype)
-        check_options(self.dtype, recompute)
+        self._packed = packed
         self._released = False
         self.rt = runtime or (store.rt if store is not None else Runtime())
         self.rt.own(self)
@@ -144,19 +146,26 @@ class Plan(LaunchRecording):
 
     def _rebind(self, old, new) -> None:
         """The store's shared arena replaced buffer `old` by a larger `new` (another Plan needed
-        more): this Plan's tensors and the kernel arguments bound to `old` follow."""
+        more): this Plan's tensors and the kernel arguments bound to `old` (packed: to its
+        sub-buffers, cut again from `new` at the same offsets) follow."""
         self.arena = [new if b == old else b for b in self.arena]
+        moved = {old: new}
+        if self.packed and self.arena and self.arena[0] == new:
+            for key, (st, sub) in list(self._subs.items()):
+                self._subs[key] = (st, new.get_sub_region(st.offset, max(st.nbytes, 4)))
+                moved[sub] = self._subs[key][1]
         for ref in [*self.refs.values(), self.workspace]:
-            if ref is not None and ref.buf == old:
-                ref.buf = new
+            if ref is not None and ref.buf in moved:
+                ref.buf = moved[ref.buf]
+        now = set(moved.values())
         for ln in self.fw_launches + self.bw_launches + self.opt_launches:
             for i, a in enumerate(ln.args):
-                if isinstance(a, TensorRef) and (a.buf == old or a.buf == new):
-                    a.buf = new
-                    ln.kernel.set_arg(i, new)
-                elif isinstance(a, cl.MemoryObjectHolder) and a == old:
-                    ln.kernel.set_arg(i, new)
-                    ln.args = ln.args[:i] + (new,) + ln.args[i + 1:]
+                if isinstance(a, TensorRef) and (a.buf in moved or a.buf in now):
+                    a.buf = moved.get(a.buf, a.buf)
+                    ln.kernel.set_arg(i, a.buf)
+                elif isinstance(a, cl.MemoryObjectHolder) and a in moved:
+                    ln.kernel.set_arg(i, moved[a])
+                    ln.args = ln.args[:i] + (moved[a],) + ln.args[i + 1:]
 
     def _specs(self) -> None:
         """Each node's op and normalised attrs; every tensor's shape at this batch size."""
@@ -240,6 +249,9 @@ class Plan(LaunchRecording):
         for t, readers in self.recomputed.items():
             times = [self.t_bw[r] for r in readers]
             life.new(f"{t}@recomputed", self.shapes[t], min(times), max(times))
+            src = producers[t].inputs[0]        # mixed: the rewrite reads its input's expansion
+            if src in self.halved and readers[0] not in self.halved[src]:
+                self.halved[src].append(readers[0])
         halve_lifetimes(self, life)
 
     def _state_lifetimes(self, life: Lifetimes) -> None:
@@ -297,15 +309,29 @@ class Plan(LaunchRecording):
 
     # ------------------------------------------------------------------ buffers
     def _alloc_arena(self, life: Lifetimes) -> None:
-        """Pool the storages into whole buffers; a TensorRef per slot."""
+        """Pool the storages into whole buffers, or (packed) at offsets of one; a TensorRef per slot."""
         uniq = life.storages()
-        sizes = self.arena_sizes = pool(uniq, self.reuse)
+        if self._packed is None:
+            self._packed = self.dtype == "mixed" and "nvidia" not in self.rt.device.platform.name.lower()
+        self.packed = bool(self._packed and self.reuse)
+        sizes = self.arena_sizes = [pack(uniq, self.rt.align)] if self.packed else pool(uniq, self.reuse)
         self.arena_bytes = sum(sizes)
         self.no_reuse_bytes = sum(max(s.nbytes, 4) for s in uniq)
         self.arena = list(self.store.scratch.buffers(sizes))
+        self._bind_slots()
+
+    def _bind_slots(self) -> None:
+        """A TensorRef per slot: its pool buffer, or (packed) a sub-buffer of it per storage."""
         self.refs: dict[str, TensorRef] = {}
-        for name, sl in life.slots.items():
-            self.refs[name] = TensorRef(name, sl.shape, self.arena[sl.storage.pool], sl.dtype)
+        self._subs: dict[int, tuple] = {}          # packed: id(storage) -> (storage, sub-buffer)
+        for name, sl in self.life.slots.items():
+            st = sl.storage
+            buf = self.arena[st.pool]
+            if self.packed:
+                if id(st) not in self._subs:
+                    self._subs[id(st)] = (st, buf.get_sub_region(st.offset, max(st.nbytes, 4)))
+                buf = self._subs[id(st)][1]
+            self.refs[name] = TensorRef(name, sl.shape, buf, sl.dtype)
 
     def _alloc_io(self) -> None:
         """Graph inputs, the shared workspace, labels and the two scalars a step reads back."""
@@ -448,7 +474,9 @@ class Plan(LaunchRecording):
         self.fw_launches, self.bw_launches, self.opt_launches = [], [], []
         for ref in getattr(self, "_own", ()):
             ref.buf.release()
-        self.refs, self.arena, self.workspace = {}, [], None
+        for _, sub in getattr(self, "_subs", {}).values():     # packed: before the shared arena's buffer
+            sub.release()
+        self.refs, self.arena, self.workspace, self._subs = {}, [], None, {}
 
     def __del__(self):
         self.release()

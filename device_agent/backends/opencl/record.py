@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ...errors import BackendError
 from ...model.graph import Node
-from .mixed import expand_saved, pack_launches
+from .mixed import expand_saved, expanded, pack_launches
 from .runtime import LaunchBuilder, NodeIO, TensorRef
 
 
@@ -95,6 +95,7 @@ class LaunchRecording:
                 done.add(t)
                 p = producers[t]
                 pio = self._io(p)
+                pio.x = [expanded(self, b, n.name, s, done=self._expanded) for s in p.inputs]
                 pio.y = [io.x[i]]
                 b.label = f"{p.name}:recompute"
                 first = len(b.launches)
