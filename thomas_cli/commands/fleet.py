@@ -31,7 +31,8 @@ def _engine():
     try:
         import flwr  # noqa: F401
     except ImportError:
-        raise ThomasError("thomas fleet needs the fleet extra: pip install 'thomas[fleet]'") from None
+        # NOTE: the backslash keeps rich (the one-line error printer) from reading [fleet] as markup
+        raise ThomasError("thomas fleet needs the fleet extra: pip install 'thomas\\[fleet]'") from None
     from .. import fleet
 
     return fleet
