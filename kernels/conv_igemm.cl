@@ -50,13 +50,8 @@
 #define DW_ GEO_DW
 #define RS_ (GEO_R * GEO_S)
 
-// Activations are read and written through LOAD_ACT / STORE_ACT (common.cl may store them as halves)
-#ifndef LOAD_ACT
-#define LOAD_ACT(p, i) ((p)[i])
-#endif
-#ifndef STORE_ACT
-#define STORE_ACT(p, i, v) ((p)[i] = (v))
-#endif
+// Activations (x, y) are ACT_T, read and written through LOAD_ACT / STORE_ACT (common.cl: halves under
+// -DACT_HALF); gradients and weights are float.
 
 #define MWI (MWG / MDIMC)
 #define NWI (NWG / NDIMC)
@@ -122,8 +117,8 @@ inline float fwd_epilogue(float v, const int mode, __global const float* bias, c
 
 // Global size (ceil(N*P*Q / NWG) * NDIMC, ceil(Kg / MWG) * MDIMC, g), local (NDIMC, MDIMC, 1).
 __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1)))
-void conv_igemm_fwd(__global const float* x, __global const float* wt, __global const float* bias,
-                    const int mode, __global float* y, const int N, const int C, const int H, const int W,
+void conv_igemm_fwd(__global const ACT_T* x, __global const float* wt, __global const float* bias,
+                    const int mode, __global ACT_T* y, const int N, const int C, const int H, const int W,
                     const int K, const int P, const int Q, const int pt, const int pl, const int groups) {
     LOCAL_TILES
     const int gi = get_group_id(2), Cg = C / groups, Kg = K / groups, KK = Cg * RS_;
@@ -159,7 +154,7 @@ void conv_igemm_fwd(__global const float* x, __global const float* wt, __global 
         const int col = n0 + COL_OF(j, tx);
         if (col >= NPQ) continue;
         const int img = col / PQ, pq = col % PQ;
-        __global float* yc = y + (img * K + gi * Kg) * PQ + pq;
+        __global ACT_T* yc = y + (img * K + gi * Kg) * PQ + pq;
         for (int i = 0; i < MWI; i++) {
             const int m = m0 + ROW_OF(i, ty);
             if (m < Kg) STORE_ACT(yc, m * PQ, fwd_epilogue(acc[i][j], mode, bias, gi * Kg + m));
@@ -196,7 +191,7 @@ void conv_igemm_bwd_data(__global const float* gy, __global const float* wt, __g
                 const int p = u / SH_, q = v / SW_;
                 const int in = goff[t] >= 0 && krs < KK && u >= 0 && v >= 0 && u == p * SH_ && v == q * SW_
                                && p < P && q < Q;
-                Bs[kk * BL + tid % NWG + t * THREADS] = in ? LOAD_ACT(gy, goff[t] + k * PQ + p * Q + q) : 0.0f;
+                Bs[kk * BL + tid % NWG + t * THREADS] = in ? gy[goff[t] + k * PQ + p * Q + q] : 0.0f;
             }
         }
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -210,7 +205,7 @@ void conv_igemm_bwd_data(__global const float* gy, __global const float* wt, __g
         __global float* dc = dx + (img * C + gi * Cg) * HW + hw;
         for (int i = 0; i < MWI; i++) {
             const int m = m0 + ROW_OF(i, ty);
-            if (m < Cg) STORE_ACT(dc, m * HW, acc[i][j]);
+            if (m < Cg) dc[m * HW] = acc[i][j];
         }
     }
 }
@@ -219,7 +214,7 @@ void conv_igemm_bwd_data(__global const float* gy, __global const float* wt, __g
 // Segment sg of group gi sums j in [sg*seg, (sg+1)*seg) of the N*P*Q reduction (seg a multiple of KWG)
 // into out[sg*K*Cg*R*S + (gi*Kg + m)*Cg*R*S + crs]: out is dw itself when nseg == 1, else the parts.
 __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1)))
-void conv_igemm_bwd_filt(__global const float* x, __global const float* gy, __global float* out,
+void conv_igemm_bwd_filt(__global const ACT_T* x, __global const float* gy, __global float* out,
                          const int N, const int C, const int H, const int W, const int K, const int P,
                          const int Q, const int pt, const int pl, const int groups, const int nseg,
                          const int seg) {
@@ -234,7 +229,7 @@ void conv_igemm_bwd_filt(__global const float* x, __global const float* gy, __gl
         const int goff = (img * K + gi * Kg) * PQ + pq;
         for (int idx = tid; idx < MWG * KWG; idx += THREADS) {
             const int mm = m0 + idx / KWG;
-            As[kk * AL + idx / KWG] = live && mm < Kg ? LOAD_ACT(gy, goff + mm * PQ) : 0.0f;
+            As[kk * AL + idx / KWG] = live && mm < Kg ? gy[goff + mm * PQ] : 0.0f;
         }
         // B: the columns' transpose, gathered from x: B[(n, pq), crs]
         const int xoff = (img * C + gi * Cg) * HW, hb = (pq / Q) * SH_ - pt, wb = (pq % Q) * SW_ - pl;

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import BackendError
 from ._cl import ACTS, row_local_size
 
 MODES = ("igemm", "im2col")
@@ -38,8 +39,8 @@ PART_CAP = 1 << 22         # floats of dW partial sums at most (16 MiB)
 WANT_GROUPS = 256          # work-groups the dW launch aims for (64x64 tiles x groups x segments)
 
 
-class ConvModeError(ValueError):
-    """THOMAS_CL_CONV or tuning "conv" names no convolution path."""
+class ConvModeError(BackendError):
+    """THOMAS_CL_CONV or tuning "conv" names no convolution path, or no tile fits the device."""
 
 
 def conv_mode(kind: str, tun: dict) -> str:
