@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def thomas_subprocess(*args: str, env: dict | None = None) -> subprocess.Complet
 
 # ============================================================================ usage errors
 @pytest.mark.parametrize("args, first, hint", [
-    (["finetune", "--foo"], "error: No such option: --foo", "hint: thomas finetune --help"),
+    (["finetune", "--foo"], "error: No such option", "hint: thomas finetune --help"),
     (["nosuchcmd"], "error: No such command 'nosuchcmd'.", "hint: thomas --help"),
     (["--device", "bogus", "devices"], "error: Invalid value for --device: must be auto, local or adb, not 'bogus'",
      "hint: thomas --help"),
@@ -56,6 +57,7 @@ def test_usage_errors_are_one_line_and_a_hint(args, first, hint):
     r = thomas(NONE, *args, expect=2)
     assert lines(r.stderr) == [lines(r.stderr)[0], hint], r.stderr
     assert lines(r.stderr)[0].startswith(first), r.stderr
+    assert "--foo" in lines(r.stderr)[0] or "--foo" not in args
     assert "╭" not in r.stderr and "Usage:" not in r.stderr and "Traceback" not in r.stderr
     assert r.stdout == ""
 
@@ -63,15 +65,19 @@ def test_usage_errors_are_one_line_and_a_hint(args, first, hint):
 @pytest.mark.parametrize("args, value", [(["--epochs", "0"], "'0'"), (["--lr", "fast"], "'fast'"),
                                          (["--layers", "-1"], "'-1'"), (["--backend", "gpu"], "'gpu'")])
 def test_usage_errors_quote_the_refused_value(args, value):
+    """The refused value is named: quoted ('0', typer >= 0.21's pydantic checks plus _given) or as a word
+    of Click's own range message ("0 is not in the range x>=1.", typer 0.20, which Flower's pin brings)."""
     r = thomas(NONE, "finetune", "m", "--data", "d", *args, expect=2)
-    assert value in lines(r.stderr)[0], r.stderr
+    first = lines(r.stderr)[0]
+    assert value in first or re.search(rf"(?<![\w.-]){re.escape(value.strip(chr(39)))}(?![\w.]*\w)", first), r.stderr
 
 
 def test_usage_error_through_the_console_entry_point():
     """The real argv path (main()), on a narrow terminal: still one line and a hint, no box, exit 2."""
     r = thomas_subprocess("finetune", "--foo", "--bar-option-with-a-long-name")
     assert r.returncode == 2 and r.stdout == ""
-    assert len(lines(r.stderr)) == 2 and lines(r.stderr)[0].startswith("error: No such option: --foo"), r.stderr
+    first = lines(r.stderr)[0]
+    assert len(lines(r.stderr)) == 2 and first.startswith("error: No such option") and "--foo" in first, r.stderr
     assert lines(r.stderr)[1] == "hint: thomas finetune --help"
 
 
