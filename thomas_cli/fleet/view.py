@@ -61,9 +61,12 @@ class FleetView:
         self.err = Console(file=err_file, stderr=True) if err_file else None
 
     def _console(self, stderr: bool = False) -> Console:
+        """stdout, or for progress lines stderr on a terminal (a failed command's piped stderr is its
+        error line alone, as everywhere in thomas: the lines go to stdout then)."""
         from ..app import err, out
 
-        return (self.err or err) if stderr else (self.out or out)
+        e = self.err or err
+        return e if stderr and e.is_terminal else (self.out or out)
 
     def emit(self, ev: str, **fields) -> None:
         line = json.dumps({"ev": ev, "t": round(time.time(), 3), **fields}, default=_jsonable)
