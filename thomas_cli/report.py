@@ -5,7 +5,9 @@
 A training run: loss and accuracy per epoch (train and val) from its metrics.jsonl (else the `epoch`
 events of events.jsonl), and its val confusion matrix (confusion.json) beside them. A bench run (`thomas
 bench`): per-layer forward/backward time bars, one panel per backend. An eval run (`thomas eval`): its
-confusion matrix and per-class precision/recall. A run with none of these is an error that says so.
+confusion matrix and per-class precision/recall. A fleet run (`thomas fleet finetune`): accuracy per round (the devices' train/val, weighted by
+examples, and the central evaluation) and each device's val accuracy per round. A run with none of
+these is an error that says so.
 
 Confusion matrices: rows = true class, columns = predicted; each cell is coloured by its share of the
 true class (the row sums to 1: the diagonal is the recall), counts written in the cells up to
@@ -54,6 +56,8 @@ def render(run_id: str, dest: Path) -> Path:
     rec = runs.load_run(run_id)
     if rec.get("kind") == "eval":
         return render_eval(run_id, rec, dest)
+    if rec.get("kind") == "fleet":
+        return render_fleet(run_id, dest)
     doc = runs.read_result(run_id, "bench.json")
     bench = BenchResult.from_json(doc) if doc else None
     metrics = epoch_metrics(run_id)
@@ -185,6 +189,47 @@ def render_eval(run_id: str, rec: dict, dest: Path) -> Path:
     loss = f", loss {doc['loss']:.4f}" if doc.get("loss") is not None else ""
     fig.suptitle(f"eval {run_id}: {rec.get('model')}{which} on {rec.get('data')}/{doc['split']}: top-1 "
                  f"{doc['acc']:.3f}, top-{doc['top_k']} {doc['top_k_acc']:.3f}{loss}", fontsize=11)
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return dest
+
+
+# ============================================================================ fleet runs
+def render_fleet(run_id: str, dest: Path) -> Path:
+    """Accuracy per round (aggregated, central) and per device, from the run's fleet.json."""
+    doc = runs.read_result(run_id, "fleet.json") or {}
+    hist = doc.get("history") or []
+    if not hist:
+        raise ThomasError(f"fleet run {run_id} has no completed round to plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, axd) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rounds = [e["round"] for e in hist]
+    for key, style, label in (("train_acc", "o-", "train (devices)"), ("val_acc", "s--", "val (devices)"),
+                              ("central_acc", "^-", "central")):
+        pts = [(r, e.get(key)) for r, e in zip(rounds, hist) if e.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, label=label)
+    ax.set_title("accuracy per round")
+    axd.set_title("val accuracy per device (its local run)")
+    devices = doc.get("devices") or []
+    for i, d in enumerate(devices):
+        pts = [(e["round"], r["val_acc"]) for e in hist for r in e.get("per_device", [])
+               if r.get("device") == i and r.get("val_acc") is not None]
+        if pts:
+            axd.plot(*zip(*pts), "o-", label=f"{i}: {d.get('serial')}")
+    for a in (ax, axd):
+        a.set_xlabel("round")
+        a.set_ylabel("accuracy")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle(f"fleet run {run_id}: {doc.get('model')} on {doc.get('data')} ({doc.get('strategy')}, "
+                 f"{len(devices)} devices)")
     fig.tight_layout()
     dest.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(dest, dpi=110)

@@ -339,7 +339,7 @@ def remove_everywhere(rec: dict, keep_device: bool, target: Target | None = None
                       warn: Callable[[str], None] | None = None) -> None:
     """`thomas runs rm`: the device's run folder and job file (unless keep_device), then the host's copy;
     a device that cannot be reached is warned about, the host's copy goes anyway."""
-    if not keep_device:
+    if not keep_device and rec.get("kind") != "fleet":   # a fleet run's device runs are runs of their own
         try:
             t = transport_for(rec, target, note)
             t.remove(f"runs/{rec['id']}")

@@ -275,3 +275,41 @@ def data_line(res: dict, where: str) -> str:
     kind = {1: " gray", 3: " RGB"}.get(res.get("channels", 3), "")
     return (f"{res['name']}: {res['count']} images ({res['train']} train / {res['val']} val{test}{bad}), {split}, "
             f"{len(res['classes'])} classes, {size}{kind}: {what} {where} ({res['bytes'] / 2**20:.1f} MiB)")
+
+
+# ============================================================================ fleet runs (thomas fleet, runs show)
+def _opt(v, fmt: str) -> str:
+    return "" if v is None or v != v else format(v, fmt)
+
+
+def rounds_table(history: list[dict], title: str | None = None) -> Table:
+    """One row per completed round (also `thomas runs show` of a fleet run); the central column only
+    when the fleet has --central-data."""
+    central = any(e.get("central_acc") is not None for e in history)
+    t = Table(title=title)
+    cols = ["round", "devices", "train loss", "train acc", "val loss", "val acc"] + (["central"] if central else [])
+    for col in cols + ["MiB", "s"]:
+        t.add_column(col, justify="left" if col == "devices" else "right")
+    for e in history:
+        failed = len(e.get("failed") or [])
+        dev = f"{e.get('done', '?')}/{e.get('devices', '?')}" + (f" [red]{failed} failed[/]" if failed else "")
+        row = [str(e["round"]), dev, _opt(e.get("train_loss"), ".4f"), _opt(e.get("train_acc"), ".3f"),
+               _opt(e.get("val_loss"), ".4f"), _opt(e.get("val_acc"), ".3f")]
+        row += [_opt(e.get("central_acc"), ".3f")] if central else []
+        mib = None if e.get("bytes") is None else e["bytes"] / 2**20
+        t.add_row(*row, _opt(mib, ".1f"), _opt(e.get("seconds"), ".1f"))
+    return t
+
+
+def device_table(history: list[dict]) -> Table:
+    """Val accuracy of each device's local run, per round."""
+    devs = sorted({r["device"] for e in history for r in e.get("per_device", [])})
+    t = Table(title="val acc per device (after local training)")
+    t.add_column("round", justify="right")
+    for d in devs:
+        t.add_column(f"device {d}", justify="right")
+    for e in history:
+        got = {r["device"]: r for r in e.get("per_device", [])}
+        t.add_row(str(e["round"]), *[_opt(got[d].get("val_acc"), ".3f") if d in got else "[red]failed[/]"
+                                     for d in devs])
+    return t

@@ -19,7 +19,8 @@ from ..app import app, err, guarded, note, out, print_json
 from ..bench import BenchResult
 from ..device import DEFAULT_TIMEOUT, Session
 from ..transport.base import check_rel
-from ..views import RunView, epoch_table, layer_table, show_done, show_report, totals_table
+from ..views import (RunView, device_table, epoch_table, layer_table, rounds_table, show_done, show_report,
+                     totals_table)
 from .common import target
 
 runs_app = typer.Typer(no_args_is_help=True, help="Runs started from this computer.")
@@ -72,9 +73,10 @@ def runs_show(run: str = typer.Argument(..., help="Run id (see `thomas runs list
     events = runs.read_events(run)
     epochs = [e for e in events if isinstance(e, EpochEvent)]
     report = runs.read_result(run, "eval.json") if rec.get("kind") == "eval" else None
+    fleet = runs.read_result(run, "fleet.json") if rec.get("kind") == "fleet" else None
     if as_json:
         print_json(dict(rec, epochs=[e.to_dict() for e in epochs], events=len(events),
-                        **({"eval": report} if report else {})))
+                        **({"eval": report} if report else {}), **({"fleet": fleet} if fleet else {})))
         return
     row = _row(rec)
     out.print(f"[bold]run {run}[/]: {row['status']}  {row['model']} on {row['data']} ({row['stage']}), "
@@ -85,6 +87,10 @@ def runs_show(run: str = typer.Argument(..., help="Run id (see `thomas runs list
     out.print("job: " + ", ".join(f"{k}={job[k]}" for k in ("layers", "init", "epochs", "batch", "lr", "optimizer",
                                                               "backend", "seed", "steps") if k in job), highlight=False)
     bench = runs.read_result(run, "bench.json") if rec.get("kind") == "bench" else None
+    if fleet:                           # thomas fleet: a row per round, each device's val acc per round
+        out.print(rounds_table(fleet.get("history", [])))
+        out.print(device_table(fleet.get("history", [])))
+        return
     if bench:
         res = BenchResult.from_json(bench)
         out.print(layer_table([("", res)], f"{rec.get('model')} {rec.get('stage')}, batch {job.get('batch')}"))

@@ -50,7 +50,7 @@ def save(doc: dict) -> None:
     store.write_json(d / "run.json", {
         "id": doc["id"], "kind": "fleet", "created": doc["created"], "status": doc["status"],
         "error": doc.get("error"), "model": doc["model"], "data": doc["data"],
-        "stage": f"fleet {doc['strategy']} {len(doc['devices'])} devices",
+        "stage": f"fleet {doc['strategy']}",
         "device": {"transport": "fleet", "serial": f"{len(doc['devices'])} devices", "root": ""},
         "job": dict(doc["job"], rounds=doc["rounds"]),
         "summary": {"epochs": len(hist), "rounds": len(hist), "train_loss": last.get("train_loss"),

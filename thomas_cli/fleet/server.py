@@ -187,6 +187,14 @@ def ray_config(doc: dict, tmp_link: str) -> dict:
                           "configure_logging": True}}
 
 
+def _sweep_links() -> None:
+    """The links of fleets whose process was killed (their run's tmp/ is gone or they point nowhere)."""
+    for p in Path(tempfile.gettempdir()).glob("thomas-ray-*"):
+        link = p / "t"
+        if p.is_dir() and (not link.is_symlink() or not link.exists()):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def run_fleet(doc: dict, view, central=None) -> dict:
     """Run the rounds left (doc["rounds_done"] + 1 .. doc["rounds"]) through Flower; returns the final
     global arrays (final/ written). Raises FleetStopped when a round has too few devices."""
@@ -198,6 +206,7 @@ def run_fleet(doc: dict, view, central=None) -> dict:
     done, arrays, state = record.last_round(doc)
     tmp = d / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
+    _sweep_links()
     link = Path(tempfile.mkdtemp(prefix="thomas-ray-")) / "t"
     link.symlink_to(tmp.resolve())
     try:

@@ -8,43 +8,8 @@ import time
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-
-def _f(v, fmt: str) -> str:
-    return "" if v is None or v != v else format(v, fmt)
-
-
-def rounds_table(history: list[dict], title: str | None = None) -> Table:
-    """One row per completed round (also `thomas runs show` of a fleet run); the central column only
-    when the fleet has --central-data."""
-    central = any(e.get("central_acc") is not None for e in history)
-    t = Table(title=title)
-    cols = ["round", "devices", "train loss", "train acc", "val loss", "val acc"] + (["central"] if central else [])
-    for col in cols + ["MiB", "s"]:
-        t.add_column(col, justify="left" if col == "devices" else "right")
-    for e in history:
-        failed = len(e.get("failed") or [])
-        dev = f"{e.get('done', '?')}/{e.get('devices', '?')}" + (f" [red]{failed} failed[/]" if failed else "")
-        row = [str(e["round"]), dev, _f(e.get("train_loss"), ".4f"), _f(e.get("train_acc"), ".3f"),
-               _f(e.get("val_loss"), ".4f"), _f(e.get("val_acc"), ".3f")]
-        row += [_f(e.get("central_acc"), ".3f")] if central else []
-        t.add_row(*row, _f(None if e.get("bytes") is None else e["bytes"] / 2**20, ".1f"), _f(e.get("seconds"), ".1f"))
-    return t
-
-
-def device_table(history: list[dict]) -> Table:
-    """Val accuracy of each device's local run, per round."""
-    devs = sorted({r["device"] for e in history for r in e.get("per_device", [])})
-    t = Table(title="val acc per device (after local training)")
-    t.add_column("round", justify="right")
-    for d in devs:
-        t.add_column(f"device {d}", justify="right")
-    for e in history:
-        got = {r["device"]: r for r in e.get("per_device", [])}
-        t.add_row(str(e["round"]), *[_f(got[d].get("val_acc"), ".3f") if d in got else "[red]failed[/]"
-                                     for d in devs])
-    return t
+from ..views import rounds_table
 
 
 class FleetView:
@@ -97,7 +62,7 @@ class FleetView:
             self.emit("device_done", round=rnd, **row)
             return
         self._console(True).print(f"[dim]round {rnd}: device {row['device']} {escape(row['serial'])} done "
-                                  f"(run {row['run']}, val acc {_f(row.get('val_acc'), '.3f')}, "
+                                  f"(run {row['run']}, val acc {_fmt(row.get('val_acc'))}, "
                                   f"{row['seconds']:.1f}s)[/]", highlight=False, soft_wrap=True)
 
     def device_failed(self, rnd: int, f: dict) -> None:
@@ -123,6 +88,10 @@ class FleetView:
         c.print(rounds_table(doc.get("history", []), title=f"fleet run {doc['id']}"))
         c.print(f"[green]done[/]: {doc.get('rounds_done')} rounds; the global model is run {final} "
                 f"(thomas eval/export/infer {doc['id']})", highlight=False, soft_wrap=True)
+
+
+def _fmt(v) -> str:
+    return "" if v is None or v != v else f"{v:.3f}"
 
 
 def _jsonable(v):
