@@ -144,18 +144,26 @@ def test_selection_env_kind_and_tuning(monkeypatch):
         ig.conv_mode("gpu", {})
 
 
-def test_cpu_device_keeps_im2col_by_default(monkeypatch):
-    """PoCL (a CPU) without the switch: the CPU-shaped im2col path, and its columns in the workspace"""
-    from device_agent.backends.opencl.runtime import LaunchBuilder
+def test_default_path_follows_the_device_kind(monkeypatch):
+    """without the switch: a CPU device (PoCL) keeps im2col and its columns in the workspace; a GPU takes
+    implicit GEMM and the workspace holds none"""
+    from device_agent.backends.opencl import runtime as rtm
 
     monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
+    seen = []
+    orig = rtm.LaunchBuilder.launch
+    monkeypatch.setattr(rtm.LaunchBuilder, "launch", lambda self, f, kern, *a, **k: seen.append(kern) or
+                        orig(self, f, kern, *a, **k))
     rt = runtime()
-    assert rt.kind == "cpu"
     case = GRID[0]
     cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)
     a, shapes = _shapes(case)
-    assert conv_mod.cl_conv_workspace(a, *shapes, dev=rt) == conv_mod.cl_conv_workspace(a, *shapes) > 0
-    assert LaunchBuilder(rt).kind == "cpu"
+    ws = conv_mod.cl_conv_workspace(a, *shapes, dev=rt)
+    if rt.kind == "cpu":
+        assert "im2col" in seen and "conv_igemm_fwd" not in seen
+        assert ws == conv_mod.cl_conv_workspace(a, *shapes) > 0
+    else:
+        assert "conv_igemm_fwd" in seen and "im2col4" not in seen and ws == 0
 
 
 def _shapes(case):
