@@ -187,6 +187,12 @@ def prepare(opts: dict, targets: list[Target], note) -> dict:
     """Check everything, then create the fleet run: runs/<id>/{fleet.json, run.json, base/}."""
     job = dict(opts["job"])
     TrainJob.from_dict(dict(job, model="m", data="d", out="o"))      # JobError naming the field
+    if job.get("init") == "scratch":
+        raise JobError("init 'scratch' would re-initialise the model in every round: train the starting model "
+                       "first (`thomas finetune MODEL --init scratch`) and give its run as MODEL")
+    if opts["strategy"] == "fedprox":
+        note("fedprox: the agent's loss has no proximal term yet (no TrainJob field for it), so the devices "
+             "train as under FedAvg and the server aggregates as FedProx's does (docs/FLEET.md)")
     if opts["min_devices"] > len(targets):
         raise ThomasError(f"--min-devices {opts['min_devices']} is more than the fleet's {len(targets)} "
                           f"device{'s' if len(targets) > 1 else ''}")

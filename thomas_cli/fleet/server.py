@@ -228,6 +228,12 @@ def run_fleet(doc: dict, view, central=None) -> dict:
             except (ThomasError, RuntimeError, SystemExit) as e:   # NOTE: Flower re-raises the server thread's
                 if strategy.stopped:
                     raise FleetStopped(strategy.stopped) from None
+                if isinstance(e, ThomasError):
+                    raise
+                if isinstance(e, SystemExit):       # Flower turns SIGTERM into SystemExit(15)
+                    raise ThomasError(f"the fleet was stopped ({e.code}) after round {record.load(doc['id'])"
+                                      f"['rounds_done']}; `thomas fleet finetune --resume {doc['id']}` "
+                                      f"continues") from None
                 raise ThomasError(f"the fleet's Flower runtime failed ({type(e).__name__}: {e}); "
                                   f"see {d / 'fleet.log'}") from None
             finally:

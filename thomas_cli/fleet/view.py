@@ -12,6 +12,9 @@ from rich.markup import escape
 from ..views import rounds_table
 
 
+KINDS = {"adb": "adb shell", "daemon": "daemon", "local": "local"}
+
+
 class FleetView:
     def __init__(self, as_json: bool):
         self.as_json = as_json
@@ -46,7 +49,7 @@ class FleetView:
             self.emit("start", run=doc["id"], rounds=doc["rounds"], devices=[d["serial"] for d in doc["devices"]],
                       strategy=doc["strategy"], resumed_from=resumed_from)
             return
-        devs = ", ".join(f"{d['serial']} ({d['kind']})" for d in doc["devices"])
+        devs = ", ".join(f"{d['serial']} ({KINDS.get(d['kind'], d['kind'])})" for d in doc["devices"])
         what = f"resumed after round {resumed_from}" if resumed_from else f"{doc['rounds']} rounds"
         self._console().print(f"fleet run [bold]{doc['id']}[/]: {escape(doc['model'])} on '{escape(doc['data'])}', "
                               f"{doc['strategy']}, {what}, {doc['job'].get('epochs')} local epochs, "
