@@ -231,9 +231,9 @@ def run_fleet(doc: dict, view, central=None) -> dict:
                 if isinstance(e, ThomasError):
                     raise
                 if isinstance(e, SystemExit):       # Flower turns SIGTERM into SystemExit(15)
-                    raise ThomasError(f"the fleet was stopped ({e.code}) after round {record.load(doc['id'])"
-                                      f"['rounds_done']}; `thomas fleet finetune --resume {doc['id']}` "
-                                      f"continues") from None
+                    done_now = record.load(doc["id"])["rounds_done"]
+                    raise ThomasError(f"the fleet was stopped ({e.code}) after round {done_now}; "
+                                      f"`thomas fleet finetune --resume {doc['id']}` continues") from None
                 raise ThomasError(f"the fleet's Flower runtime failed ({type(e).__name__}: {e}); "
                                   f"see {d / 'fleet.log'}") from None
             finally:
