@@ -4,6 +4,7 @@ memory for whole models (Plan.memory(): workspace, peak).
 
     python benchmarks/conv_paths.py [--layers alexnet,vgg] [--batch 32] [--reps 10]
                                     [--models alexnet,mobilenet_v2] [--size 224] [--out FILE]
+                                    [--tiles '[{"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8}]']
 
 Each layer is timed as: its launches replayed `reps` times after one warm-up, one finish() at the end
 (wall clock / reps). THOMAS_CL_CONV picks the path (set here per run). Writes JSON and prints Markdown.
@@ -33,13 +34,14 @@ LAYERS = {
 }
 
 
-def time_layer(rt, layer, batch, reps, mode):
+def time_layer(rt, layer, batch, reps, mode, tile=None):
     from clcheck import empty, upload
     from device_agent.backends.opencl.arena import workspace_bytes
     from device_agent.backends.opencl.runtime import LaunchBuilder, NodeIO, replay
     from device_agent.ops import get_op, normalize_attrs
 
     os.environ["THOMAS_CL_CONV"] = mode
+    rt.tuning.override["conv2d"] = {"igemm_tile": tile} if tile else {}
     name, c, h, k, r, st, pd = layer
     op = get_op("Conv2d")
     a = normalize_attrs(op, {"out_channels": k, "kernel": [r, r], "stride": [st, st], "pads": [pd] * 4})
@@ -54,7 +56,8 @@ def time_layer(rt, layer, batch, reps, mode):
     gx, gw, gb = empty(rt, "gx", xs), empty(rt, "gw", ws_shape), empty(rt, "gb", (k,))
     nbytes = workspace_bytes(op.cl, a, [xs, ws_shape, (k,)], [ys], dev=rt)
     wsr = empty(rt, "ws", (max(1, nbytes // 4),)) if nbytes else None
-    out = {"layer": name, "mode": mode, "batch": batch, "workspace": nbytes,
+    label = mode + (f"[{tile['MWG']}x{tile['NWG']}x{tile['KWG']}/{tile['NDIMC']}x{tile['MDIMC']}]" if tile else "")
+    out = {"layer": name, "mode": label, "batch": batch, "workspace": nbytes,
            "gflop": 2 * batch * k * ys[2] * ys[3] * c * r * r / 1e9}
     for part, needs in (("fwd", None), ("dx", (gx, None, None)), ("dw", (None, gw, gb))):
         io = NodeIO(name, "Conv2d", a, [x, w, bias], [y], gx=list(needs or ()), gy=[gy], workspace=wsr)
@@ -90,14 +93,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--modes", default="im2col,igemm")
+    ap.add_argument("--tiles", default="", help="JSON list of igemm tiles to time beside the default")
     ap.add_argument("--out", default=str(HERE / "results" / "conv_paths.json"))
     args = ap.parse_args()
     from device_agent.backends.opencl.runtime import Runtime
 
     rt = Runtime()
     modes = args.modes.split(",")
-    rows = [time_layer(rt, ly, args.batch, args.reps, m)
-            for fam in filter(None, args.layers.split(",")) for ly in LAYERS[fam] for m in modes]
+    runs = [(m, None) for m in modes] + [("igemm", t) for t in (json.loads(args.tiles) if args.tiles else [])]
+    rows = [time_layer(rt, ly, args.batch, args.reps, m, t)
+            for fam in filter(None, args.layers.split(",")) for ly in LAYERS[fam] for m, t in runs]
+    rt.tuning.override.pop("conv2d", None)
     mems = [plan_memory(rt, arch, args.size, args.batch, m) for arch in filter(None, args.models.split(","))
             for m in modes]
     doc = {"device": rt.info, "layers": rows, "plans": mems}

@@ -69,11 +69,17 @@ def test_igemm_matches_numpy(case, igemm):
         assert {"conv_igemm_fwd", "conv_igemm_bwd_data"} <= set(igemm)
 
 
-@pytest.mark.parametrize("tile", range(len(ig.TILES)), ids=[f"{t['MWG']}x{t['NWG']}x{t['KWG']}" for t in ig.TILES])
+SHIPPED = list(ig.TILES) + [ig.NARROW, dict(ig.TILES[0], MDIMC=16, NDIMC=16), dict(ig.TILES[0], LPAD=4)]
+
+
+@pytest.mark.parametrize("tile", range(len(SHIPPED)),
+                         ids=[f"{t['MWG']}x{t['NWG']}x{t['KWG']}_{t['NDIMC']}x{t['MDIMC']}_p{t.get('LPAD', 0)}"
+                              for t in SHIPPED])
 def test_every_tile(tile, igemm):
-    """each shipped tile builds and computes every kernel correctly (tuning "conv2d" -> "igemm_tile")"""
+    """each shipped tile (TILES, NARROW, the H100 GEMM's 64x64 on 16x16, a padded one) builds and
+    computes every kernel correctly (tuning "conv2d" -> "igemm_tile")"""
     rt = runtime()
-    rt.tuning.override["conv2d"] = {"igemm_tile": ig.TILES[tile]}
+    rt.tuning.override["conv2d"] = {"igemm_tile": SHIPPED[tile]}
     try:
         for case in (GRID[0], GRID[2], REGULAR[-1]):
             cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)
@@ -222,8 +228,8 @@ def _profiles():
 def test_profiles_take_igemm_and_launch(profiled):
     """a phone profile is a GPU: implicit GEMM by default, with a tile inside its limits"""
     lim = profiled.limits
-    for kern in ("conv_igemm_fwd", "conv_igemm_bwd_data", "conv_igemm_bwd_filt"):
-        t = ig.pick_tile(_builder(profiled), kern, normalize_attrs(get_op("Conv2d"), GRID[0][2]))
+    for kern, rows in (("conv_igemm_fwd", 70), ("conv_igemm_bwd_data", 5), ("conv_igemm_bwd_filt", 70)):
+        t = ig.pick_tile(_builder(profiled), kern, normalize_attrs(get_op("Conv2d"), GRID[0][2]), rows)
         assert t["MDIMC"] * t["NDIMC"] <= lim.wg_cap() and 4 * t["KWG"] * (t["MWG"] + t["NWG"]) <= lim.local_mem
     for case in (GRID[0], GRID[1]):
         cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)

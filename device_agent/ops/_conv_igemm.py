@@ -9,9 +9,11 @@ THOMAS_CL_CONV=igemm|im2col|auto forces it for the process (tests run the kernel
 tuning "conv2d" -> "conv", else the device kind: "igemm" on GPUs (a phone profile included), "im2col"
 on CPUs, whose CPU-shaped GEMMs are faster than a local-memory tile there.
 
-Tiles: tuning "conv2d" -> "igemm_tile" ({"MWG", "NWG", "KWG", "MDIMC", "NDIMC"}), else the first of
-TILES that this kernel fits on the device (work-group size, max work-item sizes, local memory:
-limits.py through b.rt.kernel_limits), so a phone profile (PowerVR's 4 KB of local memory) launches.
+Tiles, the first that this kernel fits on the device (work-group size, max work-item sizes, local
+memory: limits.py through b.rt.kernel_limits; a phone profile, PowerVR's 4 KB of local memory, launches):
+tuning "conv2d" -> "igemm_tile" ({"MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD"}); NARROW when the
+product has at most 16 rows (a 3-channel dX, a 16-filter conv); the device's GPU GEMM tile (tuning
+"gemm", e.g. the H100's 64x64 on 16x16 work-items); then TILES in order.
 
 dW sums N*P*Q products per weight; `dw_segments` cuts that reduction in segments so that a small
 weight tensor still fills a GPU; the segments' partial sums (nseg * K * C/g*R*S floats, the only
@@ -32,7 +34,8 @@ TILES = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8},
          {"MWG": 32, "NWG": 32, "KWG": 8, "MDIMC": 4, "NDIMC": 4},
          {"MWG": 16, "NWG": 16, "KWG": 8, "MDIMC": 4, "NDIMC": 4},
          {"MWG": 16, "NWG": 16, "KWG": 4, "MDIMC": 4, "NDIMC": 4})
-KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC")
+KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
+NARROW = {"MWG": 16, "NWG": 128, "KWG": 16, "MDIMC": 4, "NDIMC": 16}    # products of <= 16 rows
 MAX_SEGS = 32              # dW reduction segments per weight at most
 MIN_SEG = 1024             # products per segment at least (N*P*Q / nseg)
 PART_CAP = 1 << 22         # floats of dW partial sums at most (16 MiB)
@@ -71,14 +74,21 @@ def workspace_floats(k: int, crsg: int, g: int, npq: int, need_w: bool = True) -
 
 def _defines(attrs: dict, t: dict) -> dict:
     (r, s), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-    return dict({k: int(t[k]) for k in KEYS}, GEO_R=r, GEO_S=s, GEO_SH=sh, GEO_SW=sw, GEO_DH=dh, GEO_DW=dw)
+    return dict({k: int(t.get(k, 0)) for k in KEYS}, GEO_R=r, GEO_S=s, GEO_SH=sh, GEO_SW=sw, GEO_DH=dh, GEO_DW=dw)
+
+
+def _valid(t: dict) -> bool:
+    """the kernel file's own constraints on a tile (its #error lines)"""
+    mt, th = t["MDIMC"] * t["NDIMC"], t["NWG"]
+    return (t["MWG"] % (4 * t["MDIMC"]) == 0 and t["NWG"] % (4 * t["NDIMC"]) == 0 and t.get("LPAD", 0) % 4 == 0
+            and mt % t["KWG"] == 0 and (mt % th == 0 or th % mt == 0))
 
 
 def _misfit(b, kernel: str, attrs: dict, t: dict) -> str:
     """Why tile `t` cannot launch `kernel` on this device ("" when it can); device-level limits first
     (no build for a tile that cannot fit), then the built kernel's own."""
     lim = b.rt.limits
-    threads, need = t["MDIMC"] * t["NDIMC"], 4 * t["KWG"] * (t["MWG"] + t["NWG"])
+    threads, need = t["MDIMC"] * t["NDIMC"], 4 * t["KWG"] * (t["MWG"] + t["NWG"] + 2 * t.get("LPAD", 0))
     if threads > lim.wg_cap() or t["NDIMC"] > lim.item_sizes[0] or t["MDIMC"] > lim.item_sizes[1]:
         return f"{t['NDIMC']}x{t['MDIMC']} work-items"
     if need > lim.local_mem:
@@ -89,17 +99,23 @@ def _misfit(b, kernel: str, attrs: dict, t: dict) -> str:
     return ""
 
 
-def pick_tile(b, kernel: str, attrs: dict) -> dict:
-    """The tuned tile if it fits, else the first of TILES that does (LaunchLimitError-free on phones)."""
+def pick_tile(b, kernel: str, attrs: dict, rows: int = 1 << 30) -> dict:
+    """The first candidate tile (module docstring) this kernel fits on the device, for a product of
+    `rows` rows."""
     tuned = b.tuning("conv2d").get("igemm_tile")
-    for t in ([dict(TILES[0], **tuned)] if isinstance(tuned, dict) else []) + list(TILES):
-        if not _misfit(b, kernel, attrs, t):
+    gem = b.tuning("gemm")
+    cands = [dict(TILES[0], **tuned)] if isinstance(tuned, dict) else []
+    cands += [NARROW] if rows <= NARROW["MWG"] else []
+    if (gem.get("variant") or b.kind) == "gpu" and all(k in gem for k in KEYS[:5]):
+        cands.append({k: int(gem.get(k, 0)) for k in KEYS})
+    for t in cands + list(TILES):
+        if _valid(t) and not _misfit(b, kernel, attrs, t):
             return t
     raise ConvModeError(f"conv_igemm.cl:{kernel}: no tile fits this device's limits")
 
 
 def _launch(b, kernel: str, attrs: dict, cols: int, rows: int, z: int, *args, flops: int = 0):
-    t = pick_tile(b, kernel, attrs)
+    t = pick_tile(b, kernel, attrs, rows)
     gsize = (-(-cols // t["NWG"]) * t["NDIMC"], -(-rows // t["MWG"]) * t["MDIMC"], z)
     return b.launch("conv_igemm.cl", kernel, gsize, (t["NDIMC"], t["MDIMC"], 1), *args,
                     defines=_defines(attrs, t), flops=flops)
@@ -134,7 +150,7 @@ def igemm_backward(b, io, geo, data: bool = True) -> None:
     ws = io.workspace
     room = (ws.size if ws is not None else 0) // max(1, k * crsg)
     nseg = nseg if nseg <= room else 1
-    t = pick_tile(b, "conv_igemm_bwd_filt", io.attrs)
+    t = pick_tile(b, "conv_igemm_bwd_filt", io.attrs, k // g)
     seg = -(-(-(-npq // nseg)) // t["KWG"]) * t["KWG"]           # whole KWG slices per segment
     nseg = -(-npq // seg)
     out = gw if nseg == 1 else ws

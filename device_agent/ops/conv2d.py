@@ -353,9 +353,9 @@ def cl_conv_gemms(attrs, in_shapes, out_shapes, dev=None):
     if _is_depthwise(c, g):
         return []
     nb, _ = _cols_images(attrs, in_shapes[0], out_shapes[0])
-    igemm, _ = _igemm_dev(dev, attrs, c)
+    igemm, gpu_gemm = _igemm_dev(dev, attrs, c)
     if igemm:
-        if not _is_pointwise(attrs):
+        if not _is_pointwise(attrs) or not gpu_gemm:   # CPU-shaped GEMMs take no partial products
             return []
         nb = in_shapes[0][0]
     k, (r, s), pq = out_shapes[0][1], attrs["kernel"], out_shapes[0][2] * out_shapes[0][3]
