@@ -73,6 +73,7 @@ class TrainJob:
     diverge_factor: float | None = 10.0   # stop ('diverged') on a loss > this x the recent median (TRAINING.md)
     select: str = "val_acc"           # best/: the epoch with the highest val_acc | the lowest val_loss
     patience: int | None = None       # stop after this many epochs without a better `select` (None: never)
+    prox_mu: float = 0.0              # FedProx: + mu·(w − w0) on each trainable gradient, w0 = the package's weights
 
     @classmethod
     def from_dict(cls, d) -> "TrainJob":
@@ -118,6 +119,7 @@ class TrainJob:
         _float("eps", v["eps"], gt=0)
         _float("gamma", v["gamma"], gt=0)
         _float("label_smoothing", v["label_smoothing"], ge=0, lt=1)
+        _float("prox_mu", v["prox_mu"], ge=0)
         if v["clip_grad_norm"] is not None:
             _float("clip_grad_norm", v["clip_grad_norm"], gt=0)
         if v["weight_decay"] is None:
@@ -144,7 +146,7 @@ class TrainJob:
             _int("patience", v["patience"], 1, MAX_COUNT)
         if v["warmup_epochs"] >= v["epochs"]:
             raise JobError(f"job field 'warmup_epochs' must be < epochs ({v['epochs']}), got {v['warmup_epochs']}")
-        for k in ("lr", "momentum", "eps", "gamma", "label_smoothing", "weight_decay"):
+        for k in ("lr", "momentum", "eps", "gamma", "label_smoothing", "weight_decay", "prox_mu"):
             v[k] = float(v[k])
         if v["clip_grad_norm"] is not None:
             v["clip_grad_norm"] = float(v["clip_grad_norm"])

@@ -8,6 +8,16 @@ REAL optim_grad(__global const REAL* g, __global const REAL* scale, const int us
     return use_scale ? g[i] * scale[0] : g[i];
 }
 
+// FedProx (Li et al. 2020): the gradient of (mu/2)*||p - p0||^2 added in place, g += mu*(p - p0),
+// before clipping reads g (as adding the term to the loss before backward does in torch).
+//   p0 (n): the anchor, the trainable parameters as the run started. Every backward overwrites g.
+__kernel void prox_grad(__global REAL* g, __global const REAL* p, __global const REAL* p0, const int n,
+                        const REAL mu) {
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    g[i] = g[i] + mu * (p[i] - p0[i]);
+}
+
 // torch SGD: d = g + wd*p; momentum: buf = d on step 1, else buf = momentum*buf + (1-dampening)*d;
 // d = nesterov ? d + momentum*buf : buf; p -= lr*d.   omd = 1 - dampening.
 __kernel void sgd_step(__global REAL* p, __global const REAL* g, __global REAL* buf,

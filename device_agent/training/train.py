@@ -234,7 +234,7 @@ def _setup(job: TrainJob) -> _State:
                          betas=job.betas, eps=job.eps)
     engine = Engine(split.suffix, trainable, opt, job.bn_batch_stats, job.clip_grad_norm,
                     job.label_smoothing, job.dtype if job.dtype == "mixed" else dtype, job.seed,
-                    recompute=job.recompute)
+                    recompute=job.recompute, prox_mu=job.prox_mu)
     s = _State(job, ds, graph, backend, trainable, split, engine, Infer)
     if s.spe == 0:
         raise JobError(f"job field 'batch' is {job.batch}, more than the {len(ds.train)} training images, "

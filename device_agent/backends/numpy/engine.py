@@ -25,7 +25,7 @@ class NumpyEngine:
 
     def __init__(self, graph: Graph, trainable: set[str], optimizer: Optimizer, bn_batch_stats: bool,
                  clip_grad_norm: float | None = None, label_smoothing: float = 0.0, dtype=np.float32,
-                 seed: int = 0, recompute: bool = False):
+                 seed: int = 0, recompute: bool = False, prox_mu: float = 0.0):
         # recompute: an OpenCL memory option; the reference already frees what no backward reads
         graph = loss_graph(graph)            # the loss reads the logits, not a final Softmax's output
         self.graph = graph
@@ -37,6 +37,10 @@ class NumpyEngine:
         self.seed = int(seed)
         self.output = graph.outputs[0]
         self._activations = 0
+        # FedProx's anchor w0: the trainable weights as the engine was built (the package's, not a
+        # checkpoint's: the loop loads a checkpoint after this), kept only when mu > 0
+        self.prox_mu = float(prox_mu)
+        self.anchor = {k: self.ref.weights[k].copy() for k in optimizer.names} if self.prox_mu > 0 else {}
 
     def train_step(self, x, y, lr):
         # NOTE: a diverging run overflows somewhere; it is reported as a non-finite loss, not a warning
@@ -56,6 +60,9 @@ class NumpyEngine:
             self._activations = _tape_bytes(self.ref._tape) + logits.nbytes
         grads = self.ref.backward()
         grads = {k: grads[k] for k in self.opt.names}
+        if self.anchor:                      # d/dw (mu/2)·||w - w0||², before clipping and weight decay
+            mu = self.opt.dtype.type(self.prox_mu)
+            grads = {k: g + mu * (self.ref.weights[k] - self.anchor[k]) for k, g in grads.items()}
         if self.clip is not None:
             clip_grad_norm(grads, self.clip)
         self.opt.step(self.ref.weights, grads, lr)
@@ -83,7 +90,8 @@ class NumpyEngine:
         w = self.ref.weights
         m = {"params": sum(v.nbytes for v in w.values()),
              "grads": sum(w[k].nbytes for k in self.ref.trainable),
-             "optimizer": self.opt.nbytes(), "activations": self._activations}
+             "optimizer": self.opt.nbytes() + sum(v.nbytes for v in self.anchor.values()),   # + FedProx's w0
+             "activations": self._activations}
         m["peak"] = sum(m.values())
         return m
 

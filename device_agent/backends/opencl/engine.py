@@ -78,7 +78,7 @@ class OpenCLEngine:
 
     def __init__(self, graph: Graph, trainable: set[str], optimizer, bn_batch_stats: bool,
                  clip_grad_norm: float | None = None, label_smoothing: float = 0.0, dtype=np.float32,
-                 seed: int = 0, recompute: bool = False, runtime=None):
+                 seed: int = 0, recompute: bool = False, prox_mu: float = 0.0, runtime=None):
         self.dtype = _check_dtype(dtype)
         from .runtime import shared_runtime
 
@@ -88,6 +88,8 @@ class OpenCLEngine:
         self.config = _config(optimizer)
         if clip_grad_norm:
             self.config = OptimConfig(**{**self.config.__dict__, "clip_grad_norm": float(clip_grad_norm)})
+        if prox_mu:          # FedProx: the store keeps w0 (the weights now), each step adds mu·(w - w0)
+            self.config = OptimConfig(**{**self.config.__dict__, "prox_mu": float(prox_mu)})
         self.bn_batch_stats = bool(bn_batch_stats)
         self.label_smoothing = float(label_smoothing)
         self.seed = int(seed)

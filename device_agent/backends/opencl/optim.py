@@ -2,6 +2,7 @@
 launch list like any op launch. torch.optim semantics, as device_agent/training/optim.py writes them out.
 
     partial = alloc(clip_partials([g.size for g in grads]) floats); scale = alloc(2 floats)
+    prox_grad(b, g, p, anchor, mu=0.01)                          # FedProx: g += mu·(p - anchor)
     clip_grad_norm(b, grads, partial, scale, max_norm=1.0)      # scale[0] = factor, scale[1] = norm
     sgd_step(b, p, g, buf, momentum=0.9, nesterov=True, weight_decay=5e-4, scale=scale)
     adam_step(b, p, g, m, v, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, decoupled=True)
@@ -39,6 +40,7 @@ class OptimConfig:
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     clip_grad_norm: float = 0.0   # 0 = off
+    prox_mu: float = 0.0          # FedProx's mu (0 = off): the store keeps an anchor, the Plan adds prox_grad
 
     def slots(self) -> tuple[str, ...]:
         """The per-parameter state buffers this optimizer keeps."""
@@ -81,6 +83,12 @@ def clip_grad_norm(b, grads, partial, scale, max_norm: float) -> None:
     wg = reduce_wg(b, FILE, "clip_scale", off)
     b.launch(FILE, "clip_scale", (wg,), (wg,), partial, scale, off, np.float32(max_norm), scale.size >= 2,
              local_floats(wg))
+
+
+def prox_grad(b, grad, param, anchor, mu: float) -> None:
+    """grad += mu·(param - anchor) in place (FedProx's proximal term, before clipping and the update)."""
+    _check(param, grad, anchor)
+    b.launch(FILE, "prox_grad", (param.size,), elt(b), grad, param, anchor, param.size, np.float32(mu))
 
 
 def _check(param, grad, *state):

@@ -130,12 +130,15 @@ class LaunchRecording:
                       self.refs[self.grad_slot[out]], scratch, self.label_smoothing)
 
     def _optimizer_launches(self, b) -> None:
-        """One update launch over the store's flat trainable range (clipping: two more, no host sync)."""
+        """One update launch over the store's flat trainable range (clipping: two more, FedProx's
+        proximal gradient: one before them; no host sync)."""
         from . import optim as clopt
 
         o, st = self.optimizer, self.store
         p, g, state = st.flat_params, st.flat_grads, st.opt_state
         scale = None
+        if o.prox_mu > 0:
+            clopt.prox_grad(b, g, p, st.anchor, o.prox_mu)
         if o.clip_grad_norm > 0:
             scale = st.clip_scale
             clopt.clip_grad_norm(b, [g], st.clip_partial, scale, o.clip_grad_norm)

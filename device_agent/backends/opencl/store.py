@@ -14,7 +14,8 @@ Layout (llm.c's "malloc all parameters at once"):
               range), then frozen ones and BN buffers; each tensor a sub-buffer
   grads       the same layout for the trainable range; each backward OVERWRITES its gradient, so
               nothing is zeroed per step
-  optimizer   momentum / Adam moments, flat, same layout; clipping's partial sums and factor
+  optimizer   momentum / Adam moments, flat, same layout; clipping's partial sums and factor;
+              FedProx's anchor (prox_mu > 0): a copy of the trainable range as loaded, never updated
   step        the optimizer's step count (Adam's bias correction, SGD's first-step momentum)
   scratch     not weights: the activation buffers and workspace the Plans share (arena.SharedArena)
 
@@ -26,6 +27,7 @@ keeps them on the host: params() returns them without a read, load_params() fold
 from __future__ import annotations
 
 import numpy as np
+import pyopencl as cl
 
 from ...errors import BackendError
 from ...model.graph import Graph
@@ -102,7 +104,7 @@ class Store:
         n, o = self.n_trainable, self.optimizer
         self.opt_state: dict[str, TensorRef] = {}
         self.opt_bytes = 0
-        self.clip_partial = self.clip_scale = None
+        self.clip_partial = self.clip_scale = self.anchor = None
         if not n:
             return
         self.flat_params = TensorRef("params", (n,), self.params_buf.get_sub_region(0, n * 4))
@@ -112,6 +114,10 @@ class Store:
         if o.clip_grad_norm > 0:
             self.clip_partial = self._zeros("clip_partial", clip_partials([n]))
             self.clip_scale = self._zeros("clip_scale", 2)
+        if o.prox_mu > 0:      # w0 of FedProx: the weights as built (load_params, e.g. a resume, leaves it)
+            self.anchor = TensorRef("anchor", (n,), self.rt.alloc(n * 4))
+            self.opt_bytes += n * 4
+            cl.enqueue_copy(self.rt.queue, self.anchor.buf, self.flat_params.buf, byte_count=n * 4)
 
     def _zeros(self, name: str, n: int) -> TensorRef:
         self.opt_bytes += n * 4
@@ -208,7 +214,7 @@ class Store:
             subs.append(self.flat_params.buf)
         parents = [getattr(self, "params_buf", None), getattr(self, "grads_buf", None)]
         parents += [r.buf for r in [*getattr(self, "opt_state", {}).values(), getattr(self, "clip_partial", None),
-                                    getattr(self, "clip_scale", None)] if r is not None]
+                                    getattr(self, "clip_scale", None), getattr(self, "anchor", None)] if r is not None]
         for buf in subs + [b for b in parents if b is not None]:
             buf.release()
         if hasattr(self, "scratch"):
