@@ -153,3 +153,50 @@ def test_min_devices_stops_the_fleet_then_resume(tmp_path, monkeypatch):
         evs, _ = fl.run("--resume", doc["id"], "--json")
         assert [e["round"] for e in evs if e["ev"] == "round_done"] == [1, 2]
         assert json.loads(run.read_text())["status"] == "done"
+
+
+def test_fedadam_state_survives_resume_and_central_eval(tmp_path, monkeypatch):
+    """FedAdam's moments are saved with each round: killed after round 1 and resumed, it ends with the
+    uninterrupted run's weights (restarting the moments would not). --central-data evaluates the global
+    model here each round; runs show and report draw the rounds."""
+    import numpy as np
+
+    from devicekit import digits
+
+    with contextlib.ExitStack() as stack:
+        (vd,) = phones(stack, tmp_path, 1)
+        fl = FleetEnv(tmp_path, [vd], monkeypatch, shell=vd)
+        thomas(fl.target(None), "push-model", "mobilenet_v2", *ZOO, "--name", "mnv2")
+        fl.push(None, image_set(tmp_path / "a", per_class=12))
+        fl.push(vd.serial, image_set(tmp_path / "b", per_class=16))
+        x, y = digits(6, 3)
+        # the phones' ImageFolder classes are sorted by name: one, two, zero (digit d is class (d - 1) % 3)
+        np.savez(tmp_path / "holdout.npz", x=x, y=(y - 1) % 3, classes=np.array(["one", "two", "zero"]))
+        args = ["mnv2", "--data", "digits", "--devices", f"local,{vd.serial}", "--rounds", "3", "--strategy",
+                "fedadam", "--local-epochs", "1", *RUN, "--central-data", str(tmp_path / "holdout.npz"), "--json"]
+        evs, _ = fl.run(*args)
+        whole = fl.home / "runs" / evs[0]["run"]
+        central = [e["central_acc"] for e in evs if e["ev"] == "round_done"]
+        assert len(central) == 3 and all(0 <= a <= 1 for a in central)
+        assert "acc" in json.loads((whole / "fleet.json").read_text())["central_start"]
+        with np.load(whole / "rounds" / "round-3.npz") as z:
+            assert any(k.startswith("state/m_t/") for k in z.files) and any(k.startswith("state/v_t/") for k in z.files)
+
+        p = fl.fleet(*args)
+        run_id = None
+        for ev in events(p):
+            run_id = run_id or ev.get("run")
+            if ev["ev"] == "round_done" and ev["round"] == 2:
+                os.killpg(p.pid, signal.SIGKILL)
+                break
+        p.wait(30)
+        evs2, _ = fl.run("--resume", run_id, "--json")
+        assert [e["round"] for e in evs2 if e["ev"] == "round_done"] == [3]
+        assert same_weights(weights(whole), weights(fl.home / "runs" / run_id)) == []
+
+        shown = thomas(fl.target(None), "runs", "show", run_id).stdout
+        assert "device 0" in shown and "device 1" in shown and "fleet fedadam" in shown
+        doc = json.loads(thomas(fl.target(None), "runs", "show", run_id, "--json").stdout)["fleet"]
+        assert [e["round"] for e in doc["history"]] == [1, 2, 3] and doc["history"][-1]["central_acc"] is not None
+        thomas(fl.target(None), "report", run_id, "-o", str(tmp_path / "fleet.png"))
+        assert (tmp_path / "fleet.png").stat().st_size > 10_000
