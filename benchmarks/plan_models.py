@@ -6,7 +6,8 @@ the same process (CPU threads here; CUDA with TF32 off on the accelerator machin
 
 Stages: infer (inference plan, BN folded), last (classifier only, SGD momentum), full (all layers,
 BN batch statistics, SGD momentum), full_rc (full with Plan(recompute=True): BN outputs rewritten in
-the backward instead of kept; the same torch step as full). The Plan's step uploads its batch from the host; on CUDA torch is
+the backward instead of kept; the same torch step as full), full_mixed / full_rc_mixed (dtype "mixed":
+tensors saved for the backward kept as halves). The Plan's step uploads its batch from the host; on CUDA torch is
 timed twice: with the batch already on the GPU, and with the same host-to-device copy in its step. Medians after two warm-up steps; each step ends with the
 Plan's single sync (the loss read-back), torch steps with torch.cuda.synchronize() on CUDA.
 Writes benchmarks/results/plan_models.json and prints a Markdown table.
@@ -52,7 +53,7 @@ def bench_plan(g, stage, x, y, steps):
         last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
         plan = Plan(g, batch=len(x), trainable=last if stage == "last" else None,
                     optimizer=OptimConfig("sgd", momentum=0.9), bn_batch_stats=stage.startswith("full"),
-                    recompute=stage == "full_rc")
+                    recompute="_rc" in stage, dtype="mixed" if stage.endswith("_mixed") else "float32")
         fn = lambda: plan.train_step(x, y, lr=1e-4)  # noqa: E731
     ms = median_ms(fn, steps)
     _KEEP.append(plan)
