@@ -28,14 +28,16 @@ from ._cl import ACTS, row_local_size
 
 MODES = ("igemm", "im2col")
 ENV = "THOMAS_CL_CONV"
-# tiles tried in order: each keeps MWG/MDIMC, NWG/NDIMC multiples of 4 and THREADS a multiple of KWG
-TILES = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8},
-         {"MWG": 32, "NWG": 32, "KWG": 16, "MDIMC": 8, "NDIMC": 8},
-         {"MWG": 32, "NWG": 32, "KWG": 8, "MDIMC": 4, "NDIMC": 4},
-         {"MWG": 16, "NWG": 16, "KWG": 8, "MDIMC": 4, "NDIMC": 4},
-         {"MWG": 16, "NWG": 16, "KWG": 4, "MDIMC": 4, "NDIMC": 4})
+# tiles tried in order: each keeps MWG/MDIMC, NWG/NDIMC multiples of 4 and THREADS a multiple of KWG.
+# LPAD 4: the slices' transposing stores into local memory (w and dY rows, k-contiguous in global
+# memory) would otherwise hit one bank 16 times (a row of 64 floats is 2 x 32 banks)
+TILES = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 4},
+         {"MWG": 32, "NWG": 32, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 4},
+         {"MWG": 32, "NWG": 32, "KWG": 8, "MDIMC": 4, "NDIMC": 4, "LPAD": 4},
+         {"MWG": 16, "NWG": 16, "KWG": 8, "MDIMC": 4, "NDIMC": 4, "LPAD": 4},
+         {"MWG": 16, "NWG": 16, "KWG": 4, "MDIMC": 4, "NDIMC": 4, "LPAD": 4})
 KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
-NARROW = {"MWG": 16, "NWG": 128, "KWG": 16, "MDIMC": 4, "NDIMC": 16}    # products of <= 16 rows
+NARROW = {"MWG": 16, "NWG": 128, "KWG": 16, "MDIMC": 4, "NDIMC": 16, "LPAD": 4}    # products of <= 16 rows
 MAX_SEGS = 32              # dW reduction segments per weight at most
 MIN_SEG = 1024             # products per segment at least (N*P*Q / nseg)
 PART_CAP = 1 << 22         # floats of dW partial sums at most (16 MiB)
@@ -107,7 +109,7 @@ def pick_tile(b, kernel: str, attrs: dict, rows: int = 1 << 30) -> dict:
     cands = [dict(TILES[0], **tuned)] if isinstance(tuned, dict) else []
     cands += [NARROW] if rows <= NARROW["MWG"] else []
     if (gem.get("variant") or b.kind) == "gpu" and all(k in gem for k in KEYS[:5]):
-        cands.append({k: int(gem.get(k, 0)) for k in KEYS})
+        cands.append(dict({k: int(gem.get(k, 0)) for k in KEYS}, LPAD=max(4, int(gem.get("LPAD", 0)))))
     for t in cands + list(TILES):
         if _valid(t) and not _misfit(b, kernel, attrs, t):
             return t
