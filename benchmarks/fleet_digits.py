@@ -11,8 +11,8 @@ training on the union of the phones' data. An experiment, not a test.
 3. Three virtual phones (tests/virtual_adb.py: a fake adbd behind a real adb server): phones 0 and 1 run
    the Termux daemon (paired), phone 2 is reached in adb shell mode. Each gets its part as dataset
    'digits' (`thomas push-data`, 20 % of the part as its val split).
-4. `thomas fleet finetune` over the three phones: --layers 3, Adam lr 0.01, batch 32, 1 local epoch per
-   round, --central-data = the hold-out (the global model, evaluated here after each round). The
+4. `thomas fleet finetune` over the three phones: --layers all, Adam lr 0.001 (--layers, --lr), batch 32,
+   1 local epoch per round, --central-data = the hold-out (the global model, evaluated here after each round). The
    terminal session is captured with script(1) into the output folder.
 5. Centralized: `thomas finetune` of the same model with the same recipe on the union of the three parts
    (train = all of it), val = the hold-out: its val accuracy after epoch r is the baseline for round r
@@ -34,7 +34,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
-RECIPE = ["--layers", "3", "--optimizer", "adam", "--lr", "0.01", "--batch", "32", "--backend", "cpu"]
+RECIPE = ["--optimizer", "adam", "--batch", "32", "--backend", "cpu"]     # + --layers, --lr (options)
 
 
 def split_parts(y: np.ndarray, n: int, alpha: float | None, rng: np.random.Generator) -> list[np.ndarray]:
@@ -112,8 +112,11 @@ def main() -> int:
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--split", choices=("dirichlet", "iid"), default="dirichlet")
     ap.add_argument("--strategy", default="fedavg")
+    ap.add_argument("--layers", default="all")
+    ap.add_argument("--lr", default="0.001")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fleet_digits.json")
     a = ap.parse_args()
+    RECIPE[:0] = ["--layers", a.layers, "--lr", a.lr]
     import contextlib
 
     from thomas_cli.demo import digits_dataset
@@ -160,6 +163,7 @@ def main() -> int:
     doc = json.loads((fruns[0] / "fleet.json").read_text())
     central = centralized(env, home, model, xr, yr, xh, yh, a.rounds, work)
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "split": a.split, "alpha": a.alpha,
+           "recipe": " ".join(RECIPE), "local_epochs": 1,
            "strategy": a.strategy, "rounds": a.rounds, "part_class_counts": counts, "holdout": int(len(yh)),
            "central_start": doc.get("central_start"),
            "fleet": [{k: e.get(k) for k in ("round", "done", "train_acc", "val_acc", "central_acc", "bytes",
