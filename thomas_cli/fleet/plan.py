@@ -128,7 +128,8 @@ def _show(classes: list) -> str:
 
 
 # ============================================================================ the starting model
-def base_model(model: str, devices: list[dict], targets: list[Target], width: float, seed: int, note) -> Graph:
+def base_model(model: str, data: str, devices: list[dict], targets: list[Target], width: float, seed: int,
+               note) -> Graph:
     """The model every device starts from, built here: a run of this computer, a package directory, a
     model on a device of the fleet (pulled) or a zoo name (built at the data's size and classes); with
     a fresh head (seeded) when its classes are not the data's."""
@@ -150,7 +151,7 @@ def base_model(model: str, devices: list[dict], targets: list[Target], width: fl
     shapes = g.infer_shapes(batch=1)
     inp = list(shapes[g.inputs[0].name][1:])
     for d in devices:
-        check_fit({"name": f"{d0.get('data', 'data')} on {d['serial']}", "height": d["height"],
+        check_fit({"name": f"{data} on {d['serial']}", "height": d["height"],
                    "width": d["width"], "channels": d["channels"]}, {"name": model, "input": inp})
     return g
 
@@ -197,7 +198,7 @@ def prepare(opts: dict, targets: list[Target], note) -> dict:
         raise ThomasError(f"--min-devices {opts['min_devices']} is more than the fleet's {len(targets)} "
                           f"device{'s' if len(targets) > 1 else ''}")
     devices = open_devices(targets, opts["data"], note)
-    g = base_model(opts["model"], devices, targets, opts.get("width", 1.0), job.get("seed", 0), note)
+    g = base_model(opts["model"], opts["data"], devices, targets, opts.get("width", 1.0), job.get("seed", 0), note)
     travel, local = travel_keys(g, job.get("layers", "last"), opts["bn"])
     run_id = store.new_run_id()
     doc = {"id": run_id, "kind": "fleet", "created": time.strftime("%Y-%m-%d %H:%M:%S"), "status": "running",
