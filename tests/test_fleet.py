@@ -49,6 +49,11 @@ def test_bad_input_is_one_line(fleet_env, tmp_path):
     msg = one_line(fl, *base, "--devices", f"local,{serial}", "--min-devices", "3")
     assert "--min-devices 3 is more than the fleet's 2 devices" in msg
     assert "not paired with a THOMAS daemon" in one_line(fl, "--mode", "daemon", *base, "--devices", serial)
+    # `all` is every attached phone (here one), `local` only when named
+    assert "--min-devices 2 is more than the fleet's 1 device" in one_line(fl, *base, "--devices", "all",
+                                                                           "--min-devices", "2")
+    assert "--min-devices 3 is more than the fleet's 2 devices" in one_line(fl, *base, "--devices", "all,local",
+                                                                            "--min-devices", "3")
     # a device without the dataset (the local device holds it, the phone does not)
     fl.push(None, image_set(tmp_path / "digits3"))
     msg = one_line(fl, *base, "--devices", f"local,{serial}")
