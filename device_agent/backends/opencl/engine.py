@@ -121,7 +121,9 @@ class OpenCLEngine:
     def _eval_plan(self, batch: int) -> Plan:
         plan = self.evals.get(batch)
         if plan is None:
-            plan = self.evals[batch] = Plan(self.graph, batch, trainable=set(), runtime=self.rt, store=self.store)
+            # dtype: a mixed engine's eval Plans pack their arena too (it is shared with the training Plans)
+            plan = self.evals[batch] = Plan(self.graph, batch, trainable=set(), runtime=self.rt, store=self.store,
+                                            dtype=self.dtype)
         return plan
 
     # ------------------------------------------------------------------ TrainEngine
