@@ -1,6 +1,6 @@
 // Implicit-GEMM convolution (GPUs): the im2col columns are gathered tile by tile into local memory,
 // never written to global memory, so no [C*R*S, N*P*Q] workspace exists. Launchers:
-// device_agent/ops/_conv_igemm.py. Shapes: x (N,C,H,W), w (K,C/g,R,S), y/gy (N,K,P,Q); pads (pt, pl)
+// device_agent/ops/conv_igemm.py. Shapes: x (N,C,H,W), w (K,C/g,R,S), y/gy (N,K,P,Q); pads (pt, pl)
 // top/left; stride (SH_, SW_) and dilation (DH_, DW_) and the kernel size (KR_, KS_) are build-time
 // constants (one program per geometry, as conv2d.cl). Input pixel of output (p, q) and tap (r, s):
 // h = p*sh + r*dh - pt, w = q*sw + s*dw - pl. Group gi = get_group_id(2) (dW: / nseg), Cg = C/g, Kg = K/g.

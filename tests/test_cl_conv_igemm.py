@@ -1,4 +1,4 @@
-"""The implicit-GEMM convolution (kernels/conv_igemm.cl, ops/_conv_igemm.py) on the test device (PoCL):
+"""The implicit-GEMM convolution (kernels/conv_igemm.cl, ops/conv_igemm.py) on the test device (PoCL):
 forward, dX and dW against the numpy reference with every output and gradient buffer NaN-filled first
 (clcheck), over a shape grid (strided, padded, dilated, non-square, grouped, tile edges), every shipped
 tile, the dW reduction in segments, each phone profile's limits, and a whole model's step; the path
@@ -8,7 +8,7 @@ import pytest
 
 import clcheck
 from clcheck import cl_check, needs_cl, runtime
-from device_agent.ops import _conv_igemm as ig
+from device_agent.ops import conv_igemm as ig
 from device_agent.ops import conv2d as conv_mod
 from device_agent.ops import get_op, normalize_attrs
 from test_cl_gemm_conv import check_needs

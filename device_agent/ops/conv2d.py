@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .registry import register
 from ._cl import ACTS, row_local_size
-from ._conv_igemm import conv_mode, igemm_backward, igemm_forward, workspace_floats
+from .conv_igemm import conv_mode, igemm_backward, igemm_forward, workspace_floats
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 _COLS_BUDGET = 1 << 23  # elements of one im2col buffer (32 MiB float32, 64 MiB float64)
@@ -245,7 +245,7 @@ def conv_backward(attrs, saved, gys, needs, ctx):
 #            by the GEMM (reduce_batch: partial products + a fixed-order reduction on GPUs)
 #            CPU-shaped GEMMs: gy[n,gi] @ rows[n,gi], rows = cols^T (im2row)       NN, image by image
 # Workspace: [columns of nb images | GEMM partial products (split-K, dW's per-image products)].
-# Implicit GEMM (ops/_conv_igemm.py, kernels/conv_igemm.cl; GPUs by default, THOMAS_CL_CONV forces it):
+# Implicit GEMM (ops/conv_igemm.py, kernels/conv_igemm.cl; GPUs by default, THOMAS_CL_CONV forces it):
 #   general: one launch each for y, dX and dW with the columns gathered per tile in local memory; the
 #            workspace holds only dW's segment partial sums
 #   pointwise: the GEMMs above on the whole batch (no columns); dW on CPU-shaped GEMMs by conv_igemm
