@@ -53,6 +53,7 @@ class FleetEnv:
         self.shell_root = Path((shell or vds[0]).root if vds else tmp_path) / "thomas"
         self.globals = ["--device-root", str(self.shell_root), "--python", sys.executable]
         self.daemons = []
+        self.procs: list[subprocess.Popen] = []
 
     def target(self, serial: str | None) -> DeviceTarget:
         if serial is None:
@@ -76,6 +77,13 @@ class FleetEnv:
         return d2
 
     def stop(self):
+        """Every fleet process still running (a failed test) with its whole session, then the daemons."""
+        import signal
+
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
         for d in self.daemons:
             d.stop()
 
@@ -83,9 +91,11 @@ class FleetEnv:
         thomas(self.target(serial), "push-data", str(src), "--size", "32", "--val", "0.25", "--name", name)
 
     def fleet(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "thomas_cli", *self.globals, "fleet", "finetune", *args],
-                                env=dict(os.environ, **self.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+        p = subprocess.Popen([sys.executable, "-m", "thomas_cli", *self.globals, "fleet", "finetune", *args],
+                             env=dict(os.environ, **self.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+        self.procs.append(p)
+        return p
 
     def run(self, *args: str, expect: int = 0, timeout: float = 400) -> tuple[list[dict], str]:
         p = self.fleet(*args)

@@ -43,6 +43,7 @@ def test_rounds_equal_plain_finetune_and_resume_after_sigkill(tmp_path, monkeypa
     with contextlib.ExitStack() as stack:
         (vd,) = phones(stack, tmp_path, 1)
         fl = FleetEnv(tmp_path, [vd], monkeypatch, shell=vd)
+        stack.callback(fl.stop)
         thomas(fl.target(None), "push-model", "mobilenet_v2", *ZOO, "--name", "mnv2")
         data = image_set(tmp_path / "digits")
         fl.push(None, data)
@@ -166,6 +167,7 @@ def test_fedadam_state_survives_resume_and_central_eval(tmp_path, monkeypatch):
     with contextlib.ExitStack() as stack:
         (vd,) = phones(stack, tmp_path, 1)
         fl = FleetEnv(tmp_path, [vd], monkeypatch, shell=vd)
+        stack.callback(fl.stop)
         thomas(fl.target(None), "push-model", "mobilenet_v2", *ZOO, "--name", "mnv2")
         fl.push(None, image_set(tmp_path / "a", per_class=12))
         fl.push(vd.serial, image_set(tmp_path / "b", per_class=16))
@@ -200,3 +202,19 @@ def test_fedadam_state_survives_resume_and_central_eval(tmp_path, monkeypatch):
         assert [e["round"] for e in doc["history"]] == [1, 2, 3] and doc["history"][-1]["central_acc"] is not None
         thomas(fl.target(None), "report", run_id, "-o", str(tmp_path / "fleet.png"))
         assert (tmp_path / "fleet.png").stat().st_size > 10_000
+
+
+def test_fraction_asks_some_devices_each_round(tmp_path, monkeypatch):
+    """--fraction 0.5 of two devices: one device a round (Flower samples it; seeded by the round)."""
+    with contextlib.ExitStack() as stack:
+        (vd,) = phones(stack, tmp_path, 1)
+        fl = FleetEnv(tmp_path, [vd], monkeypatch, shell=vd)
+        stack.callback(fl.stop)
+        thomas(fl.target(None), "push-model", "mobilenet_v2", *ZOO, "--name", "mnv2")
+        fl.push(None, image_set(tmp_path / "a", per_class=8))
+        fl.push(vd.serial, image_set(tmp_path / "b", per_class=8))
+        evs, _ = fl.run("mnv2", "--data", "digits", "--devices", f"local,{vd.serial}", "--rounds", "3",
+                        "--fraction", "0.5", *RUN, "--json")
+        starts = [e["devices"] for e in evs if e["ev"] == "round_start"]
+        done = [(e["done"], e["devices"]) for e in evs if e["ev"] == "round_done"]
+        assert starts == [1, 1, 1] and done == [(1, 1)] * 3
