@@ -116,6 +116,7 @@ def _run(name, mode, gys):
     host), then the backward into NaN-wiped gradients. Returns the input gradients."""
     from device_agent.backends.opencl.runtime import LaunchBuilder, NodeIO, TensorRef, replay
     from device_agent.backends.opencl.arena import workspace_bytes
+    from device_agent.backends.opencl.mixed import quarter
 
     op_name, attrs, inputs, kw = CASES[name]
     rt = runtime()
@@ -139,8 +140,8 @@ def _run(name, mode, gys):
         if mode == "device":
             half = TensorRef("half", t.shape, rt.alloc(max(2 * t.size, 4)), np.dtype(np.float16))
             f32 = empty(rt, "f32", t.shape)
-            b.launch("plan.cl", "pack_half", (t.size,), None, t, half, t.size)
-            b.launch("plan.cl", "unpack_half", (t.size,), None, half, f32, t.size)
+            b.launch("plan.cl", "pack_half", (quarter(t.size),), None, t, half, t.size)
+            b.launch("plan.cl", "unpack_half", (quarter(t.size),), None, half, f32, t.size)
             lst[idx] = f32
         elif mode == "host":
             replay(rt.queue, b.launches, {})

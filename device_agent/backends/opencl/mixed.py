@@ -61,6 +61,11 @@ def halve_lifetimes(plan, life) -> None:
         life.new(f"{t}@f32", plan.shapes[t], min(times), max(times))
 
 
+def quarter(n: int) -> int:
+    """Work-items of pack_half / unpack_half: four values each, the tail in the last."""
+    return max(1, -(-int(n) // 4))
+
+
 def pack_launches(plan, b, node) -> None:
     """After `node`'s forward: each of its outputs that a backward reads, stored as halves."""
     from ...ops._cl import elt
@@ -68,7 +73,7 @@ def pack_launches(plan, b, node) -> None:
     for t in node.outputs:
         if t in plan.halved:
             src, dst = plan.refs[t], plan.refs[f"{t}@half"]
-            b.launch("plan.cl", "pack_half", (src.size,), elt(b), src, dst, src.size)
+            b.launch("plan.cl", "pack_half", (quarter(src.size),), elt(b), src, dst, src.size)
 
 
 def expanded(plan, b, reader: str, t: str, done: set):
@@ -82,7 +87,7 @@ def expanded(plan, b, reader: str, t: str, done: set):
 
         done.add(t)
         half = plan.refs[f"{t}@half"]
-        b.launch("plan.cl", "unpack_half", (f32.size,), elt(b), half, f32, f32.size)
+        b.launch("plan.cl", "unpack_half", (quarter(f32.size),), elt(b), half, f32, f32.size)
     return f32
 
 
