@@ -4,6 +4,8 @@
 // segments in a fixed order (deterministic).
 // `frozen` kernels read (running_mean, running_var) and form invstd = 1/sqrt(var + eps) inline;
 // batch-statistics kernels read (mean, invstd) from the node's state.
+// x is read through LOAD_ACT (common.cl): built with -DACT_HALF (ops/batchnorm.py, when the Plan hands a
+// saved input kept as halves to the backward or the recompute of dtype "mixed") it is read as halves.
 
 // Walks this work-item's elements k = k0 + lid, + step, ... < k1 of channel c; BN_I is the address of
 // element k = (n, l) = divmod(k, L). (n, l) advance by (dn_, dl_) = divmod(step, L) with a carry: no
@@ -47,7 +49,7 @@ REAL bn_gy(const REAL g, const REAL v, const int act) {
 //   PLACE (torch momentum): r <- om*r + mm*stat, running_var with the unbiased var*unb
 //   (om = 1 - momentum, mm = momentum, unb = cnt/(cnt-1), from the host). Deterministic.
 // Global sizes: part (S*wg, C) with local (wg, 1); finish (C).
-__kernel void bn_stats_part(__global const REAL* x, __global REAL* part, const int part_off, const int N,
+__kernel void bn_stats_part(__global const ACT_T* x, __global REAL* part, const int part_off, const int N,
                             const int C, const int L, const int seg, __local REAL* s) {
     part += part_off;
     const int c = get_global_id(1), sg = get_group_id(0), S = get_num_groups(0);
@@ -55,11 +57,11 @@ __kernel void bn_stats_part(__global const REAL* x, __global REAL* part, const i
     const int k0 = sg * seg, k1 = min(cnt, k0 + seg);
     REAL acc = (REAL)0;
     const int dn_ = step / L, dl_ = step % L;
-    BN_FOR(k0, k1) acc += x[BN_I];
+    BN_FOR(k0, k1) acc += LOAD_ACT(x, BN_I);
     const REAL mu = wg_sum(acc, s) / (REAL)(k1 - k0);
     acc = (REAL)0;
     BN_FOR(k0, k1) {
-        const REAL d = x[BN_I] - mu;
+        const REAL d = LOAD_ACT(x, BN_I) - mu;
         acc += d * d;
     }
     const REAL m2 = wg_sum(acc, s);
@@ -71,17 +73,17 @@ __kernel void bn_stats_part(__global const REAL* x, __global REAL* part, const i
 
 // bn_stats_part for CPU devices: segment = one image's plane of channel c (L contiguous values), one
 // work-item each with plain loops (no work-group tree, nothing to carry). Global size (N, C); S = N.
-__kernel void bn_stats_plane(__global const REAL* x, __global REAL* part, const int part_off, const int N,
+__kernel void bn_stats_plane(__global const ACT_T* x, __global REAL* part, const int part_off, const int N,
                              const int C, const int L) {
     const int n = get_global_id(0), c = get_global_id(1);
     if (n >= N || c >= C) return;
-    __global const REAL* xp = x + (n * C + c) * L;
+    const int i0 = (n * C + c) * L;
     REAL acc = (REAL)0;
-    for (int l = 0; l < L; l++) acc += xp[l];
+    for (int l = 0; l < L; l++) acc += LOAD_ACT(x, i0 + l);
     const REAL mu = acc / (REAL)L;
     acc = (REAL)0;
     for (int l = 0; l < L; l++) {
-        const REAL d = xp[l] - mu;
+        const REAL d = LOAD_ACT(x, i0 + l) - mu;
         acc += d * d;
     }
     part[part_off + (c * N + n) * 2] = mu;
@@ -112,13 +114,13 @@ __kernel void bn_stats_finish(__global const REAL* part, const int part_off, con
 }
 
 // y = (x - mean) * invstd * w + b   (xhat = (x - mean) * invstd; y = xhat * w + b), then act(y)
-__kernel void bn_apply(__global const REAL* x, __global const REAL* w, __global const REAL* b,
+__kernel void bn_apply(__global const ACT_T* x, __global const REAL* w, __global const REAL* b,
                        __global const REAL* mean, __global const REAL* var_or_invstd, __global REAL* y,
                        const int n, const int C, const int L, const int frozen, const REAL eps, const int act) {
     const int i = get_global_id(0);
     if (i >= n) return;
     const int c = (i / L) % C;
-    const REAL xhat = (x[i] - mean[c]) * bn_invstd(var_or_invstd, c, frozen, eps);
+    const REAL xhat = (LOAD_ACT(x, i) - mean[c]) * bn_invstd(var_or_invstd, c, frozen, eps);
     y[i] = bn_act(xhat * w[c] + b[c], act);
 }
 
@@ -143,23 +145,23 @@ REAL4 bn_gy4(const REAL4 g, const REAL4 v, const int act) {
 
 // bn_apply / bn_dx four values per work-item (L % 4 == 0; global size (L/4, C, N)): the elementwise
 // passes are bound by memory, and one float per work-item reached only ~0.7 TB/s on an H100.
-__kernel void bn_apply_lcn4(__global const REAL* x, __global const REAL* w, __global const REAL* b,
+__kernel void bn_apply_lcn4(__global const ACT_T* x, __global const REAL* w, __global const REAL* b,
                             __global const REAL* mean, __global const REAL* var_or_invstd, __global REAL* y,
                             const int C, const int L4, const int frozen, const REAL eps, const int act) {
     const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L4 + l;
     if (l >= L4) return;
-    const REAL4 xhat = (vload4(i, x) - mean[c]) * bn_invstd(var_or_invstd, c, frozen, eps);
+    const REAL4 xhat = (LOAD_ACT4(x, i) - mean[c]) * bn_invstd(var_or_invstd, c, frozen, eps);
     vstore4(bn_act4(xhat * w[c] + b[c], act), i, y);
 }
 
-__kernel void bn_dx_lcn4(__global const REAL* x, __global const REAL* g, __global const REAL* b, const int act,
+__kernel void bn_dx_lcn4(__global const ACT_T* x, __global const REAL* g, __global const REAL* b, const int act,
                          __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
                          __global const REAL* sums, __global REAL* dx, const int C, const int L4,
                          const int frozen, const REAL eps, const int cnt) {
     const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L4 + l;
     if (l >= L4) return;
     const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
-    const REAL4 xhat = (vload4(i, x) - mean[c]) * is;
+    const REAL4 xhat = (LOAD_ACT4(x, i) - mean[c]) * is;
     const REAL4 dxhat = bn_gy4(vload4(i, g), xhat * w[c] + b[c], act) * w[c];
     if (frozen) {
         vstore4(dxhat * is, i, dx);
@@ -171,12 +173,12 @@ __kernel void bn_dx_lcn4(__global const REAL* x, __global const REAL* g, __globa
 
 // bn_apply over a (L, C, N) grid (global size (L, C, N), local (wg, 1, 1)): no division per element;
 // the launcher uses it when L is long enough to fill the work-groups' first dimension.
-__kernel void bn_apply_lcn(__global const REAL* x, __global const REAL* w, __global const REAL* b,
+__kernel void bn_apply_lcn(__global const ACT_T* x, __global const REAL* w, __global const REAL* b,
                            __global const REAL* mean, __global const REAL* var_or_invstd, __global REAL* y,
                            const int C, const int L, const int frozen, const REAL eps, const int act) {
     const int l = get_global_id(0), c = get_global_id(1), i = (get_global_id(2) * C + c) * L + l;
     if (l >= L) return;
-    const REAL xhat = (x[i] - mean[c]) * bn_invstd(var_or_invstd, c, frozen, eps);
+    const REAL xhat = (LOAD_ACT(x, i) - mean[c]) * bn_invstd(var_or_invstd, c, frozen, eps);
     y[i] = bn_act(xhat * w[c] + b[c], act);
 }
 
@@ -186,7 +188,7 @@ __kernel void bn_apply_lcn(__global const REAL* x, __global const REAL* w, __glo
 // (then those pointers are the bias / weight gradients).
 // undoes: y = xhat * w + b   (db = sum g, dw = sum g xhat)
 // Global sizes: part (S*wg, C) with local (wg, 1); finish (C).
-__kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __global const REAL* w,
+__kernel void bn_bwd_part(__global const ACT_T* x, __global const REAL* g, __global const REAL* w,
                           __global const REAL* b, const int act, __global const REAL* mean,
                           __global const REAL* var_or_invstd, __global REAL* part, const int part_off,
                           const int N, const int C, const int L, const int seg, const int frozen, const REAL eps,
@@ -200,7 +202,7 @@ __kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __glob
     const int dn_ = step / L, dl_ = step % L;
     BN_FOR(k0, k1) {
         const int i = BN_I;
-        const REAL xhat = (x[i] - mu) * is;
+        const REAL xhat = (LOAD_ACT(x, i) - mu) * is;
         const REAL gi = bn_gy(g[i], xhat * w[c] + b[c], act);
         sg_ += gi;
         sgx += gi * xhat;
@@ -214,7 +216,7 @@ __kernel void bn_bwd_part(__global const REAL* x, __global const REAL* g, __glob
 }
 
 // bn_bwd_part for CPU devices, one work-item per (image, channel) plane as bn_stats_plane.
-__kernel void bn_bwd_plane(__global const REAL* x, __global const REAL* g, __global const REAL* w,
+__kernel void bn_bwd_plane(__global const ACT_T* x, __global const REAL* g, __global const REAL* w,
                            __global const REAL* b, const int act, __global const REAL* mean,
                            __global const REAL* var_or_invstd, __global REAL* part, const int part_off,
                            const int N, const int C, const int L, const int frozen, const REAL eps) {
@@ -224,7 +226,7 @@ __kernel void bn_bwd_plane(__global const REAL* x, __global const REAL* g, __glo
     const REAL mu = mean[c], is = bn_invstd(var_or_invstd, c, frozen, eps);
     REAL sg_ = (REAL)0, sgx = (REAL)0;
     for (int i = i0; i < i0 + L; i++) {
-        const REAL xhat = (x[i] - mu) * is;
+        const REAL xhat = (LOAD_ACT(x, i) - mu) * is;
         const REAL gi = bn_gy(g[i], xhat * w[c] + b[c], act);
         sg_ += gi;
         sgx += gi * xhat;
@@ -255,19 +257,19 @@ __kernel void bn_bwd_finish(__global const REAL* part, const int part_off, const
 // batch: undoes xhat = (x - mean(x)) * invstd(x), mean and biased var over cnt values:
 //   dx = invstd/cnt * (cnt*dxhat - Σ dxhat - xhat Σ dxhat xhat),  dxhat = g * w
 // (frozen statistics: dx = dxhat * invstd). dx[i] of channel c, for bn_dx and bn_dx_lcn.
-REAL bn_dx_at(const int i, const int c, __global const REAL* x, __global const REAL* g, __global const REAL* b,
+REAL bn_dx_at(const int i, const int c, __global const ACT_T* x, __global const REAL* g, __global const REAL* b,
               const int act, __global const REAL* w, __global const REAL* mean,
               __global const REAL* var_or_invstd, __global const REAL* sums, const int C, const int frozen,
               const REAL eps, const int cnt) {
     const REAL is = bn_invstd(var_or_invstd, c, frozen, eps);
-    const REAL xhat = (x[i] - mean[c]) * is;
+    const REAL xhat = (LOAD_ACT(x, i) - mean[c]) * is;
     const REAL dxhat = bn_gy(g[i], xhat * w[c] + b[c], act) * w[c];
     if (frozen) return dxhat * is;
     const REAL fc = (REAL)cnt;
     return (is / fc) * (fc * dxhat - w[c] * sums[c] - xhat * (w[c] * sums[C + c]));
 }
 
-__kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global const REAL* b, const int act,
+__kernel void bn_dx(__global const ACT_T* x, __global const REAL* g, __global const REAL* b, const int act,
                     __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
                     __global const REAL* sums, __global REAL* dx, const int n, const int C, const int L,
                     const int frozen, const REAL eps, const int cnt) {
@@ -278,7 +280,7 @@ __kernel void bn_dx(__global const REAL* x, __global const REAL* g, __global con
 }
 
 // bn_dx over a (L, C, N) grid, as bn_apply_lcn.
-__kernel void bn_dx_lcn(__global const REAL* x, __global const REAL* g, __global const REAL* b, const int act,
+__kernel void bn_dx_lcn(__global const ACT_T* x, __global const REAL* g, __global const REAL* b, const int act,
                         __global const REAL* w, __global const REAL* mean, __global const REAL* var_or_invstd,
                         __global const REAL* sums, __global REAL* dx, const int C, const int L,
                         const int frozen, const REAL eps, const int cnt) {

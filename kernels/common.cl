@@ -10,14 +10,19 @@
 // nearest even), converted to and from float in registers: arithmetic stays float. Without it (the default)
 // they are plain REAL loads and stores, so a kernel written with them builds unchanged in float32.
 // i counts elements, not bytes; v is a float expression.
+// LOAD_ACT4 / STORE_ACT4: four values at p + 4 i (float4 / vload_half4 alignment).
 #ifdef ACT_HALF
 #define ACT_T half
 #define LOAD_ACT(p, i) vload_half((i), (p))
 #define STORE_ACT(p, i, v) vstore_half((v), (i), (p))
+#define LOAD_ACT4(p, i) vload_half4((i), (p))
+#define STORE_ACT4(p, i, v) vstore_half4((v), (i), (p))
 #else
 #define ACT_T REAL
 #define LOAD_ACT(p, i) ((p)[(i)])
 #define STORE_ACT(p, i, v) ((p)[(i)] = (v))
+#define LOAD_ACT4(p, i) vload4((i), (p))
+#define STORE_ACT4(p, i, v) vstore4((v), (i), (p))
 #endif
 
 // Sum of v over the work-group (its size a power of two, s one REAL per work-item); every work-item

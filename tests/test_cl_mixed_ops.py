@@ -112,8 +112,9 @@ def _saved_slots(op, a, n_inputs):
 
 def _run(name, mode, gys):
     """Forward, then the saved tensors as `mode` keeps them ("float32": as produced; "device": packed
-    to halves and expanded on the device, the mixed Plan's launches; "host": rounded to float16 on the
-    host), then the backward into NaN-wiped gradients. Returns the input gradients."""
+    to halves and expanded on the device, the mixed Plan's launches; "direct": packed, and the halves
+    handed to the backward itself, as the Plan does for mixed.HALF_READERS; "host": rounded to float16
+    on the host), then the backward into NaN-wiped gradients. Returns the input gradients."""
     from device_agent.backends.opencl.runtime import LaunchBuilder, NodeIO, TensorRef, replay
     from device_agent.backends.opencl.arena import workspace_bytes
     from device_agent.backends.opencl.mixed import quarter
@@ -137,12 +138,12 @@ def _run(name, mode, gys):
     for kind, idx in _saved_slots(op, a, len(inputs)):
         lst = io.x if kind == "x" else io.y
         t = lst[idx]
-        if mode == "device":
+        if mode in ("device", "direct"):
             half = TensorRef("half", t.shape, rt.alloc(max(2 * t.size, 4)), np.dtype(np.float16))
             f32 = empty(rt, "f32", t.shape)
             b.launch("plan.cl", "pack_half", (quarter(t.size),), None, t, half, t.size)
             b.launch("plan.cl", "unpack_half", (quarter(t.size),), None, half, f32, t.size)
-            lst[idx] = f32
+            lst[idx] = half if mode == "direct" else f32     # direct: the kernels read the halves (-DACT_HALF)
         elif mode == "host":
             replay(rt.queue, b.launches, {})
             b.launches = []
@@ -170,13 +171,18 @@ def test_every_op_with_saved_tensors_has_a_case():
 @pytest.mark.parametrize("name", list(CASES))
 def test_device_halves_equal_host_rounding_bit_for_bit(name):
     """pack_half/unpack_half round to nearest even exactly as numpy's float16 cast, and the backward
-    reads nothing else of the saved tensors."""
+    reads nothing else of the saved tensors; kernels that read the halves themselves (LOAD_ACT under
+    -DACT_HALF) compute exactly what they compute from the expanded floats."""
+    from device_agent.backends.opencl.mixed import HALF_READERS
+
     gys = _gys(name)
-    dev, host = _run(name, "device", gys), _run(name, "host", gys)
-    for i, (d, h) in enumerate(zip(dev, host)):
-        if d is not None:
-            assert not np.isnan(d).any(), f"{name}: gradient {i} unwritten"
-            np.testing.assert_array_equal(d, h, err_msg=f"{name} gradient {i}")
+    host = _run(name, "host", gys)
+    modes = ["device"] + (["direct"] if CASES[name][0] in HALF_READERS else [])
+    for mode in modes:
+        for i, (d, h) in enumerate(zip(_run(name, mode, gys), host)):
+            if d is not None:
+                assert not np.isnan(d).any(), f"{name} {mode}: gradient {i} unwritten"
+                np.testing.assert_array_equal(d, h, err_msg=f"{name} {mode} gradient {i}")
 
 
 def _bound(name, inputs, gys, ref_saved):
@@ -241,7 +247,9 @@ def test_mixed_gradients_within_the_fp16_budget_of_the_reference(name):
     _, saved = op.forward(a, ins64, ctx)
     ref = op.backward(a, saved, [np.asarray(g, np.float64) for g in gys], [True] * len(inputs), ctx)
     bound = _bound(name, inputs, gys, saved)
-    mixed = _run(name, "device", gys)
+    from device_agent.backends.opencl.mixed import HALF_READERS
+
+    mixed = _run(name, "direct" if op_name in HALF_READERS else "device", gys)
     fp32 = _run(name, "float32", gys)
     moved = False
     for i, (m, f, r, bd) in enumerate(zip(mixed, fp32, ref, bound)):

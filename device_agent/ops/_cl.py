@@ -26,6 +26,12 @@ ELT_WG = 64
 ACTS = {None: 0, 0: 0, "relu": 1, "relu6": 2}
 
 
+def act_defines(t) -> dict | None:
+    """Build defines for a kernel reading activation `t` through common.cl's LOAD_ACT: -DACT_HALF when
+    the Plan hands it over as halves (dtype "mixed": a saved tensor kept as float16)."""
+    return {"ACT_HALF": None} if getattr(t, "dtype", None) is not None and t.dtype.itemsize == 2 else None
+
+
 class FlexLocal(tuple):
     """A local size the launch may shrink (or round to the wave) to fit the kernel's limits on the
     device (LaunchBuilder.launch -> limits.fit_local): for kernels that bound-check every work-item,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .registry import register
-from ._cl import ACTS, elt, local_floats, pow2_floor, reduce_wg
+from ._cl import ACTS, act_defines, elt, local_floats, pow2_floor, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 SLOTS = ("weight", "bias", "running_mean", "running_var")
@@ -130,10 +130,10 @@ def bn_cl_workspace(attrs, in_shapes, out_shapes):
     return 4 * 2 * c * (1 + min(MAX_SEGS, n * length))
 
 
-def _wg(b, kernel: str, cnt: int) -> int:
+def _wg(b, kernel: str, cnt: int, defines=None) -> int:
     """work-group size of a segmented reduction: reduce_wg, capped by tuning "batchnorm" -> "wg" (the cpu
     default is 8: on PoCL, 256-wide groups with local trees ran the BN reductions ~1.5x slower)"""
-    wg = reduce_wg(b, "batchnorm.cl", kernel, cnt)
+    wg = reduce_wg(b, "batchnorm.cl", kernel, cnt, defines)
     cap = b.tuning("batchnorm").get("wg")
     return min(wg, pow2_floor(int(cap))) if cap else wg
 
@@ -163,10 +163,11 @@ def _apply(b, x, w, bias, mean, var_or_invstd, y, c, length, frozen, eps, act):
     if length >= LCN_MIN_L:
         v = 4 if length % 4 == 0 else 1    # float4 loads and stores when rows allow
         b.launch("batchnorm.cl", "bn_apply_lcn4" if v == 4 else "bn_apply_lcn", (length // v, c, x.shape[0]),
-                 elt(b) + (1, 1), x, w, bias, mean, var_or_invstd, y, c, length // v, frozen, eps, act)
+                 elt(b) + (1, 1), x, w, bias, mean, var_or_invstd, y, c, length // v, frozen, eps, act,
+                 defines=act_defines(x))
     else:
         b.launch("batchnorm.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, var_or_invstd, y, x.size, c, length,
-                 frozen, eps, act)
+                 frozen, eps, act, defines=act_defines(x))
 
 
 def cl_bn_forward(b, io):
@@ -220,17 +221,18 @@ def cl_bn_backward(b, io):
     mean, vi = (rm, rv) if frozen else (io.state["mean"], io.state["invstd"])
     sums = io.workspace
     act = ACTS[io.act]   # undoes the fused act(): g masked where it cut (its input recomputed from x)
+    dx_def = act_defines(x)   # dtype mixed: x may come as the halves kept for this backward
     if not frozen or gw is not None or gb is not None:
         # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
         if _planes(b, n, length):
             segs = n
             b.launch("batchnorm.cl", "bn_bwd_plane", (n, c), None, x, g, w, bias, act, mean, vi, sums, 2 * c, n, c, length,
-                     frozen, eps)
+                     frozen, eps, defines=dx_def)
         else:
-            wg = _wg(b, "bn_bwd_part", n * length)
+            wg = _wg(b, "bn_bwd_part", n * length, dx_def)
             seg, segs = _segments(b, n * length, wg)
             b.launch("batchnorm.cl", "bn_bwd_part", (segs * wg, c), (wg, 1), x, g, w, bias, act, mean, vi, sums, 2 * c, n,
-                     c, length, seg, frozen, eps, local_floats(wg))
+                     c, length, seg, frozen, eps, local_floats(wg), defines=dx_def)
         b.launch("batchnorm.cl", "bn_bwd_finish", (c,), elt(b), sums, 2 * c, segs, sums, gw or sums, gb or sums, c,
                  gw is not None, gb is not None)
     if gx is not None:
@@ -238,10 +240,10 @@ def cl_bn_backward(b, io):
         if length >= LCN_MIN_L:
             v = 4 if length % 4 == 0 else 1
             b.launch("batchnorm.cl", "bn_dx_lcn4" if v == 4 else "bn_dx_lcn", (length // v, c, n), elt(b) + (1, 1), x, g,
-                     bias, act, w, mean, vi, sums, gx, c, length // v, frozen, eps, n * length)
+                     bias, act, w, mean, vi, sums, gx, c, length // v, frozen, eps, n * length, defines=dx_def)
         else:
             b.launch("batchnorm.cl", "bn_dx", (x.size,), elt(b), x, g, bias, act, w, mean, vi, sums, gx, x.size, c, length,
-                     frozen, eps, n * length)
+                     frozen, eps, n * length, defines=dx_def)
 
 
 register(OpDef("BatchNorm", ("x", "weight", "bias", "running_mean", "running_var"),

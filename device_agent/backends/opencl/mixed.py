@@ -46,19 +46,38 @@ def check_dtype(dtype) -> str:
                        f"for float64, or dtype 'mixed' for halves kept for the backward)")
 
 
+# Ops whose kernels read a saved input as halves themselves (common.cl LOAD_ACT, built with -DACT_HALF
+# when the TensorRef is float16: ops/_cl.act_defines): their backward (and BN's recompute) gets t@half
+# and no float32 expansion is written for them.
+HALF_READERS = {"BatchNorm"}
+
+
+def add_reader(plan, t: str, reader: str, op_name: str) -> None:
+    """`reader`'s backward reads saved tensor t (through an op of type op_name: the reader's own, or
+    the BN whose output recompute rewrites for it)."""
+    readers = plan.halved.setdefault(t, [])
+    if reader not in readers:
+        readers.append(reader)
+    if op_name in HALF_READERS:
+        plan.direct.add((t, reader))
+
+
 def keeps_half(op_name: str, save: str) -> bool:
     """Whether a saved tensor ("x0", "y0", ...) of an op may be kept as halves."""
     return (op_name, save) not in EXACT_SAVES
 
 
 def halve_lifetimes(plan, life) -> None:
-    """t@half from t's producer to its last backward reader, t@f32 from its first to its last."""
+    """t@half from t's producer to its last backward reader, t@f32 from its first to its last reader
+    that needs float32 (none when every reader reads halves: HALF_READERS)."""
     producers = plan.graph.producers()
     for t, readers in plan.halved.items():
         times = [plan.t_bw[r] for r in readers]
         start = plan.t_fw[producers[t].name]
         life.new(f"{t}@half", plan.shapes[t], start, max(times), np.float16)
-        life.new(f"{t}@f32", plan.shapes[t], min(times), max(times))
+        f32 = [plan.t_bw[r] for r in readers if (t, r) not in plan.direct]
+        if f32:
+            life.new(f"{t}@f32", plan.shapes[t], min(f32), max(f32))
 
 
 def quarter(n: int) -> int:
@@ -77,10 +96,13 @@ def pack_launches(plan, b, node) -> None:
 
 
 def expanded(plan, b, reader: str, t: str, done: set):
-    """What `reader`'s backward reads for tensor t: its float32 expansion when t is kept as halves
-    for it (the first reader's launches write it: unpack_half), else t itself (or a parameter)."""
+    """What `reader`'s backward reads for tensor t: the halves themselves for a HALF_READERS op, its
+    float32 expansion when t is kept as halves for any other (the first such reader's launches write
+    it: unpack_half), else t itself (or a parameter)."""
     if reader not in plan.halved.get(t, ()):
         return plan._ref(t)
+    if (t, reader) in plan.direct:
+        return plan.refs[f"{t}@half"]
     f32 = plan.refs[f"{t}@f32"]
     if t not in done:
         from ...ops._cl import elt

@@ -44,7 +44,7 @@ from ...model.heads import loss_graph
 from ...ops import get_op, normalize_attrs
 from ...ops.dropout import draw_seed
 from .arena import Lifetimes, pack, pool, workspace_bytes
-from .mixed import bytes_by_dtype, check_dtype, halve_lifetimes, keeps_half
+from .mixed import add_reader, bytes_by_dtype, check_dtype, halve_lifetimes, keeps_half
 from .optim import OptimConfig
 from .passes import fold_batchnorm, frozen_nodes, fuse_activations
 from .record import LaunchRecording
@@ -231,6 +231,7 @@ class Plan(LaunchRecording):
         producers = self.graph.producers()
         self.recomputed: dict[str, list[str]] = {}      # tensor -> the backward nodes that read its copy
         self.halved: dict[str, list[str]] = {}          # mixed: tensor -> the backward nodes reading it
+        self.direct: set[tuple[str, str]] = set()       # mixed: (tensor, reader) reading the halves directly
         for n in bw_nodes:
             op, a = self.specs[n.name]
             for s in op.cl.saved(a):
@@ -243,15 +244,15 @@ class Plan(LaunchRecording):
                         and self.specs[p.name][0].cl.recompute is not None:
                     self.recomputed.setdefault(t, []).append(n.name)
                 elif self.dtype == "mixed" and keeps_half(n.op, s):
-                    self.halved.setdefault(t, []).append(n.name)
+                    add_reader(self, t, n.name, n.op)
                 else:
                     life.touch(t, self.t_bw[n.name])
         for t, readers in self.recomputed.items():
             times = [self.t_bw[r] for r in readers]
             life.new(f"{t}@recomputed", self.shapes[t], min(times), max(times))
-            src = producers[t].inputs[0]        # mixed: the rewrite reads its input's expansion
-            if src in self.halved and readers[0] not in self.halved[src]:
-                self.halved[src].append(readers[0])
+            src = producers[t].inputs[0]        # mixed: the rewrite reads its input's halves
+            if src in self.halved:
+                add_reader(self, src, readers[0], producers[t].op)
         halve_lifetimes(self, life)
 
     def _state_lifetimes(self, life: Lifetimes) -> None:
