@@ -97,7 +97,9 @@ def test_rounds_equal_plain_finetune_and_resume_after_sigkill(tmp_path, monkeypa
 
 def test_dropout_mid_round_rejoins_three_phones_and_local(tmp_path, monkeypatch):
     """Phones 0 and 1 in daemon mode, phone 2 in shell mode, plus the local device. Phone 1's daemon
-    is killed as round 1 starts: the round succeeds without it (--min-devices 1), it rejoins in round 2."""
+    is killed as round 1 starts: the round succeeds without it (--min-devices 1); the daemon is restarted
+    once its failure is logged and the phone rejoins (round 2 when the restart wins the race with the
+    round's start, which a loaded machine may not guarantee; round 3 in any case)."""
     with contextlib.ExitStack() as stack:
         vds = phones(stack, tmp_path, 3)
         fl = FleetEnv(tmp_path, vds, monkeypatch, shell=vds[2])
@@ -107,19 +109,20 @@ def test_dropout_mid_round_rejoins_three_phones_and_local(tmp_path, monkeypatch)
         for i, serial in enumerate([None] + [vd.serial for vd in vds]):
             fl.push(serial, image_set(tmp_path / f"digits{i}", per_class=12 + 2 * i))
         p = fl.fleet("mnv2", "--data", "digits", "--devices", ",".join(["local"] + [vd.serial for vd in vds]),
-                     "--rounds", "2", "--local-epochs", "1", "--min-devices", "1", *RUN, "--json")
+                     "--rounds", "3", "--local-epochs", "1", "--min-devices", "1", *RUN, "--json")
         got = []
         for ev in events(p):
             got.append(ev)
             if ev["ev"] == "round_start" and ev["round"] == 1:
                 daemons[1].kill()
-                wait_log(fl.home / "runs" / got[0]["run"] / "fleet.log", "[device 2] round 1: failed")
+                wait_log(fl.home / "runs" / got[0]["run"] / "fleet.log", "[device 2] round 1: failed", 300)
                 fl.restart(daemons[1])
         assert p.wait(60) == 0, p.stderr.read()
         rounds = {e["round"]: e for e in got if e["ev"] == "round_done"}
         assert rounds[1]["done"] == 3 and [f["device"] for f in rounds[1]["failed"]] == [2]
-        assert rounds[2]["done"] == 4 and rounds[2]["failed"] == []
-        assert [e["device"] for e in got if e["ev"] == "device_failed"] == [2]
+        assert rounds[3]["done"] == 4 and rounds[3]["failed"] == []
+        assert {e["device"] for e in got if e["ev"] == "device_failed"} == {2}
+        assert {e["device"] for e in got if e["ev"] == "device_done" and e["round"] == 3} == {0, 1, 2, 3}
         doc = json.loads((fl.home / "runs" / got[0]["run"] / "fleet.json").read_text())
         assert [d["describe"]["transport"] for d in doc["devices"]] == ["local", "daemon", "daemon", "adb"]
         assert (fl.home / "runs" / got[0]["run"] / "final" / "weights.npz").is_file()
