@@ -76,6 +76,8 @@ CASES = {
     "bn_batch": ("BatchNorm", {}, _bn_inputs(12), {"bn_batch_stats": True}),
     "bn_batch_relu6": ("BatchNorm", {}, _bn_inputs(13), {"bn_batch_stats": True, "act": "relu6"}),
     "bn_frozen_relu": ("BatchNorm", {}, _bn_inputs(14), {"act": "relu"}),
+    "bn_batch_relu6_l64": ("BatchNorm", {}, _bn_inputs(33, (2, 3, 8, 8)), {"bn_batch_stats": True, "act": "relu6"}),
+    "bn_batch_l64": ("BatchNorm", {}, _bn_inputs(34, (2, 3, 8, 8)), {"bn_batch_stats": True}),
     "mul": ("Mul", {}, [_normal((2, 3, 4), 15), _normal((2, 3, 4), 16)], {}),
     "mul_broadcast": ("Mul", {}, [_normal((2, 3, 4, 5), 17), _normal((1, 3, 1, 1), 18)], {}),
     "div": ("Div", {}, [_normal((2, 3, 4), 19), _away(_normal((2, 3, 4), 20), [0], 0.5)], {}),
@@ -233,7 +235,7 @@ def _bound(name, inputs, gys, ref_saved):
 
 
 BOUNDED = ["conv", "conv_stride_depthwise", "conv_1x1", "gemm", "mul", "mul_broadcast", "relu", "relu6", "softmax",
-           "bn_frozen", "bn_batch"]
+           "bn_frozen", "bn_batch", "bn_batch_l64"]
 
 
 @pytest.mark.parametrize("name", BOUNDED)
