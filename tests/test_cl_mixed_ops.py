@@ -264,3 +264,32 @@ def test_mixed_gradients_within_the_fp16_budget_of_the_reference(name):
         moved |= not np.array_equal(m, f)
     if name not in ("relu", "relu6"):      # the halves changed something: the budget was exercised
         assert moved, f"{name}: the mixed gradients equal float32 bit for bit (were the halves used?)"
+
+
+@pytest.mark.parametrize("shape", [(65536, 1), (1, 1, 256, 256)], ids=["scalar_loads", "four_wide_loads"])
+def test_batchnorm_reads_every_half_exactly(shape):
+    """Every one of the 65536 half bit patterns through BN's apply with mean 0, invstd 1, w 1, b 0
+    (y = x): LOAD_ACT / LOAD_ACT4 under -DACT_HALF widen each exactly,
+    subnormals, infinities and NaN included."""
+    from device_agent.backends.opencl.runtime import LaunchBuilder, TensorRef, replay
+    from device_agent.ops.batchnorm import _apply
+
+    rt = runtime()
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    halves = bits.view(np.float16).reshape(shape)
+    x = upload(rt, "x", halves)
+    x = TensorRef("x", shape, x.buf, np.dtype(np.float16))
+    c = shape[1]
+    one, zero = upload(rt, "one", np.ones(c, np.float32)), upload(rt, "zero", np.zeros(c, np.float32))
+    y = empty(rt, "y", shape)
+    b = LaunchBuilder(rt)
+    length = int(np.prod(shape[2:], dtype=np.int64))
+    _apply(b, x, one, zero, zero, one, y, c, length, 0, np.float32(0), 0)
+    replay(rt.queue, b.launches, {})
+    got, want = download(rt, y).ravel(), halves.astype(np.float32).ravel()
+    nan = np.isnan(want)
+    assert np.isnan(got[nan]).all()
+    # bitwise, but for -0 (the apply's "+ b" with b = +0 makes it +0)
+    keep = ~nan & (want != 0)
+    np.testing.assert_array_equal(got[keep].view(np.uint32), want[keep].view(np.uint32))
+    assert (got[want == 0] == 0).all()

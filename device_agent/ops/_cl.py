@@ -26,9 +26,10 @@ ELT_WG = 64
 ACTS = {None: 0, 0: 0, "relu": 1, "relu6": 2}
 
 
-def act_defines(t) -> dict | None:
+def act_defines(b, t) -> dict | None:
     """Build defines for a kernel reading activation `t` through common.cl's LOAD_ACT: -DACT_HALF when
-    the Plan hands it over as halves (dtype "mixed": a saved tensor kept as float16)."""
+    the Plan hands it over as halves (dtype "mixed": a saved tensor kept as float16). `b` (the launch
+    builder) is where a device-specific way of reading them would be chosen."""
     return {"ACT_HALF": None} if getattr(t, "dtype", None) is not None and t.dtype.itemsize == 2 else None
 
 

@@ -164,10 +164,10 @@ def _apply(b, x, w, bias, mean, var_or_invstd, y, c, length, frozen, eps, act):
         v = 4 if length % 4 == 0 else 1    # float4 loads and stores when rows allow
         b.launch("batchnorm.cl", "bn_apply_lcn4" if v == 4 else "bn_apply_lcn", (length // v, c, x.shape[0]),
                  elt(b) + (1, 1), x, w, bias, mean, var_or_invstd, y, c, length // v, frozen, eps, act,
-                 defines=act_defines(x))
+                 defines=act_defines(b, x))
     else:
         b.launch("batchnorm.cl", "bn_apply", (x.size,), elt(b), x, w, bias, mean, var_or_invstd, y, x.size, c, length,
-                 frozen, eps, act, defines=act_defines(x))
+                 frozen, eps, act, defines=act_defines(b, x))
 
 
 def cl_bn_forward(b, io):
@@ -221,7 +221,7 @@ def cl_bn_backward(b, io):
     mean, vi = (rm, rv) if frozen else (io.state["mean"], io.state["invstd"])
     sums = io.workspace
     act = ACTS[io.act]   # undoes the fused act(): g masked where it cut (its input recomputed from x)
-    dx_def = act_defines(x)   # dtype mixed: x may come as the halves kept for this backward
+    dx_def = act_defines(b, x)   # dtype mixed: x may come as the halves kept for this backward
     if not frozen or gw is not None or gb is not None:
         # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
         if _planes(b, n, length):
