@@ -138,21 +138,21 @@ def test_frozen_inputs(case, needs, igemm):
 # ---- selection ----
 def test_selection_env_kind_and_tuning(monkeypatch):
     monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
-    assert ig.conv_mode("gpu", {}) == "igemm" and ig.conv_mode("cpu", {}) == "im2col"
+    assert ig.conv_mode("gpu", {}) == "im2col" and ig.conv_mode("cpu", {}) == "im2col"   # until measured on a GPU
     assert ig.conv_mode("gpu", {"conv": "im2col"}) == "im2col" and ig.conv_mode("cpu", {"conv": "igemm"}) == "igemm"
     monkeypatch.setenv("THOMAS_CL_CONV", "IM2COL")
     assert ig.conv_mode("gpu", {"conv": "igemm"}) == "im2col"
     monkeypatch.setenv("THOMAS_CL_CONV", "auto")
-    assert ig.conv_mode("gpu", {}) == "igemm"
+    assert ig.conv_mode("gpu", {"conv": "igemm"}) == "im2col"       # the env's auto overrides tuning too
     monkeypatch.setenv("THOMAS_CL_CONV", "winograd")
     with pytest.raises(ig.ConvModeError, match=r"^THOMAS_CL_CONV='winograd' is not a convolution path "
                                                r"\(igemm, im2col or auto\)$"):
         ig.conv_mode("gpu", {})
 
 
-def test_default_path_follows_the_device_kind(monkeypatch):
-    """without the switch: a CPU device (PoCL) keeps im2col and its columns in the workspace; a GPU takes
-    implicit GEMM and the workspace holds none"""
+def test_default_path_is_im2col(monkeypatch):
+    """without the switch or a tuning entry every device keeps im2col and its columns in the workspace
+    (implicit GEMM becomes a GPU default only once measured faster there: docs/BACKENDS.md)"""
     from device_agent.backends.opencl import runtime as rtm
 
     monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
@@ -165,11 +165,8 @@ def test_default_path_follows_the_device_kind(monkeypatch):
     cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)
     a, shapes = _shapes(case)
     ws = conv_mod.cl_conv_workspace(a, *shapes, dev=rt)
-    if rt.kind == "cpu":
-        assert "im2col" in seen and "conv_igemm_fwd" not in seen
-        assert ws == conv_mod.cl_conv_workspace(a, *shapes) > 0
-    else:
-        assert "conv_igemm_fwd" in seen and "im2col4" not in seen and ws == 0
+    assert any(k.startswith("im2col") for k in seen) and "conv_igemm_fwd" not in seen, seen
+    assert ws == conv_mod.cl_conv_workspace(a, *shapes) > 0
 
 
 def _shapes(case):

@@ -245,7 +245,7 @@ def conv_backward(attrs, saved, gys, needs, ctx):
 #            by the GEMM (reduce_batch: partial products + a fixed-order reduction on GPUs)
 #            CPU-shaped GEMMs: gy[n,gi] @ rows[n,gi], rows = cols^T (im2row)       NN, image by image
 # Workspace: [columns of nb images | GEMM partial products (split-K, dW's per-image products)].
-# Implicit GEMM (ops/conv_igemm.py, kernels/conv_igemm.cl; GPUs by default, THOMAS_CL_CONV forces it):
+# Implicit GEMM (ops/conv_igemm.py, kernels/conv_igemm.cl; opt-in by tuning or THOMAS_CL_CONV):
 #   general: one launch each for y, dX and dW with the columns gathered per tile in local memory; the
 #            workspace holds only dW's segment partial sums
 #   pointwise: the GEMMs above on the whole batch (no columns); dW on CPU-shaped GEMMs by conv_igemm
