@@ -208,7 +208,8 @@ def test_fedadam_state_survives_resume_and_central_eval(tmp_path, monkeypatch):
 
 
 def test_fraction_asks_some_devices_each_round(tmp_path, monkeypatch):
-    """--fraction 0.5 of two devices: one device a round (Flower samples it; seeded by the round)."""
+    """--fraction 0.5 of two devices: one device a round (Flower samples it; seeded by the round);
+    a Ctrl-C stops the fleet before its next round and --resume finishes it."""
     with contextlib.ExitStack() as stack:
         (vd,) = phones(stack, tmp_path, 1)
         fl = FleetEnv(tmp_path, [vd], monkeypatch, shell=vd)
@@ -216,8 +217,19 @@ def test_fraction_asks_some_devices_each_round(tmp_path, monkeypatch):
         thomas(fl.target(None), "push-model", "mobilenet_v2", *ZOO, "--name", "mnv2")
         fl.push(None, image_set(tmp_path / "a", per_class=8))
         fl.push(vd.serial, image_set(tmp_path / "b", per_class=8))
-        evs, _ = fl.run("mnv2", "--data", "digits", "--devices", f"local,{vd.serial}", "--rounds", "3",
-                        "--fraction", "0.5", *RUN, "--json")
+        # Ctrl-C once: the fleet stops before its next round (one line), --resume finishes it
+        p = fl.fleet("mnv2", "--data", "digits", "--devices", f"local,{vd.serial}", "--rounds", "3",
+                     "--fraction", "0.5", *RUN, "--json")
+        evs = []
+        for ev in events(p):
+            evs.append(ev)
+            if ev["ev"] == "round_done" and ev["round"] == 1:
+                p.send_signal(signal.SIGINT)
+        assert p.wait(120) == 1
+        err = p.stderr.read().strip().splitlines()
+        assert len(err) == 1 and "interrupted on this computer (Ctrl-C) after round" in err[0], err
+        assert any(e["ev"] == "note" and "Ctrl-C" in e["message"] for e in evs)
+        evs += fl.run("--resume", evs[0]["run"], "--json")[0]
         starts = [e["devices"] for e in evs if e["ev"] == "round_start"]
-        done = [(e["done"], e["devices"]) for e in evs if e["ev"] == "round_done"]
-        assert starts == [1, 1, 1] and done == [(1, 1)] * 3
+        done = [(e["round"], e["done"], e["devices"]) for e in evs if e["ev"] == "round_done"]
+        assert starts == [1, 1, 1] and done == [(1, 1, 1), (2, 1, 1), (3, 1, 1)]

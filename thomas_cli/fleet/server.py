@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -54,11 +55,15 @@ class FleetRounds:
         self.doc, self.view, self.central = doc, view, central
         self.offset = int(doc.get("rounds_done", 0))
         self.stopped: str | None = None
+        self.interrupted = False          # a first Ctrl-C: stop before the next round
         self.pending: dict | None = None
         self.t0 = time.monotonic()
 
     def configure_train(self, server_round, arrays, config, grid):
         rnd = server_round + self.offset
+        if self.interrupted:
+            self.stopped = f"interrupted on this computer (Ctrl-C) after round {rnd - 1}"
+            raise FleetStopped(self.stopped)
         random.seed(int(self.doc["job"].get("seed", 0)) * 100003 + rnd)    # --fraction: the same devices on --resume
         config["fleet-round"] = rnd
         config["fleet-run"] = self.doc["id"]
@@ -187,6 +192,37 @@ def ray_config(doc: dict, tmp_link: str) -> dict:
                           "configure_logging": True}}
 
 
+def _on_sigint(strategy, view, doc: dict):
+    """Ctrl-C: the first stops the fleet before its next round (the devices finish this one); the second
+    stops now — the record says interrupted, the rounds done are kept, Ray's processes die with this one
+    (Ray ties them to it) and a device's run of this round is not waited for."""
+    def handler(signum, frame) -> None:
+        if not strategy.interrupted:
+            strategy.interrupted = True
+            view.note("Ctrl-C: the fleet stops after this round (Ctrl-C again: stop now); "
+                      f"`thomas fleet finetune --resume {doc['id']}` continues")
+            return
+        fresh = record.load(doc["id"])
+        record.settle(fresh, "interrupted", f"interrupted on this computer during round {fresh['rounds_done'] + 1}")
+        view.note(f"stopped during round {fresh['rounds_done'] + 1}; the {fresh['rounds_done']} rounds done are "
+                  f"kept; `thomas fleet finetune --resume {doc['id']}` continues")
+        _ray_down()
+        os._exit(130)           # NOTE: Flower's runtime swallows KeyboardInterrupt in its worker pool's join
+
+    return handler
+
+
+def _ray_down(wait: float = 15.0) -> None:
+    """Stop this process's Ray processes (its agents outlive an os._exit otherwise), waiting at most `wait` s."""
+    import threading
+
+    import ray
+
+    t = threading.Thread(target=ray.shutdown, daemon=True)
+    t.start()
+    t.join(wait)
+
+
 def _sweep_links() -> None:
     """The links of fleets whose process was killed (their run's tmp/ is gone or they point nowhere)."""
     for p in Path(tempfile.gettempdir()).glob("thomas-ray-*"):
@@ -222,6 +258,7 @@ def run_fleet(doc: dict, view, central=None) -> dict:
                 strategy.start(grid=grid, initial_arrays=initial, num_rounds=int(doc["rounds"]) - done,
                                timeout=TIMEOUT, evaluate_fn=strategy.end_round)
 
+            before = signal.signal(signal.SIGINT, _on_sigint(strategy, view, doc))
             try:
                 run_simulation(server_app=server, client_app=client_app(str(d / "fleet.log")),
                                num_supernodes=len(doc["devices"]), backend_config=ray_config(doc, str(link)))
@@ -237,6 +274,7 @@ def run_fleet(doc: dict, view, central=None) -> dict:
                 raise ThomasError(f"the fleet's Flower runtime failed ({type(e).__name__}: {e}); "
                                   f"see {d / 'fleet.log'}") from None
             finally:
+                signal.signal(signal.SIGINT, before)
                 view.attach(None, None)
     finally:
         shutil.rmtree(link.parent, ignore_errors=True)

@@ -56,6 +56,13 @@ class FleetView:
                               f"layers {doc['job'].get('layers', 'last')}, bn {doc['bn']}; devices: {escape(devs)}",
                               highlight=False, soft_wrap=True)
 
+    def note(self, msg: str) -> None:
+        """A line for the user while the fleet runs (with --json: a `note` event)."""
+        if self.as_json:
+            self.emit("note", message=msg)
+        else:
+            self._console(True).print(f"[yellow]{escape(msg)}[/]", highlight=False, soft_wrap=True)
+
     def round_start(self, rnd: int, n: int) -> None:
         if self.as_json:
             self.emit("round_start", round=rnd, devices=n)
