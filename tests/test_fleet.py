@@ -46,6 +46,9 @@ def test_bad_input_is_one_line(fleet_env, tmp_path):
     assert "--fraction must be in (0, 1], got 1.5" in one_line(fl, *base, "--devices", "local", "--fraction", "1.5")
     assert "--strategy must be one of" in one_line(fl, *base, "--devices", "local", "--strategy", "fedsgd")
     assert "--bn must be local or global" in one_line(fl, *base, "--devices", "local", "--bn", "none")
+    assert "--proximal-mu is FedProx's" in one_line(fl, *base, "--devices", "local", "--proximal-mu", "0.1")
+    assert "--proximal-mu must be a number >= 0" in one_line(fl, *base, "--devices", "local", "--strategy", "fedprox",
+                                                             "--proximal-mu", "-1")
     msg = one_line(fl, *base, "--devices", f"local,{serial}", "--min-devices", "3")
     assert "--min-devices 3 is more than the fleet's 2 devices" in msg
     assert "not paired with a THOMAS daemon" in one_line(fl, "--mode", "daemon", *base, "--devices", serial)

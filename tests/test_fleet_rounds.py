@@ -209,7 +209,7 @@ def test_fedadam_state_survives_resume_and_central_eval(tmp_path, monkeypatch):
 
 def test_fraction_asks_some_devices_each_round(tmp_path, monkeypatch):
     """--fraction 0.5 of two devices: one device a round (Flower samples it; seeded by the round);
-    a Ctrl-C stops the fleet before its next round and --resume finishes it."""
+    a Ctrl-C stops the fleet before its next round and --resume finishes it; FedProx's mu reaches the jobs."""
     with contextlib.ExitStack() as stack:
         (vd,) = phones(stack, tmp_path, 1)
         fl = FleetEnv(tmp_path, [vd], monkeypatch, shell=vd)
@@ -219,7 +219,7 @@ def test_fraction_asks_some_devices_each_round(tmp_path, monkeypatch):
         fl.push(vd.serial, image_set(tmp_path / "b", per_class=8))
         # Ctrl-C once: the fleet stops before its next round (one line), --resume finishes it
         p = fl.fleet("mnv2", "--data", "digits", "--devices", f"local,{vd.serial}", "--rounds", "3",
-                     "--fraction", "0.5", *RUN, "--json")
+                     "--fraction", "0.5", "--strategy", "fedprox", "--proximal-mu", "0.1", *RUN, "--json")
         evs = []
         for ev in events(p):
             evs.append(ev)
@@ -233,3 +233,7 @@ def test_fraction_asks_some_devices_each_round(tmp_path, monkeypatch):
         starts = [e["devices"] for e in evs if e["ev"] == "round_start"]
         done = [(e["round"], e["done"], e["devices"]) for e in evs if e["ev"] == "round_done"]
         assert starts == [1, 1, 1] and done == [(1, 1, 1), (2, 1, 1), (3, 1, 1)]
+        # FedProx: Flower's proximal-mu reaches every device run as the agent's prox_mu
+        for e in evs:
+            if e["ev"] == "device_done":
+                assert json.loads((fl.home / "runs" / e["run"] / "job.json").read_text())["prox_mu"] == 0.1

@@ -23,7 +23,7 @@ from .common import target
 fleet_app = typer.Typer(no_args_is_help=True, help="Fine-tune one model over many phones, each on its own data "
                                                    "(Flower).")
 app.add_typer(fleet_app, name="fleet")
-HOST_FIELDS = ("model", "data", "out", "resume", "epochs")
+HOST_FIELDS = ("model", "data", "out", "resume", "epochs", "prox_mu")
 BACKENDS = {"auto": "auto", "cpu": "numpy", "numpy": "numpy", "opencl": "opencl"}
 
 
@@ -52,7 +52,8 @@ def _job(layers, local_epochs, batch, lr, optimizer, backend, seed, sets) -> dic
         if not sep or not k:
             raise JobError(f"--set takes FIELD=VALUE, got '{item}'")
         if k in HOST_FIELDS:
-            raise JobError(f"job field '{k}' is set by thomas fleet (MODEL, --data, --local-epochs), not by --set")
+            raise JobError(f"job field '{k}' is set by thomas fleet (MODEL, --data, --local-epochs, --proximal-mu), "
+                           f"not by --set")
         job[k] = parse_json(v, f"--set {k}", JobError, bare_ok=True)
     return job
 
@@ -67,6 +68,7 @@ def fleet_finetune(
     local_epochs: int = typer.Option(1, "--local-epochs", min=1, help="Epochs each device trains per round."),
     layers: str = typer.Option(None, "--layers", help="last | all | N: what trains (and travels)."),
     strategy: str = typer.Option("fedavg", "--strategy", help="fedavg | fedprox | fedadam (Flower's)."),
+    mu: float = typer.Option(None, "--proximal-mu", help="FedProx's mu (the devices' prox_mu; default 0.01)."),
     min_devices: int = typer.Option(1, "--min-devices", help="A round needs this many devices to reply."),
     fraction: float = typer.Option(1.0, "--fraction", help="Fraction of the devices asked each round, in (0, 1]."),
     bn: str = typer.Option("local", "--bn", help="local (FedBN: BN statistics stay per device) | global (averaged)."),
@@ -97,6 +99,7 @@ def fleet_finetune(
         raise typer.BadParameter("give MODEL, --data and --devices (or --resume RUN)")
     opts = {"model": model, "data": data, "devices": devices, "rounds": rounds, "min_devices": min_devices,
             "fraction": fraction, "strategy": strategy, "bn": bn, "keep": keep, "width": width, "timeout": timeout,
+            "mu": mu,
             "central": str(central_data) if central_data else None,
             "job": _job(layers, local_epochs, batch, lr, optimizer, backend, seed, sets)}
     fleet.start(opts, target(), view, note)

@@ -23,7 +23,8 @@ from .plan import check_options, prepare, resolve_devices
 
 
 def start(opts: dict, tgt, view, note) -> dict:
-    check_options(opts["rounds"], opts["min_devices"], opts["fraction"], opts["strategy"], opts["bn"], opts["keep"])
+    check_options(opts["rounds"], opts["min_devices"], opts["fraction"], opts["strategy"], opts["bn"], opts["keep"],
+                  opts.get("mu"))
     if opts.get("central") and not Path(opts["central"]).exists():
         raise ThomasError(f"--central-data {opts['central']}: no such folder or .npz file")
     targets = resolve_devices(opts["devices"], tgt, note)

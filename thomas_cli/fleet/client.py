@@ -34,9 +34,12 @@ def local_path(doc: dict, idx: int):
     return record.fleet_dir(doc["id"]) / "devices" / str(idx) / "local.npz"
 
 
-def train_round(doc: dict, idx: int, rnd: int, arrays: dict, log) -> tuple[dict, dict, dict]:
+def train_round(doc: dict, idx: int, rnd: int, arrays: dict, log,
+                mu: float | None = None) -> tuple[dict, dict, dict]:
     """(arrays back, metrics {num-examples, train/val loss/acc, bytes, seconds}, info {device, serial,
-    run}) of device `idx` in round `rnd`. Raises ThomasError (or OSError) when the device fails."""
+    run}) of device `idx` in round `rnd`; `mu`: FedProx's proximal-mu (the job's prox_mu: the agent adds
+    mu·(w - w0) to the gradients, w0 = the global weights it was pushed). Raises ThomasError (or OSError)
+    when the device fails."""
     t0 = time.monotonic()
     dev = doc["devices"][idx]
     s = Session(transport_for({"device": dev["describe"]}, note=log), note=log)
@@ -47,6 +50,8 @@ def train_round(doc: dict, idx: int, rnd: int, arrays: dict, log) -> tuple[dict,
     pushed = push_model(s, g, doc["device_model"], f"fleet {doc['id']} round {rnd}")
     dmeta = device_dataset(s, doc["data"])
     fields = dict(doc["job"], seed=int(doc["job"].get("seed", 0)) + rnd - 1)
+    if mu:
+        fields["prox_mu"] = float(mu)
     rec = new_run(s, dict(pushed, name=doc["device_model"]), dmeta, fields)
     rec["fleet"] = {"run": doc["id"], "round": rnd, "device": idx}
     log(f"round {rnd}: device {idx} ({s.t.serial}) runs {rec['id']}")
@@ -85,7 +90,8 @@ def client_app(log_path: str):
 
         arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
         try:
-            out, metrics, info = train_round(doc, idx, rnd, arrays, log)
+            mu = float(cfg["proximal-mu"]) if "proximal-mu" in cfg else None      # FedProx's config key
+            out, metrics, info = train_round(doc, idx, rnd, arrays, log, mu)
         except (ThomasError, OSError) as e:
             log(f"round {rnd}: failed: {e}")
             return Message(RecordDict({"info": ConfigRecord({"device": idx, "error": str(e) or type(e).__name__})}),

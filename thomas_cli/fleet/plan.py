@@ -27,9 +27,11 @@ from . import record
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 BN_MODES = ("local", "global")
+PROX_MU = 0.01            # --strategy fedprox without --proximal-mu
 
 
-def check_options(rounds: int, min_devices: int, fraction: float, strategy: str, bn: str, keep: int) -> None:
+def check_options(rounds: int, min_devices: int, fraction: float, strategy: str, bn: str, keep: int,
+                  mu: float | None = None) -> None:
     if rounds < 1:
         raise ThomasError(f"--rounds must be >= 1, got {rounds}")
     if not 0 < fraction <= 1:
@@ -42,6 +44,10 @@ def check_options(rounds: int, min_devices: int, fraction: float, strategy: str,
         raise ThomasError(f"--bn must be local or global, got '{bn}'")
     if keep < 1:
         raise ThomasError(f"--keep must be >= 1, got {keep}")
+    if mu is not None and strategy != "fedprox":
+        raise ThomasError(f"--proximal-mu is FedProx's: give --strategy fedprox (got '{strategy}')")
+    if mu is not None and not (mu >= 0 and mu < float("inf")):
+        raise ThomasError(f"--proximal-mu must be a number >= 0, got {mu:g}")
 
 
 # ============================================================================ devices
@@ -191,9 +197,8 @@ def prepare(opts: dict, targets: list[Target], note) -> dict:
     if job.get("init") == "scratch":
         raise JobError("init 'scratch' would re-initialise the model in every round: train the starting model "
                        "first (`thomas finetune MODEL --init scratch`) and give its run as MODEL")
-    if opts["strategy"] == "fedprox":
-        note("fedprox: the agent's loss has no proximal term yet (no TrainJob field for it), so the devices "
-             "train as under FedAvg and the server aggregates as FedProx's does (docs/FLEET.md)")
+    if "prox_mu" in job:
+        raise JobError("job field 'prox_mu' is set by thomas fleet (--strategy fedprox --proximal-mu MU)")
     if opts["min_devices"] > len(targets):
         raise ThomasError(f"--min-devices {opts['min_devices']} is more than the fleet's {len(targets)} "
                           f"device{'s' if len(targets) > 1 else ''}")
@@ -205,6 +210,8 @@ def prepare(opts: dict, targets: list[Target], note) -> dict:
            "error": None, "model": opts["model"], "data": opts["data"], "device_model": f"fleet-{run_id}",
            "job": job, "rounds": opts["rounds"], "strategy": opts["strategy"], "min_devices": opts["min_devices"],
            "fraction": opts["fraction"], "bn": opts["bn"], "keep": opts["keep"], "central": opts.get("central"),
+           "proximal_mu": (opts.get("mu") if opts.get("mu") is not None else PROX_MU)
+           if opts["strategy"] == "fedprox" else None,
            "timeout": opts.get("timeout"), "travel": travel, "local": local, "devices": devices,
            "classes": devices[0]["classes"], "rounds_done": 0, "history": []}
     d = record.fleet_dir(run_id)

@@ -144,6 +144,8 @@ def make_strategy(doc: dict, view, central):
     n = len(doc["devices"])
     kw = dict(fraction_train=float(doc["fraction"]), fraction_evaluate=0.0,
               min_train_nodes=min(n, int(doc["min_devices"])), min_available_nodes=n)
+    if doc["strategy"] == "fedprox":
+        kw["proximal_mu"] = float(doc["proximal_mu"])   # sent to the clients in each round's config
     s = strategy_class(doc["strategy"])(**kw)
     s.setup(doc, view, central)
     return s
