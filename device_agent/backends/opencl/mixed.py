@@ -9,13 +9,14 @@ its producer to its last backward reader. Instead
   t          float32, pooled, lives over the forward only (producer .. last forward reader)
   t@half     float16, written by plan.cl `pack_half` right after t's producer, kept until the last
              backward that reads t (the only long-lived copy: half the bytes)
-  t@f32      float32, pooled, written by `unpack_half` right before the first backward reading t,
-             alive until the last one; that backward reads it in place of t
-so every kernel runs unchanged on float32 buffers (no kernel is forked), at the cost of one extra
-pass over each saved tensor in the forward (read 4 B, write 2 B per element) and one in the
-backward (read 2 B, write 4 B). docs/BACKENDS.md "Half-precision storage" has the measurements
-that chose this over producers/consumers storing halves themselves (common.cl's LOAD_ACT /
-STORE_ACT), and the error budget.
+  t@f32      float32, pooled, written by `unpack_half` right before the first backward reading t
+             that needs float32, alive until the last one; those backwards read it in place of t
+BatchNorm (HALF_READERS) reads t@half itself (batchnorm.cl through common.cl's LOAD_ACT, built with
+-DACT_HALF), in its backward and when recompute rewrites its output; every other op runs its float32
+kernels unchanged. The cost: a pass over each saved tensor in the forward (read 4 B, write 2 B per
+element) and one per expanded tensor in the backward (read 2 B, write 4 B). docs/BACKENDS.md
+"Half-precision storage" has the measurements behind these choices, the packed arena that makes the
+halves pay (arena.pack), and the error budget.
 """
 from __future__ import annotations
 
