@@ -18,6 +18,13 @@ u * sum_k |dG/ds_k| |s_k|, which per op is:
   Relu, Clip      the mask from y~: rounding keeps the sign and 0 and 6 are halves, so it moves
                   only for values within half a spacing of 6 (none in the inputs): 0
   Softmax         dx = y (gy - S), S = sum gy y  ->  u (|y| |gy - S| + |y| sum |gy| |y|)
+  Sigmoid         dx = gy y (1 - y)  ->  u |gy| |y| (|1 - y| + |y|)
+  LogSoftmax      dx = gy - exp(y) sum gy  ->  exp(y) (exp(u |y|) - 1) |sum gy|  (exact: exp is monotone)
+  LeakyRelu, HardSigmoid   masks and constants only (inputs kept off the kinks): 0
+  PRelu           dx: mask 0; dslope = sum gy x [x <= 0]  ->  u sum |gy| |x| [x <= 0]
+  HardSwish       dx = gy (x/3 + 1/2) inside (-3, 3)  ->  u |gy| |x| / 3 there, else 0
+  Div             da = gy / b  ->  u/(1-u) |gy / b|;  db = -gy a / b^2  ->  ((1+u)/(1-u)^2 - 1) |gy a / b^2|
+  LRN, SoftmaxCrossEntropy: only the bit-for-bit check below (no bound derived here)
 
 On top comes the float32 kernels' own tolerance (rtol 1e-4, atol 1e-5, as tests/clcheck.py).
 Every op with saved tensors is also checked for the mechanism itself: the device path (halves
@@ -205,8 +212,23 @@ def _bound(name, inputs, gys, ref_saved):
         return [np.zeros_like(x[0]), dw] + [np.zeros_like(v) for v in x[2:]]
     if op_name == "Mul":
         return [grads([np.abs(x[0]), U * np.abs(x[1])], np.abs(g))[0], grads([U * np.abs(x[0]), np.abs(x[1])], np.abs(g))[1]]
-    if op_name in ("Relu", "Clip"):
+    if op_name in ("Relu", "Clip", "LeakyRelu", "HardSigmoid"):
         return [np.zeros_like(x[0])]
+    if op_name == "Sigmoid":
+        y = 1 / (1 + np.exp(-x[0]))
+        return [U * np.abs(g) * np.abs(y) * (np.abs(1 - y) + np.abs(y))]
+    if op_name == "LogSoftmax":
+        y = x[0] - x[0].max(-1, keepdims=True)
+        y = y - np.log(np.exp(y).sum(-1, keepdims=True))
+        return [np.exp(y) * np.expm1(U * np.abs(y)) * np.abs(g.sum(-1, keepdims=True))]
+    if op_name == "PRelu":
+        t = np.where(x[0] > 0, 0, U * np.abs(g) * np.abs(x[0]))
+        return [np.zeros_like(x[0]), t.sum(axis=tuple(i for i in range(t.ndim) if i != 1))]
+    if op_name == "HardSwish":
+        return [np.where(np.abs(x[0]) < 3, U * np.abs(g) * np.abs(x[0]) / 3, 0)]
+    if op_name == "Div":
+        a_, b_ = x
+        return [U / (1 - U) * np.abs(g / b_), ((1 + U) / (1 - U) ** 2 - 1) * np.abs(g * a_ / b_ ** 2)]
     if op_name == "Softmax":
         y = np.exp(x[0] - x[0].max(-1, keepdims=True))
         y /= y.sum(-1, keepdims=True)
@@ -235,7 +257,8 @@ def _bound(name, inputs, gys, ref_saved):
 
 
 BOUNDED = ["conv", "conv_stride_depthwise", "conv_1x1", "gemm", "mul", "mul_broadcast", "relu", "relu6", "softmax",
-           "bn_frozen", "bn_batch", "bn_batch_l64"]
+           "bn_frozen", "bn_batch", "bn_batch_l64", "sigmoid", "logsoftmax", "leaky", "leaky_negative", "prelu",
+           "hardsigmoid", "hardswish", "div"]
 
 
 @pytest.mark.parametrize("name", BOUNDED)
@@ -262,7 +285,7 @@ def test_mixed_gradients_within_the_fp16_budget_of_the_reference(name):
         worst = float(np.max(np.abs(m - r) - allowed))
         assert worst <= 0, f"{name} gradient {i}: exceeds the fp16 budget by {worst:.3g}"
         moved |= not np.array_equal(m, f)
-    if name not in ("relu", "relu6"):      # the halves changed something: the budget was exercised
+    if name not in ("relu", "relu6", "leaky", "leaky_negative", "hardsigmoid"):   # masks: nothing moves
         assert moved, f"{name}: the mixed gradients equal float32 bit for bit (were the halves used?)"
 
 
