@@ -20,6 +20,8 @@ halves pay (arena.pack), and the error budget.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ...errors import BackendError
@@ -61,6 +63,16 @@ def add_reader(plan, t: str, reader: str, op_name: str) -> None:
         readers.append(reader)
     if op_name in HALF_READERS:
         plan.direct.add((t, reader))
+
+
+def default_packed(dtype: str, device) -> bool:
+    """Whether a Plan built with packed=None packs its arena: THOMAS_CL_PACKED=1 / 0 when set (to
+    measure either on any device), else for mixed except on NVIDIA's driver (its host blocks on
+    sub-buffers overlapping one in use: plan.py)."""
+    env = os.environ.get("THOMAS_CL_PACKED", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return dtype == "mixed" and "nvidia" not in device.platform.name.lower()
 
 
 def keeps_half(op_name: str, save: str) -> bool:

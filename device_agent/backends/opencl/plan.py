@@ -44,7 +44,7 @@ from ...model.heads import loss_graph
 from ...ops import get_op, normalize_attrs
 from ...ops.dropout import draw_seed
 from .arena import Lifetimes, pack, pool, workspace_bytes
-from .mixed import add_reader, bytes_by_dtype, check_dtype, halve_lifetimes, keeps_half
+from .mixed import add_reader, bytes_by_dtype, check_dtype, default_packed, halve_lifetimes, keeps_half
 from .optim import OptimConfig
 from .passes import fold_batchnorm, frozen_nodes, fuse_activations
 from .record import LaunchRecording
@@ -313,7 +313,7 @@ class Plan(LaunchRecording):
         """Pool the storages into whole buffers, or (packed) at offsets of one; a TensorRef per slot."""
         uniq = life.storages()
         if self._packed is None:
-            self._packed = self.dtype == "mixed" and "nvidia" not in self.rt.device.platform.name.lower()
+            self._packed = default_packed(self.dtype, self.rt.device)
         self.packed = bool(self._packed and self.reuse)
         sizes = self.arena_sizes = [pack(uniq, self.rt.align)] if self.packed else pool(uniq, self.reuse)
         self.arena_bytes = sum(sizes)
