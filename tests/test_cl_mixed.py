@@ -49,8 +49,8 @@ def test_pack_unpack_round_to_nearest_even_like_numpy():
     b = LaunchBuilder(rt)
     src, f32 = upload(rt, "x", x), empty(rt, "y", x.shape)
     half = upload(rt, "h", np.full(x.shape, np.nan, np.float16))
-    b.launch("plan.cl", "pack_half", (quarter(x.size),), None, src, half, x.size)
-    b.launch("plan.cl", "unpack_half", (quarter(x.size),), None, half, f32, x.size)
+    b.launch("mixed.cl", "pack_half", (quarter(x.size),), None, src, half, x.size)
+    b.launch("mixed.cl", "unpack_half", (quarter(x.size),), None, half, f32, x.size)
     replay(rt.queue, b.launches, {})
     h, y = download(rt, half), download(rt, f32)
     with np.errstate(over="ignore"):

@@ -1,5 +1,5 @@
 """dtype "mixed", op by op: every op whose backward reads a saved forward tensor, run with that tensor
-kept as halves exactly as a mixed Plan keeps it (plan.cl pack_half after the forward, unpack_half
+kept as halves exactly as a mixed Plan keeps it (mixed.cl pack_half after the forward, unpack_half
 before the backward), against the numpy reference.
 
 Error budget (docs/BACKENDS.md "Half-precision storage"). A saved value s is stored as the half
@@ -150,8 +150,8 @@ def _run(name, mode, gys):
         if mode in ("device", "direct"):
             half = TensorRef("half", t.shape, rt.alloc(max(2 * t.size, 4)), np.dtype(np.float16))
             f32 = empty(rt, "f32", t.shape)
-            b.launch("plan.cl", "pack_half", (quarter(t.size),), None, t, half, t.size)
-            b.launch("plan.cl", "unpack_half", (quarter(t.size),), None, half, f32, t.size)
+            b.launch("mixed.cl", "pack_half", (quarter(t.size),), None, t, half, t.size)
+            b.launch("mixed.cl", "unpack_half", (quarter(t.size),), None, half, f32, t.size)
             lst[idx] = half if mode == "direct" else f32     # direct: the kernels read the halves (-DACT_HALF)
         elif mode == "host":
             replay(rt.queue, b.launches, {})

@@ -7,7 +7,7 @@ the forward and that backward; arithmetic, weights, gradients and optimizer stat
 How (Plan._recompute_lifetimes, then record.py): a saved tensor t no longer lives in float32 from
 its producer to its last backward reader. Instead
   t          float32, pooled, lives over the forward only (producer .. last forward reader)
-  t@half     float16, written by plan.cl `pack_half` right after t's producer, kept until the last
+  t@half     float16, written by mixed.cl `pack_half` right after t's producer, kept until the last
              backward that reads t (the only long-lived copy: half the bytes)
   t@f32      float32, pooled, written by `unpack_half` right before the first backward reading t
              that needs float32, alive until the last one; those backwards read it in place of t
@@ -105,7 +105,7 @@ def pack_launches(plan, b, node) -> None:
     for t in node.outputs:
         if t in plan.halved:
             src, dst = plan.refs[t], plan.refs[f"{t}@half"]
-            b.launch("plan.cl", "pack_half", (quarter(src.size),), elt(b), src, dst, src.size)
+            b.launch("mixed.cl", "pack_half", (quarter(src.size),), elt(b), src, dst, src.size)
 
 
 def expanded(plan, b, reader: str, t: str, done: set):
@@ -122,7 +122,7 @@ def expanded(plan, b, reader: str, t: str, done: set):
 
         done.add(t)
         half = plan.refs[f"{t}@half"]
-        b.launch("plan.cl", "unpack_half", (quarter(f32.size),), elt(b), half, f32, f32.size)
+        b.launch("mixed.cl", "unpack_half", (quarter(f32.size),), elt(b), half, f32, f32.size)
     return f32
 
 
