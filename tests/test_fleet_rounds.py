@@ -69,7 +69,8 @@ def test_rounds_equal_plain_finetune_and_resume_after_sigkill(tmp_path, monkeypa
         evs2, _ = fl.run(*fleet_args, "--json")
         two = fl.home / "runs" / evs2[0]["run"]
         dones = [e for e in evs2 if e["ev"] == "device_done"]
-        assert sorted((e["round"], e["device"]) for e in dones) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+        assert sorted((e["round"], e["device"]) for e in dones) == [(1, 0), (1, 1), (2, 0), (2, 1)], \
+            [{k: e.get(k) for k in ("ev", "round", "device", "devices", "done", "failed")} for e in evs2]
         assert same_weights(weights(plain2), weights(two)) == []
 
         # 4. SIGKILL the laptop's whole process (CLI, Flower, Ray) once round 1 is recorded; --resume ends

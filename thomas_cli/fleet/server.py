@@ -64,6 +64,10 @@ class FleetRounds:
         if self.interrupted:
             self.stopped = f"interrupted on this computer (Ctrl-C) after round {rnd - 1}"
             raise FleetStopped(self.stopped)
+        # NOTE: Flower sizes the sample from the nodes registered at this moment, and the simulation registers
+        # its supernodes while the server starts: wait for every device's, or round 1 may ask fewer
+        while len(list(grid.get_node_ids())) < len(self.doc["devices"]):
+            time.sleep(0.05)
         random.seed(int(self.doc["job"].get("seed", 0)) * 100003 + rnd)    # --fraction: the same devices on --resume
         config["fleet-round"] = rnd
         config["fleet-run"] = self.doc["id"]
