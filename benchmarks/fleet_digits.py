@@ -114,6 +114,7 @@ def main() -> int:
     ap.add_argument("--strategy", default="fedavg")
     ap.add_argument("--layers", default="all")
     ap.add_argument("--lr", default="0.001")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (phones, runs) in the temp dir")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fleet_digits.json")
     a = ap.parse_args()
     RECIPE[:0] = ["--layers", a.layers, "--lr", a.lr]
@@ -176,6 +177,10 @@ def main() -> int:
     for e, c in zip(res["fleet"], central):
         print(f"| {e['round']} | {e['central_acc']:.3f} | {e['val_acc']:.3f} | {c['val_acc']:.3f} |")
     print(f"parts (class counts 5..9): {counts}; hold-out {len(yh)}; {res['seconds']} s; session in {session}")
+    if not a.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)       # the phones' roots and every run (~0.7 GB)
     return 0
 
 
