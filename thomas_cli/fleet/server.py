@@ -198,7 +198,7 @@ def ray_config(doc: dict, tmp_link: str) -> dict:
                           "configure_logging": True}}
 
 
-def _on_sigint(strategy, view, doc: dict):
+def _on_sigint(strategy, view, doc: dict, temp: list[Path]):
     """Ctrl-C: the first stops the fleet before its next round (the devices finish this one); the second
     stops now — the record says interrupted, the rounds done are kept, Ray's processes die with this one
     (Ray ties them to it) and a device's run of this round is not waited for."""
@@ -212,10 +212,20 @@ def _on_sigint(strategy, view, doc: dict):
         record.settle(fresh, "interrupted", f"interrupted on this computer during round {fresh['rounds_done'] + 1}")
         view.note(f"stopped during round {fresh['rounds_done'] + 1}; the {fresh['rounds_done']} rounds done are "
                   f"kept; `thomas fleet finetune --resume {doc['id']}` continues")
+        strategy.view = _Quiet()              # the round under way fails as Ray stops: nothing more is shown
         _ray_down()
+        for p in temp:
+            shutil.rmtree(p, ignore_errors=True)
         os._exit(130)           # NOTE: Flower's runtime swallows KeyboardInterrupt in its worker pool's join
 
     return handler
+
+
+class _Quiet:
+    """A view that shows nothing (after a second Ctrl-C)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def _ray_down(wait: float = 15.0) -> None:
@@ -264,7 +274,7 @@ def run_fleet(doc: dict, view, central=None) -> dict:
                 strategy.start(grid=grid, initial_arrays=initial, num_rounds=int(doc["rounds"]) - done,
                                timeout=TIMEOUT, evaluate_fn=strategy.end_round)
 
-            before = signal.signal(signal.SIGINT, _on_sigint(strategy, view, doc))
+            before = signal.signal(signal.SIGINT, _on_sigint(strategy, view, doc, [link.parent, tmp]))
             try:
                 run_simulation(server_app=server, client_app=client_app(str(d / "fleet.log")),
                                num_supernodes=len(doc["devices"]), backend_config=ray_config(doc, str(link)))
