@@ -85,8 +85,7 @@ def client_app(log_path: str):
         doc = record.load(str(cfg["fleet-run"]))
 
         def log(line: str) -> None:
-            with open(log_path, "a") as f:
-                f.write(f"[device {idx}] {line}\n")
+            record.append_log(log_path, f"[device {idx}] {line}")
 
         arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
         try:

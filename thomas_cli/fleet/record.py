@@ -136,3 +136,14 @@ def with_arrays(g: Graph, arrays: dict[str, np.ndarray]) -> Graph:
 def write_final(doc: dict, arrays: dict[str, np.ndarray]) -> Path:
     """final/: the base package with the global arrays, an ordinary package."""
     return save_package(with_arrays(base_graph(doc["id"]), arrays), fleet_dir(doc["id"]) / "final")
+
+
+def append_log(log_path, line: str) -> None:
+    """One line of the fleet run's fleet.log (each device's client writes its own lines)."""
+    with open(log_path, "a") as f:
+        f.write(line + "\n")
+
+
+def open_log(log_path):
+    """fleet.log opened for appending bytes (the server points fds 1 and 2 at it)."""
+    return open(log_path, "ab")

@@ -165,7 +165,7 @@ def quiet(log_path: Path):
     flwr_log = logging.getLogger("flwr")
     handlers = list(flwr_log.handlers)
     fh = logging.FileHandler(log_path)
-    with open(log_path, "ab") as f:
+    with record.open_log(log_path) as f:
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(f.fileno(), 1)
