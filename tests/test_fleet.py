@@ -40,7 +40,7 @@ def test_bad_input_is_one_line(fleet_env, tmp_path):
     fl, vds = fleet_env
     serial = vds[0].serial
     base = ["mnv2", "--data", "digits", "--rounds", "1"]
-    assert "unknown device '127.0.0.1:9': not attached" in one_line(fl, *base, "--devices", "local,127.0.0.1:9")
+    assert "unknown device '127.0.0.1:9' (attached:" in one_line(fl, *base, "--devices", "local,127.0.0.1:9")
     assert "--devices: 'local' is named twice" in one_line(fl, *base, "--devices", "local,local")
     assert "--fraction must be in (0, 1], got 0" in one_line(fl, *base, "--devices", "local", "--fraction", "0")
     assert "--fraction must be in (0, 1], got 1.5" in one_line(fl, *base, "--devices", "local", "--fraction", "1.5")

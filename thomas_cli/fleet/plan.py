@@ -53,40 +53,14 @@ def check_options(rounds: int, min_devices: int, fraction: float, strategy: str,
 # ============================================================================ devices
 def resolve_devices(spec: str, tgt: Target, note=None) -> list[Target]:
     """`--devices`: adb serials, `local` (the local device) and `all` (every attached phone), comma
-    separated. A serial must be attached; with --mode daemon it must be paired."""
-    from ..transport import adb, daemon
+    separated, parsed as push-data's (targets.py); with --mode daemon each phone must also be paired."""
+    from ..targets import device_targets
+    from ..transport import daemon
 
-    names = [s.strip() for s in (spec or "").split(",") if s.strip()]
-    if not names:
-        raise ThomasError("--devices: name at least one device (serials, local, all)")
-    rows = {r.serial: r for r in adb.list_devices()} if any(n != "local" for n in names) else {}
-    serials: list[str] = []
-    for n in names:
-        if n == "all":
-            attached = [s for s, r in rows.items() if r.state == "device"]
-            if not attached:
-                raise ThomasError("--devices all: no phone is attached (see `thomas devices`)")
-            serials += attached
-        else:
-            serials.append(n)
-    out, seen = [], set()
-    for s in serials:
-        if s in seen:
-            if "all" in names:
-                continue
-            raise ThomasError(f"--devices: '{s}' is named twice")
-        seen.add(s)
-        if s == "local":
-            out.append(Target(device="local"))
-            continue
-        row = rows.get(s)
-        if row is None:
-            raise ThomasError(f"unknown device '{s}': not attached (see `thomas devices`)")
-        if row.state != "device":
-            raise ThomasError(f"device '{s}' is {row.state}: unlock it and allow USB debugging")
-        if tgt.mode == "daemon" and daemon.load_pairing(s) is None:
-            raise ThomasError(f"device '{s}' is not paired with a THOMAS daemon (`thomas -s {s} pair`)")
-        out.append(Target(serial=s, device="adb", root=tgt.root, python=tgt.python, su=tgt.su, mode=tgt.mode))
+    out = device_targets(spec, tgt)
+    for t in out:
+        if t.device == "adb" and tgt.mode == "daemon" and daemon.load_pairing(t.serial) is None:
+            raise ThomasError(f"device '{t.serial}' is not paired with a THOMAS daemon (`thomas -s {t.serial} pair`)")
     return out
 
 
