@@ -189,6 +189,10 @@ def test_convergence_matches_pytorch_on_digits(tmp_path):
                                 precompute_prefix=True)
         table[stage] = (d.val_acc, acc)
     print("\nval accuracy, ours vs PyTorch:", {k: (round(a, 4), round(b, 4)) for k, (a, b) in table.items()})
+    # float32 trajectories of ours (numpy) and PyTorch's (oneDNN) round differently, and how differs with
+    # the CPU: on an AMD EPYC 'all' ends 4 of 179 images apart (0.944 vs 0.966) at code that stayed within
+    # 0.02 elsewhere. The exact check is float64 (the test above); this one asks for the same quality:
+    # within ~6 images, about 1.5 standard errors of a difference of two ~0.95 accuracies on 179 images.
     for stage, (ours, ref) in table.items():
-        assert abs(ours - ref) <= 0.02, (stage, table)
+        assert abs(ours - ref) <= 0.035, (stage, table)
     assert table["scratch"][0] > 0.95
