@@ -81,12 +81,12 @@ def child_torch(model: str, stage: str, size: int, batch: int) -> dict:
         return {"device": torch.cuda.get_device_name(), "keep": keep}
     g = zoo.build(model, num_classes=1000, size=size, seed=0)
     tw = TorchTwin(g, trainable=None)
-    for k, p in tw.params.items():
-        tw.params[k] = p.detach().to("cuda").requires_grad_(True)
+    for k, p in tw.params.items():   # BN running statistics are buffers, not trainable (cuDNN refuses grads)
+        tw.params[k] = p.detach().to("cuda").requires_grad_(k in tw.trainable)
     rng = np.random.default_rng(0)
     xt = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32)).cuda()
     yt = torch.from_numpy(rng.integers(0, 1000, batch)).cuda()
-    opt = torch.optim.SGD(list(tw.params.values()), lr=1e-4, momentum=0.9)
+    opt = torch.optim.SGD([tw.params[k] for k in tw.trainable], lr=1e-4, momentum=0.9)
     inp = g.inputs[0].name
     for _ in range(3):
         opt.zero_grad(set_to_none=True)

@@ -105,8 +105,8 @@ def test_mobilenet_v2_step_within_the_budget(stats, recompute):
 def test_mixed_plan_bytes_by_dtype_and_the_packed_arena():
     g = _mnv2(size=64)
     a = _plan(g, batch=8, trainable=None, bn_batch_stats=True)
-    b = _plan(g, batch=8, trainable=None, bn_batch_stats=True, dtype="mixed")
-    c = _plan(g, batch=8, trainable=None, bn_batch_stats=True, dtype="mixed", packed=False)
+    b = _plan(g, batch=8, trainable=None, bn_batch_stats=True, dtype="mixed", packed=True)  # NVIDIA's default
+    c = _plan(g, batch=8, trainable=None, bn_batch_stats=True, dtype="mixed", packed=False)  # is unpacked
     ma, mb, mc = a.memory(), b.memory(), c.memory()
     for m in (ma, mb, mc):
         assert sum(m["by_dtype"].values()) == m["peak"]
@@ -123,9 +123,11 @@ def test_mixed_plan_bytes_by_dtype_and_the_packed_arena():
         np.testing.assert_array_equal(gb[k], gc[k], err_msg=k)
 
 
-def test_packed_plans_of_one_engine_follow_the_shared_arena_when_it_grows():
+def test_packed_plans_of_one_engine_follow_the_shared_arena_when_it_grows(monkeypatch):
     """A batch-4 Plan built first, then a batch-16 Plan that enlarges the shared arena: the first
-    Plan's sub-buffers are cut again from the new buffer and its steps stay what they were."""
+    Plan's sub-buffers are cut again from the new buffer and its steps stay what they were.
+    (THOMAS_CL_PACKED=1: packed on every device; NVIDIA's default for mixed is whole buffers.)"""
+    monkeypatch.setenv("THOMAS_CL_PACKED", "1")
     from device_agent.backends.opencl.engine import OpenCLEngine
     from device_agent.training.optim import make_optimizer
 

@@ -160,8 +160,9 @@ def test_mu_zero_is_bit_identical_to_a_job_without_the_field(tmp_path, backend):
     (l0, w0, m0), (l1, w1, m1), (_, _, m2) = runs
     assert l1 == l0 and all(np.array_equal(w1[k], w0[k]) for k in w0)
     assert m1["optimizer"] == m0["optimizer"]
-    n_train = sum(v.size for v in w0.values()) * 4          # float32: the anchor is at most this
-    assert 0 < m2["optimizer"] - m0["optimizer"] <= n_train + 4096
+    n_train = sum(v.size for v in w0.values()) * 4          # float32: the anchor is this, plus where each
+    pad = len(w0) * 4096                                     # tensor starts at the device's base-address
+    assert 0 < m2["optimizer"] - m0["optimizer"] <= n_train + pad   # alignment (NVIDIA's H100: +4984 B here)
 
 
 @needs_cl
