@@ -319,13 +319,13 @@ def _igemm_dev(dev, attrs: dict, c: int) -> tuple[bool, bool]:
     THOMAS_CL_CONV alone decides, else the im2col sizes, the larger)"""
     if _is_depthwise(c, attrs["groups"]):
         return False, False
-    kind, tun = (dev.kind, dev.tuning.get("conv2d")) if dev is not None else ("cpu", {})
+    tun = dev.tuning.get("conv2d") if dev is not None else {}
     gpu_gemm = (dev.tuning.get("gemm").get("variant") or dev.kind) == "gpu" if dev is not None else False
-    return conv_mode(kind, tun) == "igemm", gpu_gemm
+    return conv_mode(tun) == "igemm", gpu_gemm
 
 
 def _igemm_on(b, io) -> bool:
-    return not _is_depthwise(io.x[0].shape[1], io.attrs["groups"]) and conv_mode(b.kind, b.tuning("conv2d")) == "igemm"
+    return not _is_depthwise(io.x[0].shape[1], io.attrs["groups"]) and conv_mode(b.tuning("conv2d")) == "igemm"
 
 
 def cl_conv_workspace(attrs, in_shapes, out_shapes, dev=None):

@@ -1,13 +1,13 @@
 """Implicit-GEMM convolution launchers (kernels/conv_igemm.cl): no im2col columns in global memory.
 
-    mode = conv_mode(b.kind, b.tuning("conv2d"))          # "igemm" on GPUs, "im2col" on CPUs
+    mode = conv_mode(b.tuning("conv2d"))                  # "im2col" unless switched or tuned to "igemm"
     igemm_forward(b, io, geo)                             # y = act(w * cols(x) + b), cols gathered per tile
     igemm_backward(b, io, geo)                            # dX (w^T * dY gathered), dW (dY * cols^T by segments)
 
 Which path a regular convolution (groups < C, not 1x1/stride 1/unpadded on a GPU-shaped GEMM) takes:
 THOMAS_CL_CONV=igemm|im2col|auto forces it for the process (tests run the kernels on PoCL with it), else
-tuning "conv2d" -> "conv", else the device kind: "igemm" on GPUs (a phone profile included), "im2col"
-on CPUs, whose CPU-shaped GEMMs are faster than a local-memory tile there.
+tuning "conv2d" -> "conv", else "im2col" on every device until implicit GEMM is measured faster on a
+GPU (on CPUs the CPU-shaped GEMMs over columns are faster than a local-memory tile).
 
 Tiles, the first that this kernel fits on the device (work-group size, max work-item sizes, local
 memory: limits.py through b.rt.kernel_limits; a phone profile, PowerVR's 4 KB of local memory, launches):
@@ -48,8 +48,8 @@ class ConvModeError(BackendError):
     """THOMAS_CL_CONV or tuning "conv" names no convolution path, or no tile fits the device."""
 
 
-def conv_mode(kind: str, tun: dict) -> str:
-    """"igemm" or "im2col" for a device of `kind` ("gpu"/"cpu") with tuning "conv2d" `tun`."""
+def conv_mode(tun: dict) -> str:
+    """"igemm" or "im2col" for a device with tuning "conv2d" `tun` (THOMAS_CL_CONV overrides it)."""
     want = (os.environ.get(ENV) or "").strip().lower() or str(tun.get("conv", "auto")).lower()
     if want == "auto":
         # NOTE: im2col on every kind until implicit GEMM is measured faster on a real GPU (it has run only

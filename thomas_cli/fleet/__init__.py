@@ -27,7 +27,7 @@ def start(opts: dict, tgt, view, note) -> dict:
                   opts.get("mu"))
     if opts.get("central") and not Path(opts["central"]).exists():
         raise ThomasError(f"--central-data {opts['central']}: no such folder or .npz file")
-    targets = resolve_devices(opts["devices"], tgt, note)
+    targets = resolve_devices(opts["devices"], tgt)
     doc = prepare(opts, targets, note)
     return _go(doc, view)
 

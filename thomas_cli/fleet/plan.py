@@ -1,7 +1,7 @@
 """Before any round: which devices (`--devices`), each one reachable with the dataset, the same classes
 everywhere, the starting model on this computer, and the fleet run's record. Every problem is one line.
 
-    targets = resolve_devices("local,emulator-5554", Target(), note)
+    targets = resolve_devices("local,emulator-5554", Target())
     doc = prepare(opts, targets, note)          # checks everything, writes runs/<id>/{fleet.json, base/}
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def check_options(rounds: int, min_devices: int, fraction: float, strategy: str,
 
 
 # ============================================================================ devices
-def resolve_devices(spec: str, tgt: Target, note=None) -> list[Target]:
+def resolve_devices(spec: str, tgt: Target) -> list[Target]:
     """`--devices`: adb serials, `local` (the local device) and `all` (every attached phone), comma
     separated, parsed as push-data's (targets.py); with --mode daemon each phone must also be paired."""
     from ..targets import device_targets
