@@ -27,7 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
 
 
 def gpu_used_mib() -> float | None:
@@ -70,32 +70,22 @@ def child_opencl(model: str, stage: str, size: int, batch: int) -> dict:
 
 def child_torch(model: str, stage: str, size: int, batch: int) -> dict:
     import torch
-    from torch_twin import TorchTwin
 
+    from plan_models import torch_step
     from thomas_cli import zoo
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     keep = torch.zeros(1024, device="cuda")
     if stage == "base":
         return {"device": torch.cuda.get_device_name(), "keep": keep}
     g = zoo.build(model, num_classes=1000, size=size, seed=0)
-    tw = TorchTwin(g, trainable=None)
-    for k, p in tw.params.items():   # BN running statistics are buffers, not trainable (cuDNN refuses grads)
-        tw.params[k] = p.detach().to("cuda").requires_grad_(k in tw.trainable)
     rng = np.random.default_rng(0)
-    xt = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32)).cuda()
-    yt = torch.from_numpy(rng.integers(0, 1000, batch)).cuda()
-    opt = torch.optim.SGD([tw.params[k] for k in tw.trainable], lr=1e-4, momentum=0.9)
-    inp = g.inputs[0].name
+    x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+    y = rng.integers(0, 1000, batch)
+    step = torch_step(g, "full", x, y, "cuda")
     for _ in range(3):
-        opt.zero_grad(set_to_none=True)
-        out = tw.forward({inp: xt}, training=True, bn_batch_stats=True)["logits"]
-        torch.nn.functional.cross_entropy(out, yt).backward()
-        opt.step()
-    torch.cuda.synchronize()
+        step()
     return {"device": torch.cuda.get_device_name(), "allocated_peak": torch.cuda.max_memory_allocated(),
-            "reserved": torch.cuda.memory_reserved(), "keep": (keep, tw, opt)}
+            "reserved": torch.cuda.memory_reserved(), "keep": (keep, step)}
 
 
 def child_main(argv: list[str]) -> None:

@@ -60,8 +60,10 @@ def bench_plan(g, stage, x, y, steps):
     return ms, plan.memory()["peak"], plan.rt.info["device"]
 
 
-def bench_torch(g, stage, x, y, steps, device, upload=False):
-    """upload: each step also copies the batch from the host (as the Plan's step does)."""
+def torch_step(g, stage, x, y, device, upload=False):
+    """PyTorch running the same graph and weights (TorchTwin), TF32 off: a function doing one step of
+    `stage` (SGD momentum on the stage's trainable tensors); upload: each step also copies the batch
+    from the host (as the Plan's step does)."""
     import torch
     from torch_twin import TorchTwin
 
@@ -76,8 +78,6 @@ def bench_torch(g, stage, x, y, steps, device, upload=False):
     inp = g.inputs[0].name
     opt = torch.optim.SGD([tw.params[k] for k in tw.trainable], lr=1e-4, momentum=0.9)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
     def step():
         xs, ys = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) if upload else (xt, yt)
@@ -91,6 +91,15 @@ def bench_torch(g, stage, x, y, steps, device, upload=False):
             opt.step()
         sync()
 
+    return step
+
+
+def bench_torch(g, stage, x, y, steps, device, upload=False):
+    import torch
+
+    step = torch_step(g, stage, x, y, device, upload)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     ms = median_ms(step, steps)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return ms, peak
