@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent)]
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 VARIANTS = {"float32": dict(dtype="float32"), "mixed": dict(dtype="mixed", packed=True),
             "mixed_whole": dict(dtype="mixed", packed=False)}
@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "mixed_cost.json"))
     a = ap.parse_args()
     import pyopencl as cl
+    from plan_models import alternate_steps
 
     from thomas_cli import zoo
 
@@ -62,15 +63,10 @@ def main() -> None:
         y = rng.integers(0, 1000, a.batch)
         for stage in a.stages.split(","):
             plans = _plans(g, stage, a.batch, not a.no_recompute)
-            wall = {k: [] for k in plans}
-            cpu = {k: [] for k in plans}
-            for i in range(0 if a.bytes_only else a.rounds + 1):
-                for name, plan in plans.items():
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    plan.train_step(x, y, lr=1e-4)
-                    if i:
-                        wall[name].append((time.perf_counter() - t0) * 1e3)
-                        cpu[name].append((time.process_time() - c0) * 1e3)
+            if a.bytes_only:
+                wall = cpu = {k: [] for k in plans}
+            else:
+                wall, cpu = alternate_steps(plans, x, y, a.rounds)
             for name, plan in plans.items():
                 m = plan.memory()
                 dev = plan.rt.device

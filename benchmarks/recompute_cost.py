@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent)]
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 
 def main() -> None:
@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=str(HERE / "results" / "recompute_cost.json"))
     a = ap.parse_args()
+    from plan_models import alternate_steps
+
     from device_agent.backends.opencl.plan import OptimConfig, Plan
     from thomas_cli import zoo
 
@@ -40,15 +42,8 @@ def main() -> None:
         y = rng.integers(0, 10, a.batch)
         plans = {rc: Plan(g, batch=a.batch, trainable=None, optimizer=OptimConfig("sgd", momentum=0.9),
                           bn_batch_stats=True, recompute=rc) for rc in (False, True)}
-        wall, cpu = {False: [], True: []}, {False: [], True: []}
-        for i in range(a.rounds + 1):
-            for rc, plan in plans.items():
-                t0, c0 = time.perf_counter(), time.process_time()
-                plan.train_step(x, y, lr=1e-4)
-                if i:                                   # round 0 warms up
-                    wall[rc].append(time.perf_counter() - t0)
-                    cpu[rc].append(time.process_time() - c0)
-        med = lambda v: float(np.median(v)) * 1e3  # noqa: E731
+        wall, cpu = alternate_steps(plans, x, y, a.rounds)
+        med = lambda v: float(np.median(v))  # noqa: E731
         row = {"model": model, "device": plans[False].rt.info["device"],
                "wall_ms": [med(wall[False]), med(wall[True])], "cpu_ms": [med(cpu[False]), med(cpu[True])],
                "bytes": [plans[False].memory()["peak"], plans[True].memory()["peak"]]}
