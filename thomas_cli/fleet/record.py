@@ -15,13 +15,12 @@ so `--resume` continues from the last recorded round.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from device_agent.fsutil import atomic_write
 from device_agent.limits import load_npz
 from device_agent.model.graph import Graph, load_package, save_package
 
@@ -68,18 +67,11 @@ def settle(doc: dict, status: str, error: str | None = None) -> None:
 
 # ============================================================================ arrays
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez through a temp file and one rename: a killed host never leaves half a round."""
+    """np.savez through a temp file and one rename (fsutil.atomic_write): a killed host never leaves
+    half a round."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}),
+                 suffix=".npz")
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
