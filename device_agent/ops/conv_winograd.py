@@ -1,0 +1,125 @@
+"""Winograd F(2x2, 3x3) convolution launchers (kernels/conv_winograd.cl): forward and dX of a 3x3,
+stride-1, undilated, ungrouped convolution in 16 GEMMs of 4/9 of im2col's multiply-adds.
+
+    wino_on(b, attrs, x_shape)      # this node takes the Winograd path (switch + shape rule below)
+    wino_forward(b, io, geo)        # y = act(conv(x, w) + b): filter, input, 16 GEMMs, output transform
+    wino_backward_data(b, io, geo)  # dX: the same with dY, the flipped transposed filters, pads 2 - pad
+
+dW stays on conv2d.py's path (im2row/im2col + GEMM): its Winograd form needs a transform of dY per
+tile and a second of the product and wins less. Each output tile is 2x2, so P*Q is covered by
+ceil(P/2)*ceil(Q/2) tiles and an odd edge computes a cropped tile (the MACs per output rise from 4/9 x
+9 to 16 per tile of 4 or fewer outputs).
+
+Which convolutions: THOMAS_CL_WINOGRAD=1|0 forces it for the process (tests run it on PoCL), else
+tuning "conv2d" -> "winograd" (true/false), else the default below; then only where both channel counts
+are at least MIN_CHANNELS (below that the transforms cost more than the GEMM saves).
+
+Error: F(2x2,3x3)'s transforms have entries 0, +-1/2, +-1, so the products carry a few more float32
+roundings than a direct sum; the numpy reference agrees to ~1e-6 relative on the test grid.
+
+Workspace (floats), in order: U (16 x O x I filters), then per chunk of nb images V (16 x I x T) and
+M (16 x O x T) with T = nb * tiles per image, nb as many images as WINO_BUDGET floats hold (>= 1).
+"""
+from __future__ import annotations
+
+import os
+
+from ._cl import ACTS, row_local_size
+
+ENV = "THOMAS_CL_WINOGRAD"
+MIN_CHANNELS = 16      # C and K at least this (the GEMM's K and M)
+WINO_BUDGET = 1 << 23  # floats of one chunk's V + M (32 MiB)
+
+
+def eligible(attrs: dict, c: int) -> bool:
+    """a 3x3, stride-1, undilated, ungrouped convolution with C and K >= MIN_CHANNELS"""
+    return (tuple(attrs["kernel"]) == (3, 3) and tuple(attrs["stride"]) == (1, 1)
+            and tuple(attrs["dilation"]) == (1, 1) and attrs["groups"] == 1
+            and min(c, attrs["out_channels"]) >= MIN_CHANNELS)
+
+
+def switched_on(tun: dict, kind: str) -> bool:
+    """THOMAS_CL_WINOGRAD, else tuning "conv2d" -> "winograd", else the device kind's default"""
+    env = (os.environ.get(ENV) or "").strip().lower()
+    if env:
+        return env not in ("0", "off", "false", "no")
+    return bool(tun.get("winograd", default_on(kind)))
+
+
+def default_on(kind: str) -> bool:
+    # NOTE: measured on PoCL (docs/BENCHMARKS.md "Winograd"); GPUs keep the GEMM paths until measured on one
+    return kind == "cpu"
+
+
+def wino_on(b, attrs: dict, c: int) -> bool:
+    return eligible(attrs, c) and switched_on(b.tuning("conv2d"), b.kind)
+
+
+def dev_on(dev, attrs: dict, c: int) -> bool:
+    """wino_on for a Runtime `dev` (the workspace hooks; None = the environment alone decides)"""
+    if not eligible(attrs, c):
+        return False
+    if dev is None:
+        return switched_on({}, "")
+    return switched_on(dev.tuning.get("conv2d"), dev.kind)
+
+
+def _tiles(p: int, q: int) -> int:
+    return -(-p // 2) * -(-q // 2)
+
+
+def _chunk(n: int, o: int, i: int, tiles: int) -> int:
+    return max(1, min(n, WINO_BUDGET // (16 * (o + i) * tiles)))
+
+
+def workspace_floats(n: int, c: int, k: int, h: int, w: int, p: int, q: int, data: bool = True) -> int:
+    """floats the forward (and, with `data`, the dX) pass needs: the larger of the two"""
+    fw = 16 * k * c + 16 * (c + k) * _tiles(p, q) * _chunk(n, k, c, _tiles(p, q))
+    dx = 16 * k * c + 16 * (c + k) * _tiles(h, w) * _chunk(n, c, k, _tiles(h, w)) if data else 0
+    return max(fw, dx)
+
+
+def gemm_shapes(n: int, c: int, k: int, h: int, w: int, p: int, q: int) -> list:
+    """(M, N, K, batch, reduce_batch) of the 16 GEMMs of one chunk, forward and dX (ClSpec.gemms)"""
+    t_fw, t_dx = _tiles(p, q), _tiles(h, w)
+    return [(k, t_fw * _chunk(n, k, c, t_fw), c, 16, False), (c, t_dx * _chunk(n, c, k, t_dx), k, 16, False)]
+
+
+def _run(b, io, src, src_img: int, dst, dst_img: int, n: int, o: int, i: int, hw_in: tuple, hw_out: tuple,
+         pads: tuple, bias, mode: int, flip: int):
+    """dst (n, o, *hw_out) = the F(2x2,3x3) correlation of src (n, i, *hw_in) with pads `pads`; w from io"""
+    ws = io.workspace
+    tp, tq = -(-hw_out[0] // 2), -(-hw_out[1] // 2)
+    nb = _chunk(n, o, i, tp * tq)
+    v_off = 16 * o * i
+    # U: the 16 transformed filters, once per launch list (the weights change every step)
+    b.launch("conv_winograd.cl", "wino_filter", (i, o), row_local_size(b)[:1] + (1,), io.x[1], ws, o, i,
+             io.x[1].shape[1], flip)
+    for i0 in range(0, n, nb):
+        m = min(nb, n - i0)
+        t = m * tp * tq
+        m_off = v_off + 16 * i * t
+        used = m_off + 16 * o * t
+        b.launch("conv_winograd.cl", "wino_input", (t, i), row_local_size(b)[:1] + (1,), src, i0 * src_img, ws,
+                 v_off, i, *hw_in, tp, tq, *pads, t)
+        b.gemm(False, False, o, t, i, ws, 0, i, ws, v_off, t, ws, m_off, t, batch=16, stride_a=o * i,
+               stride_b=i * t, stride_c=o * t, work=ws, work_off=used, work_floats=max(0, ws.size - used))
+        b.launch("conv_winograd.cl", "wino_output", (t, o), row_local_size(b)[:1] + (1,), ws, m_off, dst,
+                 i0 * dst_img, bias, mode, o, *hw_out, tp, tq, t, flops=2 * 9 * m * o * i * hw_out[0] * hw_out[1])
+
+
+def wino_forward(b, io, geo) -> None:
+    """y = act(x * w + b) (io.act: a fused ReLU/ReLU6)"""
+    n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = geo
+    bias = io.x[2] if len(io.x) > 2 else None
+    mode = int(bias is not None) | ACTS[io.act] << 1
+    _run(b, io, io.x[0], c * h * wd, io.y[0], k * p * q, n, k, c, (h, wd), (p, q), (pt, pl),
+         bias if bias is not None else io.x[1], mode, 0)
+
+
+def wino_backward_data(b, io, geo) -> None:
+    """dX[n,c,h,w] = sum_{k,r,s} dY[n,k,h+pt-r,w+pl-s] w[k,c,r,s]: the correlation of dY (pads 2-pt, 2-pl)
+    with w flipped by 180 degrees and transposed (C outputs, K inputs)"""
+    n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = geo
+    _run(b, io, io.gy[0], k * p * q, io.gx[0], c * h * wd, n, c, k, (p, q), (h, wd), (2 - pt, 2 - pl),
+         io.x[1], 0, 1)
