@@ -154,7 +154,7 @@ __kernel void dw_fwd(__global const float* x, __global const float* wt, __global
 // q in [dw_qlo, dw_qhi).
 inline int dw_qlo(const int o, const int sw) { return o >= 0 ? 0 : (-o + sw - 1) / sw; }
 inline int dw_qhi(const int o, const int sw, const int W, const int Q) {
-    return W - 1 - o < 0 ? 0 : min(Q, (W - 1 - o) / sw + 1);
+    return W - 1 - o < 0 ? 0 : (W - 1 - o) / sw + 1 < Q ? (W - 1 - o) / sw + 1 : Q;   // no min(): a call on PoCL
 }
 
 // dw_fwd by output rows (n, k, p); same sums in the same order. Global size (P, K, N).
@@ -333,6 +333,129 @@ __kernel void dw_bwd_filter_part(__global const float* x, __global const float* 
     }
     if (lid == 0)
         for (int t = 0; t < KR_ * KS_; t++) part[(k * KR_ * KS_ + t) * NS + sg] = lpart[t * LWG];
+}
+
+// dw_bwd_filter_part for CPU devices: one work-item per (segment sg, channel k) walks the segment's rows
+// (n, p) of gy with all R*S taps' sums held in registers: per row and tap one dot product of the gy row
+// with the x row it met: DW_VEC-wide vectors over the columns where every tap's input is inside the row
+// (then one half-width vector where it fits), scalar sums over the edges and the rest. Fixed order of
+// sums (vector lanes added in a fixed tree at the end): deterministic. No local memory, no barriers.
+// ~6x dw_bwd_filter_part (lq = 1) on PoCL for MobileNetV2's depthwise layers.
+// Writes part[(k*R*S + tap)*NS + sg] as dw_bwd_filter_part (NS = 1: straight into dW, no finish).
+// Global size (NS, K).
+#ifndef DW_VEC
+#define DW_VEC 8   // lanes of the vector sums: 4 or 8
+#endif
+// DW_VEC floats p[0], p[st], p[2*st], ... as one vector. NOTE: spelled out instead of vloadN: this PoCL
+// (3.0-rc2, LLVM 14) links its builtins after optimisation, so each vload8 / min / fmax is a call
+// (and vload16(..).even gave wrong sums); LLVM merges the scalar loads into one vector load.
+#define DW_LD4(p, st) ((float4)((p)[0], (p)[st], (p)[2 * (st)], (p)[3 * (st)]))
+#if DW_VEC == 4
+typedef float4 dwvec;
+#define DW_LD(p, st) DW_LD4(p, st)
+#elif DW_VEC == 8
+typedef float8 dwvec;
+#define DW_LD(p, st) ((float8)((p)[0], (p)[st], (p)[2 * (st)], (p)[3 * (st)], (p)[4 * (st)], (p)[5 * (st)], \
+                               (p)[6 * (st)], (p)[7 * (st)]))
+#else
+#error "conv2d.cl: DW_VEC must be 4 or 8"
+#endif
+#define DW_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define DW_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+__kernel void dw_bwd_filter_rows(__global const float* x, __global const float* gy, __global float* part,
+                                 const int N, const int C, const int H, const int W, const int mult,
+                                 const int R, const int S, const int P, const int Q, const int sh, const int sw,
+                                 const int dh, const int dw, const int pt, const int pl, const int seg,
+                                 const int NS) {
+    const int sg = get_global_id(0), k = get_global_id(1), K = C * mult;
+    if (sg >= NS || k >= K) return;
+    const int c = k / mult, np1 = DW_MIN(N * P, (sg + 1) * seg);
+    // columns [qa, qv) take the vector sums for every tap (qt: then one half-width vector where it
+    // fits); each tap's own range [dw_qlo, dw_qhi) the scalar rest
+    int qa = 0, qb = Q;
+    for (int s = 0; s < KS_; s++) {
+        qa = DW_MAX(qa, dw_qlo(s * DW_ - pl, SW_));
+        qb = DW_MIN(qb, dw_qhi(s * DW_ - pl, SW_, W, Q));
+    }
+    const int qv = qb > qa ? qa + (qb - qa) / DW_VEC * DW_VEC : qa;
+    const int qt = DW_VEC == 8 && qv + 4 <= qb ? qv + 4 : qv;
+    dwvec av[DW_TAPS];
+    float as[DW_TAPS];
+    for (int t = 0; t < KR_ * KS_; t++) {
+        av[t] = (dwvec)0.0f;
+        as[t] = 0.0f;
+    }
+    for (int np = sg * seg; np < np1; np++) {
+        const int n = np / P, p = np % P;
+        __global const float* g = gy + ((n * K + k) * P + p) * Q;
+        __global const float* xc = x + (n * C + c) * H * W;
+        for (int r = 0; r < KR_; r++) {
+            const int h = p * SH_ + r * DH_ - pt;
+            if (h < 0 || h >= H) continue;
+            __global const float* x0 = xc + h * W - pl;   // x0[q*sw + s*dw] = input of column q, tap s
+#if KS_ == 3   // the three taps' sums of this r in named registers (LLVM kept av[] in memory otherwise)
+            dwvec a0 = av[r * 3], a1 = av[r * 3 + 1], a2 = av[r * 3 + 2];
+            float s0 = as[r * 3], s1 = as[r * 3 + 1], s2 = as[r * 3 + 2];
+            for (int q = qa; q < qv; q += DW_VEC) {
+                const dwvec gv = DW_LD(g + q, 1);
+                a0 += gv * DW_LD(x0 + q * SW_, SW_);
+                a1 += gv * DW_LD(x0 + q * SW_ + DW_, SW_);
+                a2 += gv * DW_LD(x0 + q * SW_ + 2 * DW_, SW_);
+            }
+#if DW_VEC == 8
+            if (qt > qv) {
+                const float4 gv = DW_LD4(g + qv, 1);
+                a0.lo += gv * DW_LD4(x0 + qv * SW_, SW_);
+                a1.lo += gv * DW_LD4(x0 + qv * SW_ + DW_, SW_);
+                a2.lo += gv * DW_LD4(x0 + qv * SW_ + 2 * DW_, SW_);
+            }
+#endif
+            // the edges, tap by tap inside [dw_qlo, dw_qhi) (w = q*sw + s*dw - pl inside the row)
+            for (int q = 0; q < qa; q++) {
+                const float gq = g[q];
+                const int w = q * SW_ - pl;
+                if (w >= 0 && w < W) s0 += gq * x0[q * SW_];
+                if (w + DW_ >= 0 && w + DW_ < W) s1 += gq * x0[q * SW_ + DW_];
+                if (w + 2 * DW_ >= 0 && w + 2 * DW_ < W) s2 += gq * x0[q * SW_ + 2 * DW_];
+            }
+            for (int q = qt; q < Q; q++) {
+                const float gq = g[q];
+                const int w = q * SW_ - pl;
+                if (w >= 0 && w < W) s0 += gq * x0[q * SW_];
+                if (w + DW_ >= 0 && w + DW_ < W) s1 += gq * x0[q * SW_ + DW_];
+                if (w + 2 * DW_ >= 0 && w + 2 * DW_ < W) s2 += gq * x0[q * SW_ + 2 * DW_];
+            }
+            av[r * 3] = a0;
+            av[r * 3 + 1] = a1;
+            av[r * 3 + 2] = a2;
+            as[r * 3] = s0;
+            as[r * 3 + 1] = s1;
+            as[r * 3 + 2] = s2;
+#else
+            for (int q = qa; q < qv; q += DW_VEC) {
+                const dwvec gv = DW_LD(g + q, 1);
+                for (int s = 0; s < KS_; s++) av[r * KS_ + s] += gv * DW_LD(x0 + q * SW_ + s * DW_, SW_);
+            }
+            for (int s = 0; s < KS_; s++) {
+                const int o = s * DW_ - pl, q1 = dw_qhi(o, SW_, W, Q);
+                float a = as[r * KS_ + s];
+                for (int q = dw_qlo(o, SW_); q < DW_MIN(qa, q1); q++) a += g[q] * x0[q * SW_ + s * DW_];
+                for (int q = DW_MAX(qv, dw_qlo(o, SW_)); q < q1; q++) a += g[q] * x0[q * SW_ + s * DW_];
+                as[r * KS_ + s] = a;
+            }
+#endif
+        }
+    }
+    for (int t = 0; t < KR_ * KS_; t++) {
+        const dwvec v = av[t];
+#if DW_VEC == 8
+        const float a = as[t] + (((v.s0 + v.s1) + (v.s2 + v.s3)) + ((v.s4 + v.s5) + (v.s6 + v.s7)));
+#else
+        const float a = as[t] + ((v.s0 + v.s1) + (v.s2 + v.s3));
+#endif
+        part[(k * KR_ * KS_ + t) * NS + sg] = a;
+    }
 }
 
 __kernel void dw_bwd_filter_finish(__global const float* part, const int NS, __global float* dwt, const int KRS) {

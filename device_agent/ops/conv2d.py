@@ -24,7 +24,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .registry import register
-from ._cl import ACTS, row_local_size
+from ._cl import ACTS, FlexLocal, row_local_size
 from .conv_igemm import conv_mode, igemm_backward, igemm_forward, workspace_floats
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
@@ -278,6 +278,7 @@ def _cols_images(attrs, x_shape, y_shape) -> tuple[int, int]:
 
 DW_SEG_ROWS = 4    # rows (n, p) per row lane of a depthwise dW segment (tuning "conv2d" -> "dw_seg" rows)
 DW_MAX_SEGS = 64   # segments per weight at most (their partial sums live in the workspace)
+DW_ROW_ITEMS = 64  # CPUs: work-items (segments x channels) of dw_bwd_filter_rows at least
 
 
 def _cl_im2col(b, io, x, x_off, cols, ldp, crs, m, geo):
@@ -311,6 +312,22 @@ def _dw_segments(b, rows: int, lanes: int) -> tuple[int, int]:
     """(rows per segment, segments) of the depthwise dW reduction over N*P rows, `lanes` rows at a time"""
     seg = int(b.tuning("conv2d").get("dw_seg", lanes * DW_SEG_ROWS))
     seg = max(1, seg, -(-rows // DW_MAX_SEGS))
+    return seg, -(-rows // seg)
+
+
+def _dw_filter_rows(b) -> bool:
+    """depthwise dW as dw_bwd_filter_rows (a work-item per segment and channel, vector sums in registers):
+    tuning "conv2d" -> "dw_filter_rows", default as "dw_rows" (CPUs)"""
+    return bool(b.tuning("conv2d").get("dw_filter_rows", _dw_rows(b)))
+
+
+def _dw_row_segments(b, rows: int, k: int) -> tuple[int, int]:
+    """(rows per segment, segments) of dw_bwd_filter_rows: tuning "conv2d" -> "dw_seg" rows, else as few
+    segments as give DW_ROW_ITEMS work-items over the K channels (one segment: no finish launch)"""
+    seg = b.tuning("conv2d").get("dw_seg")
+    segs = -(-DW_ROW_ITEMS // k) if seg is None else -(-rows // max(1, int(seg)))
+    segs = max(1, min(segs, DW_MAX_SEGS, rows))
+    seg = -(-rows // segs)
     return seg, -(-rows // seg)
 
 
@@ -369,6 +386,8 @@ def _dw_defines(b, attrs: dict) -> dict:
     (r, s), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
     d = {"LWG": int(b.tuning("conv2d").get("LWG", 1 if b.kind == "cpu" else 64)),
          "GEO_R": r, "GEO_S": s, "GEO_SH": sh, "GEO_SW": sw, "GEO_DH": dh, "GEO_DW": dw}
+    if "dw_vec" in b.tuning("conv2d"):   # lanes of dw_bwd_filter_rows' vector sums (the .cl default: 8)
+        d["DW_VEC"] = int(b.tuning("conv2d")["dw_vec"])
     return _fit_lwg(b, d)
 
 
@@ -452,7 +471,15 @@ def _cl_dw_backward(b, io, defs) -> None:
         b.launch("conv2d.cl", "dw_bwd_data", (h * -(-wd // wb), c, n), row_local_size(b), gy, w, gx, c, h, wd,
                  k // c, *geo, wb,
                  defines=defs, flops=2 * n * k * p * q * r * s)
-    if gw is not None:
+    if gw is not None and _dw_filter_rows(b):
+        seg, segs = _dw_row_segments(b, n * p, k)
+        out = gw if segs == 1 else io.workspace    # one segment: the sums are dW itself
+        b.launch("conv2d.cl", "dw_bwd_filter_rows", (segs, k), FlexLocal((1, 1)), x, gy, out, n, c, h, wd,
+                 k // c, *geo, seg, segs, defines=defs, flops=2 * n * k * p * q * r * s)
+        if segs > 1:
+            b.launch("conv2d.cl", "dw_bwd_filter_finish", (k * r * s,), row_local_size(b)[:1], io.workspace, segs,
+                     gw, k * r * s, defines=defs)
+    elif gw is not None:
         lq = min(lwg, 1 << max(0, q - 1).bit_length())    # lanes along q: a power of two >= Q, <= LWG
         seg, segs = _dw_segments(b, n * p, lwg // lq)
         b.launch("conv2d.cl", "dw_bwd_filter_part", (segs * lwg, k), (lwg, 1), x, gy, io.workspace,

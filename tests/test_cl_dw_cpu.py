@@ -1,0 +1,62 @@
+"""The CPU-shaped depthwise dW kernel (conv2d.cl dw_bwd_filter_rows: a work-item per segment and channel,
+vector sums in registers) against the numpy reference, outputs wiped to NaN, on rows long enough for its
+vector chunks, the half-width tail and the scalar edges, at strides 1-3, dilation, asymmetric pads, a
+channel multiplier and 5x5 taps (the generic tap loop); one segment (straight into dW) and many (the
+finish launch); and bit-identical on a repeat. Runs on whatever OpenCL device runs the tests (tuning
+"conv2d" -> "dw_filter_rows" forces the kernel there)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clcheck import cl_check, cl_run, needs_cl, runtime
+from test_ops_conv_pool import conv_inputs
+
+pytestmark = needs_cl
+
+
+def _dw(c, kernel=3, stride=1, pads=(1, 1, 1, 1), dilation=1, mult=1):
+    return dict(out_channels=c * mult, kernel=[kernel, kernel], stride=[stride, stride], pads=list(pads),
+                dilation=[dilation, dilation], groups=c)
+
+
+CASES = [   # id, x shape, attrs
+    ("s1_w21", (3, 3, 9, 21), _dw(3)),                                  # 8-chunks, float4 tail, edges
+    ("s1_w30_odd_h", (2, 2, 7, 30), _dw(2)),
+    ("s1_w7", (2, 5, 7, 7), _dw(5)),                                    # no 8-chunk: the tail only
+    ("s2_w23", (2, 3, 9, 23), _dw(3, stride=2)),
+    ("s2_w40", (1, 4, 6, 40), _dw(4, stride=2)),
+    ("s3_w37", (1, 2, 7, 37), _dw(2, stride=3)),
+    ("dil2_w29", (1, 3, 8, 29), _dw(3, pads=(2, 2, 2, 2), dilation=2)),
+    ("asym_w26", (2, 3, 6, 26), _dw(3, pads=(0, 2, 1, 0))),
+    ("mult2_w19", (2, 3, 5, 19), _dw(3, mult=2)),
+    ("k5s2_w33", (1, 2, 9, 33), _dw(2, kernel=5, stride=2, pads=(2, 2, 2, 2))),
+    ("nopad_w17", (2, 2, 5, 17), _dw(2, pads=(0, 0, 0, 0))),
+]
+
+TUNINGS = [{"dw_filter_rows": True}, {"dw_filter_rows": True, "dw_vec": 4},
+           {"dw_filter_rows": True, "dw_seg": 2}, {"dw_filter_rows": True, "dw_seg": 1, "dw_vec": 4}]
+
+
+@pytest.fixture
+def tuning():
+    rt = runtime()
+    yield rt.tuning.override
+    rt.tuning.override.pop("conv2d", None)
+
+
+@pytest.mark.parametrize("tun", TUNINGS, ids=["vec8", "vec4", "seg2", "seg1_vec4"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_dw_filter_rows_matches_reference(case, tun, tuning):
+    _, x_shape, attrs = case
+    tuning["conv2d"] = tun
+    cl_check("Conv2d", attrs, conv_inputs(x_shape, attrs, True, np.float32), atol=3e-5)
+
+
+def test_dw_filter_rows_is_deterministic(tuning):
+    _, x_shape, attrs = CASES[0]
+    tuning["conv2d"] = {"dw_filter_rows": True, "dw_seg": 3}
+    ins = conv_inputs((4,) + x_shape[1:], attrs, True, np.float32)
+    gy = np.random.default_rng(5).standard_normal((4, 3, 9, 21)).astype(np.float32)
+    (_, gw1, _), (_, gw2, _) = (cl_run("Conv2d", attrs, ins, gys=[gy])[1] for _ in range(2))
+    assert gw1.tobytes() == gw2.tobytes()
