@@ -66,6 +66,16 @@
 #define DN 4       // columns per work-item (dot form): DM * DN accumulators of VW floats along K
 #endif
 
+#ifndef SMR
+#define SMR 8      // skinny form (small M): rows per pass over op(B); all M rows in passes of SMR
+#endif
+#ifndef SWV
+#define SWV 64     // skinny form: float<VW> column vectors per work-item (SMR x SWV partial sums in L1)
+#endif
+#ifndef SKC
+#define SKC 8      // skinny form: rows of op(B) per chunk (SKC x SWV*VW floats stay in L1 across the strip)
+#endif
+
 #ifndef FAMILY
 #define FAMILY 3   // bit 1: build the GPU-shaped kernels, bit 2: the CPU-shaped ones (the launcher builds one)
 #endif
@@ -314,6 +324,78 @@ inline void gemm_cpu_outer(const int ta, const int tb, const int M, const int N,
     }
 }
 
+// Skinny form (nn, tn with M <= skinny_m: FC dX at batch 8, C = gy @ W): op(B), the weight, is the
+// one big operand and must stream from memory near its bandwidth. The outer form walks a 16-float
+// column strip down all K rows of B (a new page and DRAM burst per 64 bytes: 4-6x slower than
+// streaming); here work-item gx owns SW = SWV*VW columns n0 = gx*SW .. and every row (in passes of
+// SMR rows), takes B in chunks of SKC rows x SW contiguous floats (a few KiB, L1-resident), and for
+// each float<VW> column of the chunk runs SMR register accumulators down its SKC rows; the SMR x SWV
+// partial sums live in private memory between chunks. Rows past M are clamped (computed, not
+// stored); a strip past N is shifted left as in the outer form; only N < SW reads lane by lane.
+#define SW (SWV * VW)
+inline void gemm_cpu_skinny(const int ta, const int M, const int N, const int K,
+                            __global const float* A, const int lda, __global const float* B, const int ldb,
+                            __global float* C, const int ldc, const float alpha, const float beta,
+                            __global const float* bias, const int bias_mode) {
+    const int nown = get_global_id(0) * SW;
+    if (nown >= N) return;
+    const int n0 = nown + SW <= N ? nown : (N > SW ? N - SW : 0);
+    const int narrow = N < SW;
+    const int astep = ta ? lda : 1;
+    for (int m0 = 0; m0 < M; m0 += SMR) {
+        __global const float* ap[SMR];
+        UNROLL for (int i = 0; i < SMR; i++) {
+            const int r = m0 + i < M ? m0 + i : M - 1;
+            ap[i] = ta ? A + r : A + r * lda;
+        }
+        floatVW acc[SWV][SMR];
+        for (int v = 0; v < SWV; v++)
+            UNROLL for (int i = 0; i < SMR; i++) acc[v][i] = (floatVW)(0.0f);
+        for (int kc = 0; kc < K; kc += SKC) {
+            const int kn = min(SKC, K - kc);
+            __global const float* bc = B + kc * ldb + n0;
+            for (int v = 0; v < SWV; v++) {
+                floatVW r[SMR];
+                UNROLL for (int i = 0; i < SMR; i++) r[i] = acc[v][i];
+                __global const float* bp = bc + v * VW;
+                if (!narrow) {
+                    for (int k = 0; k < kn; k++) {
+                        const floatVW bv = LOADV(bp + k * ldb);
+                        UNROLL for (int i = 0; i < SMR; i++) r[i] = (floatVW)(ap[i][(kc + k) * astep]) * bv + r[i];
+                    }
+                } else {
+                    for (int k = 0; k < kn; k++) {
+                        float bl[VW];
+                        UNROLL for (int j = 0; j < VW; j++)
+                            bl[j] = n0 + v * VW + j < N ? bp[k * ldb + j] : 0.0f;
+                        const floatVW bv = vloadVW(0, bl);
+                        UNROLL for (int i = 0; i < SMR; i++) r[i] = (floatVW)(ap[i][(kc + k) * astep]) * bv + r[i];
+                    }
+                }
+                UNROLL for (int i = 0; i < SMR; i++) acc[v][i] = r[i];
+            }
+        }
+        const int fast = n0 == nown && !narrow && beta == 0.0f && bias_mode == 0;
+        for (int i = 0; i < SMR; i++) {
+            const int m = m0 + i;
+            if (m >= M) break;
+            for (int v = 0; v < SWV; v++) {
+                __global float* c = C + m * ldc + n0 + v * VW;
+                if (fast) {
+                    STOREV(alpha * acc[v][i], c);
+                } else {
+                    float out[VW];
+                    vstoreVW(acc[v][i], 0, out);
+                    for (int j = 0; j < VW; j++) {
+                        const int n = n0 + v * VW + j;
+                        if (n >= nown && n < N) c[j] = epilogue(out[j], alpha, beta, c + j, bias, bias_mode, m, n);
+                    }
+                }
+            }
+        }
+    }
+}
+
 // Dot-product form (nt): C[m,n] = sum_k A[m,k] * B[n,k], both rows contiguous along K. Work-item
 // (gx, gy) owns rows gy*DM .. +DM and columns gx*DN .. +DN; rows/columns past the edge are clamped
 // (computed, not stored). Accumulates DM*DN float<VW> partial sums, reduced once at the end.
@@ -367,6 +449,8 @@ __kernel void gemm_cpu_nn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(0, 0, CPU_REST); 
 __kernel void gemm_cpu_tn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 0, CPU_REST); }
 __kernel void gemm_cpu_tt(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 1, CPU_REST); }
 __kernel void gemm_cpu_nt(CPU_ARGS) { CPU_SHIFT gemm_cpu_dot(CPU_REST); }
+__kernel void gemm_cpu_sm_nn(CPU_ARGS) { CPU_SHIFT gemm_cpu_skinny(0, CPU_REST); }
+__kernel void gemm_cpu_sm_tn(CPU_ARGS) { CPU_SHIFT gemm_cpu_skinny(1, CPU_REST); }
 #endif  // FAMILY & 2
 
 // ========================================================================= reductions

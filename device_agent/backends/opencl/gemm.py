@@ -34,10 +34,10 @@ from ...ops._cl import ACTS, FlexLocal, row_local_size
 from .limits import LaunchLimitError, warn_skipped
 
 GPU_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
-CPU_KEYS = ("TM", "TN", "VW", "DM", "DN")
+CPU_KEYS = ("TM", "TN", "VW", "DM", "DN", "SMR", "SWV", "SKC")
 # the kernel file's own defaults, used when the tuning data has nothing for a forced family
 GPU_DEFAULT = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0}
-CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "LX": 4, "LY": 4}
+CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "SMR": 8, "SWV": 64, "SKC": 8, "LX": 4, "LY": 4}
 # smaller GPU tiles, tried in order when the tuned one does not fit the device (limits.py): each keeps
 # MWG/MDIMC and NWG/NDIMC multiples of 4 (the float4 path) and halves work-items or local memory
 GPU_FALLBACK = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0},
@@ -293,12 +293,20 @@ def _gemm(b, ta, tb, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha
 def _launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, batch,
                 stride_a, stride_b, stride_c, bias, bias_off, bias_mode):
     defines = _defines(b, "cpu", p)
+    kernel = f"gemm_cpu_{form}"
     if form == "nt":
         gsize = (-(-N // defines["DN"]), -(-M // defines["DM"]), batch)
+    elif p.get("SKINNY") and form in ("nn", "tn"):   # all M rows per work-item ("skinny" tiles, M <= skinny_m)
+        kernel = f"gemm_cpu_sm_{form}"
+        gsize = (-(-N // (defines["SWV"] * defines["VW"])), 1, batch)
     else:
         gsize = (-(-N // defines["TN"]), -(-M // defines["TM"]), batch)
-    lsize = FlexLocal((int(p["LX"]), int(p["LY"]), 1)) if p.get("LX") and p.get("LY") else None
-    return b.launch("gemm.cl", f"gemm_cpu_{form}", gsize, lsize, M, N, K, A, a_off, lda, B, b_off, ldb,
+    lsize = None
+    if kernel.startswith("gemm_cpu_sm"):
+        lsize = FlexLocal((1, 1, 1))      # a work-item is a whole SW-column strip already
+    elif p.get("LX") and p.get("LY"):     # rows of a work-group clamped to the rows there are
+        lsize = FlexLocal((int(p["LX"]), max(1, min(int(p["LY"]), gsize[1])), 1))
+    return b.launch("gemm.cl", kernel, gsize, lsize, M, N, K, A, a_off, lda, B, b_off, ldb,
                     C, c_off, ldc, float(alpha), float(beta), stride_a, stride_b, stride_c, bias, bias_off,
                     bias_mode, defines=defines, flops=2 * M * N * K * batch)
 
