@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--variants", default='{"base": {}}')
     ap.add_argument("--filter", default="", help="only calls whose label contains this")
+    ap.add_argument("--only-changed", action="store_true", help="only calls some variant launches differently")
     a = ap.parse_args()
     import pyopencl as cl
 
@@ -83,6 +84,12 @@ def main() -> None:
             lns = gm.gemm(b, *args, **kw)
             rows.append(lns)
         built[name] = rows
+    if a.only_changed:   # drop the calls every variant launches alike (same kernels, sizes, defines)
+        sig = lambda lns: [(ln.kernel.function_name, ln.gsize, ln.lsize, ln.kernel.program.int_ptr)  # noqa: E731
+                           for ln in lns]
+        keep = [ci for ci in range(len(calls)) if len({repr(sig(built[n][ci])) for n in variants}) > 1]
+        calls = [calls[ci] for ci in keep]
+        built = {n: [rows[ci] for ci in keep] for n, rows in built.items()}
     q = cl.CommandQueue(rt.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
     names = list(variants)
     samples = defaultdict(list)     # (variant, call index) -> ms per round

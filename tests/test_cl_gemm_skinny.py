@@ -23,7 +23,7 @@ def _kernels(form, M, N, K, params=None, **kw):
     from device_agent.backends.opencl.runtime import LaunchBuilder, TensorRef
 
     rt = runtime()
-    buf = TensorRef("x", (1,), rt.alloc(4 * 4096))
+    buf = TensorRef("x", (1,), rt.alloc(4 * 17 * 1024 * 256))
     b = LaunchBuilder(rt)
     ta, tb = form[0] == "t", form[1] == "t"
     gemm(b, ta, tb, M, N, K, buf, 0, M if ta else K, buf, 0, K if tb else N, buf, 0, N, variant="cpu",
@@ -49,9 +49,10 @@ def test_skinny_grid_small_strips(form, M):
 def test_skinny_shipped_strip_widths(form):
     """the shipped tiles (SW = 512 columns, 8-row chunks): narrower, equal, one strip and a shifted one"""
     _cpu_device()
+    anysize = {"skinny_min_n": 0, "skinny_min_k": 0}
     for M, N, K in [(8, 100, 70), (8, 512, 9), (3, 513, 17), (16, 1100, 33), (13, 1024, 8)]:
-        assert _kernels(form, M, N, K) == [f"gemm_cpu_sm_{form}"]
-        got, want = run_gemm(form, M, N, K, "cpu", None, seed=N + K)
+        assert _kernels(form, M, N, K, anysize) == [f"gemm_cpu_sm_{form}"]
+        got, want = run_gemm(form, M, N, K, "cpu", anysize, seed=N + K)
         check(got, want, K)
 
 
@@ -80,12 +81,14 @@ def test_skinny_activation_and_reduce_batch(form, act):
 
 def test_the_chooser_sends_small_m_nn_tn_to_the_skinny_kernel():
     _cpu_device()
-    assert _kernels("nn", 8, 40, 7) == ["gemm_cpu_sm_nn"]
-    assert _kernels("tn", 16, 40, 7) == ["gemm_cpu_sm_tn"]
-    assert _kernels("nn", 17, 40, 7) == ["gemm_cpu_nn"]              # M over skinny_m
-    assert _kernels("nt", 8, 40, 7) == ["gemm_cpu_nt"]               # nt keeps the dot form
-    assert _kernels("tt", 8, 40, 7) == ["gemm_cpu_tt"]
-    assert _kernels("nn", 8, 40, 7, params={"skinny": None}) == ["gemm_cpu_nn"]
+    assert _kernels("nn", 8, 1024, 256) == ["gemm_cpu_sm_nn"]
+    assert _kernels("tn", 16, 1024, 256) == ["gemm_cpu_sm_tn"]
+    assert _kernels("nn", 17, 1024, 256) == ["gemm_cpu_nn"]          # M over skinny_m
+    assert _kernels("nn", 8, 1023, 256) == ["gemm_cpu_nn"]           # N under skinny_min_n: few strips
+    assert _kernels("tn", 8, 1024, 255) == ["gemm_cpu_tn"]           # K under skinny_min_k: B is small
+    assert _kernels("nt", 8, 1024, 256) == ["gemm_cpu_nt"]           # nt keeps the dot form
+    assert _kernels("tt", 8, 1024, 256) == ["gemm_cpu_tt"]
+    assert _kernels("nn", 8, 1024, 256, params={"skinny": None}) == ["gemm_cpu_nn"]
 
 
 def test_skinny_matches_the_outer_form_bitwise_per_k_order():

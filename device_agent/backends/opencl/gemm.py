@@ -98,7 +98,8 @@ def gemm_config(b, variant: str | None = None, params: dict | None = None, M: in
     """(family, params) for this builder's device: tuning data, then with M, N, K given the first
     matching size rule (that fits the device when `form` is given), then the tiles `thomas tune` chose
     for this `shape` when it chose some, then the caller's overrides; with M given, a "skinny" tile
-    set replaces the tiles for M <= skinny_m (FC layers: M = batch)."""
+    set replaces the tiles for M <= skinny_m (FC layers: M = batch), N >= skinny_min_n and
+    K >= skinny_min_k (both 0 unless the tuning says otherwise)."""
     tun = dict(b.tuning("gemm"))
     fam = variant or tun.get("variant") or b.kind
     if fam not in ("gpu", "cpu"):
@@ -115,7 +116,8 @@ def gemm_config(b, variant: str | None = None, params: dict | None = None, M: in
     if shape is not None and isinstance(shapes, dict) and isinstance(shapes.get(shape), dict):
         out.update(shapes[shape])
     out.update(params or {})
-    if M is not None and out.get("skinny") and M <= int(out.get("skinny_m", 8)):
+    if M is not None and out.get("skinny") and M <= int(out.get("skinny_m", 8)) \
+            and (N or 0) >= int(out.get("skinny_min_n", 0)) and (K or 0) >= int(out.get("skinny_min_k", 0)):
         out.update(out["skinny"])
         out.pop("small", None)
     return fam, out
