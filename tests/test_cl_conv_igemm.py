@@ -40,6 +40,7 @@ def igemm(monkeypatch):
     from device_agent.backends.opencl import runtime as rtm
 
     monkeypatch.setenv("THOMAS_CL_CONV", "igemm")
+    monkeypatch.setenv("THOMAS_CL_WINOGRAD", "0")   # 3x3 stride-1 nodes would take Winograd on CPUs
     seen = []
     orig = rtm.LaunchBuilder.launch
 
@@ -196,6 +197,7 @@ def test_workspace_holds_no_columns(monkeypatch):
     the same node on im2col needs C*R*S*P*Q floats per image"""
     rt = runtime()
     a, shapes = _shapes(GRID[5])
+    monkeypatch.setenv("THOMAS_CL_WINOGRAD", "0")
     monkeypatch.setenv("THOMAS_CL_CONV", "im2col")
     cols = conv_mod.cl_conv_workspace(a, *shapes, dev=rt)
     assert cols >= 4 * 3 * 7 * 7 * 10 * 12
@@ -255,6 +257,7 @@ def test_model_step_igemm_equals_im2col(arch, monkeypatch):
     x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
     y = np.array([1, 4])
     out = {}
+    monkeypatch.setenv("THOMAS_CL_WINOGRAD", "0")
     for mode in ("im2col", "igemm"):
         monkeypatch.setenv("THOMAS_CL_CONV", mode)
         plan = Plan(g, batch=2, optimizer=OptimConfig("sgd"), runtime=runtime())

@@ -26,6 +26,7 @@ from numpy.lib.stride_tricks import as_strided
 from .registry import register
 from ._cl import ACTS, FlexLocal, row_local_size
 from .conv_igemm import conv_mode, igemm_backward, igemm_forward, workspace_floats
+from . import conv_winograd as wino
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 _COLS_BUDGET = 1 << 23  # elements of one im2col buffer (32 MiB float32, 64 MiB float64)
@@ -355,12 +356,16 @@ def cl_conv_workspace(attrs, in_shapes, out_shapes, dev=None):
         r, s = attrs["kernel"]
         return 4 * out_shapes[0][1] * r * s * min(DW_MAX_SEGS, n * out_shapes[0][2])
     igemm, gpu_gemm = _igemm_dev(dev, attrs, c)
+    k, (r, s), (p, q) = out_shapes[0][1], attrs["kernel"], out_shapes[0][2:]
     if igemm:
-        k, (r, s), (p, q) = out_shapes[0][1], attrs["kernel"], out_shapes[0][2:]
         pw_gpu = _is_pointwise(attrs) and gpu_gemm
-        return 0 if pw_gpu else 4 * workspace_floats(k, c // attrs["groups"] * r * s, attrs["groups"], n * p * q)
-    nb, per_image = _cols_images(attrs, in_shapes[0], out_shapes[0])
-    return 4 * nb * per_image
+        own = 0 if pw_gpu else 4 * workspace_floats(k, c // attrs["groups"] * r * s, attrs["groups"], n * p * q)
+    else:
+        nb, per_image = _cols_images(attrs, in_shapes[0], out_shapes[0])
+        own = 4 * nb * per_image
+    if wino.dev_on(dev, attrs, c):   # Winograd forward and dX; dW stays on the path above (run before dX)
+        own = max(own, 4 * wino.workspace_floats(n, c, k, *in_shapes[0][2:], p, q))
+    return own
 
 
 def cl_conv_gemms(attrs, in_shapes, out_shapes, dev=None):
@@ -371,13 +376,15 @@ def cl_conv_gemms(attrs, in_shapes, out_shapes, dev=None):
         return []
     nb, _ = _cols_images(attrs, in_shapes[0], out_shapes[0])
     igemm, gpu_gemm = _igemm_dev(dev, attrs, c)
+    k, (r, s), pq = out_shapes[0][1], attrs["kernel"], out_shapes[0][2] * out_shapes[0][3]
+    extra = wino.gemm_shapes(in_shapes[0][0], c, k, *in_shapes[0][2:], *out_shapes[0][2:]) \
+        if wino.dev_on(dev, attrs, c) else []
     if igemm:
         if not _is_pointwise(attrs) or not gpu_gemm:   # CPU-shaped GEMMs take no partial products
-            return []
+            return extra
         nb = in_shapes[0][0]
-    k, (r, s), pq = out_shapes[0][1], attrs["kernel"], out_shapes[0][2] * out_shapes[0][3]
     kg, crsg = k // g, c // g * r * s
-    return [(kg, pq, crsg, nb, False), (crsg, pq, kg, nb, False), (kg, crsg, pq, nb, True)]
+    return [(kg, pq, crsg, nb, False), (crsg, pq, kg, nb, False), (kg, crsg, pq, nb, True)] + extra
 
 
 def _dw_defines(b, attrs: dict) -> dict:
@@ -433,6 +440,9 @@ def cl_conv_forward(b, io):
         b.launch("conv2d.cl", "dw_fwd", (p * -(-q // qb), k, n), row_local_size(b), x, w,
                  bias if bias is not None else w, mode, y, c, h, wd, k // c, *geo, qb,
                  defines=_dw_defines(b, io.attrs), flops=2 * n * k * p * q * r * s)
+        return
+    if wino.wino_on(b, io.attrs, c):
+        wino.wino_forward(b, io, _cl_geometry(io))
         return
     igemm = _igemm_on(b, io)
     if igemm and not _is_pointwise(io.attrs):
@@ -508,10 +518,11 @@ def cl_conv_backward(b, io):
     crs, crsg, pq = c * r * s, cg * r * s, p * q
     pointwise = _is_pointwise(io.attrs)
     igemm = _igemm_on(b, io)
+    winograd = gx is not None and wino.wino_on(b, io.attrs, c)   # dX below, after dW
     if igemm and (not pointwise or b.gemm_family() == "cpu"):
         # general: dX and dW implicit; pointwise on CPU-shaped GEMMs: dW implicit (no im2row), dX below
-        igemm_backward(b, io, _cl_geometry(io), data=not pointwise)
-        if not pointwise:
+        igemm_backward(b, io, _cl_geometry(io), data=not pointwise and not winograd)
+        if not pointwise and not winograd:
             return
         gw = None
     nb, work = _regions(io, igemm)
@@ -542,6 +553,9 @@ def cl_conv_backward(b, io):
                      ld, gw, gi * kg * crsg, crsg, beta=beta, batch=m, stride_a=k * pq, stride_b=stride,
                      reduce_batch=True, **work)
     if gx is None:
+        return
+    if winograd:
+        wino.wino_backward_data(b, io, _cl_geometry(io))
         return
     if pointwise:
         # undoes: y[n,gi] = w[gi] @ x[n,gi]  ->  dx[n,gi] (Cg,HW) = w[gi]^T @ gy[n,gi]

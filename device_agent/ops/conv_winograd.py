@@ -105,7 +105,7 @@ def _run(b, io, src, src_img: int, dst, dst_img: int, n: int, o: int, i: int, hw
         b.gemm(False, False, o, t, i, ws, 0, i, ws, v_off, t, ws, m_off, t, batch=16, stride_a=o * i,
                stride_b=i * t, stride_c=o * t, work=ws, work_off=used, work_floats=max(0, ws.size - used))
         b.launch("conv_winograd.cl", "wino_output", (t, o), row_local_size(b)[:1] + (1,), ws, m_off, dst,
-                 i0 * dst_img, bias, mode, o, *hw_out, tp, tq, t, flops=2 * 9 * m * o * i * hw_out[0] * hw_out[1])
+                 i0 * dst_img, bias, mode, o, *hw_out, tp, tq, t)
 
 
 def wino_forward(b, io, geo) -> None:
