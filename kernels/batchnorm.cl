@@ -297,3 +297,134 @@ __kernel void bn_dx_lcn(__global const ACT_T* x, __global const REAL* g, __globa
     if (l >= L) return;
     dx[i] = bn_dx_at(i, c, x, g, b, act, w, mean, var_or_invstd, sums, C, frozen, eps, cnt);
 }
+
+// ---- CPU devices: one work-item per channel for a whole training-mode pass family ----
+// The channel's N planes of L values are walked plane by plane: x comes from memory once, the later
+// passes over it from cache. Sums in BN_LANES vector lanes plus a scalar tail, the lanes added in a
+// fixed tree at the end (deterministic). NOTE: no builtins (vloadN, fmax, select) in the loops: this
+// PoCL (3.0-rc2, LLVM 14) links them after optimisation, so each is a call per element; LLVM merges
+// the spelled-out loads and stores into vector ones. Global size (C), one work-item per group.
+#ifdef ACT_HALF
+#define BN_LD8(p, i) vload_half8(0, (p) + (i))      // one call per eight values
+#else
+#define BN_LD8(p, i) ((float8)((p)[(i)], (p)[(i) + 1], (p)[(i) + 2], (p)[(i) + 3], (p)[(i) + 4], (p)[(i) + 5], \
+                               (p)[(i) + 6], (p)[(i) + 7]))
+#endif
+#define BN_G8(p, i) ((float8)((p)[(i)], (p)[(i) + 1], (p)[(i) + 2], (p)[(i) + 3], (p)[(i) + 4], (p)[(i) + 5], \
+                              (p)[(i) + 6], (p)[(i) + 7]))
+
+REAL bn_hsum8(const float8 v) { return ((v.s0 + v.s1) + (v.s2 + v.s3)) + ((v.s4 + v.s5) + (v.s6 + v.s7)); }
+
+// act(v) and the masked gradient, elementwise on eight lanes, as bn_act / bn_gy
+float8 bn_act8(float8 v, const int act) {
+    if (act >= 1) v = v < (float8)0.0f ? (float8)0.0f : v;
+    if (act == 2) v = v > (float8)6.0f ? (float8)6.0f : v;
+    return v;
+}
+float8 bn_gy8(const float8 g, const float8 v, const int act) {
+    if (act == 1) return v > (float8)0.0f ? g : (float8)0.0f;
+    if (act == 2) return v > (float8)0.0f && v < (float8)6.0f ? g : (float8)0.0f;
+    return g;
+}
+
+// Batch statistics, running-statistics update and y = act(xhat * w + b) of channel c in one launch:
+// mean, then M2 = sum (x - mean)^2 (two passes: no cancellation), var biased over cnt = N*L values;
+// mean[c], invstd[c] and the running statistics as bn_stats_finish; then y as bn_apply.
+__kernel void bn_fwd_channel(__global const ACT_T* x, __global const REAL* w, __global const REAL* b,
+                             __global REAL* rmean, __global REAL* rvar, __global REAL* mean,
+                             __global REAL* invstd, __global REAL* y, const int N, const int C, const int L,
+                             const REAL eps, const REAL om, const REAL mm, const REAL unb, const int act) {
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    const int cnt = N * L, l8 = L / 8 * 8;
+    float8 v8 = (float8)0.0f;
+    REAL v1 = (REAL)0;
+    for (int n = 0; n < N; n++) {
+        __global const ACT_T* xp = x + (n * C + c) * L;
+        for (int l = 0; l < l8; l += 8) v8 += BN_LD8(xp, l);
+        for (int l = l8; l < L; l++) v1 += LOAD_ACT(xp, l);
+    }
+    const REAL mu = (bn_hsum8(v8) + v1) / (REAL)cnt;
+    v8 = (float8)0.0f;
+    v1 = (REAL)0;
+    for (int n = 0; n < N; n++) {
+        __global const ACT_T* xp = x + (n * C + c) * L;
+        for (int l = 0; l < l8; l += 8) {
+            const float8 d = BN_LD8(xp, l) - mu;
+            v8 += d * d;
+        }
+        for (int l = l8; l < L; l++) {
+            const REAL d = LOAD_ACT(xp, l) - mu;
+            v1 += d * d;
+        }
+    }
+    const REAL var = (bn_hsum8(v8) + v1) / (REAL)cnt, is = (REAL)1 / sqrt(var + eps);
+    mean[c] = mu;
+    invstd[c] = is;
+    rmean[c] = om * rmean[c] + mm * mu;
+    rvar[c] = om * rvar[c] + mm * (var * unb);
+    const REAL wc = w[c], bc = b[c];
+    for (int n = 0; n < N; n++) {
+        __global const ACT_T* xp = x + (n * C + c) * L;
+        __global REAL* yp = y + (n * C + c) * L;
+        for (int l = 0; l < l8; l += 8) {
+            const float8 v = bn_act8((BN_LD8(xp, l) - mu) * is * wc + bc, act);
+            yp[l] = v.s0; yp[l + 1] = v.s1; yp[l + 2] = v.s2; yp[l + 3] = v.s3;
+            yp[l + 4] = v.s4; yp[l + 5] = v.s5; yp[l + 6] = v.s6; yp[l + 7] = v.s7;
+        }
+        for (int l = l8; l < L; l++) yp[l] = bn_act((LOAD_ACT(xp, l) - mu) * is * wc + bc, act);
+    }
+}
+
+// Backward of batch-statistics BN for channel c in one launch: sums[c] = sum g, sums[C + c] = sum g*xhat
+// (g masked by the fused act), copied to db / dw when want_db / want_dw, then (want_dx) dx as bn_dx.
+// undoes: y = xhat * w + b; xhat = (x - mean(x)) * invstd(x)
+__kernel void bn_bwd_channel(__global const ACT_T* x, __global const REAL* g, __global const REAL* w,
+                             __global const REAL* b, const int act, __global const REAL* mean,
+                             __global const REAL* invstd, __global REAL* sums, __global REAL* dw,
+                             __global REAL* db, __global REAL* dx, const int N, const int C, const int L,
+                             const int want_dw, const int want_db, const int want_dx) {
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    const int cnt = N * L, l8 = L / 8 * 8;
+    const REAL mu = mean[c], is = invstd[c], wc = w[c], bc = b[c];
+    float8 g8 = (float8)0.0f, gx8 = (float8)0.0f;
+    REAL g1 = (REAL)0, gx1 = (REAL)0;
+    for (int n = 0; n < N; n++) {
+        __global const ACT_T* xp = x + (n * C + c) * L;
+        __global const REAL* gp = g + (n * C + c) * L;
+        for (int l = 0; l < l8; l += 8) {
+            const float8 xh = (BN_LD8(xp, l) - mu) * is, gi = bn_gy8(BN_G8(gp, l), xh * wc + bc, act);
+            g8 += gi;
+            gx8 += gi * xh;
+        }
+        for (int l = l8; l < L; l++) {
+            const REAL xh = (LOAD_ACT(xp, l) - mu) * is, gi = bn_gy(gp[l], xh * wc + bc, act);
+            g1 += gi;
+            gx1 += gi * xh;
+        }
+    }
+    const REAL sg = bn_hsum8(g8) + g1, sgx = bn_hsum8(gx8) + gx1;
+    sums[c] = sg;
+    sums[C + c] = sgx;
+    if (want_db) db[c] = sg;
+    if (want_dw) dw[c] = sgx;
+    if (!want_dx) return;
+    const REAL fc = (REAL)cnt, k0 = is / fc, k1 = wc * sg, k2 = wc * sgx;
+    for (int n = 0; n < N; n++) {
+        __global const ACT_T* xp = x + (n * C + c) * L;
+        __global const REAL* gp = g + (n * C + c) * L;
+        __global REAL* dp = dx + (n * C + c) * L;
+        for (int l = 0; l < l8; l += 8) {
+            const float8 xh = (BN_LD8(xp, l) - mu) * is;
+            const float8 dxh = bn_gy8(BN_G8(gp, l), xh * wc + bc, act) * wc;
+            const float8 v = k0 * (fc * dxh - k1 - xh * k2);
+            dp[l] = v.s0; dp[l + 1] = v.s1; dp[l + 2] = v.s2; dp[l + 3] = v.s3;
+            dp[l + 4] = v.s4; dp[l + 5] = v.s5; dp[l + 6] = v.s6; dp[l + 7] = v.s7;
+        }
+        for (int l = l8; l < L; l++) {
+            const REAL xh = (LOAD_ACT(xp, l) - mu) * is;
+            dp[l] = k0 * (fc * (bn_gy(gp[l], xh * wc + bc, act) * wc) - k1 - xh * k2);
+        }
+    }
+}

@@ -76,15 +76,17 @@ def test_bn(xshape, batch):
     _bn_check(xshape, batch, {})
 
 
-@pytest.mark.parametrize("planes", [True, False])
-@pytest.mark.parametrize("xshape", [(3, 2, 20, 21), (5, 3, 4, 4), (2, 3, 3, 5)])
-def test_bn_plane_reductions(xshape, planes):
-    """per-plane segments (one work-item per image and channel; the CPU default, used from L >= 16) or
-    the work-group segments, on the test device: same statistics and sums"""
+@pytest.mark.parametrize("tun", [{"planes": True, "channel": False}, {"planes": False, "channel": False},
+                                 {"channel": True}], ids=["planes", "groups", "channel"])
+@pytest.mark.parametrize("xshape", [(3, 2, 20, 21), (5, 3, 4, 4), (2, 3, 3, 5), (2, 3, 1, 7), (4, 5, 17, 19)])
+def test_bn_plane_reductions(xshape, tun):
+    """per-plane segments (one work-item per image and channel, used from L >= 16), the work-group
+    segments, or one work-item per channel doing statistics + apply and sums + dx in one launch each (the
+    CPU default; 8-wide sums and a scalar tail), on the test device: same statistics and sums"""
     from clcheck import runtime
 
     rt = runtime()
-    rt.tuning.override["batchnorm"] = {"planes": planes}
+    rt.tuning.override["batchnorm"] = tun
     try:
         for batch in (True, False):
             _bn_check(xshape, batch, {"eps": 1e-3, "momentum": 0.2})
@@ -126,7 +128,7 @@ def test_bn_segmented_reductions(xshape, seg, wg):
     from clcheck import runtime
 
     rt = runtime()
-    rt.tuning.override["batchnorm"] = {"seg": seg, "wg": wg, "planes": False}
+    rt.tuning.override["batchnorm"] = {"seg": seg, "wg": wg, "planes": False, "channel": False}
     try:
         for batch in (True, False):
             _bn_check(xshape, batch, {"eps": 1e-3, "momentum": 0.2})

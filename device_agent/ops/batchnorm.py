@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .registry import register
-from ._cl import ACTS, act_defines, elt, local_floats, pow2_floor, reduce_wg
+from ._cl import ACTS, FlexLocal, act_defines, elt, local_floats, pow2_floor, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
 
 SLOTS = ("weight", "bias", "running_mean", "running_var")
@@ -145,6 +145,13 @@ def _planes(b, n: int, length: int) -> bool:
     return bool(want) and length >= PLANE_MIN_L and n <= MAX_SEGS
 
 
+def _channel(b) -> bool:
+    """batch-statistics BN as one work-item per channel (bn_fwd_channel / bn_bwd_channel: statistics,
+    update and apply, or sums and dx, in one launch; tuning "batchnorm" -> "channel", CPUs by default):
+    x read from memory once and again from cache, where the plane kernels made a pass each"""
+    return bool(b.tuning("batchnorm").get("channel", b.kind == "cpu"))
+
+
 def _segments(b, cnt: int, wg: int) -> tuple[int, int]:
     """(seg, S): values per segment and segments per channel"""
     seg = int(b.tuning("batchnorm").get("seg", wg * SEG_ITEMS))
@@ -186,6 +193,10 @@ def cl_bn_forward(b, io):
                               f"got input shape {x.shape}")
     m = io.attrs["momentum"]
     mean, invstd = io.state["mean"], io.state["invstd"]
+    if _channel(b):
+        b.launch("batchnorm.cl", "bn_fwd_channel", (c,), FlexLocal((1,)), x, w, bias, rm, rv, mean, invstd, y, n, c,
+                 length, eps, np.float32(1 - m), np.float32(m), np.float32(cnt / (cnt - 1)), act)
+        return
     part = io.workspace   # floats [2C, 2C + 2*C*S)
     if _planes(b, n, length):
         seg, segs = length, n
@@ -222,6 +233,12 @@ def cl_bn_backward(b, io):
     sums = io.workspace
     act = ACTS[io.act]   # undoes the fused act(): g masked where it cut (its input recomputed from x)
     dx_def = act_defines(b, x)   # dtype mixed: x may come as the halves kept for this backward
+    if not frozen and _channel(b):
+        # undoes: y = xhat * w + b and xhat = (x - mean) * invstd, one work-item per channel
+        b.launch("batchnorm.cl", "bn_bwd_channel", (c,), FlexLocal((1,)), x, g, w, bias, act, mean, vi, sums,
+                 gw or sums, gb or sums, gx or sums, n, c, length, gw is not None, gb is not None, gx is not None,
+                 defines=dx_def)
+        return
     if not frozen or gw is not None or gb is not None:
         # undoes: y = xhat * w + b  (per-channel Σ g, Σ g xhat; the batch dx needs both too)
         if _planes(b, n, length):
