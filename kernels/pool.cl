@@ -67,6 +67,67 @@ __kernel void maxpool_bwd(__global const REAL* gy, __global const int* arg, __gl
     gx[i] = acc;
 }
 
+// CPU-shaped (PoCL) forms of the two max-pool kernels. Per element, the kernels above spend most of
+// their time on integer divisions (index decomposition, window search) and, backward, on the gather's
+// window search per input pixel; a CPU work-item can take a whole row or plane instead.
+// maxpool_fwd_rows: one work-item per output row (plane p, row oh), maxpool_fwd's scan, tie and NaN
+// rule over the taps inside the input: a padding tap (-inf) never replaces `best`, which starts at
+// -inf, so skipping it changes nothing. v != v is isnan(v) without PoCL's out-of-line builtin call.
+__kernel void maxpool_fwd_rows(__global const REAL* x, __global REAL* y, __global int* arg, const int NC,
+                               const int H, const int W, const int OH, const int OW, const int KH,
+                               const int KW, const int SH, const int SW, const int DH, const int DW,
+                               const int PT, const int PL) {
+    const int r = get_global_id(0);
+    if (r >= NC * OH) return;
+    const int oh = r % OH, p = r / OH;
+    __global const REAL* xp = x + p * H * W;
+    const int h0 = oh * SH - PT;
+    for (int ow = 0; ow < OW; ow++) {
+        const int w0 = ow * SW - PL;
+        REAL best = -INFINITY;
+        int tap = 0;
+        for (int kh = 0; kh < KH; kh++) {
+            const int h = h0 + kh * DH;
+            if (h < 0 || h >= H) continue;
+            __global const REAL* xr = xp + h * W;
+            for (int kw = 0; kw < KW; kw++) {
+                const int w = w0 + kw * DW;
+                if (w < 0 || w >= W) continue;
+                const REAL v = xr[w];
+                const int take = v > best || (v != v && best == best);   // selects, not a branch:
+                best = take ? v : best;                                   // random data mispredicts
+                tap = take ? kh * KW + kw : tap;
+            }
+        }
+        y[r * OW + ow] = best;
+        arg[r * OW + ow] = tap;
+    }
+}
+
+// maxpool_bwd_planes: one work-item per plane: gx = 0, then each output's gy added to the input pixel
+// its argmax tap names (a tap in the padding adds nothing), outputs in raster order. Every pixel thus
+// receives its windows' gradients in the order maxpool_bwd sums them (oh, then ow ascending, from
+// 0): the same bits, deterministic, no atomics.
+__kernel void maxpool_bwd_planes(__global const REAL* gy, __global const int* arg, __global REAL* gx,
+                                 const int NC, const int H, const int W, const int OH, const int OW,
+                                 const int KH, const int KW, const int SH, const int SW, const int DH,
+                                 const int DW, const int PT, const int PL) {
+    const int p = get_global_id(0);
+    if (p >= NC) return;
+    __global REAL* gp = gx + p * H * W;
+    for (int i = 0; i < H * W; i++) gp[i] = (REAL)0;
+    __global const REAL* g = gy + p * OH * OW;
+    __global const int* a = arg + p * OH * OW;
+    for (int oh = 0; oh < OH; oh++) {
+        const int h0 = oh * SH - PT;
+        for (int ow = 0; ow < OW; ow++) {
+            const int t = a[oh * OW + ow], th = t / KW;
+            const int h = h0 + th * DH, w = ow * SW - PL + (t - th * KW) * DW;
+            if (h >= 0 && h < H && w >= 0 && w < W) gp[h * W + w] += g[oh * OW + ow];
+        }
+    }
+}
+
 // The number of taps avg_pool2d divides by along one axis, for window o (taps s + k*D, k < K,
 // s = o*S - P0):
 //   count_include_pad: the taps inside the padded input [-P0, N + P1)

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .registry import register
-from ._cl import elt, local_floats, reduce_wg
+from ._cl import FlexLocal, elt, local_floats, reduce_wg
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank
 from .conv2d import pad_nchw, tap, window_view
 
@@ -230,6 +230,8 @@ def gap_backward(attrs, saved, gys, needs, ctx):
 # kernels/pool.cl: one work-item per output element forward, one per input pixel backward (a
 # gather over the windows containing it). MaxPool keeps its argmax tap per output in state
 # "argmax" (int32, y's shape), allocated whether or not dropout trains: any backward needs it.
+# On a CPU device MaxPool runs the CPU-shaped forms instead: one work-item per output row forward,
+# one per plane backward (a scatter in raster order: the gather's summation order, the same bits).
 def _cl_geom(attrs, x_shape):
     """(N*C, H, W, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL) and (PB, PR)"""
     g = _geometry(attrs, x_shape)
@@ -244,6 +246,9 @@ def maxpool_cl_state(attrs, in_shapes, out_shapes, training):
 def cl_maxpool_forward(b, io):
     (x,), (y,) = io.x, io.y
     g, _ = _cl_geom(io.attrs, x.shape)
+    if b.kind == "cpu":
+        b.launch("pool.cl", "maxpool_fwd_rows", (g[0] * g[3],), FlexLocal((8,)), x, y, io.state["argmax"], *g)
+        return
     b.launch("pool.cl", "maxpool_fwd", (y.size,), elt(b), x, y, io.state["argmax"], *g)
 
 
@@ -253,6 +258,9 @@ def cl_maxpool_backward(b, io):
         return
     g, _ = _cl_geom(io.attrs, gx.shape)
     # undoes: y = window[argmax]
+    if b.kind == "cpu":
+        b.launch("pool.cl", "maxpool_bwd_planes", (g[0],), FlexLocal((1,)), io.gy[0], io.state["argmax"], gx, *g)
+        return
     b.launch("pool.cl", "maxpool_bwd", (gx.size,), elt(b), io.gy[0], io.state["argmax"], gx, *g)
 
 
