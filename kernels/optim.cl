@@ -4,10 +4,6 @@
 //   scale (1): the clip factor clip_scale wrote; use_scale == 0: gradients taken as they are.
 //   lr and step are per-step (dynamic) arguments; step counts from 1.
 
-REAL optim_grad(__global const REAL* g, __global const REAL* scale, const int use_scale, const int i) {
-    return use_scale ? g[i] * scale[0] : g[i];
-}
-
 // FedProx (Li et al. 2020): the gradient of (mu/2)*||p - p0||^2 added in place, g += mu*(p - p0),
 // before clipping reads g (as adding the term to the loss before backward does in torch).
 //   p0 (n): the anchor, the trainable parameters as the run started. Every backward overwrites g.
@@ -20,20 +16,30 @@ __kernel void prox_grad(__global REAL* g, __global const REAL* p, __global const
 
 // torch SGD: d = g + wd*p; momentum: buf = d on step 1, else buf = momentum*buf + (1-dampening)*d;
 // d = nesterov ? d + momentum*buf : buf; p -= lr*d.   omd = 1 - dampening.
-__kernel void sgd_step(__global REAL* p, __global const REAL* g, __global REAL* buf,
-                       __global const REAL* scale, const int n, const int use_scale, const REAL momentum,
-                       const REAL omd, const REAL wd, const int nesterov, const REAL lr, const int step) {
+// SGD_BODY(T, LD, ST, i): the update of element(s) i in type T (REAL, or a vector of REALs loaded with
+// LD and stored with ST): the scalar kernel and the CPU-shaped vector one share it, expression for
+// expression, so both round alike (the same contractions into FMAs): the same bits.
+#define SGD_BODY(T, LD, ST, i)                                                                      \
+    T d = LD(g, i);                                                                                 \
+    if (use_scale) d = d * scale[0];                                                                \
+    const T pi = LD(p, i);                                                                          \
+    if (wd != (REAL)0) d = d + wd * pi;                                                             \
+    if (momentum != (REAL)0) {                                                                      \
+        const T bv = step <= 1 ? d : LD(buf, i) * momentum + omd * d;                               \
+        ST(bv, buf, i);                                                                             \
+        d = nesterov ? d + momentum * bv : bv;                                                      \
+    }                                                                                               \
+    ST(pi + (-lr) * d, p, i);
+#define LD1(a, i) (a)[i]
+#define ST1(v, a, i) ((a)[i] = (v))
+#define SGD_ARGS __global REAL* p, __global const REAL* g, __global REAL* buf, __global const REAL* scale,  \
+    const int n, const int use_scale, const REAL momentum, const REAL omd, const REAL wd, const int nesterov, \
+    const REAL lr, const int step
+
+__kernel void sgd_step(SGD_ARGS) {
     const int i = get_global_id(0);
     if (i >= n) return;
-    REAL d = optim_grad(g, scale, use_scale, i);
-    const REAL pi = p[i];
-    if (wd != (REAL)0) d = d + wd * pi;
-    if (momentum != (REAL)0) {
-        const REAL bv = step <= 1 ? d : buf[i] * momentum + omd * d;
-        buf[i] = bv;
-        d = nesterov ? d + momentum * bv : bv;
-    }
-    p[i] = pi + (-lr) * d;
+    SGD_BODY(REAL, LD1, ST1, i)
 }
 
 // torch Adam / AdamW (amsgrad off): m = lerp(m, d, 1-beta1), v = beta2*v + (1-beta2)*d*d,
@@ -41,30 +47,80 @@ __kernel void sgd_step(__global REAL* p, __global const REAL* g, __global REAL* 
 // Adam: d = g + wd*p (L2); AdamW: p *= 1 - lr*wd first (decoupled).
 // w1 = 1-beta1, omb2 = 1-beta2; lb_k = log(beta_k) (from the host in double), so that
 // bc_k = -expm1(step*lb_k) keeps full float precision where 1 - beta2^step would cancel.
+#define ADAM_BODY(T, LD, ST, i, DECOUPLED)                                                          \
+    T d = LD(g, i);                                                                                  \
+    if (use_scale) d = d * scale[0];                                                                 \
+    T pi = LD(p, i);                                                                                 \
+    if (wd != (REAL)0) {                                                                             \
+        if (DECOUPLED) pi = pi * ((REAL)1 - lr * wd);                                                \
+        else d = d + wd * pi;                                                                        \
+    }                                                                                                \
+    const T mo = LD(m, i);                                                                           \
+    const T mi = w1 < (REAL)0.5 ? mo + w1 * (d - mo) : d - (d - mo) * ((REAL)1 - w1); /* torch lerp */ \
+    const T vi = LD(v, i) * beta2 + omb2 * d * d;                                                    \
+    ST(mi, m, i);                                                                                    \
+    ST(vi, v, i);                                                                                    \
+    const T denom = sqrt(vi) / sqrt_bc2 + eps;                                                       \
+    ST(pi + (-(lr / bc1)) * (mi / denom), p, i);
+#define ADAM_ARGS __global REAL* p, __global const REAL* g, __global REAL* m, __global REAL* v,          \
+    __global const REAL* scale, const int n, const int use_scale, const REAL w1, const REAL beta2,        \
+    const REAL omb2, const REAL lb1, const REAL lb2, const REAL eps, const REAL wd, const REAL lr, const int step
+#define ADAM_BC const REAL bc1 = -expm1((REAL)step * lb1), sqrt_bc2 = sqrt(-expm1((REAL)step * lb2));
 #define ADAM(NAME, DECOUPLED)                                                                       \
-__kernel void NAME(__global REAL* p, __global const REAL* g, __global REAL* m, __global REAL* v,           \
-                   __global const REAL* scale, const int n, const int use_scale, const REAL w1,           \
-                   const REAL beta2, const REAL omb2, const REAL lb1, const REAL lb2, const REAL eps,     \
-                   const REAL wd, const REAL lr, const int step) {                                        \
-    const int i = get_global_id(0);                                                                      \
-    if (i >= n) return;                                                                                  \
-    REAL d = optim_grad(g, scale, use_scale, i);                                                         \
-    REAL pi = p[i];                                                                                      \
-    if (wd != (REAL)0) {                                                                                 \
-        if (DECOUPLED) pi = pi * ((REAL)1 - lr * wd);                                                    \
-        else d = d + wd * pi;                                                                            \
-    }                                                                                                    \
-    const REAL mo = m[i];                                                                                \
-    const REAL mi = w1 < (REAL)0.5 ? mo + w1 * (d - mo) : d - (d - mo) * ((REAL)1 - w1); /* torch lerp */ \
-    const REAL vi = v[i] * beta2 + omb2 * d * d;                                                         \
-    m[i] = mi;                                                                                           \
-    v[i] = vi;                                                                                           \
-    const REAL bc1 = -expm1((REAL)step * lb1), bc2 = -expm1((REAL)step * lb2);                           \
-    const REAL denom = sqrt(vi) / sqrt(bc2) + eps;                                                       \
-    p[i] = pi + (-(lr / bc1)) * (mi / denom);                                                            \
+__kernel void NAME(ADAM_ARGS) {                                                                     \
+    const int i = get_global_id(0);                                                                 \
+    if (i >= n) return;                                                                             \
+    ADAM_BC                                                                                         \
+    ADAM_BODY(REAL, LD1, ST1, i, DECOUPLED)                                                         \
 }
 ADAM(adam_step, 0)
 ADAM(adamw_step, 1)
+
+// CPU-shaped (PoCL): OPTVW consecutive elements per work-item as one vector (unaligned vector
+// pointers, not vloadN: PoCL calls its builtins out of line), the last partial group element by element.
+#ifndef OPTVW
+#define OPTVW 8
+#endif
+#define OCAT_(a, b) a##b
+#define OCAT(a, b) OCAT_(a, b)
+#define REALV OCAT(REAL, OPTVW)
+#ifdef __clang__
+typedef REALV REALV_u __attribute__((aligned(4)));
+#define LDV(a, i) (*(__global const REALV_u*)((a) + (i)))
+#define STV(v, a, i) (*(__global REALV_u*)((a) + (i)) = (v))
+#else
+#define LDV(a, i) OCAT(vload, OPTVW)(0, (a) + (i))
+#define STV(v, a, i) OCAT(vstore, OPTVW)(v, 0, (a) + (i))
+#endif
+
+__kernel void sgd_step_vec(SGD_ARGS) {
+    const int i0 = get_global_id(0) * OPTVW;
+    if (i0 >= n) return;
+    if (i0 + OPTVW <= n) {
+        SGD_BODY(REALV, LDV, STV, i0)
+    } else {
+        for (int i = i0; i < n; i++) {
+            SGD_BODY(REAL, LD1, ST1, i)
+        }
+    }
+}
+
+#define ADAM_VEC(NAME, DECOUPLED)                                                                   \
+__kernel void NAME(ADAM_ARGS) {                                                                     \
+    const int i0 = get_global_id(0) * OPTVW;                                                        \
+    if (i0 >= n) return;                                                                            \
+    ADAM_BC                                                                                         \
+    if (i0 + OPTVW <= n) {                                                                          \
+        ADAM_BODY(REALV, LDV, STV, i0, DECOUPLED)                                                   \
+    } else {                                                                                        \
+        for (int i = i0; i < n; i++) {                                                              \
+            ADAM_BODY(REAL, LD1, ST1, i, DECOUPLED)                                                 \
+        }                                                                                           \
+    }                                                                                               \
+}
+ADAM_VEC(adam_step_vec, 0)
+ADAM_VEC(adamw_step_vec, 1)
+
 
 // Clipping, pass 1: partial[off + group] = Σ g² over this group's share (grid-stride loop, then a
 // tree sum in local memory). One launch per gradient segment, each with its own partial slots.

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import BackendError
-from ...ops._cl import elt, local_floats, reduce_wg
+from ...ops._cl import FlexLocal, elt, local_floats, reduce_wg
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ FILE = "optim.cl"
 # that pass 2 is one small work-group.
 CLIP_GROUPS = 64
 CLIP_WG = 256   # work-items per group in pass 1 (the kernel caps it at the device limit)
+VEC = 8         # elements per work-item of the CPU-shaped updates (kernels/optim.cl OPTVW)
 
 
 def _groups(n: int) -> int:
@@ -98,6 +99,15 @@ def _check(param, grad, *state):
                                f"parameters have {param.size}")
 
 
+def _update(kernel: str, b, n: int) -> tuple:
+    """(kernel, gsize, lsize) of an update: on a CPU device the *_vec form (VEC elements per
+    work-item as one vector, the same bits as the scalar kernel: kernels/optim.cl; 3x (SGD) and 8x
+    (Adam) faster on PoCL), elsewhere one element per work-item."""
+    if b.kind == "cpu":
+        return f"{kernel}_vec", (-(-int(n) // VEC),), FlexLocal((64,))
+    return kernel, (int(n),), elt(b)
+
+
 def sgd_step(b, param, grad, momentum_buf=None, *, momentum: float = 0.0, dampening: float = 0.0,
              nesterov: bool = False, weight_decay: float = 0.0, scale=None, lr_key: str = "lr",
              step_key: str = "step") -> None:
@@ -107,7 +117,7 @@ def sgd_step(b, param, grad, momentum_buf=None, *, momentum: float = 0.0, dampen
     if momentum != 0 and momentum_buf is None:
         raise BackendError("SGD with momentum needs a momentum buffer")
     _check(param, grad, momentum_buf)
-    b.launch(FILE, "sgd_step", (param.size,), elt(b), param, grad, momentum_buf or param, scale or grad,
+    b.launch(FILE, *_update("sgd_step", b, param.size), param, grad, momentum_buf or param, scale or grad,
              param.size, scale is not None, np.float32(momentum), np.float32(1 - dampening),
              np.float32(weight_decay), nesterov, np.float32(0), np.int32(0), dyn={10: lr_key, 11: step_key})
 
@@ -124,7 +134,7 @@ def adam_step(b, param, grad, exp_avg, exp_avg_sq, *, betas=(0.9, 0.999), eps: f
     # log(beta) in double: bc = 1 - beta^step = -expm1(step * log(beta)) in float stays exact
     lb1 = math.log(beta1) if beta1 > 0 else -np.inf
     lb2 = math.log(beta2) if beta2 > 0 else -np.inf
-    b.launch(FILE, "adamw_step" if decoupled else "adam_step", (param.size,), elt(b), param, grad,
+    b.launch(FILE, *_update("adamw_step" if decoupled else "adam_step", b, param.size), param, grad,
              exp_avg, exp_avg_sq, scale or grad, param.size, scale is not None, np.float32(1 - beta1),
              np.float32(beta2), np.float32(1 - beta2), np.float32(lb1), np.float32(lb2), np.float32(eps),
              np.float32(weight_decay), np.float32(0), np.int32(0), dyn={14: lr_key, 15: step_key})
