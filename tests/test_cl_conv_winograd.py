@@ -1,5 +1,5 @@
 """Winograd F(2x2,3x3) convolution (kernels/conv_winograd.cl, ops/conv_winograd.py) on the test device
-(PoCL): forward (bias, fused ReLU/ReLU6) and dX against the numpy reference with every output and
+(PoCL): forward (bias, fused ReLU/ReLU6), dX and dW against the numpy reference with every output and
 gradient NaN-filled first (clcheck), over a grid of 3x3 stride-1 shapes (odd and even, non-square, every
 pad from 0 to 3 and asymmetric, 1x1 images, channel counts off any tile), chunked batches, the phone
 profiles' limits, a whole model's step against the im2col path, and which nodes take the path."""
@@ -66,11 +66,11 @@ def seen(monkeypatch):
 
 @pytest.mark.parametrize("case", GRID, ids=_ids(GRID))
 def test_winograd_matches_numpy(case, seen):
-    """forward and dX by Winograd, dW (+ db) by the GEMM path, on NaN-wiped buffers"""
+    """forward, dX and dW by Winograd (db by bias_grad), on NaN-wiped buffers; no columns"""
     cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)
-    assert {"wino_filter", "wino_input", "wino_output"} <= set(seen)
+    assert {"wino_filter", "wino_input", "wino_output", "wino_grad_tile", "wino_filter_grad"} <= set(seen)
     assert seen.count("wino_filter") == 2                           # forward and dX, each once
-    assert "col2im" not in seen and not {"im2col", "im2col4"} & set(seen)
+    assert not {"col2im", "im2col", "im2col4", "im2row"} & set(seen)
 
 
 @pytest.mark.parametrize("case", SMALL, ids=_ids(SMALL))
@@ -97,15 +97,15 @@ def test_fused_activation(act, seen):
 
 
 def test_batch_in_chunks(seen, monkeypatch):
-    """a budget of two images per chunk over five images: three chunks (one short), each its own
-    input transform, GEMMs and output transform, one filter transform per pass"""
+    """a budget of two images per chunk over five images: three chunks (one short) in each pass, each
+    its own input transform, GEMMs and output transform; dW's GEMMs accumulate over the chunks"""
     case = _case("chunks", (5, 16, 7, 6), 20)
     a = normalize_attrs(get_op("Conv2d"), case[2])
     tiles = 4 * 3
     monkeypatch.setattr(wino, "WINO_BUDGET", 16 * (16 + 20) * tiles * 2)
     assert wino._chunk(5, 20, 16, tiles) == 2 and tuple(a["kernel"]) == (3, 3)
     cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)
-    assert seen.count("wino_input") == 6 and seen.count("wino_filter") == 2
+    assert seen.count("wino_input") == 9 and seen.count("wino_grad_tile") == 3 and seen.count("wino_filter") == 2
 
 
 def test_which_nodes_take_it(monkeypatch):
@@ -142,9 +142,10 @@ def test_off_keeps_the_gemm_path(monkeypatch):
     assert "col2im" in names and not any(n.startswith("wino") for n in names)
 
 
-def test_workspace_covers_both_passes(monkeypatch):
-    """the workspace is the larger of Winograd's (forward or dX) and the dW path's columns, and its
-    16-GEMMs are declared for their partial products"""
+def test_workspace_holds_no_columns(monkeypatch):
+    """the workspace is Winograd's largest pass (transformed filters + one chunk's tiles; 4x4 tiles per 2x2
+    outputs of both x and y, so not always smaller than the 9x columns), and its 16-GEMMs are declared for
+    their partial products"""
     rt = runtime()
     op = get_op("Conv2d")
     a = normalize_attrs(op, dict(out_channels=48, kernel=[3, 3], pads=[1, 1, 1, 1]))
@@ -155,9 +156,9 @@ def test_workspace_covers_both_passes(monkeypatch):
     monkeypatch.setenv(wino.ENV, "1")
     both = conv_mod.cl_conv_workspace(a, *shapes, dev=rt)
     need = 4 * wino.workspace_floats(4, 32, 48, 13, 13, 13, 13)
-    assert both == max(cols, need) and need == 4 * (16 * 48 * 32 + 16 * 80 * 49 * 4)
+    assert both == need == 4 * (16 * 48 * 32 + 16 * 80 * 49 * 4) != cols
     gemms = conv_mod.cl_conv_gemms(a, *shapes, dev=rt)
-    assert (48, 49 * 4, 32, 16, False) in gemms and (32, 49 * 4, 48, 16, False) in gemms
+    assert gemms == [(48, 49 * 4, 32, 16, False), (32, 49 * 4, 48, 16, False), (48, 32, 49 * 4, 16, False)]
 
 
 @pytest.fixture

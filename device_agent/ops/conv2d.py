@@ -332,6 +332,17 @@ def _dw_row_segments(b, rows: int, k: int) -> tuple[int, int]:
     return seg, -(-rows // seg)
 
 
+def _pw_dw_tiles(b) -> tuple[int, int] | None:
+    """(PW_TK, PW_TC) of pw_dw_cpu, the pointwise dW on CPU-shaped GEMMs without im2row: tuning "conv2d" ->
+    "pw_dw" ("tiles", the default, or "im2row": the transposition and an NN GEMM) and "pw_tile" [TK, TC]
+    (default [4, 4]: 16 eight-wide sums in registers; [4, 8] and [6, 4] measured no faster on PoCL)"""
+    tun = b.tuning("conv2d")
+    if tun.get("pw_dw", "tiles") != "tiles":
+        return None
+    tk, tc = tun.get("pw_tile", (4, 4))
+    return int(tk), int(tc)
+
+
 def _igemm_dev(dev, attrs: dict, c: int) -> tuple[bool, bool]:
     """(implicit GEMM, GPU-shaped GEMMs) for a node on `dev` (the Runtime: kind and tuning; None =
     THOMAS_CL_CONV alone decides, else the im2col sizes, the larger)"""
@@ -357,14 +368,14 @@ def cl_conv_workspace(attrs, in_shapes, out_shapes, dev=None):
         return 4 * out_shapes[0][1] * r * s * min(DW_MAX_SEGS, n * out_shapes[0][2])
     igemm, gpu_gemm = _igemm_dev(dev, attrs, c)
     k, (r, s), (p, q) = out_shapes[0][1], attrs["kernel"], out_shapes[0][2:]
+    if wino.dev_on(dev, attrs, c):   # transformed tiles and filters, no columns
+        return 4 * wino.workspace_floats(n, c, k, *in_shapes[0][2:], p, q)
     if igemm:
         pw_gpu = _is_pointwise(attrs) and gpu_gemm
         own = 0 if pw_gpu else 4 * workspace_floats(k, c // attrs["groups"] * r * s, attrs["groups"], n * p * q)
     else:
         nb, per_image = _cols_images(attrs, in_shapes[0], out_shapes[0])
         own = 4 * nb * per_image
-    if wino.dev_on(dev, attrs, c):   # Winograd forward and dX; dW stays on the path above (run before dX)
-        own = max(own, 4 * wino.workspace_floats(n, c, k, *in_shapes[0][2:], p, q))
     return own
 
 
@@ -377,14 +388,14 @@ def cl_conv_gemms(attrs, in_shapes, out_shapes, dev=None):
     nb, _ = _cols_images(attrs, in_shapes[0], out_shapes[0])
     igemm, gpu_gemm = _igemm_dev(dev, attrs, c)
     k, (r, s), pq = out_shapes[0][1], attrs["kernel"], out_shapes[0][2] * out_shapes[0][3]
-    extra = wino.gemm_shapes(in_shapes[0][0], c, k, *in_shapes[0][2:], *out_shapes[0][2:]) \
-        if wino.dev_on(dev, attrs, c) else []
+    if wino.dev_on(dev, attrs, c):
+        return wino.gemm_shapes(in_shapes[0][0], c, k, *in_shapes[0][2:], *out_shapes[0][2:])
     if igemm:
         if not _is_pointwise(attrs) or not gpu_gemm:   # CPU-shaped GEMMs take no partial products
-            return extra
+            return []
         nb = in_shapes[0][0]
     kg, crsg = k // g, c // g * r * s
-    return [(kg, pq, crsg, nb, False), (crsg, pq, kg, nb, False), (kg, crsg, pq, nb, True)] + extra
+    return [(kg, pq, crsg, nb, False), (crsg, pq, kg, nb, False), (kg, crsg, pq, nb, True)]
 
 
 def _dw_defines(b, attrs: dict) -> dict:
@@ -514,22 +525,30 @@ def cl_conv_backward(b, io):
         return
     if gx is None and gw is None:
         return
+    if wino.wino_on(b, io.attrs, c):
+        wino.wino_backward(b, io, _cl_geometry(io))
+        return
     kg, cg = k // g, c // g
     crs, crsg, pq = c * r * s, cg * r * s, p * q
     pointwise = _is_pointwise(io.attrs)
     igemm = _igemm_on(b, io)
-    winograd = gx is not None and wino.wino_on(b, io.attrs, c)   # dX below, after dW
     if igemm and (not pointwise or b.gemm_family() == "cpu"):
         # general: dX and dW implicit; pointwise on CPU-shaped GEMMs: dW implicit (no im2row), dX below
-        igemm_backward(b, io, _cl_geometry(io), data=not pointwise and not winograd)
-        if not pointwise and not winograd:
+        igemm_backward(b, io, _cl_geometry(io), data=not pointwise)
+        if not pointwise:
             return
         gw = None
     nb, work = _regions(io, igemm)
     cols, ldp = io.workspace, _ldp(pq)
     if gw is not None:
         cpu = b.gemm_family() == "cpu"
-        for i0 in range(0, n, nb):
+        if cpu and pointwise and g == 1 and _pw_dw_tiles(b):
+            # undoes: y[n] = w @ x[n]  ->  dw = sum_n gy[n] @ x[n]^T, dot products along the contiguous pixels
+            tk, tc = _pw_dw_tiles(b)
+            b.launch("conv2d.cl", "pw_dw_cpu", (-(-c // tc), -(-k // tk)), FlexLocal((1, 1)), x, gy, gw, n, c, k, pq,
+                     defines=dict(defs, PW_TK=tk, PW_TC=tc), flops=2 * n * k * c * pq)
+            gw = None
+        for i0 in range(0, n if gw is not None else 0, nb):
             m = min(nb, n - i0)
             beta = 0.0 if i0 == 0 else 1.0
             if cpu:
@@ -553,9 +572,6 @@ def cl_conv_backward(b, io):
                      ld, gw, gi * kg * crsg, crsg, beta=beta, batch=m, stride_a=k * pq, stride_b=stride,
                      reduce_batch=True, **work)
     if gx is None:
-        return
-    if winograd:
-        wino.wino_backward_data(b, io, _cl_geometry(io))
         return
     if pointwise:
         # undoes: y[n,gi] = w[gi] @ x[n,gi]  ->  dx[n,gi] (Cg,HW) = w[gi]^T @ gy[n,gi]
