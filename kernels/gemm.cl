@@ -306,12 +306,18 @@ inline void gemm_cpu_outer(const int ta, const int tb, const int M, const int N,
             }
         }
     }
-    const int fast = n0 == nown && !narrow && m0 + TM <= M && beta == 0.0f && bias_mode == 0;
+    const int fast = n0 == nown && !narrow && m0 + TM <= M && bias_mode == 0;
     UNROLL for (int i = 0; i < TM; i++) {
         const int m = m0 + i;
         if (m >= M) break;
-        if (fast) {
+        if (fast && beta == 0.0f) {
             UNROLL for (int v = 0; v < NV; v++) STOREV(alpha * acc[i][v], C + m * ldc + n0 + v * VW);
+        } else if (fast) {   // epilogue's fma(beta, c, alpha * acc), a vector at a time
+            UNROLL for (int v = 0; v < NV; v++) {
+                __global float* c = C + m * ldc + n0 + v * VW;
+                const floatVW av = alpha * acc[i][v];
+                STOREV((floatVW)(beta) * LOADV(c) + av, c);
+            }
         } else {
             float out[TN];
             UNROLL for (int v = 0; v < NV; v++) vstoreVW(acc[i][v], v, out);

@@ -110,3 +110,14 @@ def test_skinny_matches_the_outer_form_bitwise_per_k_order():
         outs.append(download(rt, tC))
     assert not np.isnan(outs[0]).any()
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("form", ["nn", "tn", "tt"])
+def test_outer_form_beta_vector_path(form):
+    """beta != 0 without bias (conv dW accumulating image by image): whole row blocks and strips take
+    the vector fma(beta, C, alpha*acc) path, the shifted last strip and clamped rows the scalar one"""
+    for (M, N, K), batch, alpha, beta, reduce in [((12, 40, 9), 2, -1.5, 0.5, False), ((13, 64, 5), 1, 1.0, 1.0, False),
+                                                  ((6, 16, 3), 3, 0.5, 2.0, True), ((18, 33, 17), 2, 1.0, 1.0, True)]:
+        got, want = run_gemm(form, M, N, K, "cpu", {"skinny": None}, alpha=alpha, beta=beta, batch=batch,
+                             reduce_batch=reduce, pad=(1, 2, 3), offs=(1, 2, 3))
+        check(got, want, K * batch)
