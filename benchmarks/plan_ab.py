@@ -6,7 +6,8 @@ stepped in turn (ABAB..., so a shared CPU's load hits all alike), optionally bes
 
 Prints, per variant, the kernel ms (OpenCL profiling events, benchmarks/plan_profile.py) summed per
 kernel, the median step wall time, and with --torch the median wall time of the same step in PyTorch
-(CPU, taken in the same rotation) and each variant's ratio to it.
+(CPU, taken in the same rotation) and each variant's ratio to it. Also the median process CPU time of a step (all threads): steadier than the
+wall time on a CPU shared with other work.
 """
 from __future__ import annotations
 
@@ -63,13 +64,14 @@ def main() -> None:
         from plan_models import torch_step
         steps["torch"] = torch_step(g, a.stage.split("_")[0], x, y, "cpu")
     kern = {n: defaultdict(list) for n in plans}
-    wall = {n: [] for n in steps}
+    wall, cpu = {n: [] for n in steps}, {n: [] for n in steps}
     for rnd in range(a.rounds + 1):
         for name, fn in steps.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             if rnd:
                 wall[name].append((time.perf_counter() - t0) * 1e3)
+                cpu[name].append((time.process_time() - c0) * 1e3)
         for name, plan in plans.items():
             if rnd:
                 per = defaultdict(float)
@@ -86,6 +88,7 @@ def main() -> None:
         print(f"| {k} | " + " | ".join(f"{med[n].get(k, 0):.1f}" for n in names) + " |")
     print("| kernel total | " + " | ".join(f"{sum(med[n].values()):.1f}" for n in names) + " |")
     print("| step wall (median) | " + " | ".join(f"{np.median(wall[n]):.1f}" for n in names) + " |")
+    print("| step process CPU ms (median, all threads) | " + " | ".join(f"{np.median(cpu[n]):.1f}" for n in names) + " |")
     if a.torch:
         t = float(np.median(wall["torch"]))
         print(f"| ratio to torch ({t:.1f} ms) | " + " | ".join(f"{np.median(wall[n]) / t:.2f}" for n in names) + " |")

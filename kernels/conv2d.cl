@@ -479,3 +479,52 @@ __kernel void bias_grad(__global const float* gy, __global float* db, const int 
     acc = group_sum(acc, part);
     if (lid == 0) db[k] = acc;
 }
+
+// Pointwise (1x1, stride 1, no pads, one group) dW on CPUs with no transposition pass:
+//   dw[k, c] = sum_n sum_i gy[n, k, i] * x[n, c, i]   (i over the L = H*W contiguous pixels)
+// Each work-item owns a PW_TK x PW_TC tile of dW: per image, eight pixels at a time, PW_TK gy rows and
+// PW_TC x rows loaded as 8-wide vectors and all PW_TK*PW_TC products summed in registers; a scalar tail;
+// the lanes added in a fixed tree at the end (deterministic). Rows past K or C repeat the last one and
+// are not written. Global size (ceil(C/PW_TC), ceil(K/PW_TK)).
+#ifndef PW_TK
+#define PW_TK 4
+#endif
+#ifndef PW_TC
+#define PW_TC 4
+#endif
+#define PW_LD8(p) ((float8)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7]))
+__kernel void pw_dw_cpu(__global const float* x, __global const float* gy, __global float* dwt,
+                        const int N, const int C, const int K, const int L) {
+    const int c0 = get_global_id(0) * PW_TC, k0 = get_global_id(1) * PW_TK;
+    if (c0 >= C || k0 >= K) return;
+    float8 acc[PW_TK][PW_TC];
+    float acs[PW_TK][PW_TC];
+    _Pragma("unroll") for (int a = 0; a < PW_TK; a++)
+        _Pragma("unroll") for (int e = 0; e < PW_TC; e++) {
+            acc[a][e] = (float8)0.0f;
+            acs[a][e] = 0.0f;
+        }
+    const int l8 = L / 8 * 8;
+    for (int n = 0; n < N; n++) {
+        __global const float* gp[PW_TK];
+        __global const float* xp[PW_TC];
+        _Pragma("unroll") for (int a = 0; a < PW_TK; a++) gp[a] = gy + (n * K + DW_MIN(k0 + a, K - 1)) * L;
+        _Pragma("unroll") for (int e = 0; e < PW_TC; e++) xp[e] = x + (n * C + DW_MIN(c0 + e, C - 1)) * L;
+        for (int i = 0; i < l8; i += 8) {
+            float8 gv[PW_TK], xv[PW_TC];
+            _Pragma("unroll") for (int a = 0; a < PW_TK; a++) gv[a] = PW_LD8(gp[a] + i);
+            _Pragma("unroll") for (int e = 0; e < PW_TC; e++) xv[e] = PW_LD8(xp[e] + i);
+            _Pragma("unroll") for (int a = 0; a < PW_TK; a++)
+                _Pragma("unroll") for (int e = 0; e < PW_TC; e++) acc[a][e] += gv[a] * xv[e];
+        }
+        for (int i = l8; i < L; i++)
+            _Pragma("unroll") for (int a = 0; a < PW_TK; a++)
+                _Pragma("unroll") for (int e = 0; e < PW_TC; e++) acs[a][e] += gp[a][i] * xp[e][i];
+    }
+    _Pragma("unroll") for (int a = 0; a < PW_TK; a++)
+        _Pragma("unroll") for (int e = 0; e < PW_TC; e++) {
+            const float8 v = acc[a][e];
+            if (k0 + a < K && c0 + e < C)
+                dwt[(k0 + a) * C + c0 + e] = acs[a][e] + (((v.s0 + v.s1) + (v.s2 + v.s3)) + ((v.s4 + v.s5) + (v.s6 + v.s7)));
+        }
+}

@@ -1,9 +1,12 @@
-"""The CPU-shaped depthwise dW kernel (conv2d.cl dw_bwd_filter_rows: a work-item per segment and channel,
+"""The CPU-shaped dW kernels: pointwise (conv2d.cl pw_dw_cpu: dW tiles summed along the contiguous pixels, no
+im2row) on channel counts that do not fill a tile, pixel counts with and without an 8-wide tail, every
+tile shape the tuning may pick; and depthwise (conv2d.cl dw_bwd_filter_rows (conv2d.cl dw_bwd_filter_rows: a work-item per segment and channel,
 vector sums in registers) against the numpy reference, outputs wiped to NaN, on rows long enough for its
 vector chunks, the half-width tail and the scalar edges, at strides 1-3, dilation, asymmetric pads, a
 channel multiplier and 5x5 taps (the generic tap loop); one segment (straight into dW) and many (the
-finish launch); and bit-identical on a repeat. Runs on whatever OpenCL device runs the tests (tuning
-"conv2d" -> "dw_filter_rows" forces the kernel there)."""
+finish launch); both bit-identical on a repeat. Runs on whatever OpenCL device runs the tests (tuning
+"conv2d" -> "dw_filter_rows" forces the depthwise kernel there; the pointwise one runs where the GEMMs are
+CPU-shaped, as on PoCL, else the test skips)."""
 from __future__ import annotations
 
 import numpy as np
@@ -59,4 +62,38 @@ def test_dw_filter_rows_is_deterministic(tuning):
     ins = conv_inputs((4,) + x_shape[1:], attrs, True, np.float32)
     gy = np.random.default_rng(5).standard_normal((4, 3, 9, 21)).astype(np.float32)
     (_, gw1, _), (_, gw2, _) = (cl_run("Conv2d", attrs, ins, gys=[gy])[1] for _ in range(2))
+    assert gw1.tobytes() == gw2.tobytes()
+
+
+PW_CASES = [   # id, x shape, out_channels
+    ("c5_k7_l35", (3, 5, 5, 7), 7),          # neither channel count fills a tile; 4 eight-wide chunks + 3
+    ("c8_k4_l64", (2, 8, 8, 8), 4),          # whole tiles, no tail
+    ("c3_k9_l5", (2, 3, 1, 5), 9),           # tail only
+    ("c17_k2_l49", (1, 17, 7, 7), 2),
+]
+
+
+def _cpu_gemms():
+    from device_agent.backends.opencl.runtime import LaunchBuilder
+    if LaunchBuilder(runtime()).gemm_family() != "cpu":
+        pytest.skip("the pointwise dW tiles run only where the GEMMs are CPU-shaped")
+
+
+@pytest.mark.parametrize("tile", [None, [4, 8], [6, 4], [1, 1]], ids=["default", "4x8", "6x4", "1x1"])
+@pytest.mark.parametrize("case", PW_CASES, ids=[c[0] for c in PW_CASES])
+def test_pw_dw_tiles_match_reference(case, tile, tuning):
+    _cpu_gemms()
+    _, x_shape, k = case
+    tuning["conv2d"] = {"pw_dw": "tiles"} if tile is None else {"pw_dw": "tiles", "pw_tile": tile}
+    attrs = dict(out_channels=k, kernel=[1, 1])
+    cl_check("Conv2d", attrs, conv_inputs(x_shape, attrs, True, np.float32), atol=3e-5)
+
+
+def test_pw_dw_tiles_are_deterministic(tuning):
+    _cpu_gemms()
+    tuning["conv2d"] = {"pw_dw": "tiles"}
+    attrs = dict(out_channels=7, kernel=[1, 1])
+    ins = conv_inputs((4, 5, 9, 11), attrs, False, np.float32)
+    gy = np.random.default_rng(6).standard_normal((4, 7, 9, 11)).astype(np.float32)
+    (_, gw1), (_, gw2) = (cl_run("Conv2d", attrs, ins, gys=[gy])[1] for _ in range(2))
     assert gw1.tobytes() == gw2.tobytes()
