@@ -157,54 +157,120 @@ inline int dw_qhi(const int o, const int sw, const int W, const int Q) {
     return W - 1 - o < 0 ? 0 : (W - 1 - o) / sw + 1 < Q ? (W - 1 - o) / sw + 1 : Q;   // no min(): a call on PoCL
 }
 
-// dw_fwd by output rows (n, k, p); same sums in the same order. Global size (P, K, N).
+#ifdef GEO_R
+#define DW_TAPS (GEO_R * GEO_S)
+#else
+#define DW_TAPS 49   // without a build-time geometry: kernels up to 7x7 (the launchers always set GEO_R)
+#endif
+#ifndef DW_VEC
+#define DW_VEC 8   // lanes of the vector sums: 4 or 8
+#endif
+// DW_VEC floats p[0], p[st], p[2*st], ... as one vector. NOTE: spelled out instead of vloadN: this PoCL
+// (3.0-rc2, LLVM 14) links its builtins after optimisation, so each vload8 / min / fmax is a call
+// (and vload16(..).even gave wrong sums); LLVM merges the scalar loads into one vector load.
+#define DW_LD4(p, st) ((float4)((p)[0], (p)[st], (p)[2 * (st)], (p)[3 * (st)]))
+#if DW_VEC == 4
+typedef float4 dwvec;
+#define DW_LD(p, st) DW_LD4(p, st)
+#elif DW_VEC == 8
+typedef float8 dwvec;
+#define DW_LD(p, st) ((float8)((p)[0], (p)[st], (p)[2 * (st)], (p)[3 * (st)], (p)[4 * (st)], (p)[5 * (st)], \
+                               (p)[6 * (st)], (p)[7 * (st)]))
+#else
+#error "conv2d.cl: DW_VEC must be 4 or 8"
+#endif
+#define DW_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define DW_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+// dw_fwd by output rows (n, k, p), pb rows per work-item (PoCL pays per work-group: rows alone were
+// too little work each); same sums in the same order. Global size (ceil(P/pb), K, N).
+// one output vector of dw_fwd_rows: columns q .. q+V-1 of row p, every tap inside the row
+#define DW_FWD_VEC(V, acc, q)                                                                          \
+    {                                                                                                  \
+        _Pragma("unroll") for (int r = 0; r < KR_; r++) {                                              \
+            const int h = p * SH_ + r * DH_ - pt;                                                      \
+            if (h < 0 || h >= H) continue;                                                             \
+            __global const float* x0 = xp + h * W - pl + (q) * SW_;                                   \
+            _Pragma("unroll") for (int s = 0; s < KS_; s++) acc += DW_LD##V(x0 + s * DW_, SW_) * wv[r * KS_ + s]; \
+        }                                                                                              \
+        if (mode & 1) acc += b0;                                                                       \
+        if (act >= 1) acc = acc < 0.0f ? 0.0f : acc;                                                   \
+        if (act == 2) acc = acc > 6.0f ? 6.0f : acc;                                                   \
+    }
+#define DW_LD8(p, st) DW_LD(p, st)
+
 __kernel void dw_fwd_rows(__global const float* x, __global const float* wt, __global const float* bias,
                           const int mode, __global float* y,
                           const int C, const int H, const int W, const int mult, const int R, const int S,
                           const int P, const int Q, const int sh, const int sw, const int dh, const int dw,
-                          const int pt, const int pl) {
-    const int p = get_global_id(0), k = get_global_id(1), n = get_global_id(2);
-    if (p >= P || k >= C * mult) return;
+                          const int pt, const int pl, const int pb) {
+    const int p0 = get_global_id(0) * pb, k = get_global_id(1), n = get_global_id(2);
+    if (p0 >= P || k >= C * mult) return;
     __global const float* xp = x + (n * C + k / mult) * H * W;
-    __global const float* wp = wt + k * KR_ * KS_;
-    __global float* yr = y + ((n * C * mult + k) * P + p) * Q;
-    for (int q = 0; q < Q; q++) yr[q] = 0.0f;
-    for (int r = 0; r < KR_; r++) {
-        const int h = p * SH_ + r * DH_ - pt;
-        if (h < 0 || h >= H) continue;
-        __global const float* xr = xp + h * W;
-        for (int s = 0; s < KS_; s++) {
-            const int o = s * DW_ - pl, q1 = dw_qhi(o, SW_, W, Q);
-            const float wv = wp[r * KS_ + s];
-            for (int q = dw_qlo(o, SW_); q < q1; q++) yr[q] += xr[q * SW_ + o] * wv;
-        }
-    }
+    float wv[DW_TAPS];
+    _Pragma("unroll") for (int t = 0; t < KR_ * KS_; t++) wv[t] = wt[k * KR_ * KS_ + t];
     const int act = mode >> 1;
     const float b0 = (mode & 1) ? bias[k] : 0.0f;
-    for (int q = 0; q < Q; q++) {
-        float v = (mode & 1) ? yr[q] + b0 : yr[q];
-        if (act == 1) v = fmax(v, 0.0f);
-        else if (act == 2) {
-            if (v < 0.0f) v = 0.0f;
-            if (v > 6.0f) v = 6.0f;
+    // columns [qa, qb) have every tap inside the row: vectors of 8 (or 4 on short rows), the last one
+    // moved back to end at qb (columns it repeats get the same value again); the rest one by one. Taps
+    // in the order r, s, then the bias, as dw_fwd.
+    int qa = 0, qb = Q;
+    _Pragma("unroll") for (int s = 0; s < KS_; s++) {
+        qa = DW_MAX(qa, dw_qlo(s * DW_ - pl, SW_));
+        qb = DW_MIN(qb, dw_qhi(s * DW_ - pl, SW_, W, Q));
+    }
+    const int vw = DW_VEC == 8 && qb - qa >= 8 ? 8 : qb - qa >= 4 ? 4 : 0;
+    for (int p = p0; p < DW_MIN(P, p0 + pb); p++) {
+        __global float* yr = y + ((n * C * mult + k) * P + p) * Q;
+#if DW_VEC == 8
+        if (vw == 8)
+            for (int q0 = qa; q0 < qb; q0 += 8) {
+                const int q = DW_MIN(q0, qb - 8);
+                float8 acc = (float8)0.0f;
+                DW_FWD_VEC(8, acc, q)
+                yr[q] = acc.s0; yr[q + 1] = acc.s1; yr[q + 2] = acc.s2; yr[q + 3] = acc.s3;
+                yr[q + 4] = acc.s4; yr[q + 5] = acc.s5; yr[q + 6] = acc.s6; yr[q + 7] = acc.s7;
+            }
+#endif
+        if (vw == 4)
+            for (int q0 = qa; q0 < qb; q0 += 4) {
+                const int q = DW_MIN(q0, qb - 4);
+                float4 acc = (float4)0.0f;
+                DW_FWD_VEC(4, acc, q)
+                yr[q] = acc.s0; yr[q + 1] = acc.s1; yr[q + 2] = acc.s2; yr[q + 3] = acc.s3;
+            }
+        for (int q = 0; q < Q; q++) {
+            if (q == qa && vw) q = qb;   // the vector part
+            if (q >= Q) break;
+            float a = 0.0f;
+            _Pragma("unroll") for (int r = 0; r < KR_; r++) {
+                const int h = p * SH_ + r * DH_ - pt;
+                if (h < 0 || h >= H) continue;
+                _Pragma("unroll") for (int s = 0; s < KS_; s++) {
+                    const int w = q * SW_ + s * DW_ - pl;
+                    if (w >= 0 && w < W) a += xp[h * W + w] * wv[r * KS_ + s];
+                }
+            }
+            if (mode & 1) a += b0;
+            if (act >= 1) a = a < 0.0f ? 0.0f : a;
+            if (act == 2) a = a > 6.0f ? 6.0f : a;
+            yr[q] = a;
         }
-        yr[q] = v;
     }
 }
 
-// dw_bwd_data by input rows (n, c, h): each tap scatters a gy row into the dx row (private to this
-// work-item: no races); same sums in the same order as dw_bwd_data. Global size (H, C, N).
-__kernel void dw_bwd_data_rows(__global const float* gy, __global const float* wt, __global float* dx,
-                               const int C, const int H, const int W, const int mult, const int R, const int S,
-                               const int P, const int Q, const int sh, const int sw, const int dh, const int dw,
-                               const int pt, const int pl) {
-    const int h = get_global_id(0), c = get_global_id(1), n = get_global_id(2);
-    if (h >= H || c >= C) return;
-    __global float* dr = dx + ((n * C + c) * H + h) * W;
-    for (int w = 0; w < W; w++) dr[w] = 0.0f;
+// dw_bwd_data by input rows (n, c, h), hb rows per work-item: a gather, each dx value summed over
+// j, r, s in that order (as dw_bwd_data: the same sums in the same order). Row h, column w = m*sw + e
+// (phase e < sw): tap (r, s) reaches it from gy column q = m + d, d = (e + pl - s*dw) / sw when that
+// divides; so along m every tap reads a contiguous gy run: vectors of 8 (or 4) over the m where every
+// such tap's q is inside [0, Q), the last one moved back to end there (values it repeats come out the
+// same); the rest one by one. Global size (ceil(H/hb), C, N).
+inline float dw_bwd_at(__global const float* gyn, __global const float* wt, const int c, const int mult,
+                       const int h, const int w, const int P, const int Q, const int pt, const int pl) {
+    float acc = 0.0f;
     for (int j = 0; j < mult; j++) {
         const int k = c * mult + j;
-        __global const float* g = gy + (n * C * mult + k) * P * Q;
+        __global const float* g = gyn + k * P * Q;
         __global const float* wp = wt + k * KR_ * KS_;
         for (int r = 0; r < KR_; r++) {
             const int t = h + pt - r * DH_;
@@ -212,11 +278,82 @@ __kernel void dw_bwd_data_rows(__global const float* gy, __global const float* w
             if (t % SH_) continue;
             const int p = t / SH_;
             if (p >= P) continue;
-            __global const float* gr = g + p * Q;
             for (int s = 0; s < KS_; s++) {
-                const int o = s * DW_ - pl, q1 = dw_qhi(o, SW_, W, Q);
-                const float wv = wp[r * KS_ + s];
-                for (int q = dw_qlo(o, SW_); q < q1; q++) dr[q * SW_ + o] += gr[q] * wv;
+                const int u = w + pl - s * DW_;
+                if (u < 0) break;
+                if (u % SW_) continue;
+                const int q = u / SW_;
+                if (q < Q) acc += g[p * Q + q] * wp[r * KS_ + s];
+            }
+        }
+    }
+    return acc;
+}
+
+#ifndef DW_WMAX
+#define DW_WMAX (2 * DW_TAPS)   // private weights of dw_bwd_data_rows: channel multipliers up to 2 (launcher)
+#endif
+#define DW_BWD_VEC(V, acc, m)                                                                          \
+    for (int j = 0; j < mult; j++) {                                                                   \
+        const int k = c * mult + j;                                                                    \
+        __global const float* g = gyn + k * P * Q;                                                     \
+        const float* wp = wv + j * KR_ * KS_;                                                          \
+        _Pragma("unroll") for (int r = 0; r < KR_; r++) {                                              \
+            const int t = h + pt - r * DH_;                                                            \
+            if (t < 0 || t % SH_ || t / SH_ >= P) continue;                                            \
+            __global const float* gr = g + (t / SH_) * Q + (m);                                        \
+            _Pragma("unroll") for (int s = 0; s < KS_; s++) {                                          \
+                const int u = e + pl - s * DW_;                                                        \
+                if (u % SW_ == 0) acc += DW_LD##V(gr + u / SW_, 1) * wp[r * KS_ + s];                  \
+            }                                                                                          \
+        }                                                                                              \
+    }
+
+__kernel void dw_bwd_data_rows(__global const float* gy, __global const float* wt, __global float* dx,
+                               const int C, const int H, const int W, const int mult, const int R, const int S,
+                               const int P, const int Q, const int sh, const int sw, const int dh, const int dw,
+                               const int pt, const int pl, const int hb) {
+    const int h0 = get_global_id(0) * hb, c = get_global_id(1), n = get_global_id(2);
+    if (h0 >= H || c >= C) return;
+    __global const float* gyn = gy + n * C * mult * P * Q;
+    float wv[DW_WMAX];   // the weights of channels c*mult .. c*mult + mult-1 (mult <= DW_WMAX / (R*S), launcher)
+    for (int t = 0; t < mult * KR_ * KS_; t++) wv[t] = wt[c * mult * KR_ * KS_ + t];
+    for (int h = h0; h < DW_MIN(H, h0 + hb); h++) {
+        __global float* dr = dx + ((n * C + c) * H + h) * W;
+        for (int e = 0; e < SW_; e++) {
+            const int mw = W - 1 - e < 0 ? 0 : (W - 1 - e) / SW_ + 1;   // columns m*sw + e inside the row
+            int ma = 0, mb = mw;
+            _Pragma("unroll") for (int s = 0; s < KS_; s++) {
+                const int u = e + pl - s * DW_;
+                if (u % SW_ == 0) {
+                    ma = DW_MAX(ma, -(u / SW_));
+                    mb = DW_MIN(mb, Q - u / SW_);
+                }
+            }
+            const int vw = DW_VEC == 8 && mb - ma >= 8 ? 8 : mb - ma >= 4 ? 4 : 0;
+#if DW_VEC == 8
+            if (vw == 8)
+                for (int m0 = ma; m0 < mb; m0 += 8) {
+                    const int m = DW_MIN(m0, mb - 8);
+                    float8 acc = (float8)0.0f;
+                    DW_BWD_VEC(8, acc, m)
+                    __global float* d = dr + m * SW_ + e;
+                    d[0] = acc.s0; d[SW_] = acc.s1; d[2 * SW_] = acc.s2; d[3 * SW_] = acc.s3;
+                    d[4 * SW_] = acc.s4; d[5 * SW_] = acc.s5; d[6 * SW_] = acc.s6; d[7 * SW_] = acc.s7;
+                }
+#endif
+            if (vw == 4)
+                for (int m0 = ma; m0 < mb; m0 += 4) {
+                    const int m = DW_MIN(m0, mb - 4);
+                    float4 acc = (float4)0.0f;
+                    DW_BWD_VEC(4, acc, m)
+                    __global float* d = dr + m * SW_ + e;
+                    d[0] = acc.s0; d[SW_] = acc.s1; d[2 * SW_] = acc.s2; d[3 * SW_] = acc.s3;
+                }
+            for (int m = 0; m < mw; m++) {
+                if (m == ma && vw) m = mb;   // the vector part
+                if (m >= mw) break;
+                dr[m * SW_ + e] = dw_bwd_at(gyn, wt, c, mult, h, m * SW_ + e, P, Q, pt, pl);
             }
         }
     }
@@ -277,11 +414,6 @@ inline float group_sum(float acc, __local float* part) {
 // each weight's S parts in order (deterministic). Within a work-group the LWG work-items are
 // LR rows x LQ columns (LQ = lq, a power of two near Q): neighbours read neighbouring q, so loads
 // coalesce. Global sizes: part (S*LWG, K) with local (LWG, 1); finish (K*R*S).
-#ifdef GEO_R
-#define DW_TAPS (GEO_R * GEO_S)
-#else
-#define DW_TAPS 49   // without a build-time geometry: kernels up to 7x7 (the launchers always set GEO_R)
-#endif
 __kernel void dw_bwd_filter_part(__global const float* x, __global const float* gy, __global float* part,
                                  const int N, const int C, const int H, const int W, const int mult,
                                  const int R, const int S, const int P, const int Q, const int sh, const int sw,
@@ -343,25 +475,6 @@ __kernel void dw_bwd_filter_part(__global const float* x, __global const float* 
 // ~6x dw_bwd_filter_part (lq = 1) on PoCL for MobileNetV2's depthwise layers.
 // Writes part[(k*R*S + tap)*NS + sg] as dw_bwd_filter_part (NS = 1: straight into dW, no finish).
 // Global size (NS, K).
-#ifndef DW_VEC
-#define DW_VEC 8   // lanes of the vector sums: 4 or 8
-#endif
-// DW_VEC floats p[0], p[st], p[2*st], ... as one vector. NOTE: spelled out instead of vloadN: this PoCL
-// (3.0-rc2, LLVM 14) links its builtins after optimisation, so each vload8 / min / fmax is a call
-// (and vload16(..).even gave wrong sums); LLVM merges the scalar loads into one vector load.
-#define DW_LD4(p, st) ((float4)((p)[0], (p)[st], (p)[2 * (st)], (p)[3 * (st)]))
-#if DW_VEC == 4
-typedef float4 dwvec;
-#define DW_LD(p, st) DW_LD4(p, st)
-#elif DW_VEC == 8
-typedef float8 dwvec;
-#define DW_LD(p, st) ((float8)((p)[0], (p)[st], (p)[2 * (st)], (p)[3 * (st)], (p)[4 * (st)], (p)[5 * (st)], \
-                               (p)[6 * (st)], (p)[7 * (st)]))
-#else
-#error "conv2d.cl: DW_VEC must be 4 or 8"
-#endif
-#define DW_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define DW_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 __kernel void dw_bwd_filter_rows(__global const float* x, __global const float* gy, __global float* part,
                                  const int N, const int C, const int H, const int W, const int mult,

@@ -35,6 +35,7 @@ CASES = [   # id, x shape, attrs
     ("mult2_w19", (2, 3, 5, 19), _dw(3, mult=2)),
     ("k5s2_w33", (1, 2, 9, 33), _dw(2, kernel=5, stride=2, pads=(2, 2, 2, 2))),
     ("nopad_w17", (2, 2, 5, 17), _dw(2, pads=(0, 0, 0, 0))),
+    ("mult3_s2_w26", (1, 2, 6, 26), _dw(2, stride=2, mult=3)),        # more weights than DW_WMAX's default
 ]
 
 TUNINGS = [{"dw_filter_rows": True}, {"dw_filter_rows": True, "dw_vec": 4},
@@ -97,3 +98,25 @@ def test_pw_dw_tiles_are_deterministic(tuning):
     gy = np.random.default_rng(6).standard_normal((4, 7, 9, 11)).astype(np.float32)
     (_, gw1), (_, gw2) = (cl_run("Conv2d", attrs, ins, gys=[gy])[1] for _ in range(2))
     assert gw1.tobytes() == gw2.tobytes()
+
+
+@pytest.mark.parametrize("act", [None, "relu6"])
+@pytest.mark.parametrize("prows", [0, 2])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_dw_row_kernels_equal_the_gather_kernels(case, prows, act, tuning):
+    """dw_fwd_rows / dw_bwd_data_rows (vectors along the row, the last one moved back, a plane or `prows`
+    rows per work-item) give dw_fwd / dw_bwd_data's values bit for bit: the same sums in the same order"""
+    _, x_shape, attrs = case
+    ins = [v * 3 for v in conv_inputs(x_shape, attrs, True, np.float32)]
+    out = {}
+    for name, tun in (("rows", {"dw_rows": True, "dw_prows": prows}), ("gather", {"dw_rows": False, "dw_run": 1})):
+        tuning["conv2d"] = tun
+        (y0,), _, _ = cl_run("Conv2d", attrs, ins, act=act)
+        gy = np.random.default_rng(7).standard_normal(y0.shape).astype(np.float32)
+        _, (gx, _, _), _ = cl_run("Conv2d", attrs, ins, gys=[gy])
+        out[name] = (y0, gx)
+    assert not np.isnan(out["rows"][0]).any() and not np.isnan(out["rows"][1]).any()
+    if act == "relu6":
+        assert (out["rows"][0] == 6).any() and (out["rows"][0] == 0).any()
+    for a, b in zip(out["rows"], out["gather"]):
+        np.testing.assert_array_equal(a, b)

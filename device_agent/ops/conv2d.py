@@ -302,6 +302,13 @@ def _dw_rows(b) -> bool:
     return bool(b.tuning("conv2d").get("dw_rows", b.kind == "cpu"))
 
 
+def _dw_plane_rows(b, rows: int) -> int:
+    """rows per work-item of the row kernels dw_fwd_rows / dw_bwd_data_rows: tuning "conv2d" -> "dw_prows",
+    0 (the default) = the whole plane (PoCL pays per work-group; a plane per work-item still leaves N*C)"""
+    pb = int(b.tuning("conv2d").get("dw_prows", 0))
+    return rows if pb <= 0 else min(pb, rows)
+
+
 def _dw_run(b, length: int) -> int:
     """outputs per work-item along a row in dw_fwd / dw_bwd_data: tuning "conv2d" -> "dw_run", 0 = the
     whole row; default one on GPUs, the whole row on CPUs (no index division per output there)"""
@@ -404,6 +411,8 @@ def _dw_defines(b, attrs: dict) -> dict:
     (r, s), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
     d = {"LWG": int(b.tuning("conv2d").get("LWG", 1 if b.kind == "cpu" else 64)),
          "GEO_R": r, "GEO_S": s, "GEO_SH": sh, "GEO_SW": sw, "GEO_DH": dh, "GEO_DW": dw}
+    if attrs["groups"] > 1 and attrs["out_channels"] // attrs["groups"] > 2:   # dw_bwd_data_rows' private weights
+        d["DW_WMAX"] = attrs["out_channels"] // attrs["groups"] * r * s
     if "dw_vec" in b.tuning("conv2d"):   # lanes of dw_bwd_filter_rows' vector sums (the .cl default: 8)
         d["DW_VEC"] = int(b.tuning("conv2d")["dw_vec"])
     return _fit_lwg(b, d)
@@ -443,9 +452,10 @@ def cl_conv_forward(b, io):
     if _is_depthwise(c, g):
         mode = int(bias is not None) | ACTS[io.act] << 1
         if _dw_rows(b):
-            b.launch("conv2d.cl", "dw_fwd_rows", (p, k, n), row_local_size(b), x, w, bias if bias is not None else w,
-                     mode, y, c, h, wd, k // c, *geo, defines=_dw_defines(b, io.attrs),
-                     flops=2 * n * k * p * q * r * s)
+            pb = _dw_plane_rows(b, p)
+            b.launch("conv2d.cl", "dw_fwd_rows", (-(-p // pb), k, n), FlexLocal((1, 8, 1)), x, w,
+                     bias if bias is not None else w, mode, y, c, h, wd, k // c, *geo, pb,
+                     defines=_dw_defines(b, io.attrs), flops=2 * n * k * p * q * r * s)
             return
         qb = _dw_run(b, q)
         b.launch("conv2d.cl", "dw_fwd", (p * -(-q // qb), k, n), row_local_size(b), x, w,
@@ -485,8 +495,9 @@ def _cl_dw_backward(b, io, defs) -> None:
     geo, lwg = (r, s, p, q, sh, sw, dh, dw, pt, pl), defs["LWG"]
     # undoes: y[n,k] = sum_{r,s} x[n, k/mult, p*sh+r*dh-pt, q*sw+s*dw-pl] * w[k,0,r,s]
     if gx is not None and _dw_rows(b):
-        b.launch("conv2d.cl", "dw_bwd_data_rows", (h, c, n), row_local_size(b), gy, w, gx, c, h, wd, k // c,
-                 *geo, defines=defs, flops=2 * n * k * p * q * r * s)
+        hb = _dw_plane_rows(b, h)
+        b.launch("conv2d.cl", "dw_bwd_data_rows", (-(-h // hb), c, n), FlexLocal((1, 8, 1)), gy, w, gx, c, h, wd,
+                 k // c, *geo, hb, defines=defs, flops=2 * n * k * p * q * r * s)
     elif gx is not None:
         wb = _dw_run(b, wd)
         b.launch("conv2d.cl", "dw_bwd_data", (h * -(-wd // wb), c, n), row_local_size(b), gy, w, gx, c, h, wd,
