@@ -207,3 +207,25 @@ def test_model_step_winograd_equals_im2col(arch, monkeypatch):
         scale = float(np.abs(g0[k]).max()) + 1e-6
         assert float(np.abs(g0[k] - g1[k]).max()) <= 1e-3 * scale, k
     assert len(out["1labels"]) != len(out["0labels"])
+
+
+def test_mixed_dtype_step_with_winograd(monkeypatch):
+    """dtype "mixed" keeps the tensors a backward reads as halves; the Winograd nodes' forward is unchanged
+    (the loss bit-identical to float32) and their gradients stay within fp16 storage error"""
+    from device_agent.backends.opencl.plan import OptimConfig, Plan
+    from thomas_cli import zoo
+
+    monkeypatch.setenv(wino.ENV, "1")
+    g = zoo.build("alexnet", num_classes=5, size=64)
+    x = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    y = np.array([0, 3])
+    out = {}
+    for dtype in ("float32", "mixed"):
+        plan = Plan(g, batch=2, optimizer=OptimConfig("sgd"), runtime=runtime(), dtype=dtype)
+        assert any("wino_grad_tile" == ln.kernel.function_name for ln in plan.bw_launches)
+        out[dtype] = plan.loss_and_grads(x, y, seed=1)
+    (l0, g0), (l1, g1) = out["float32"], out["mixed"]
+    assert l0 == l1
+    for k in g0:
+        scale = float(np.abs(g0[k]).max()) + 1e-6
+        assert float(np.abs(g0[k] - g1[k]).max()) <= 2e-2 * scale, k
