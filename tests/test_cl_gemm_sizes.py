@@ -29,6 +29,8 @@ def test_size_rule_first_match_thresholds_and_malformed_rules():
     assert size_rule(rules, 1023, 8192, 8192)["tiles"] == {"MWG": 32}      # M too small, K large
     assert size_rule(rules[:3], 1024, 1024, 1024) is None
     assert size_rule(None, 9999, 9999, 9999) is None and size_rule({"tiles": {}}, 1, 1, 1) is None
+    short = [{"max_k": 32, "tiles": {"LX": 32}}]
+    assert size_rule(short, 4096, 9216, 32) == short[0] and size_rule(short, 8, 8, 33) is None
     assert parse_shape_key(shape_key("nt", 8, 1000, 1280, 32, True)) == ("nt", 8, 1000, 1280, 32)
     assert parse_shape_key(shape_key("tn", 4096, 4096, 4096)) == ("tn", 4096, 4096, 4096, 1)
 

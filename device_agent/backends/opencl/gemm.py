@@ -14,7 +14,7 @@ the device kind unless the tuning data ("variant") or the caller (`variant=`) sa
 sizes come from configs/tuning/*.json -> "gemm", overridable with `params=` (tests, `thomas tune`).
 
 Tiles by problem size (shipped defaults, no tuning file needed): "gemm" -> "sizes" is a list of rules
-{"name", "min_m", "min_n", "min_k", "min_mnk", "tiles"}; the first whose thresholds one product
+{"name", "min_m", "min_n", "min_k", "min_mnk", "max_k", "tiles"}; the first whose thresholds one product
 (M, N, K and M*N*K of one batch entry) meets replaces the tiles (size_rule): e.g. 128x128 tiles for
 the H100's 4096^3 SGEMMs while the model-sized GEMMs keep 64x64. Precedence, lowest first: the
 family's defaults < the merged tuning data (kind default, vendor, device, the device's tuning-file
@@ -37,7 +37,7 @@ GPU_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
 CPU_KEYS = ("TM", "TN", "VW", "DM", "DN", "SMR", "SWV", "SKC")
 # the kernel file's own defaults, used when the tuning data has nothing for a forced family
 GPU_DEFAULT = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0}
-CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "SMR": 8, "SWV": 64, "SKC": 8, "LX": 4, "LY": 4}
+CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "SMR": 8, "SWV": 64, "SKC": 8, "LX": 1, "LY": 32}
 # smaller GPU tiles, tried in order when the tuned one does not fit the device (limits.py): each keeps
 # MWG/MDIMC and NWG/NDIMC multiples of 4 (the float4 path) and halves work-items or local memory
 GPU_FALLBACK = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0},
@@ -73,8 +73,9 @@ def size_rule(sizes, M: int, N: int, K: int) -> dict | None:
     for r in sizes if isinstance(sizes, list) else ():
         if not (isinstance(r, dict) and isinstance(r.get("tiles"), dict)):
             continue
+        big = 1 << 62
         if M >= int(r.get("min_m", 0)) and N >= int(r.get("min_n", 0)) and K >= int(r.get("min_k", 0)) \
-                and M * N * K >= int(r.get("min_mnk", 0)):
+                and M * N * K >= int(r.get("min_mnk", 0)) and K <= int(r.get("max_k", big)):
             return r
     return None
 
