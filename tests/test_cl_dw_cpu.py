@@ -1,10 +1,11 @@
-"""The CPU-shaped dW kernels: pointwise (conv2d.cl pw_dw_cpu: dW tiles summed along the contiguous pixels, no
-im2row) on channel counts that do not fill a tile, pixel counts with and without an 8-wide tail, every
-tile shape the tuning may pick; and depthwise (conv2d.cl dw_bwd_filter_rows (conv2d.cl dw_bwd_filter_rows: a work-item per segment and channel,
-vector sums in registers) against the numpy reference, outputs wiped to NaN, on rows long enough for its
+"""The CPU-shaped conv kernels. Pointwise dW (conv2d.cl pw_dw_cpu: dW tiles summed along the contiguous
+pixels, no im2row) on channel counts that do not fill a tile, pixel counts with and without an 8-wide tail,
+every tile shape the tuning may pick. Depthwise (conv_depthwise.cl): dw_bwd_filter_rows (a work-item per
+segment and channel, vector sums in registers) against the numpy reference, outputs wiped to NaN, on rows long enough for its
 vector chunks, the half-width tail and the scalar edges, at strides 1-3, dilation, asymmetric pads, a
 channel multiplier and 5x5 taps (the generic tap loop); one segment (straight into dW) and many (the
-finish launch); both bit-identical on a repeat. Runs on whatever OpenCL device runs the tests (tuning
+finish launch); the row kernels dw_fwd_rows / dw_bwd_data_rows bit for bit against the gather kernels;
+all bit-identical on a repeat. Runs on whatever OpenCL device runs the tests (tuning
 "conv2d" -> "dw_filter_rows" forces the depthwise kernel there; the pointwise one runs where the GEMMs are
 CPU-shaped, as on PoCL, else the test skips)."""
 from __future__ import annotations

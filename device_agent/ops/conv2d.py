@@ -25,6 +25,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .registry import register
 from ._cl import ACTS, FlexLocal, row_local_size
+from .conv_depthwise import dw_backward, dw_forward, dw_workspace
 from .conv_igemm import conv_mode, igemm_backward, igemm_forward, workspace_floats
 from . import conv_winograd as wino
 from .base import Attr, ClSpec, OpDef, OpError, ShapeError, expect_rank, expect_shape
@@ -235,7 +236,7 @@ def conv_backward(attrs, saved, gys, needs, ctx):
 
 # ----------------------------------------------------------------------------- OpenCL
 # Three paths, picked per node:
-#   depthwise (groups == C > 1): direct kernels dw_fwd / dw_bwd_data / dw_bwd_filter_{part,finish} (conv2d.cl)
+#   depthwise (groups == C > 1): direct kernels (ops/conv_depthwise.py, kernels/conv_depthwise.cl)
 #   pointwise (1x1, stride 1, no pads): the NCHW image *is* the GEMM operand, no columns
 #   general: im2col of nb images into the workspace (nb, C*R*S, P*Q), then per group one GEMM batched
 #            over the nb images; nb = as many images as _CL_COLS_BUDGET holds (whole batch when it fits)
@@ -277,9 +278,6 @@ def _cols_images(attrs, x_shape, y_shape) -> tuple[int, int]:
     return max(1, min(n, _CL_COLS_BUDGET // per_image)), per_image
 
 
-DW_SEG_ROWS = 4    # rows (n, p) per row lane of a depthwise dW segment (tuning "conv2d" -> "dw_seg" rows)
-DW_MAX_SEGS = 64   # segments per weight at most (their partial sums live in the workspace)
-DW_ROW_ITEMS = 64  # CPUs: work-items (segments x channels) of dw_bwd_filter_rows at least
 
 
 def _cl_im2col(b, io, x, x_off, cols, ldp, crs, m, geo):
@@ -290,63 +288,27 @@ def _cl_im2col(b, io, x, x_off, cols, ldp, crs, m, geo):
     vec = int(b.tuning("conv2d").get("im2col_vec", 1 if b.kind == "cpu" else 4))
     if vec == 4:
         b.launch("conv2d.cl", "im2col4", (ldp // 4, crs, m), row_local_size(b), x, x_off, cols, ldp, c, h, wd, *geo,
-                 defines=_dw_defines(b, io.attrs))
+                 defines=_defines(b, io.attrs))
     else:
         b.launch("conv2d.cl", "im2col", (pq, crs, m), row_local_size(b), x, x_off, cols, ldp, c, h, wd, *geo,
-                 defines=_dw_defines(b, io.attrs))
+                 defines=_defines(b, io.attrs))
 
 
-def _dw_rows(b) -> bool:
-    """depthwise forward / dX as the row kernels (taps outside, contiguous row ranges inside):
-    tuning "conv2d" -> "dw_rows", CPUs by default"""
-    return bool(b.tuning("conv2d").get("dw_rows", b.kind == "cpu"))
+def _pw_tiles_on(tun: dict, attrs: dict) -> bool:
+    """pointwise dW as pw_dw_cpu (CPU-shaped GEMMs only; tuning "conv2d" `tun` -> "pw_dw": "tiles", the
+    default, or "im2row": the transposition and an NN GEMM): such a conv needs no im2col / im2row columns
+    (its forward and dX are GEMMs on the images themselves)"""
+    return _is_pointwise(attrs) and attrs["groups"] == 1 and tun.get("pw_dw", "tiles") == "tiles"
 
 
-def _dw_plane_rows(b, rows: int) -> int:
-    """rows per work-item of the row kernels dw_fwd_rows / dw_bwd_data_rows: tuning "conv2d" -> "dw_prows",
-    0 (the default) = the whole plane (PoCL pays per work-group; a plane per work-item still leaves N*C)"""
-    pb = int(b.tuning("conv2d").get("dw_prows", 0))
-    return rows if pb <= 0 else min(pb, rows)
+def _pw_cols_free(b, io) -> bool:
+    return b.gemm_family() == "cpu" and _pw_tiles_on(b.tuning("conv2d"), io.attrs)
 
 
-def _dw_run(b, length: int) -> int:
-    """outputs per work-item along a row in dw_fwd / dw_bwd_data: tuning "conv2d" -> "dw_run", 0 = the
-    whole row; default one on GPUs, the whole row on CPUs (no index division per output there)"""
-    run = int(b.tuning("conv2d").get("dw_run", 0 if b.kind == "cpu" else 1))
-    return length if run <= 0 else min(run, length)
-
-
-def _dw_segments(b, rows: int, lanes: int) -> tuple[int, int]:
-    """(rows per segment, segments) of the depthwise dW reduction over N*P rows, `lanes` rows at a time"""
-    seg = int(b.tuning("conv2d").get("dw_seg", lanes * DW_SEG_ROWS))
-    seg = max(1, seg, -(-rows // DW_MAX_SEGS))
-    return seg, -(-rows // seg)
-
-
-def _dw_filter_rows(b) -> bool:
-    """depthwise dW as dw_bwd_filter_rows (a work-item per segment and channel, vector sums in registers):
-    tuning "conv2d" -> "dw_filter_rows", default as "dw_rows" (CPUs)"""
-    return bool(b.tuning("conv2d").get("dw_filter_rows", _dw_rows(b)))
-
-
-def _dw_row_segments(b, rows: int, k: int) -> tuple[int, int]:
-    """(rows per segment, segments) of dw_bwd_filter_rows: tuning "conv2d" -> "dw_seg" rows, else as few
-    segments as give DW_ROW_ITEMS work-items over the K channels (one segment: no finish launch)"""
-    seg = b.tuning("conv2d").get("dw_seg")
-    segs = -(-DW_ROW_ITEMS // k) if seg is None else -(-rows // max(1, int(seg)))
-    segs = max(1, min(segs, DW_MAX_SEGS, rows))
-    seg = -(-rows // segs)
-    return seg, -(-rows // seg)
-
-
-def _pw_dw_tiles(b) -> tuple[int, int] | None:
-    """(PW_TK, PW_TC) of pw_dw_cpu, the pointwise dW on CPU-shaped GEMMs without im2row: tuning "conv2d" ->
-    "pw_dw" ("tiles", the default, or "im2row": the transposition and an NN GEMM) and "pw_tile" [TK, TC]
-    (default [4, 4]: 16 eight-wide sums in registers; [4, 8] and [6, 4] measured no faster on PoCL)"""
-    tun = b.tuning("conv2d")
-    if tun.get("pw_dw", "tiles") != "tiles":
-        return None
-    tk, tc = tun.get("pw_tile", (4, 4))
+def _pw_dw_tiles(b) -> tuple[int, int]:
+    """(PW_TK, PW_TC) of pw_dw_cpu: tuning "conv2d" -> "pw_tile", default [4, 4] (16 eight-wide sums in
+    registers; [4, 8] and [6, 4] measured no faster on PoCL)"""
+    tk, tc = b.tuning("conv2d").get("pw_tile", (4, 4))
     return int(tk), int(tc)
 
 
@@ -370,9 +332,8 @@ def cl_conv_workspace(attrs, in_shapes, out_shapes, dev=None):
     `cl_conv_gemms` follow them. Implicit GEMM: dW's segment partial sums only (none for a pointwise
     conv on GPU-shaped GEMMs)."""
     n, c = in_shapes[0][:2]
-    if _is_depthwise(c, attrs["groups"]):   # the dW segments' partial sums
-        r, s = attrs["kernel"]
-        return 4 * out_shapes[0][1] * r * s * min(DW_MAX_SEGS, n * out_shapes[0][2])
+    if _is_depthwise(c, attrs["groups"]):
+        return dw_workspace(attrs, in_shapes, out_shapes)
     igemm, gpu_gemm = _igemm_dev(dev, attrs, c)
     k, (r, s), (p, q) = out_shapes[0][1], attrs["kernel"], out_shapes[0][2:]
     if wino.dev_on(dev, attrs, c):   # transformed tiles and filters, no columns
@@ -380,6 +341,8 @@ def cl_conv_workspace(attrs, in_shapes, out_shapes, dev=None):
     if igemm:
         pw_gpu = _is_pointwise(attrs) and gpu_gemm
         own = 0 if pw_gpu else 4 * workspace_floats(k, c // attrs["groups"] * r * s, attrs["groups"], n * p * q)
+    elif dev is not None and not gpu_gemm and _pw_tiles_on(dev.tuning.get("conv2d"), attrs):
+        own = 0   # pointwise dW by pw_dw_cpu: no columns anywhere
     else:
         nb, per_image = _cols_images(attrs, in_shapes[0], out_shapes[0])
         own = 4 * nb * per_image
@@ -405,25 +368,16 @@ def cl_conv_gemms(attrs, in_shapes, out_shapes, dev=None):
     return [(kg, pq, crsg, nb, False), (crsg, pq, kg, nb, False), (kg, crsg, pq, nb, True)]
 
 
-def _dw_defines(b, attrs: dict) -> dict:
-    """conv2d.cl's build: LWG work-items per reduction (1 on CPUs: one work-item walks it, no barriers),
-    and the node's kernel size, stride and dilation as constants (one build per such geometry)."""
+def _defines(b, attrs: dict) -> dict:
+    """conv2d.cl's build: LWG work-items per bias_grad reduction (1 on CPUs: one work-item walks it, no
+    barriers; halved until it fits the kernel's limits), the node's kernel size, stride and dilation as
+    constants (one build per such geometry)."""
     (r, s), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
     d = {"LWG": int(b.tuning("conv2d").get("LWG", 1 if b.kind == "cpu" else 64)),
          "GEO_R": r, "GEO_S": s, "GEO_SH": sh, "GEO_SW": sw, "GEO_DH": dh, "GEO_DW": dw}
-    if attrs["groups"] > 1 and attrs["out_channels"] // attrs["groups"] > 2:   # dw_bwd_data_rows' private weights
-        d["DW_WMAX"] = attrs["out_channels"] // attrs["groups"] * r * s
-    if "dw_vec" in b.tuning("conv2d"):   # lanes of dw_bwd_filter_rows' vector sums (the .cl default: 8)
-        d["DW_VEC"] = int(b.tuning("conv2d")["dw_vec"])
-    return _fit_lwg(b, d)
-
-
-def _fit_lwg(b, d: dict) -> dict:
-    """Halve LWG until both reductions built with it fit this device's limits: the kernels' own
-    work-group limits and the local memory of their __local arrays (DW_TAPS * LWG floats)."""
     while d["LWG"] > 1:
-        kls = [b.rt.kernel_limits("conv2d.cl", kern, d) for kern in ("dw_bwd_filter_part", "bias_grad")]
-        if all(d["LWG"] <= min(kl.wg, kl.item_sizes[0]) and kl.static_local <= kl.local_mem for kl in kls):
+        kl = b.rt.kernel_limits("conv2d.cl", "bias_grad", d)
+        if d["LWG"] <= min(kl.wg, kl.item_sizes[0]) and kl.static_local <= kl.local_mem:
             break
         d = dict(d, LWG=d["LWG"] // 2)
     return d
@@ -450,17 +404,7 @@ def cl_conv_forward(b, io):
     bias = io.x[2] if len(io.x) > 2 else None
     geo = (r, s, p, q, sh, sw, dh, dw, pt, pl)
     if _is_depthwise(c, g):
-        mode = int(bias is not None) | ACTS[io.act] << 1
-        if _dw_rows(b):
-            pb = _dw_plane_rows(b, p)
-            b.launch("conv2d.cl", "dw_fwd_rows", (-(-p // pb), k, n), FlexLocal((1, 8, 1)), x, w,
-                     bias if bias is not None else w, mode, y, c, h, wd, k // c, *geo, pb,
-                     defines=_dw_defines(b, io.attrs), flops=2 * n * k * p * q * r * s)
-            return
-        qb = _dw_run(b, q)
-        b.launch("conv2d.cl", "dw_fwd", (p * -(-q // qb), k, n), row_local_size(b), x, w,
-                 bias if bias is not None else w, mode, y, c, h, wd, k // c, *geo, qb,
-                 defines=_dw_defines(b, io.attrs), flops=2 * n * k * p * q * r * s)
+        dw_forward(b, io, _cl_geometry(io))
         return
     if wino.wino_on(b, io.attrs, c):
         wino.wino_forward(b, io, _cl_geometry(io))
@@ -471,7 +415,7 @@ def cl_conv_forward(b, io):
         return
     kg, cg = k // g, c // g
     crs, crsg, pq = c * r * s, cg * r * s, p * q
-    nb, work = _regions(io, igemm)
+    nb, work = _regions(io, igemm or _pw_cols_free(b, io))
     bias_kw = {"bias": bias, "bias_mode": "row" if bias is not None else None, "act": io.act}
     if _is_pointwise(io.attrs):
         for gi in range(g):
@@ -488,51 +432,19 @@ def cl_conv_forward(b, io):
                  bias_off=gi * kg, **bias_kw, **work)
 
 
-def _cl_dw_backward(b, io, defs) -> None:
-    """dX and dW of a depthwise conv (the direct kernels of conv2d.cl)"""
-    n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = _cl_geometry(io)
-    x, w, gy, gx, gw = io.x[0], io.x[1], io.gy[0], io.gx[0], io.gx[1]
-    geo, lwg = (r, s, p, q, sh, sw, dh, dw, pt, pl), defs["LWG"]
-    # undoes: y[n,k] = sum_{r,s} x[n, k/mult, p*sh+r*dh-pt, q*sw+s*dw-pl] * w[k,0,r,s]
-    if gx is not None and _dw_rows(b):
-        hb = _dw_plane_rows(b, h)
-        b.launch("conv2d.cl", "dw_bwd_data_rows", (-(-h // hb), c, n), FlexLocal((1, 8, 1)), gy, w, gx, c, h, wd,
-                 k // c, *geo, hb, defines=defs, flops=2 * n * k * p * q * r * s)
-    elif gx is not None:
-        wb = _dw_run(b, wd)
-        b.launch("conv2d.cl", "dw_bwd_data", (h * -(-wd // wb), c, n), row_local_size(b), gy, w, gx, c, h, wd,
-                 k // c, *geo, wb,
-                 defines=defs, flops=2 * n * k * p * q * r * s)
-    if gw is not None and _dw_filter_rows(b):
-        seg, segs = _dw_row_segments(b, n * p, k)
-        out = gw if segs == 1 else io.workspace    # one segment: the sums are dW itself
-        b.launch("conv2d.cl", "dw_bwd_filter_rows", (segs, k), FlexLocal((1, 1)), x, gy, out, n, c, h, wd,
-                 k // c, *geo, seg, segs, defines=defs, flops=2 * n * k * p * q * r * s)
-        if segs > 1:
-            b.launch("conv2d.cl", "dw_bwd_filter_finish", (k * r * s,), row_local_size(b)[:1], io.workspace, segs,
-                     gw, k * r * s, defines=defs)
-    elif gw is not None:
-        lq = min(lwg, 1 << max(0, q - 1).bit_length())    # lanes along q: a power of two >= Q, <= LWG
-        seg, segs = _dw_segments(b, n * p, lwg // lq)
-        b.launch("conv2d.cl", "dw_bwd_filter_part", (segs * lwg, k), (lwg, 1), x, gy, io.workspace,
-                 n, c, h, wd, k // c, *geo, seg, lq, defines=defs, flops=2 * n * k * p * q * r * s)
-        b.launch("conv2d.cl", "dw_bwd_filter_finish", (k * r * s,), row_local_size(b)[:1], io.workspace, segs,
-                 gw, k * r * s, defines=defs)
-
-
 def cl_conv_backward(b, io):
     n, c, h, wd, k, g, r, s, sh, sw, dh, dw, pt, pl, p, q = _cl_geometry(io)
     x, w, gy = io.x[0], io.x[1], io.gy[0]
     gx, gw = io.gx[0], io.gx[1]
     gb = io.gx[2] if len(io.gx) > 2 else None
     geo = (r, s, p, q, sh, sw, dh, dw, pt, pl)
-    defs = _dw_defines(b, io.attrs)
+    defs = _defines(b, io.attrs)
     lwg = defs["LWG"]
     if gb is not None:
         # undoes: y += b[None, :, None, None]
         b.launch("conv2d.cl", "bias_grad", (k * lwg,), (lwg,), gy, gb, n, k, p * q, defines=defs)
     if _is_depthwise(c, g):
-        _cl_dw_backward(b, io, defs)
+        dw_backward(b, io, _cl_geometry(io))
         return
     if gx is None and gw is None:
         return
@@ -549,11 +461,11 @@ def cl_conv_backward(b, io):
         if not pointwise:
             return
         gw = None
-    nb, work = _regions(io, igemm)
+    nb, work = _regions(io, igemm or _pw_cols_free(b, io))
     cols, ldp = io.workspace, _ldp(pq)
     if gw is not None:
         cpu = b.gemm_family() == "cpu"
-        if cpu and pointwise and g == 1 and _pw_dw_tiles(b):
+        if _pw_cols_free(b, io):
             # undoes: y[n] = w @ x[n]  ->  dw = sum_n gy[n] @ x[n]^T, dot products along the contiguous pixels
             tk, tc = _pw_dw_tiles(b)
             b.launch("conv2d.cl", "pw_dw_cpu", (-(-c // tc), -(-k // tk)), FlexLocal((1, 1)), x, gy, gw, n, c, k, pq,
