@@ -296,13 +296,15 @@ class TelemetryEvent(Event):
 
 @dataclass
 class TuneVariantEvent(Event):
-    """`tune`: one timed variant (ms None and `error` set when it did not build)."""
+    """`tune`: one timed variant (ms None and `error` set when it did not build or computed otherwise)."""
     ev: ClassVar[str] = "tune_variant"
     index: int
     params: dict
-    ms: float | None              # median of the model's GEMM launches, finish() around them
-    gemms: int                    # GEMM launches timed
+    ms: float | None              # gemm: median of the model's GEMM launches, finish() around them;
+                                  # conv2d: median of full training steps
+    gemms: int                    # gemm: GEMM launches timed; conv2d: steps timed
     error: str | None
+    op: str = "gemm"              # what is tuned: "gemm" (tiles) or "conv2d" (convolution paths)
     t: float = field(default_factory=_now)
 
 

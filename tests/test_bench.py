@@ -126,4 +126,4 @@ def test_bench_job_errors_name_the_field(tmp_path):
     with pytest.raises(InputError, match="not a readable tune job"):
         tune.load_job(str(job))
     job.write_text(json.dumps({"model": "x"}))
-    assert tune.load_job(str(job)) == {"model": "x", "batch": 8, "steps": 3}
+    assert tune.load_job(str(job)) == {"model": "x", "batch": 8, "steps": 3, "conv": True}

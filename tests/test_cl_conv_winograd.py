@@ -31,8 +31,8 @@ GRID = [
     _case("img2x3_pad0", (2, 16, 3, 4), 16, (0, 0, 0, 0), False),
     _case("wide_channels", (1, 70, 9, 7), 33),
 ]
-# small channel counts (below MIN_CHANNELS, where the default rule keeps im2col) exercise the kernels'
-# edges with the rule lowered
+# small channel counts (below MIN_CHANNELS, where the size rule keeps im2col; THOMAS_CL_WINOGRAD=1 forces
+# them) exercise the kernels' edges
 SMALL = [_case("c3k4_odd", (2, 3, 7, 5), 4), _case("c1k1", (2, 1, 4, 4), 1), _case("c5k2_pad0", (1, 5, 6, 3), 2,
                                                                                      (0, 0, 0, 0))]
 
@@ -74,8 +74,7 @@ def test_winograd_matches_numpy(case, seen):
 
 
 @pytest.mark.parametrize("case", SMALL, ids=_ids(SMALL))
-def test_small_channels_with_the_rule_lowered(case, seen, monkeypatch):
-    monkeypatch.setattr(wino, "MIN_CHANNELS", 1)
+def test_small_channels_forced(case, seen):
     cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)
     assert "wino_output" in seen
 
@@ -109,23 +108,29 @@ def test_batch_in_chunks(seen, monkeypatch):
 
 
 def test_which_nodes_take_it(monkeypatch):
-    """3x3, stride 1, undilated, ungrouped, C and K >= MIN_CHANNELS; the switch: THOMAS_CL_WINOGRAD, then
-    tuning "conv2d" -> "winograd", then the device kind (CPUs on)"""
+    """3x3, stride 1, undilated, ungrouped (geometric); by default only where C, K >= MIN_CHANNELS and the
+    batch has >= MIN_TILES output tiles; the switch: THOMAS_CL_WINOGRAD (forces every geometric node on or
+    all off), then tuning "conv2d" -> "winograd", then the device kind (CPUs on)"""
     op = get_op("Conv2d")
 
-    def ok(c=16, **kw):
-        return wino.eligible(normalize_attrs(op, dict(dict(out_channels=16, kernel=[3, 3]), **kw)), c)
+    def attrs(**kw):
+        return normalize_attrs(op, dict(dict(out_channels=16, kernel=[3, 3], pads=[1, 1, 1, 1]), **kw))
 
-    assert ok() and ok(pads=[0, 3, 1, 2]) and ok(c=300, out_channels=17)
-    assert not ok(stride=[2, 2]) and not ok(dilation=[2, 2]) and not ok(groups=2) and not ok(kernel=[3, 2])
-    assert not ok(c=15) and not ok(out_channels=8) and not ok(kernel=[5, 5])
+    def on(tun=None, kind="cpu", x=(4, 16, 8, 8), **kw):
+        return wino.decide(tun or {}, kind, attrs(**kw), x)
+
     monkeypatch.delenv(wino.ENV, raising=False)
-    assert wino.switched_on({}, "cpu") and not wino.switched_on({}, "gpu")
-    assert wino.switched_on({"winograd": True}, "gpu") and not wino.switched_on({"winograd": False}, "cpu")
+    assert on() and on(pads=[0, 3, 1, 2], x=(4, 16, 9, 8)) and on(x=(1, 300, 16, 16), out_channels=17)
+    assert not on(stride=[2, 2]) and not on(dilation=[2, 2]) and not on(groups=2) and not on(kernel=[3, 2])
+    assert not on(kernel=[5, 5], pads=[2, 2, 2, 2])
+    assert not on(x=(4, 15, 8, 8)) and not on(out_channels=8)                  # channels
+    assert on(x=(4, 16, 8, 8)) and not on(x=(3, 16, 8, 8)) and not on(x=(1, 16, 15, 15), pads=[0, 0, 0, 0])
+    assert on(x=(1, 16, 18, 18), pads=[0, 0, 0, 0])                          # 8 x 8 tiles = 64
+    assert not on(kind="gpu") and on({"winograd": True}, "gpu") and not on({"winograd": False})
     monkeypatch.setenv(wino.ENV, "0")
-    assert not wino.switched_on({"winograd": True}, "cpu")
+    assert not on({"winograd": True})
     monkeypatch.setenv(wino.ENV, "1")
-    assert wino.switched_on({"winograd": False}, "gpu")
+    assert on({"winograd": False}, "gpu", x=(1, 3, 4, 4), out_channels=1) and not on(stride=[2, 2])
 
 
 def test_off_keeps_the_gemm_path(monkeypatch):

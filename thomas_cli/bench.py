@@ -2,7 +2,7 @@
 
     res = run_bench(target, "mobilenet_v2", "last", batch=8, size=224, steps=10, width=1.0, classes=1000)
     res.summary.speedup, [e.fw_ms for e in res.layers]       # BenchDoneEvent, LayerTimeEvent
-    best, variants = run_tune(s, "mobilenet_v2", batch=8, size=224, steps=3, width=1.0, classes=1000)
+    best, variants, conv = run_tune(s, "mobilenet_v2", batch=8, size=224, steps=3, width=1.0, classes=1000)
 
 A bench is a run record (kind "bench", through runs.py) with bench.json = BenchResult.to_json().
 """
@@ -77,14 +77,18 @@ def run_bench(target: Target | None, model: str, stage: str, batch: int, size: i
 
 
 def run_tune(s: Session, model: str, batch: int, size: int, steps: int, width: float, classes: int,
-             on_event=None) -> tuple[TuneEvent, list[TuneVariantEvent]]:
-    """Time the GEMM tile variants on the model's GEMMs once; the device keeps the winner. Returns the
-    winner (`tune` event) and every variant timed."""
+             on_event=None, conv: bool = True) -> tuple[TuneEvent, list[TuneVariantEvent], TuneEvent | None]:
+    """Time the GEMM tile variants on the model's GEMMs once, then (`conv`) the convolution paths on its
+    full steps; the device keeps the winners. Returns the GEMM winner (the last `tune` event), every
+    variant timed (GEMM and convolution: TuneVariantEvent.op) and the convolution winner (None when no
+    path changes this model's launches)."""
     pkg = bench_model(s, model, size, width, classes)
     job_rel = f"jobs/tune-{store.new_run_id()}.json"
-    s.t.write_bytes(job_rel, (json.dumps({"model": pkg, "batch": batch, "steps": steps}) + "\n").encode())
+    job = {"model": pkg, "batch": batch, "steps": steps, "conv": conv}
+    s.t.write_bytes(job_rel, (json.dumps(job) + "\n").encode())
     res = s.call(["tune", job_rel], on_event=on_event, timeout=DEFAULT_TIMEOUT)
     if not isinstance(res.last, TuneEvent):
         code, msg = _failure(res)
         raise RunFailed(code, f"tune failed on {s.t.serial}: {msg}")
-    return res.last, res.of(TuneVariantEvent)
+    conv_ev = next((e for e in res.of(TuneEvent) if e.op == "conv2d"), None)
+    return res.last, res.of(TuneVariantEvent), conv_ev

@@ -15,6 +15,14 @@ than 10 % (and 0.02 ms) faster keeps that variant's tiles (gemm.shapes: FC layer
 skinny dW products want other tiles than the big convolutions), kept only if the whole set re-timed is
 faster. The result goes to tuning_file() under "<device>|<driver>" ->
 "gemm", which every later Runtime on this device reads (runtime.Tuning); training never re-times.
+
+Then the convolution paths (job field "conv", default true): with the tuned GEMMs, a full training step
+of the model with each path of CONV_VARIANTS (im2col or implicit GEMM, Winograd F(2x2,3x3) on or off
+for its 3x3 stride-1 nodes; the first is the shipped default), median of `steps` steps after a warm-up.
+Variants whose launch lists come out the same (no node they change: no 3x3 stride-1 conv, say) are
+not timed; when only one remains nothing is timed or saved. The fastest whose warm-up loss agrees is saved
+under "conv2d" ({"conv": ..., "winograd": ...}), which conv2d.py and conv_winograd.py read. Events: the GEMM
+variants, the convolution variants and their `tune` event (op "conv2d"), and last the GEMM's `tune` event.
 """
 from __future__ import annotations
 
@@ -52,10 +60,23 @@ VARIANTS = {
 }
 
 
+# convolution paths per device kind, the shipped default first (implicit GEMM's local-memory tiles are
+# GPU-shaped: on CPUs they run 1.2-16x slower than im2col, docs/BACKENDS.md, so CPUs do not time them)
+CONV_VARIANTS = {
+    "gpu": [{}, {"conv": "im2col", "winograd": False}, {"conv": "im2col", "winograd": True},
+            {"conv": "igemm", "winograd": False}, {"conv": "igemm", "winograd": True}],
+    "cpu": [{}, {"conv": "im2col", "winograd": False}, {"conv": "im2col", "winograd": True}],
+}
+
+
 def load_job(path: str) -> dict:
     from .bench import read_job
+    from ..errors import InputError
 
-    return read_job(path, "tune", {"batch": 8, "steps": 3})
+    job = read_job(path, "tune", {"batch": 8, "steps": 3})
+    if not isinstance(job.setdefault("conv", True), bool):
+        raise InputError(f"tune field 'conv' must be true or false, got {job['conv']!r}")
+    return job
 
 
 def _time_gemms(rt, g, batch: int, steps: int, params: dict, shapes: dict | None = None
@@ -151,12 +172,99 @@ def _misfit(rt, fam: str, params: dict) -> str:
     return next((w for w in (tile_misfit(LaunchBuilder(rt), form, t) for form in ("nn", "nt", "tn")) if w), "")
 
 
+def _conv_step(rt, g, batch: int, steps: int, params: dict) -> tuple[tuple, float | None, float]:
+    """(the kernels the full step launches, median ms of `steps` full steps or None when `steps` is 0,
+    the warm-up step's loss) with convolution tuning `params`"""
+    from ..backends.opencl.plan import OptimConfig, Plan
+    from .bench import _inputs
+
+    rt.tuning.override = {"conv2d": params}
+    try:
+        plan = Plan(g, batch=batch, trainable=None, optimizer=OptimConfig("sgd", momentum=0.9), runtime=rt)
+    finally:
+        rt.tuning.override = {}
+    sig = tuple(ln.kernel.function_name for ln in plan.fw_launches + plan.bw_launches)
+    if not steps:
+        plan.release()
+        return sig, None, float("nan")
+    x, y = _inputs(g, batch)
+    loss, _ = plan.train_step(x, y, lr=1e-4)
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        plan.train_step(x, y, lr=1e-4)
+        rt.queue.finish()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    plan.release()
+    return sig, float(np.median(ts)), float(loss)
+
+
+def tune_conv(rt, g, job: dict, emit) -> TuneEvent | None:
+    """Time the convolution paths (CONV_VARIANTS) on full steps; save and return the winner (None when the
+    model's launches do not depend on the path: nothing is timed then)."""
+    distinct, sigs = [], set()
+    for i, v in enumerate(CONV_VARIANTS["gpu" if rt.kind == "gpu" else "cpu"]):
+        try:
+            sig, _, _ = _conv_step(rt, g, job["batch"], 0, v)
+        except (ThomasError, RuntimeError) as e:
+            emit(TuneVariantEvent(i, v, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", "conv2d"))
+            continue
+        if sig not in sigs:         # else the same launches as an earlier variant: no node this one changes
+            sigs.add(sig)
+            distinct.append((i, v))
+    if len(distinct) < 2:
+        return None
+    results, ref = [], None
+    for i, v in distinct:
+        try:
+            _, ms, loss = _conv_step(rt, g, job["batch"], job["steps"], v)
+        except (ThomasError, RuntimeError) as e:
+            emit(TuneVariantEvent(i, v, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", "conv2d"))
+            continue
+        ref = loss if ref is None else ref
+        if not _agrees(loss, ref):
+            emit(TuneVariantEvent(i, v, None, 0, f"wrong results: loss {loss:.6g} where the first path gives "
+                                                 f"{ref:.6g}; variant skipped", "conv2d"))
+            continue
+        results.append((ms, i, v))
+        emit(TuneVariantEvent(i, v, ms, job["steps"], None, "conv2d"))
+    if not results:
+        return None
+    ms, i, params = min(results, key=lambda r: (r[0], r[1]))
+    default_ms = next((m for m, j, _ in results if j == 0), None)
+    path = _save(rt, "conv2d", {"params": dict(params), "ms": round(ms, 3), "default_ms": default_ms,
+                                "model": job["model"], "batch": job["batch"], "variant": i,
+                                "tuned": time.strftime("%Y-%m-%d %H:%M:%S")})
+    from ..backends.opencl.runtime import device_key
+
+    return TuneEvent(device_key(rt.device), "conv2d", i, params, ms, default_ms, str(path))
+
+
+def _save(rt, op: str, entry: dict):
+    """Write this device's `op` entry into the tuning file (atomically; a corrupt file is replaced) and
+    into the running Tuning, so later timings in this process use it."""
+    from ..backends.opencl.runtime import device_key, tuning_file
+
+    path = tuning_file()
+    try:
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError):
+        doc = {}                                   # a corrupt file is replaced by a good one
+    doc.setdefault(device_key(rt.device), {})[op] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write((json.dumps(doc, indent=1) + "\n").encode()))
+    rt.tuning.tuned[op] = entry
+    return path
+
+
 def main(args: list[str], emit) -> int:
     from ..model.graph import load_package
 
     job = load_job(args[0])
     try:
-        from ..backends.opencl.runtime import Runtime, device_key, tuning_file
+        from ..backends.opencl.runtime import Runtime, device_key
     except ImportError as e:
         raise BackendError(f"tune needs pyopencl and an OpenCL device: pyopencl is not installed ({e})") from None
     g = load_package(job["model"])
@@ -195,19 +303,12 @@ def main(args: list[str], emit) -> int:
         tuned_ms, _, _, loss = _time_gemms(rt, g, job["batch"], job["steps"], params, shapes)
         if tuned_ms >= ms or not _agrees(loss, ref):
             shapes, tuned_ms = {}, ms
-    path = tuning_file()
-    try:
-        doc = json.loads(path.read_text()) if path.exists() else {}
-        if not isinstance(doc, dict):
-            raise ValueError("not an object")
-    except (OSError, ValueError):
-        doc = {}                                   # a corrupt file is replaced by a good one
-    key = device_key(rt.device)
-    doc.setdefault(key, {})["gemm"] = {"params": dict(params, shapes=shapes), "ms": round(ms, 3),
-                                       "default_ms": default_ms, "tuned_ms": round(tuned_ms, 3),
-                                       "model": job["model"], "batch": job["batch"], "variant": i,
-                                       "tuned": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write((json.dumps(doc, indent=1) + "\n").encode()))
-    emit(TuneEvent(key, "gemm", i, params, ms, default_ms, str(path), shapes, round(tuned_ms, 3)))
+    path = _save(rt, "gemm", {"params": dict(params, shapes=shapes), "ms": round(ms, 3),
+                              "default_ms": default_ms, "tuned_ms": round(tuned_ms, 3), "model": job["model"],
+                              "batch": job["batch"], "variant": i, "tuned": time.strftime("%Y-%m-%d %H:%M:%S")})
+    gemm = TuneEvent(device_key(rt.device), "gemm", i, params, ms, default_ms, str(path), shapes, round(tuned_ms, 3))
+    conv = tune_conv(rt, g, job, emit) if job["conv"] else None   # timed with the GEMM tiles just saved
+    if conv is not None:
+        emit(conv)
+    emit(gemm)                  # last: the command's result
     return 0

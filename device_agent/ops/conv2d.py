@@ -336,7 +336,7 @@ def cl_conv_workspace(attrs, in_shapes, out_shapes, dev=None):
         return dw_workspace(attrs, in_shapes, out_shapes)
     igemm, gpu_gemm = _igemm_dev(dev, attrs, c)
     k, (r, s), (p, q) = out_shapes[0][1], attrs["kernel"], out_shapes[0][2:]
-    if wino.dev_on(dev, attrs, c):   # transformed tiles and filters, no columns
+    if wino.dev_on(dev, attrs, in_shapes[0]):   # transformed tiles and filters, no columns
         return 4 * wino.workspace_floats(n, c, k, *in_shapes[0][2:], p, q)
     if igemm:
         pw_gpu = _is_pointwise(attrs) and gpu_gemm
@@ -358,7 +358,7 @@ def cl_conv_gemms(attrs, in_shapes, out_shapes, dev=None):
     nb, _ = _cols_images(attrs, in_shapes[0], out_shapes[0])
     igemm, gpu_gemm = _igemm_dev(dev, attrs, c)
     k, (r, s), pq = out_shapes[0][1], attrs["kernel"], out_shapes[0][2] * out_shapes[0][3]
-    if wino.dev_on(dev, attrs, c):
+    if wino.dev_on(dev, attrs, in_shapes[0]):
         return wino.gemm_shapes(in_shapes[0][0], c, k, *in_shapes[0][2:], *out_shapes[0][2:])
     if igemm:
         if not _is_pointwise(attrs) or not gpu_gemm:   # CPU-shaped GEMMs take no partial products
@@ -406,7 +406,7 @@ def cl_conv_forward(b, io):
     if _is_depthwise(c, g):
         dw_forward(b, io, _cl_geometry(io))
         return
-    if wino.wino_on(b, io.attrs, c):
+    if wino.wino_on(b, io.attrs, io.x[0].shape):
         wino.wino_forward(b, io, _cl_geometry(io))
         return
     igemm = _igemm_on(b, io)
@@ -448,7 +448,7 @@ def cl_conv_backward(b, io):
         return
     if gx is None and gw is None:
         return
-    if wino.wino_on(b, io.attrs, c):
+    if wino.wino_on(b, io.attrs, io.x[0].shape):
         wino.wino_backward(b, io, _cl_geometry(io))
         return
     kg, cg = k // g, c // g

@@ -11,9 +11,11 @@ Each output tile is 2x2, so P*Q is covered by ceil(P/2)*ceil(Q/2) tiles and an o
 cropped tile. dW sums the tiles' products in the GEMMs (chunk after chunk with beta = 1: a fixed order),
 then transforms the 16 sums back to 3x3.
 
-Which convolutions: THOMAS_CL_WINOGRAD=1|0 forces it for the process (tests run it on PoCL), else
-tuning "conv2d" -> "winograd" (true/false), else the default below; then only where both channel counts
-are at least MIN_CHANNELS (below that the transforms cost more than the GEMM saves).
+Which convolutions: THOMAS_CL_WINOGRAD=1|0 forces it for the process on every 3x3 stride-1 node or none
+(tests run it on PoCL), else tuning "conv2d" -> "winograd" (true/false, `thomas tune` measures it), else
+the device kind's default, and then only where the size rule holds: both channel counts at least
+MIN_CHANNELS and the batch's output tiles at least MIN_TILES (below either, the transforms cost more than
+the GEMMs save: AlexNet at 64x64, batch 2, 8 tiles per layer, ran its full step 0.74x as fast on PoCL).
 
 Error: F(2x2,3x3)'s transforms have entries 0, +-1/2, +-1, so the products carry a few more float32
 roundings than a direct sum; the numpy reference agrees to 1e-4 on the test grid.
@@ -29,41 +31,50 @@ import os
 from ._cl import ACTS, row_local_size
 
 ENV = "THOMAS_CL_WINOGRAD"
-MIN_CHANNELS = 16      # C and K at least this (the GEMM's K and M)
+MIN_CHANNELS = 16      # C and K at least this (the GEMMs' K and M)
+MIN_TILES = 64         # 2x2 output tiles of the batch at least (the GEMMs' N)
 WINO_BUDGET = 1 << 23  # floats of one chunk's V + M (32 MiB)
 
 
-def eligible(attrs: dict, c: int) -> bool:
-    """a 3x3, stride-1, undilated, ungrouped convolution with C and K >= MIN_CHANNELS"""
+def geometric(attrs: dict) -> bool:
+    """a 3x3, stride-1, undilated, ungrouped convolution: what F(2x2,3x3) computes"""
     return (tuple(attrs["kernel"]) == (3, 3) and tuple(attrs["stride"]) == (1, 1)
-            and tuple(attrs["dilation"]) == (1, 1) and attrs["groups"] == 1
-            and min(c, attrs["out_channels"]) >= MIN_CHANNELS)
+            and tuple(attrs["dilation"]) == (1, 1) and attrs["groups"] == 1)
 
 
-def switched_on(tun: dict, kind: str) -> bool:
-    """THOMAS_CL_WINOGRAD, else tuning "conv2d" -> "winograd", else the device kind's default"""
+def worth_it(attrs: dict, x_shape) -> bool:
+    """the size rule: C and K >= MIN_CHANNELS and the batch's output tiles >= MIN_TILES (the 16 GEMMs'
+    N); below either the transforms cost more than the GEMMs save"""
+    n, c, h, w = x_shape
+    pt, pl, pb, pr = attrs["pads"]
+    return (min(c, attrs["out_channels"]) >= MIN_CHANNELS
+            and n * _tiles(h + pt + pb - 2, w + pl + pr - 2) >= MIN_TILES)
+
+
+def decide(tun: dict, kind: str, attrs: dict, x_shape) -> bool:
+    """THOMAS_CL_WINOGRAD=1 takes every 3x3 stride-1 node (=0 none); else tuning "conv2d" -> "winograd",
+    else the device kind's default, turns on the nodes the size rule picks"""
+    if not geometric(attrs):
+        return False
     env = (os.environ.get(ENV) or "").strip().lower()
     if env:
         return env not in ("0", "off", "false", "no")
-    return bool(tun.get("winograd", default_on(kind)))
+    return bool(tun.get("winograd", default_on(kind))) and worth_it(attrs, x_shape)
 
 
 def default_on(kind: str) -> bool:
-    # NOTE: measured on PoCL (docs/BENCHMARKS.md "Winograd"); GPUs keep the GEMM paths until measured on one
+    # NOTE: measured on PoCL (docs/BACKENDS.md "Winograd"); GPUs keep the GEMM paths until measured on one
     return kind == "cpu"
 
 
-def wino_on(b, attrs: dict, c: int) -> bool:
-    return eligible(attrs, c) and switched_on(b.tuning("conv2d"), b.kind)
+def wino_on(b, attrs: dict, x_shape) -> bool:
+    return decide(b.tuning("conv2d"), b.kind, attrs, x_shape)
 
 
-def dev_on(dev, attrs: dict, c: int) -> bool:
+def dev_on(dev, attrs: dict, x_shape) -> bool:
     """wino_on for a Runtime `dev` (the workspace hooks; None = the environment alone decides)"""
-    if not eligible(attrs, c):
-        return False
-    if dev is None:
-        return switched_on({}, "")
-    return switched_on(dev.tuning.get("conv2d"), dev.kind)
+    return decide(dev.tuning.get("conv2d") if dev is not None else {}, dev.kind if dev is not None else "",
+                  attrs, x_shape)
 
 
 def _tiles(p: int, q: int) -> int:

@@ -94,16 +94,20 @@ def tune(
     steps: int = typer.Option(3, "--steps", min=1, help="Timed repetitions per variant (median)."),
     width: float = typer.Option(1.0, "--width", help="Width multiplier of a zoo model."),
     classes: int = typer.Option(1000, "--classes", min=1, help="Classes of a zoo model's head."),
+    conv: bool = typer.Option(True, "--conv/--no-conv",
+                              help="Also time the convolution paths (im2col, implicit GEMM, Winograd) on full steps."),
     as_json: bool = typer.Option(False, "--json", help="The events as JSON lines on stdout."),
 ):
-    """Time GEMM tile variants on the model's GEMMs once; the device keeps the winner for every later run."""
+    """Time GEMM tile variants on the model's GEMMs once, then the convolution paths on its full training
+    steps; the device keeps the winners for every later run."""
     s = session()
-    last, variants = run_tune(s, model, batch, size, steps, width, classes,
-                              on_event=(lambda ev: sys.stdout.write(ev.to_json() + "\n")) if as_json else None)
+    last, variants, conv_ev = run_tune(s, model, batch, size, steps, width, classes, conv=conv,
+                                       on_event=(lambda ev: sys.stdout.write(ev.to_json() + "\n"))
+                                       if as_json else None)
     if as_json:
         return
     t = Table("#", "tile", "GEMM ms", "launches", title=f"GEMM variants on {last.key}")
-    for e in variants:
+    for e in (v for v in variants if v.op == "gemm"):
         p = e.params
         tile = " ".join(f"{k}={p[k]}" for k in sorted(p) if k.isupper()) or "defaults"
         t.add_row(str(e.index) + (" *" if e.index == last.index else ""), tile,
@@ -115,3 +119,19 @@ def tune(
            f"{last.ms:.2f})" if shapes and last.tuned_ms else "")
     out.print(f"saved variant {last.index}{gain}{own} to {s.t.serial}:{last.path}", highlight=False,
               soft_wrap=True)
+    if conv_ev is not None:
+        _print_conv(conv_ev, [v for v in variants if v.op == "conv2d"], s.t.serial)
+    elif conv:
+        out.print("convolution paths: one launch list for this model (no node a path changes); nothing saved")
+
+
+def _print_conv(best, variants, serial: str) -> None:
+    t = Table("#", "path", "step ms", title=f"convolution paths (full training steps) on {best.key}")
+    for e in variants:
+        p = e.params
+        path = ", ".join(f"{k}={p[k]}" for k in sorted(p)) or "defaults"
+        t.add_row(str(e.index) + (" *" if e.index == best.index else ""), path,
+                  f"{e.ms:.1f}" if e.ms is not None else f"[red]{e.error}[/]")
+    out.print(t)
+    gain = f" ({best.default_ms / best.ms:.2f}x the defaults)" if best.default_ms else ""
+    out.print(f"saved path {best.index}{gain} to {serial}:{best.path}", highlight=False, soft_wrap=True)
