@@ -289,15 +289,18 @@ def test_mixed_gradients_within_the_fp16_budget_of_the_reference(name):
         assert moved, f"{name}: the mixed gradients equal float32 bit for bit (were the halves used?)"
 
 
+@pytest.mark.parametrize("channel", [False, True], ids=["lcn", "plane"])
 @pytest.mark.parametrize("shape", [(65536, 1), (1, 1, 256, 256)], ids=["scalar_loads", "four_wide_loads"])
-def test_batchnorm_reads_every_half_exactly(shape):
+def test_batchnorm_reads_every_half_exactly(shape, channel, monkeypatch):
     """Every one of the 65536 half bit patterns through BN's apply with mean 0, invstd 1, w 1, b 0
-    (y = x): LOAD_ACT / LOAD_ACT4 under -DACT_HALF widen each exactly,
-    subnormals, infinities and NaN included."""
+    (y = x): LOAD_ACT / LOAD_ACT4 under -DACT_HALF widen each exactly (bn_apply_lcn4; with tuning
+    "batchnorm" -> "channel", the CPU default: bn_apply_plane's vload_half8), subnormals, infinities and
+    NaN included."""
     from device_agent.backends.opencl.runtime import LaunchBuilder, TensorRef, replay
     from device_agent.ops.batchnorm import _apply
 
     rt = runtime()
+    monkeypatch.setitem(rt.tuning.override, "batchnorm", {"channel": channel})
     bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
     halves = bits.view(np.float16).reshape(shape)
     x = upload(rt, "x", halves)

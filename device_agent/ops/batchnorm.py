@@ -167,6 +167,10 @@ LCN_MIN_L = 32   # elementwise passes on a (L, C, N) grid (no division per eleme
 
 
 def _apply(b, x, w, bias, mean, var_or_invstd, y, c, length, frozen, eps, act):
+    if _channel(b) and length >= 8:   # CPUs: a plane per work-item, no builtins (PoCL calls them)
+        b.launch("batchnorm.cl", "bn_apply_plane", (x.shape[0], c), FlexLocal((1, 8)), x, w, bias, mean,
+                 var_or_invstd, y, x.shape[0], c, length, frozen, eps, act, defines=act_defines(b, x))
+        return
     if length >= LCN_MIN_L:
         v = 4 if length % 4 == 0 else 1    # float4 loads and stores when rows allow
         b.launch("batchnorm.cl", "bn_apply_lcn4" if v == 4 else "bn_apply_lcn", (length // v, c, x.shape[0]),
