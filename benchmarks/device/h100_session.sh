@@ -3,7 +3,9 @@
 # and driver-measured memory beside PyTorch/cuDNN, the shipped GEMM tiles against cuBLAS and the two
 # convolution paths still off on GPUs (bench). Writes logs and JSON to $OUT. Each mode fits one call
 # (< 10 minutes); issue `bench` right after `suite` returns, while the machine is still warm.
-# usage (device tool, carry .clean with .whl inside): bash benchmarks/device/h100_session.sh suite|bench|all
+# short: one call of < 10 minutes for when device time is scarce: the new kernels' tests, the teardown check
+# and bench with tighter caps.
+# usage (device tool, carry .clean with .whl inside): bash benchmarks/device/h100_session.sh suite|bench|short|all
 set -u
 what=${1:-all}
 STEPS=${STEPS:-8}
@@ -17,7 +19,14 @@ run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.log, its rc and tail pri
   local name=$1 t=$2; shift 2
   timeout "$t" "$@" > "$OUT/$name.log" 2>&1; echo "$name rc=$?"; tail -${TAIL:-6} "$OUT/$name.log"
 }
-if [ "$what" != bench ]; then
+if [ "$what" = short ]; then
+  TAIL=15 run suite_new 150 python3 -m pytest tests/test_cl_conv_winograd.py tests/test_cl_conv_igemm.py \
+    tests/test_cl_mixed.py tests/test_cl_mixed_ops.py tests/test_cl_dropout_bits.py tests/test_cl_gemm_sizes.py \
+    tests/test_cl_store.py -q -p no:cacheprovider -n 14 -rfE
+  run teardown 40 python3 benchmarks/teardown_check.py
+  STEPS=5
+fi
+if [ "$what" != bench ] && [ "$what" != short ]; then
   TAIL=25 run suite 420 python3 -m pytest tests/test_cl_*.py -q -p no:cacheprovider -n 14 -rfE --durations=10
   run teardown 60 python3 benchmarks/teardown_check.py
 fi
