@@ -24,20 +24,20 @@ if [ "$what" = short ]; then
     tests/test_cl_mixed.py tests/test_cl_mixed_ops.py tests/test_cl_dropout_bits.py tests/test_cl_gemm_sizes.py \
     tests/test_cl_store.py -q -p no:cacheprovider -n 14 -rfE
   run teardown 40 python3 benchmarks/teardown_check.py
-  STEPS=5
+  STEPS=5 T_PLAN=150 T_MEM=90 T_GEMM=50 T_WINO=45 T_IGEMM=0
 fi
 if [ "$what" != bench ] && [ "$what" != short ]; then
   TAIL=25 run suite 420 python3 -m pytest tests/test_cl_*.py -q -p no:cacheprovider -n 14 -rfE --durations=10
   run teardown 60 python3 benchmarks/teardown_check.py
 fi
 if [ "$what" != suite ]; then
-  TAIL=30 run plan 200 python3 benchmarks/plan_models.py --torch cuda --size 224 --batch 32 --steps $STEPS \
+  TAIL=30 run plan ${T_PLAN:-200} python3 benchmarks/plan_models.py --torch cuda --size 224 --batch 32 --steps $STEPS \
     --stages infer,last,full,full_rc,full_rc_mixed --out "$OUT/plan_models.json"
-  run memory 120 python3 benchmarks/device_memory.py --torch cuda --size 224 --batch 32 \
+  run memory ${T_MEM:-120} python3 benchmarks/device_memory.py --torch cuda --size 224 --batch 32 \
     --stages ${MEM_STAGES:-full,full_rc,full_rc_mixed} --out "$OUT/device_memory.json"
-  TAIL=20 run gemm 70 python3 benchmarks/ops.py --device-only --torch-cuda --square 1024,2048,4096 --models '' \
+  TAIL=20 run gemm ${T_GEMM:-70} python3 benchmarks/ops.py --device-only --torch-cuda --square 1024,2048,4096 --models '' \
     --out "$OUT/gemm_shipped.json"
-  run winograd 60 python3 benchmarks/winograd_cost.py --batch 32 --rounds 8 --out "$OUT/winograd.json"
-  THOMAS_CL_CONV=igemm run plan_igemm 90 python3 benchmarks/plan_models.py --torch cuda --size 224 --batch 32 \
-    --steps $STEPS --stages infer,full --out "$OUT/plan_igemm.json"
+  run winograd ${T_WINO:-60} python3 benchmarks/winograd_cost.py --batch 32 --rounds 8 --out "$OUT/winograd.json"
+  [ "${T_IGEMM:-90}" = 0 ] || THOMAS_CL_CONV=igemm run plan_igemm ${T_IGEMM:-90} python3 benchmarks/plan_models.py \
+    --torch cuda --size 224 --batch 32 --steps $STEPS --stages infer,full --out "$OUT/plan_igemm.json"
 fi
