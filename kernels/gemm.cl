@@ -11,9 +11,10 @@
 // Two families, one kernel per form (nn, nt, tn, tt) each, all from one build:
 //   gemm_gpu_*  GPU-shaped: an MWG x NWG tile per work-group of NDIMC x MDIMC work-items, each
 //               work-item an MWI x NWI register tile, K in KWG slices staged in local memory.
-//   gemm_cpu_*  CPU-shaped (PoCL): no local memory; each work-item owns a TM x TN block held in
-//               TM x TN/VW float<VW> registers (outer-product form: nn, tn, tt) or a DM x DN block of
-//               float<VW> dot-product accumulators (nt: both operands are contiguous along K).
+//   gemm_cpu_*  CPU-shaped (PoCL): each work-item owns a TM x TN block held in TM x TN/VW float<VW>
+//               registers (outer-product form: nn, tn, tt; *_lb: the group's op(B) strip staged in
+//               local memory first) or a DM x DN block of float<VW> dot-product accumulators (nt: both
+//               operands are contiguous along K); gemm_cpu_sm_*: small M, all rows per work-item.
 // The launcher is device_agent/backends/opencl/gemm.py; tile sizes come from configs/tuning/gemm.json.
 
 #ifndef MULADD
@@ -266,6 +267,31 @@ typedef floatVW floatVW_u __attribute__((aligned(4)));   // a float<VW> at any f
 // N is shifted left to end at N (overlapping its neighbour, storing only its own columns), and only
 // N < TN (or B transposed, tt) falls back to lane-by-lane loads of B.
 #define NV (TN / VW)
+// the outer forms' stores: vectors where the block is whole and C gets no bias (beta as the epilogue's
+// fma(beta, c, alpha * acc)), else element by element through epilogue()
+#define CPU_OUTER_STORE                                                                              \
+    const int fast = n0 == nown && !narrow && m0 + TM <= M && bias_mode == 0;                        \
+    UNROLL for (int i = 0; i < TM; i++) {                                                            \
+        const int m = m0 + i;                                                                        \
+        if (m >= M) break;                                                                           \
+        if (fast && beta == 0.0f) {                                                                  \
+            UNROLL for (int v = 0; v < NV; v++) STOREV(alpha * acc[i][v], C + m * ldc + n0 + v * VW); \
+        } else if (fast) {                                                                           \
+            UNROLL for (int v = 0; v < NV; v++) {                                                    \
+                __global float* c = C + m * ldc + n0 + v * VW;                                       \
+                const floatVW av = alpha * acc[i][v];                                                \
+                STOREV((floatVW)(beta) * LOADV(c) + av, c);                                          \
+            }                                                                                        \
+        } else {                                                                                     \
+            float out[TN];                                                                           \
+            UNROLL for (int v = 0; v < NV; v++) vstoreVW(acc[i][v], v, out);                         \
+            for (int j = 0; j < TN; j++) {                                                           \
+                const int n = n0 + j;                                                                \
+                if (n >= nown && n < N)                                                              \
+                    C[m * ldc + n] = epilogue(out[j], alpha, beta, C + m * ldc + n, bias, bias_mode, m, n); \
+            }                                                                                        \
+        }                                                                                            \
+    }
 inline void gemm_cpu_outer(const int ta, const int tb, const int M, const int N, const int K,
                            __global const float* A, const int lda, __global const float* B, const int ldb,
                            __global float* C, const int ldc, const float alpha, const float beta,
@@ -306,28 +332,54 @@ inline void gemm_cpu_outer(const int ta, const int tb, const int M, const int N,
             }
         }
     }
-    const int fast = n0 == nown && !narrow && m0 + TM <= M && bias_mode == 0;
-    UNROLL for (int i = 0; i < TM; i++) {
-        const int m = m0 + i;
-        if (m >= M) break;
-        if (fast && beta == 0.0f) {
-            UNROLL for (int v = 0; v < NV; v++) STOREV(alpha * acc[i][v], C + m * ldc + n0 + v * VW);
-        } else if (fast) {   // epilogue's fma(beta, c, alpha * acc), a vector at a time
-            UNROLL for (int v = 0; v < NV; v++) {
-                __global float* c = C + m * ldc + n0 + v * VW;
-                const floatVW av = alpha * acc[i][v];
-                STOREV((floatVW)(beta) * LOADV(c) + av, c);
-            }
-        } else {
-            float out[TN];
-            UNROLL for (int v = 0; v < NV; v++) vstoreVW(acc[i][v], v, out);
-            for (int j = 0; j < TN; j++) {
-                const int n = n0 + j;
-                if (n >= nown && n < N)
-                    C[m * ldc + n] = epilogue(out[j], alpha, beta, C + m * ldc + n, bias, bias_mode, m, n);
+    CPU_OUTER_STORE
+}
+
+// The outer form with op(B)'s strip staged in local memory (LB tiles, work-groups of 1 x LY): the
+// group's work-items first copy the K x TN strip (a strided walk down B, zero-filled past N) into
+// Bs, contiguous, then each runs its TM x TN block from there: the strip is read from memory once per
+// group and the inner loop streams 64 contiguous bytes per k (the prefetchers follow it; a strided
+// walk of B's rows per work-item runs at a third of the in-cache rate). Bs holds K * TN floats.
+inline void gemm_cpu_outer_lb(const int ta, const int tb, const int M, const int N, const int K,
+                              __global const float* A, const int lda, __global const float* B, const int ldb,
+                              __global float* C, const int ldc, const float alpha, const float beta,
+                              __global const float* bias, const int bias_mode, __local float* Bs) {
+    const int nown = get_global_id(0) * TN;
+    const int n0 = nown + TN <= N ? nown : (N > TN ? N - TN : 0);
+    const int narrow = N < TN;
+    if (nown < N) {
+        for (int k = get_local_id(1); k < K; k += get_local_size(1)) {
+            __local float* d = Bs + k * TN;
+            if (!tb && !narrow) {
+                UNROLL for (int v = 0; v < NV; v++)
+                    *(__local floatVW*)(d + v * VW) = LOADV(B + k * ldb + n0 + v * VW);
+            } else {
+                UNROLL for (int j = 0; j < TN; j++) d[j] = n0 + j < N ? OPB(tb, k, n0 + j) : 0.0f;
             }
         }
     }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int m0 = get_global_id(1) * TM;
+    if (m0 >= M || nown >= N) return;
+    __global const float* ap[TM];
+    UNROLL for (int i = 0; i < TM; i++) {
+        const int r = m0 + i < M ? m0 + i : M - 1;
+        ap[i] = ta ? A + r : A + r * lda;
+    }
+    const int astep = ta ? lda : 1;
+    floatVW acc[TM][NV];
+    UNROLL for (int i = 0; i < TM; i++)
+        UNROLL for (int v = 0; v < NV; v++) acc[i][v] = (floatVW)(0.0f);
+    __local const float* bp = Bs;
+    for (int k = 0; k < K; k++, bp += TN) {
+        floatVW bv[NV];
+        UNROLL for (int v = 0; v < NV; v++) bv[v] = *(__local const floatVW*)(bp + v * VW);
+        UNROLL for (int i = 0; i < TM; i++) {
+            const floatVW a = (floatVW)(ap[i][k * astep]);
+            UNROLL for (int v = 0; v < NV; v++) acc[i][v] = a * bv[v] + acc[i][v];
+        }
+    }
+    CPU_OUTER_STORE
 }
 
 // Skinny form (nn, tn with M <= skinny_m: FC dX at batch 8, C = gy @ W): op(B), the weight, is the
@@ -454,6 +506,9 @@ inline void gemm_cpu_dot(const int M, const int N, const int K,
 __kernel void gemm_cpu_nn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(0, 0, CPU_REST); }
 __kernel void gemm_cpu_tn(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 0, CPU_REST); }
 __kernel void gemm_cpu_tt(CPU_ARGS) { CPU_SHIFT gemm_cpu_outer(1, 1, CPU_REST); }
+__kernel void gemm_cpu_nn_lb(CPU_ARGS, __local float* Bs) { CPU_SHIFT gemm_cpu_outer_lb(0, 0, CPU_REST, Bs); }
+__kernel void gemm_cpu_tn_lb(CPU_ARGS, __local float* Bs) { CPU_SHIFT gemm_cpu_outer_lb(1, 0, CPU_REST, Bs); }
+__kernel void gemm_cpu_tt_lb(CPU_ARGS, __local float* Bs) { CPU_SHIFT gemm_cpu_outer_lb(1, 1, CPU_REST, Bs); }
 __kernel void gemm_cpu_nt(CPU_ARGS) { CPU_SHIFT gemm_cpu_dot(CPU_REST); }
 __kernel void gemm_cpu_sm_nn(CPU_ARGS) { CPU_SHIFT gemm_cpu_skinny(0, CPU_REST); }
 __kernel void gemm_cpu_sm_tn(CPU_ARGS) { CPU_SHIFT gemm_cpu_skinny(1, CPU_REST); }

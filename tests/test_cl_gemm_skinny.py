@@ -3,7 +3,9 @@ products with M <= skinny_m (FC dX at batch 8) to it. Against the numpy referenc
 small strips and chunks (SW = 16 columns, SKC = 3 rows) so every size is a partial strip, a shifted
 last strip, a partial chunk and a partial row pass somewhere; the shipped strip (512 columns) on
 widths below, at and above it; offsets, padded leading dimensions, odd batch strides, alpha, beta,
-both bias modes, activations and batch reductions. The chooser: which kernel each form and M gets."""
+both bias modes, activations and batch reductions. The chooser: which kernel each form and M gets.
+Also the outer form's other paths: beta without bias as vectors, and op(B)'s strip staged in local
+memory (gemm_cpu_*_lb) on every form, partial strips and groups, under the local-memory limit."""
 import numpy as np
 import pytest
 
@@ -121,3 +123,31 @@ def test_outer_form_beta_vector_path(form):
         got, want = run_gemm(form, M, N, K, "cpu", {"skinny": None}, alpha=alpha, beta=beta, batch=batch,
                              reduce_batch=reduce, pad=(1, 2, 3), offs=(1, 2, 3))
         check(got, want, K * batch)
+
+
+LB = {"skinny": None, "LX": 1, "LY": 4, "LB": 1, "lb_rows": 1}
+
+
+@pytest.mark.parametrize("form", ["nn", "tn", "tt"])
+def test_local_b_strip_grid(form):
+    """gemm_cpu_*_lb: groups of 1 x 4 row blocks (M = 3..50: partial groups and blocks), N below, at
+    and past the 16-column strip (narrow, whole, shifted), K from 16 up, beta with and without bias"""
+    for M, N, K in [(3, 5, 16), (24, 16, 17), (25, 40, 33), (50, 129, 64), (7, 1, 29)]:
+        assert _kernels(form, M, N, K, LB) == [f"gemm_cpu_{form}_lb"], (M, N, K)
+        got, want = run_gemm(form, M, N, K, "cpu", LB, seed=M + N + K)
+        check(got, want, K)
+        got, want = run_gemm(form, M, N, K, "cpu", LB, beta=0.5, batch=2, pad=(1, 2, 3), offs=(1, 2, 3),
+                             bias_mode="row", act="relu")
+        check(got, want, K)
+        got, want = run_gemm(form, M, N, K, "cpu", LB, alpha=-1.0, beta=1.0, batch=3, reduce_batch=True)
+        check(got, want, K * 3)
+
+
+def test_local_b_strip_is_skipped_where_it_does_not_pay_or_fit():
+    _cpu_device()
+    assert _kernels("nn", 64, 100, 64) == ["gemm_cpu_nn_lb"]               # shipped: 11 row blocks
+    assert _kernels("nn", 42, 100, 64) == ["gemm_cpu_nn"]                  # 7 row blocks share the copy
+    assert _kernels("nn", 64, 100, 15) == ["gemm_cpu_nn"]                  # K too short
+    assert _kernels("nn", 64, 100, 64, {"lb_bytes": 4 * 16 * 63}) == ["gemm_cpu_nn"]   # strip over the cap
+    assert _kernels("nn", 64, 100, 64, {"LB": 0}) == ["gemm_cpu_nn"]
+    assert _kernels("nt", 64, 100, 64) == ["gemm_cpu_nt"]

@@ -9,7 +9,9 @@ reduce_batch=True sums the batch into one C instead: C = alpha * sum_z op(A_z) o
 (conv dW over the images).
 
 Two kernel families (kernels/gemm.cl): "gpu" (work-group tiles staged in local memory) and "cpu"
-(wide per-work-item register tiles, no local memory, for PoCL-like CPU devices). The family follows
+(wide per-work-item register tiles for PoCL-like CPU devices; with "LB" and 1 x LY work-groups of at
+least lb_rows row blocks, the group's op(B) strip is copied to local memory once and read contiguously;
+"skinny" tiles with SKINNY: small-M nn/tn products stream the big operand once). The family follows
 the device kind unless the tuning data ("variant") or the caller (`variant=`) says otherwise; tile
 sizes come from configs/tuning/*.json -> "gemm", overridable with `params=` (tests, `thomas tune`).
 
@@ -30,14 +32,15 @@ way. Without (enough) work the launcher falls back to one launch per batch entry
 """
 from __future__ import annotations
 
-from ...ops._cl import ACTS, FlexLocal, row_local_size
+from ...ops._cl import ACTS, FlexLocal, local_floats, row_local_size
 from .limits import LaunchLimitError, warn_skipped
 
 GPU_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
 CPU_KEYS = ("TM", "TN", "VW", "DM", "DN", "SMR", "SWV", "SKC")
 # the kernel file's own defaults, used when the tuning data has nothing for a forced family
 GPU_DEFAULT = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0}
-CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "SMR": 8, "SWV": 64, "SKC": 8, "LX": 1, "LY": 32}
+CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "SMR": 8, "SWV": 64, "SKC": 8, "LX": 1, "LY": 32,
+               "LB": 1}
 # smaller GPU tiles, tried in order when the tuned one does not fit the device (limits.py): each keeps
 # MWG/MDIMC and NWG/NDIMC multiples of 4 (the float4 path) and halves work-items or local memory
 GPU_FALLBACK = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0},
@@ -304,14 +307,33 @@ def _launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc
         gsize = (-(-N // (defines["SWV"] * defines["VW"])), 1, batch)
     else:
         gsize = (-(-N // defines["TN"]), -(-M // defines["TM"]), batch)
-    lsize = None
+    lsize, extra = None, ()
     if kernel.startswith("gemm_cpu_sm"):
         lsize = FlexLocal((1, 1, 1))      # a work-item is a whole SW-column strip already
     elif p.get("LX") and p.get("LY"):     # rows of a work-group clamped to the rows there are
-        lsize = FlexLocal((int(p["LX"]), max(1, min(int(p["LY"]), gsize[1])), 1))
+        lsize = (int(p["LX"]), max(1, min(int(p["LY"]), gsize[1])), 1)
+        strip = 4 * K * defines["TN"]
+        if form != "nt" and lsize[0] == 1 and p.get("LB") and K >= 16 and lsize[1] >= int(p.get("lb_rows", 8)) \
+                and strip <= min(int(p.get("lb_bytes", 1 << 19)), b.rt.limits.local_mem // 2):
+            # the group's B strip staged in local memory, once for at least lb_rows row blocks
+            kernel += "_lb"
+            extra = (local_floats(K * defines["TN"]),)
+            lsize = _fit_lb(b, kernel, defines, lsize)
+        else:
+            lsize = FlexLocal(lsize)
     return b.launch("gemm.cl", kernel, gsize, lsize, M, N, K, A, a_off, lda, B, b_off, ldb,
                     C, c_off, ldc, float(alpha), float(beta), stride_a, stride_b, stride_c, bias, bias_off,
-                    bias_mode, defines=defines, flops=2 * M * N * K * batch)
+                    bias_mode, *extra, defines=defines, flops=2 * M * N * K * batch)
+
+
+def _fit_lb(b, kernel: str, defines: dict, lsize: tuple) -> tuple:
+    """A 1 x LY work-group the local-B kernel can launch with (its barrier needs a fixed group):
+    LY halved until the kernel's and the device's work-group limits allow it."""
+    kl = b.rt.kernel_limits("gemm.cl", kernel, defines)
+    ly = lsize[1]
+    while ly > 1 and (ly > kl.wg or ly > b.rt.limits.item_sizes[1]):
+        ly //= 2
+    return (1, ly, 1)
 
 
 def _launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, groups_z,
