@@ -190,25 +190,18 @@ __kernel void dw_fwd_rows(__global const float* x, __global const float* wt, __g
 // divides; so along m every tap reads a contiguous gy run: vectors of 8 (or 4) over the m where every
 // such tap's q is inside [0, Q), the last one moved back to end there (values it repeats come out the
 // same); the rest one by one. Global size (ceil(H/hb), C, N).
-inline float dw_bwd_at(__global const float* gyn, __global const float* wt, const int c, const int mult,
+inline float dw_bwd_at(__global const float* gyn, const float* wv, const int c, const int mult,
                        const int h, const int w, const int P, const int Q, const int pt, const int pl) {
-    float acc = 0.0f;
+    float acc = 0.0f;   // taps unrolled: a tap that misses is skipped, the others added in the order j, r, s
     for (int j = 0; j < mult; j++) {
-        const int k = c * mult + j;
-        __global const float* g = gyn + k * P * Q;
-        __global const float* wp = wt + k * KR_ * KS_;
-        for (int r = 0; r < KR_; r++) {
+        __global const float* g = gyn + (c * mult + j) * P * Q;
+        _Pragma("unroll") for (int r = 0; r < KR_; r++) {
             const int t = h + pt - r * DH_;
-            if (t < 0) break;
-            if (t % SH_) continue;
-            const int p = t / SH_;
-            if (p >= P) continue;
-            for (int s = 0; s < KS_; s++) {
+            if (t < 0 || t % SH_ || t / SH_ >= P) continue;
+            _Pragma("unroll") for (int s = 0; s < KS_; s++) {
                 const int u = w + pl - s * DW_;
-                if (u < 0) break;
-                if (u % SW_) continue;
-                const int q = u / SW_;
-                if (q < Q) acc += g[p * Q + q] * wp[r * KS_ + s];
+                if (u >= 0 && u % SW_ == 0 && u / SW_ < Q)
+                    acc += g[(t / SH_) * Q + u / SW_] * wv[(j * KR_ + r) * KS_ + s];
             }
         }
     }
@@ -278,7 +271,7 @@ __kernel void dw_bwd_data_rows(__global const float* gy, __global const float* w
             for (int m = 0; m < mw; m++) {
                 if (m == ma && vw) m = mb;   // the vector part
                 if (m >= mw) break;
-                dr[m * SW_ + e] = dw_bwd_at(gyn, wt, c, mult, h, m * SW_ + e, P, Q, pt, pl);
+                dr[m * SW_ + e] = dw_bwd_at(gyn, wv, c, mult, h, m * SW_ + e, P, Q, pt, pl);
             }
         }
     }
