@@ -40,14 +40,18 @@ def median_ms(fn, steps: int) -> float:
     return float(np.median(ts))
 
 
-def alternate_steps(plans: dict, x, y, rounds: int, lr: float = 1e-4) -> tuple[dict, dict]:
+def alternate_steps(plans: dict, x, y, rounds: int, lr: float = 1e-4, infer: bool = False) -> tuple[dict, dict]:
     """Steps of several Plans taken in turn (ABCABC..., the first round a warm-up), so drift and a shared
-    CPU's load hit all alike: {name: [wall ms]}, {name: [process CPU ms (all PoCL threads)]}."""
+    CPU's load hit all alike: {name: [wall ms]}, {name: [process CPU ms (all PoCL threads)]}. `infer`:
+    each Plan's inference on x instead of a training step."""
     wall, cpu = {k: [] for k in plans}, {k: [] for k in plans}
     for i in range(rounds + 1):
         for name, plan in plans.items():
             t0, c0 = time.perf_counter(), time.process_time()
-            plan.train_step(x, y, lr=lr)
+            if infer:
+                plan.infer(x)
+            else:
+                plan.train_step(x, y, lr=lr)
             if i:
                 wall[name].append((time.perf_counter() - t0) * 1e3)
                 cpu[name].append((time.process_time() - c0) * 1e3)

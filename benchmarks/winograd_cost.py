@@ -39,22 +39,6 @@ def _plans(g, stage: str, batch: int) -> dict:
     return plans
 
 
-def _alternate(plans: dict, x, y, stage: str, rounds: int) -> tuple[dict, dict]:
-    from plan_models import alternate_steps
-
-    if stage != "infer":
-        return alternate_steps(plans, x, y, rounds)
-    wall, cpu = {k: [] for k in plans}, {k: [] for k in plans}
-    for i in range(rounds + 1):
-        for name, plan in plans.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            plan.infer(x)
-            if i:
-                wall[name].append((time.perf_counter() - t0) * 1e3)
-                cpu[name].append((time.process_time() - c0) * 1e3)
-    return wall, cpu
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="alexnet")
@@ -64,6 +48,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=str(HERE / "results" / "winograd_cost.json"))
     a = ap.parse_args()
+    from plan_models import alternate_steps
+
     from thomas_cli import zoo
 
     rows = []
@@ -74,7 +60,7 @@ def main() -> None:
         y = rng.integers(0, 10, a.batch)
         for stage in a.stages.split(","):
             plans = _plans(g, stage, a.batch)
-            wall, cpu = _alternate(plans, x, y, stage, a.rounds)
+            wall, cpu = alternate_steps(plans, x, y, a.rounds, infer=stage == "infer")
             med = lambda v: float(np.median(v))  # noqa: E731
             row = {"model": model, "stage": stage, "device": plans["0"].rt.info["device"],
                    "wall_ms": [med(wall["0"]), med(wall["1"])], "cpu_ms": [med(cpu["0"]), med(cpu["1"])],

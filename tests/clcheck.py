@@ -7,6 +7,8 @@ compare with the numpy reference, with every output and gradient buffer wiped to
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,22 @@ def nontrivial_bn_stats(g, seed: int = 1):
         elif k.endswith("running_mean"):
             g.weights[k] = (rng.standard_normal(p.shape) * 0.1).astype(np.float32)
     return g
+
+
+def phone_profiles() -> list[str]:
+    """The shipped phone profiles (configs/tuning/mobile.json), sorted."""
+    from device_agent.backends.opencl.limits import load_profiles
+
+    return sorted(load_profiles())
+
+
+def profiled_runtime(profile, monkeypatch):
+    """A Runtime under a phone profile's limits and tuning, made clcheck's runtime; a generator for a
+    fixture (closed after the test). THOMAS_CL_CONV is cleared so the profile's own path runs."""
+    from device_agent.backends.opencl.runtime import Runtime
+
+    monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
+    rt = Runtime(profile=profile)
+    monkeypatch.setattr(sys.modules[__name__], "_RT", rt)
+    yield rt
+    rt.close()

@@ -212,22 +212,10 @@ def test_workspace_holds_no_columns(monkeypatch):
 # ---- under the phones' limits (the path GPUs take by default) ----
 @pytest.fixture
 def profiled(request, monkeypatch):
-    from device_agent.backends.opencl.runtime import Runtime
-
-    monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
-    rt = Runtime(profile=request.param)
-    monkeypatch.setattr(clcheck, "_RT", rt)
-    yield rt
-    rt.close()
+    yield from clcheck.profiled_runtime(request.param, monkeypatch)
 
 
-def _profiles():
-    from device_agent.backends.opencl.limits import load_profiles
-
-    return sorted(load_profiles())
-
-
-@pytest.mark.parametrize("profiled", _profiles(), indirect=True)
+@pytest.mark.parametrize("profiled", clcheck.phone_profiles(), indirect=True)
 def test_profiles_take_igemm_and_launch(profiled):
     """a phone profile is a GPU: implicit GEMM by default, with a tile inside its limits"""
     lim = profiled.limits

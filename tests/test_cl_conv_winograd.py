@@ -168,21 +168,10 @@ def test_workspace_holds_no_columns(monkeypatch):
 
 @pytest.fixture
 def profiled(request, monkeypatch):
-    from device_agent.backends.opencl.runtime import Runtime
-
-    rt = Runtime(profile=request.param)
-    monkeypatch.setattr(clcheck, "_RT", rt)
-    yield rt
-    rt.close()
+    yield from clcheck.profiled_runtime(request.param, monkeypatch)
 
 
-def _profiles():
-    from device_agent.backends.opencl.limits import load_profiles
-
-    return sorted(load_profiles())
-
-
-@pytest.mark.parametrize("profiled", _profiles(), indirect=True)
+@pytest.mark.parametrize("profiled", clcheck.phone_profiles(), indirect=True)
 def test_under_phone_limits(profiled, seen):
     """the transforms and their 16-GEMMs launch within each phone profile's limits (GPU-shaped GEMMs)"""
     for case in (GRID[2], GRID[3]):
