@@ -6,7 +6,8 @@ stepped in turn (ABAB..., so a shared CPU's load hits all alike), optionally bes
 
 Prints, per variant, the kernel ms (OpenCL profiling events, benchmarks/plan_profile.py) summed per
 kernel, the median step wall time, and with --torch the median wall time of the same step in PyTorch
-(CPU, taken in the same rotation) and each variant's ratio to it. Also the median process CPU time of a step (all threads): steadier than the
+(CPU, taken in the same rotation) and each variant's ratio to it (medians, and minimums: the least
+disturbed step of each on a shared machine). Also the median process CPU time of a step (all threads): steadier than the
 wall time on a CPU shared with other work.
 """
 from __future__ import annotations
@@ -89,9 +90,13 @@ def main() -> None:
     print("| kernel total | " + " | ".join(f"{sum(med[n].values()):.1f}" for n in names) + " |")
     print("| step wall (median) | " + " | ".join(f"{np.median(wall[n]):.1f}" for n in names) + " |")
     print("| step process CPU ms (median, all threads) | " + " | ".join(f"{np.median(cpu[n]):.1f}" for n in names) + " |")
+    print("| step wall (min) | " + " | ".join(f"{np.min(wall[n]):.1f}" for n in names) + " |")
     if a.torch:
-        t = float(np.median(wall["torch"]))
-        print(f"| ratio to torch ({t:.1f} ms) | " + " | ".join(f"{np.median(wall[n]) / t:.2f}" for n in names) + " |")
+        t, tmin = float(np.median(wall["torch"])), float(np.min(wall["torch"]))
+        print(f"| ratio to torch (median {t:.1f} ms) | " + " | ".join(f"{np.median(wall[n]) / t:.2f}" for n in names)
+              + " |")
+        print(f"| ratio to torch (min {tmin:.1f} ms) | " + " | ".join(f"{np.min(wall[n]) / tmin:.2f}" for n in names)
+              + " |")
 
 
 if __name__ == "__main__":
