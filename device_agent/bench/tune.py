@@ -56,6 +56,8 @@ VARIANTS = {
         {"TM": 8, "TN": 8, "VW": 8},
         {"TM": 6, "TN": 8, "VW": 4},
         {"TM": 4, "TN": 32, "VW": 8, "DM": 2, "DN": 2},
+        {"LB": 0},                     # op(B) strips read from global memory, not staged in local memory
+        {"LX": 1, "LY": 8},            # smaller work-groups (fewer row blocks share a staged strip)
     ],
 }
 
