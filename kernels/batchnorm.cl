@@ -316,9 +316,13 @@ __kernel void bn_dx_lcn(__global const ACT_T* x, __global const REAL* g, __globa
 REAL bn_hsum8(const float8 v) { return ((v.s0 + v.s1) + (v.s2 + v.s3)) + ((v.s4 + v.s5) + (v.s6 + v.s7)); }
 
 // act(v) and the masked gradient, elementwise on eight lanes, as bn_act / bn_gy
+// bn_act on eight lanes with the same NaN rule (ReLU as fmax(v, 0): NaN -> 0; ReLU6's clamps keep NaN)
 float8 bn_act8(float8 v, const int act) {
-    if (act >= 1) v = v < (float8)0.0f ? (float8)0.0f : v;
-    if (act == 2) v = v > (float8)6.0f ? (float8)6.0f : v;
+    if (act == 1) return v > (float8)0.0f ? v : (float8)0.0f;
+    if (act == 2) {
+        v = v < (float8)0.0f ? (float8)0.0f : v;
+        v = v > (float8)6.0f ? (float8)6.0f : v;
+    }
     return v;
 }
 float8 bn_gy8(const float8 g, const float8 v, const int act) {
