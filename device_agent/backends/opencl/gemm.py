@@ -296,19 +296,26 @@ def _gemm(b, ta, tb, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha
         return [parts, red]
 
 
+# the CPU family's kernels by form: (register tiles, skinny, register tiles with op(B) staged in local memory)
+CPU_KERNELS = {"nn": ("gemm_cpu_nn", "gemm_cpu_sm_nn", "gemm_cpu_nn_lb"),
+               "tn": ("gemm_cpu_tn", "gemm_cpu_sm_tn", "gemm_cpu_tn_lb"),
+               "tt": ("gemm_cpu_tt", None, "gemm_cpu_tt_lb"),
+               "nt": ("gemm_cpu_nt", None, None)}
+
+
 def _launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, batch,
                 stride_a, stride_b, stride_c, bias, bias_off, bias_mode):
     defines = _defines(b, "cpu", p)
-    kernel = f"gemm_cpu_{form}"
+    kernel = CPU_KERNELS[form][0]
     if form == "nt":
         gsize = (-(-N // defines["DN"]), -(-M // defines["DM"]), batch)
     elif p.get("SKINNY") and form in ("nn", "tn"):   # all M rows per work-item ("skinny" tiles, M <= skinny_m)
-        kernel = f"gemm_cpu_sm_{form}"
+        kernel = CPU_KERNELS[form][1]
         gsize = (-(-N // (defines["SWV"] * defines["VW"])), 1, batch)
     else:
         gsize = (-(-N // defines["TN"]), -(-M // defines["TM"]), batch)
     lsize, extra = None, ()
-    if kernel.startswith("gemm_cpu_sm"):
+    if kernel == CPU_KERNELS[form][1]:
         lsize = FlexLocal((1, 1, 1))      # a work-item is a whole SW-column strip already
     elif p.get("LX") and p.get("LY"):     # rows of a work-group clamped to the rows there are
         lsize = (int(p["LX"]), max(1, min(int(p["LY"]), gsize[1])), 1)
@@ -316,7 +323,7 @@ def _launch_cpu(b, form, p, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc
         if form != "nt" and lsize[0] == 1 and p.get("LB") and K >= 16 and lsize[1] >= int(p.get("lb_rows", 8)) \
                 and strip <= min(int(p.get("lb_bytes", 1 << 19)), b.rt.limits.local_mem // 2):
             # the group's B strip staged in local memory, once for at least lb_rows row blocks
-            kernel += "_lb"
+            kernel = CPU_KERNELS[form][2]
             extra = (local_floats(K * defines["TN"]),)
             lsize = _fit_lb(b, kernel, defines, lsize)
         else:

@@ -99,12 +99,15 @@ def _check(param, grad, *state):
                                f"parameters have {param.size}")
 
 
+VEC_KERNELS = {"sgd_step": "sgd_step_vec", "adam_step": "adam_step_vec", "adamw_step": "adamw_step_vec"}
+
+
 def _update(kernel: str, b, n: int) -> tuple:
     """(kernel, gsize, lsize) of an update: on a CPU device the *_vec form (VEC elements per
     work-item as one vector, the same bits as the scalar kernel: kernels/optim.cl; 3x (SGD) and 8x
     (Adam) faster on PoCL), elsewhere one element per work-item."""
     if b.kind == "cpu":
-        return f"{kernel}_vec", (-(-int(n) // VEC),), FlexLocal((64,))
+        return VEC_KERNELS[kernel], (-(-int(n) // VEC),), FlexLocal((64,))
     return kernel, (int(n),), elt(b)
 
 
