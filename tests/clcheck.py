@@ -162,3 +162,19 @@ def profiled_runtime(profile, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "_RT", rt)
     yield rt
     rt.close()
+
+
+def launched_kernels(monkeypatch) -> list[str]:
+    """From now on (until the test's monkeypatch undoes it), the name of every kernel a LaunchBuilder
+    records, in order: which path an op took."""
+    from device_agent.backends.opencl.runtime import LaunchBuilder
+
+    names = []
+    orig = LaunchBuilder.launch
+
+    def spy(self, file, kernel, *a, **kw):
+        names.append(kernel)
+        return orig(self, file, kernel, *a, **kw)
+
+    monkeypatch.setattr(LaunchBuilder, "launch", spy)
+    return names

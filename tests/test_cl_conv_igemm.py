@@ -37,19 +37,9 @@ GRID = [
 def igemm(monkeypatch):
     """THOMAS_CL_CONV=igemm: the implicit-GEMM kernels on the CPU test device; returns the names of the
     kernels launched since"""
-    from device_agent.backends.opencl import runtime as rtm
-
     monkeypatch.setenv("THOMAS_CL_CONV", "igemm")
     monkeypatch.setenv("THOMAS_CL_WINOGRAD", "0")   # 3x3 stride-1 nodes would take Winograd on CPUs
-    seen = []
-    orig = rtm.LaunchBuilder.launch
-
-    def spy(self, file, kernel, *a, **k):
-        seen.append(kernel)
-        return orig(self, file, kernel, *a, **k)
-
-    monkeypatch.setattr(rtm.LaunchBuilder, "launch", spy)
-    return seen
+    return clcheck.launched_kernels(monkeypatch)
 
 
 def _inputs(case, scale=1.0):
@@ -158,13 +148,8 @@ def test_selection_env_and_tuning(monkeypatch):
 def test_default_path_is_im2col(monkeypatch):
     """without the switch or a tuning entry every device keeps im2col and its columns in the workspace
     (implicit GEMM becomes a GPU default only once measured faster there: docs/BACKENDS.md)"""
-    from device_agent.backends.opencl import runtime as rtm
-
     monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
-    seen = []
-    orig = rtm.LaunchBuilder.launch
-    monkeypatch.setattr(rtm.LaunchBuilder, "launch", lambda self, f, kern, *a, **k: seen.append(kern) or
-                        orig(self, f, kern, *a, **k))
+    seen = clcheck.launched_kernels(monkeypatch)
     rt = runtime()
     case = GRID[0]
     cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)

@@ -49,19 +49,9 @@ def _inputs(case, scale=1.0):
 @pytest.fixture
 def seen(monkeypatch):
     """THOMAS_CL_WINOGRAD=1; returns the names of the kernels launched since"""
-    from device_agent.backends.opencl import runtime as rtm
-
     monkeypatch.setenv(wino.ENV, "1")
     monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
-    names = []
-    orig = rtm.LaunchBuilder.launch
-
-    def spy(self, file, kernel, *a, **k):
-        names.append(kernel)
-        return orig(self, file, kernel, *a, **k)
-
-    monkeypatch.setattr(rtm.LaunchBuilder, "launch", spy)
-    return names
+    return clcheck.launched_kernels(monkeypatch)
 
 
 @pytest.mark.parametrize("case", GRID, ids=_ids(GRID))
@@ -135,14 +125,9 @@ def test_which_nodes_take_it(monkeypatch):
 
 def test_off_keeps_the_gemm_path(monkeypatch):
     """THOMAS_CL_WINOGRAD=0: the same node runs im2col + GEMM + col2im, as before"""
-    from device_agent.backends.opencl import runtime as rtm
-
     monkeypatch.setenv(wino.ENV, "0")
     monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
-    names = []
-    orig = rtm.LaunchBuilder.launch
-    monkeypatch.setattr(rtm.LaunchBuilder, "launch",
-                        lambda self, f, k, *a, **kw: names.append(k) or orig(self, f, k, *a, **kw))
+    names = clcheck.launched_kernels(monkeypatch)
     cl_check("Conv2d", GRID[0][2], _inputs(GRID[0]), rtol=1e-4, atol=1e-4)
     assert "col2im" in names and not any(n.startswith("wino") for n in names)
 

@@ -80,13 +80,7 @@ def test_cpu_form_matches_numpy(monkeypatch, case):
 def test_the_kind_picks_the_kernels(monkeypatch):
     names = {}
     for kind in ("cpu", "gpu"):
-        seen = []
-        orig = LaunchBuilder.launch
-
-        def spy(self, file, kernel, *a, **kw):
-            seen.append(kernel)
-            return orig(self, file, kernel, *a, **kw)
-        monkeypatch.setattr(LaunchBuilder, "launch", spy)
+        seen = clcheck.launched_kernels(monkeypatch)
         monkeypatch.setattr(clcheck, "LaunchBuilder", _kind(kind))
         x = np.zeros((1, 1, 5, 5), np.float32)
         cl_run("MaxPool", dict(kernel=[3, 3], stride=[2, 2]), [x], gys=[np.ones((1, 1, 2, 2), np.float32)])
