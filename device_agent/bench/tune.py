@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from ..errors import BackendError, ThomasError
+from ..errors import BackendError, InputError, ThomasError
 from ..fsutil import atomic_write
 from ..protocol import TuneEvent, TuneVariantEvent
 
@@ -73,7 +73,6 @@ CONV_VARIANTS = {
 
 def load_job(path: str) -> dict:
     from .bench import read_job
-    from ..errors import InputError
 
     job = read_job(path, "tune", {"batch": 8, "steps": 3})
     if not isinstance(job.setdefault("conv", True), bool):

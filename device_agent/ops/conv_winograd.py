@@ -85,11 +85,14 @@ def _chunk(n: int, o: int, i: int, tiles: int) -> int:
     return max(1, min(n, WINO_BUDGET // (16 * (o + i) * tiles)))
 
 
+def _pass_floats(n: int, o: int, i: int, tiles: int) -> int:
+    """floats of one pass: the 16 transformed filters (or their gradients) and one chunk's tiles of both sides"""
+    return 16 * o * i + 16 * (o + i) * tiles * _chunk(n, o, i, tiles)
+
+
 def workspace_floats(n: int, c: int, k: int, h: int, w: int, p: int, q: int) -> int:
     """floats of the largest pass: forward and dW (tiles over P x Q) or dX (tiles over H x W)"""
-    fw = 16 * k * c + 16 * (c + k) * _tiles(p, q) * _chunk(n, k, c, _tiles(p, q))
-    dx = 16 * k * c + 16 * (c + k) * _tiles(h, w) * _chunk(n, c, k, _tiles(h, w))
-    return max(fw, dx)
+    return max(_pass_floats(n, k, c, _tiles(p, q)), _pass_floats(n, c, k, _tiles(h, w)))
 
 
 def gemm_shapes(n: int, c: int, k: int, h: int, w: int, p: int, q: int) -> list:
