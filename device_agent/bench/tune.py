@@ -173,55 +173,74 @@ def _misfit(rt, fam: str, params: dict) -> str:
     return next((w for w in (tile_misfit(LaunchBuilder(rt), form, t) for form in ("nn", "nt", "tn")) if w), "")
 
 
-def _conv_step(rt, g, batch: int, steps: int, params: dict) -> tuple[tuple, float | None, float]:
-    """(the kernels the full step launches, median ms of `steps` full steps or None when `steps` is 0,
-    the warm-up step's loss) with convolution tuning `params`"""
+def _conv_plan(rt, g, batch: int, params: dict):
+    """(a full-training Plan built with convolution tuning `params`, the kernels its step launches)"""
     from ..backends.opencl.plan import OptimConfig, Plan
-    from .bench import _inputs
 
     rt.tuning.override = {"conv2d": params}
     try:
         plan = Plan(g, batch=batch, trainable=None, optimizer=OptimConfig("sgd", momentum=0.9), runtime=rt)
     finally:
         rt.tuning.override = {}
-    sig = tuple(ln.kernel.function_name for ln in plan.fw_launches + plan.bw_launches)
-    if not steps:
+    return plan, tuple(ln.kernel.function_name for ln in plan.fw_launches + plan.bw_launches)
+
+
+def _time_steps(rt, plan, g, batch: int, steps: int) -> tuple[float, float]:
+    """(median ms of `steps` full steps after a warm-up, the warm-up step's loss); releases the Plan"""
+    from .bench import _inputs
+
+    try:
+        x, y = _inputs(g, batch)
+        loss, _ = plan.train_step(x, y, lr=1e-4)
+        ts = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            plan.train_step(x, y, lr=1e-4)
+            rt.queue.finish()
+            ts.append((time.perf_counter() - t0) * 1e3)
+    finally:
         plan.release()
-        return sig, None, float("nan")
-    x, y = _inputs(g, batch)
-    loss, _ = plan.train_step(x, y, lr=1e-4)
-    ts = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        plan.train_step(x, y, lr=1e-4)
-        rt.queue.finish()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    plan.release()
-    return sig, float(np.median(ts)), float(loss)
+    return float(np.median(ts)), float(loss)
+
+
+def _failed(i: int, params: dict, e: Exception, op: str = "gemm") -> TuneVariantEvent:
+    return TuneVariantEvent(i, params, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", op)
 
 
 def tune_conv(rt, g, job: dict, emit) -> TuneEvent | None:
     """Time the convolution paths (CONV_VARIANTS) on full steps; save and return the winner (None when the
-    model's launches do not depend on the path: nothing is timed then)."""
-    distinct, sigs = [], set()
+    model's launches do not depend on the path: nothing is timed then). Each Plan is built once: the first
+    path with its own launches waits, untimed, until a second one shows there is a choice."""
+    timed, sigs, first = [], set(), None
+
+    def measure(i, v, plan):
+        try:
+            timed.append((i, v) + _time_steps(rt, plan, g, job["batch"], job["steps"]))
+        except (ThomasError, RuntimeError) as e:
+            emit(_failed(i, v, e, "conv2d"))
+
     for i, v in enumerate(CONV_VARIANTS["gpu" if rt.kind == "gpu" else "cpu"]):
         try:
-            sig, _, _ = _conv_step(rt, g, job["batch"], 0, v)
+            plan, sig = _conv_plan(rt, g, job["batch"], v)
         except (ThomasError, RuntimeError) as e:
-            emit(TuneVariantEvent(i, v, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", "conv2d"))
+            emit(_failed(i, v, e, "conv2d"))
             continue
-        if sig not in sigs:         # else the same launches as an earlier variant: no node this one changes
-            sigs.add(sig)
-            distinct.append((i, v))
-    if len(distinct) < 2:
+        if sig in sigs:             # the same launches as an earlier variant: no node this one changes
+            plan.release()
+            continue
+        sigs.add(sig)
+        if len(sigs) == 1:
+            first = (i, v, plan)
+            continue
+        if first is not None:
+            measure(*first)
+            first = None
+        measure(i, v, plan)
+    if first is not None:           # one launch list only: nothing to choose
+        first[2].release()
         return None
     results, ref = [], None
-    for i, v in distinct:
-        try:
-            _, ms, loss = _conv_step(rt, g, job["batch"], job["steps"], v)
-        except (ThomasError, RuntimeError) as e:
-            emit(TuneVariantEvent(i, v, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", "conv2d"))
-            continue
+    for i, v, ms, loss in timed:
         ref = loss if ref is None else ref
         if not _agrees(loss, ref):
             emit(TuneVariantEvent(i, v, None, 0, f"wrong results: loss {loss:.6g} where the first path gives "
@@ -283,7 +302,7 @@ def main(args: list[str], emit) -> int:
         try:
             ms, n, per, loss = _time_gemms(rt, g, job["batch"], job["steps"], params)
         except (ThomasError, RuntimeError) as e:   # cl.Error is a RuntimeError: a tile this device cannot build
-            emit(TuneVariantEvent(i, v, None, 0, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+            emit(_failed(i, v, e))
             continue
         if i == 0:
             ref = loss
