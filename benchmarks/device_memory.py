@@ -91,9 +91,10 @@ def child_torch(model: str, stage: str, size: int, batch: int) -> dict:
 def child_main(argv: list[str]) -> None:
     which, model, stage, size, batch = argv[0], argv[1], argv[2], int(argv[3]), int(argv[4])
     res = (child_torch if which == "torch" else child_opencl)(model, stage, size, batch)
-    res.pop("keep")
+    keep = res.pop("keep")         # a name, not a dropped value: popping alone let the Plan be collected
     print(json.dumps(res), flush=True)
     sys.stdin.readline()           # hold every buffer until the parent has read the GPU's memory
+    del keep
 
 
 def measure(which: str, model: str, stage: str, size: int, batch: int) -> dict:
