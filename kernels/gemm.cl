@@ -250,7 +250,7 @@ GPU_KERNEL(gemm_gpu_tt, 1, 1)
 // NOTE: PoCL's CPU driver does not inline its builtins (fma, vload8, min, ...): each one is a real call
 // that spills the accumulators. The hot loops below therefore use only operators (a * b + c contracts
 // to one FMA), unaligned vector pointers instead of vloadN, and fully unrolled register tiles.
-#ifdef __clang__
+#if defined(__clang__) && defined(CPU_DEVICE)  // (the loader defines CPU_DEVICE)
 typedef floatVW floatVW_u __attribute__((aligned(4)));   // a float<VW> at any float address
 #define LOADV(p) (*(__global const floatVW_u*)(p))
 #define STOREV(v, p) (*(__global floatVW_u*)(p) = (v))

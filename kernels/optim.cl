@@ -84,7 +84,7 @@ ADAM(adamw_step, 1)
 #define OCAT_(a, b) a##b
 #define OCAT(a, b) OCAT_(a, b)
 #define REALV OCAT(REAL, OPTVW)
-#ifdef __clang__
+#if defined(__clang__) && defined(CPU_DEVICE)  // (the loader defines CPU_DEVICE)
 typedef REALV REALV_u __attribute__((aligned(4)));
 #define LDV(a, i) (*(__global const REALV_u*)((a) + (i)))
 #define STV(v, a, i) (*(__global REALV_u*)((a) + (i)) = (v))

@@ -144,7 +144,8 @@ def test_a_rigid_launch_over_the_kernel_limit_fails_before_the_driver(profiled):
         b.launch("softmax.cl", "softmax_fwd", (64,), (64,), x, x, 1, 64, 1, local_floats(64))
     assert reduce_wg(b, "softmax.cl", "softmax_fwd", 64) == 16
     assert reduce_wg(b, "reduce.cl", "reduce_rows", 1000, arrays=2) == 32      # 1 KB / (2 * 4 B) = 128, kernel 32
-    with pytest.raises(LaunchLimitError, match="2048 bytes of local memory, the device has 1024"):
+    # 2048 bytes of argument plus the kernel's own static local memory (NVIDIA's driver reports 1 byte)
+    with pytest.raises(LaunchLimitError, match=r"gap_fwd: needs 20(4[89]|[5-9]\d) bytes of local memory, the device has 1024"):
         b.launch("pool.cl", "gap_fwd", (32,), (32,), x, x, 1, 64, local_floats(512))
 
 

@@ -89,7 +89,7 @@ import atexit, sys
 state = {}
 atexit.register(lambda: print("closed at exit:", state["rt"].closed, state["rt"].ctx is None, flush=True))
 import numpy as np
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{repo!r}, {tests!r}]   # the script lives in tmp_path: the checkout need not be installed
 from train_helpers import tiny_cnn
 from device_agent.backends.opencl.plan import OptimConfig, Plan
 from device_agent.backends.opencl.runtime import shared_runtime
@@ -104,7 +104,8 @@ def test_interpreter_exit_closes_the_runtimes_before_module_teardown(tmp_path):
     hook closes the Runtime first (a hook registered earlier runs later and sees it closed), and
     nothing complains during teardown."""
     script = tmp_path / "bench_like.py"
-    script.write_text(textwrap.dedent(SCRIPT).replace("{tests!r}", repr(str(REPO / "tests"))))
+    script.write_text(textwrap.dedent(SCRIPT).replace("{tests!r}", repr(str(REPO / "tests")))
+                      .replace("{repo!r}", repr(str(REPO))))
     r = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "loss " in r.stdout and "closed at exit: True True" in r.stdout, r.stdout

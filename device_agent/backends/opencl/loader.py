@@ -65,6 +65,10 @@ def forget_programs(ctx: cl.Context) -> None:
 def load_program(ctx: cl.Context, device: cl.Device, name: str, defines: dict | None = None) -> cl.Program:
     src = source_of(name)
     opts = options_of(defines)
+    if device.type & cl.device_type.CPU:
+        # NOTE: CPU devices load a float8 from any float address; GPUs fault on a misaligned vector
+        # access (NVIDIA: the context is lost), so the kernels' unaligned-vector-pointer trick is CPU-only
+        opts.append("-DCPU_DEVICE=1")
     ident = "\0".join([device.name, device.platform.name, device.driver_version, device.version,
                        hashlib.sha256(src.encode()).hexdigest(), " ".join(opts)])
     key = hashlib.sha256(ident.encode()).hexdigest()[:32]
