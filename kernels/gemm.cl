@@ -42,6 +42,11 @@
 #define LPAD 0     // floats of padding per local-memory row (0 or 4): spreads the transposing stores of
                    // A (nn, nt) and B (nt, tt) over more banks
 #endif
+#ifndef PF
+#define PF 0       // K-slice pipelining: 0 load, barrier, compute, barrier; 1 register prefetch (slice k+1 read
+                   // from global memory into registers while slice k is computed from local memory); 2 the
+                   // same with two local buffers per operand (one barrier per slice, twice the local memory)
+#endif
 #ifndef KUNROLL
 #define KUNROLL 1  // unroll the KWG loop (GPUs); the launcher turns it off for a GPU-shaped build on a CPU device
 #endif
@@ -112,45 +117,85 @@ inline float epilogue(const float acc, const float alpha, const float beta, __gl
 #if (MWI % 4) || (NWI % 4) || (KWG % 4) || (LPAD % 4)
 #error "gemm.cl: MWI, NWI, KWG and LPAD must be multiples of 4"
 #endif
-// Loads the KWG x XWG slice of a matrix whose element (x, k) sits at src[x*ld + k] (kcontig) or
-// src[k*ld + x] into dst[k*(XWG + LPAD) + x]. `fast`: slice fully inside and float4-aligned.
+// Float4 number idx of the KWG x XWG slice of a matrix whose element (x, k) sits at src[x*ld + k]
+// (kcontig) or src[k*ld + x]: its value (zeros past xlim / klim) and where gpu_stash puts it in
+// dst[k*(XWG + LPAD) + x]. `fast`: slice fully inside and float4-aligned.
+inline float4 gpu_fetch(const int kcontig, __global const float* src, const int ld, const int xlim,
+                        const int klim, const int x0, const int k0, const int XWG, const int idx,
+                        const int fast) {
+    float4 v;
+    if (kcontig) {
+        const int x = idx / (KWG / 4), k = (idx % (KWG / 4)) * 4;
+        if (fast) {
+            v = *(__global const float4*)(src + (x0 + x) * ld + k0 + k);
+        } else {
+            const int xx = x0 + x, kk = k0 + k, in = xx < xlim;
+            v.x = in && kk + 0 < klim ? src[xx * ld + kk + 0] : 0.0f;
+            v.y = in && kk + 1 < klim ? src[xx * ld + kk + 1] : 0.0f;
+            v.z = in && kk + 2 < klim ? src[xx * ld + kk + 2] : 0.0f;
+            v.w = in && kk + 3 < klim ? src[xx * ld + kk + 3] : 0.0f;
+        }
+    } else {
+        const int k = idx / (XWG / 4), x = (idx % (XWG / 4)) * 4;
+        if (fast) {
+            v = *(__global const float4*)(src + (k0 + k) * ld + x0 + x);
+        } else {
+            const int xx = x0 + x, kk = k0 + k, in = kk < klim;
+            v.x = in && xx + 0 < xlim ? src[kk * ld + xx + 0] : 0.0f;
+            v.y = in && xx + 1 < xlim ? src[kk * ld + xx + 1] : 0.0f;
+            v.z = in && xx + 2 < xlim ? src[kk * ld + xx + 2] : 0.0f;
+            v.w = in && xx + 3 < xlim ? src[kk * ld + xx + 3] : 0.0f;
+        }
+    }
+    return v;
+}
+
+inline void gpu_stash(const int kcontig, const int XWG, const int idx, const float4 v, __local float* dst) {
+    const int XL = XWG + LPAD;
+    if (kcontig) {
+        const int x = idx / (KWG / 4), k = (idx % (KWG / 4)) * 4;
+        dst[(k + 0) * XL + x] = v.x;
+        dst[(k + 1) * XL + x] = v.y;
+        dst[(k + 2) * XL + x] = v.z;
+        dst[(k + 3) * XL + x] = v.w;
+    } else {
+        const int k = idx / (XWG / 4), x = (idx % (XWG / 4)) * 4;
+        *(__local float4*)(dst + k * XL + x) = v;              // 16-byte aligned: XL, x multiples of 4
+    }
+}
+
+// The whole slice into dst, each work-item taking float4s tid, tid + THREADS, ...
 inline void gpu_load_tile(const int kcontig, __global const float* src, const int ld, const int xlim,
                           const int klim, const int x0, const int k0, const int XWG, __local float* dst,
                           const int tid, const int fast) {
-    const int XL = XWG + LPAD;
-    for (int idx = tid; idx < XWG * KWG / 4; idx += THREADS) {
-        if (kcontig) {
-            const int x = idx / (KWG / 4), k = (idx % (KWG / 4)) * 4;
-            float4 v;
-            if (fast) {
-                v = *(__global const float4*)(src + (x0 + x) * ld + k0 + k);
-            } else {
-                const int xx = x0 + x, kk = k0 + k, in = xx < xlim;
-                v.x = in && kk + 0 < klim ? src[xx * ld + kk + 0] : 0.0f;
-                v.y = in && kk + 1 < klim ? src[xx * ld + kk + 1] : 0.0f;
-                v.z = in && kk + 2 < klim ? src[xx * ld + kk + 2] : 0.0f;
-                v.w = in && kk + 3 < klim ? src[xx * ld + kk + 3] : 0.0f;
-            }
-            dst[(k + 0) * XL + x] = v.x;
-            dst[(k + 1) * XL + x] = v.y;
-            dst[(k + 2) * XL + x] = v.z;
-            dst[(k + 3) * XL + x] = v.w;
-        } else {
-            const int k = idx / (XWG / 4), x = (idx % (XWG / 4)) * 4;
-            float4 v;
-            if (fast) {
-                v = *(__global const float4*)(src + (k0 + k) * ld + x0 + x);
-            } else {
-                const int xx = x0 + x, kk = k0 + k, in = kk < klim;
-                v.x = in && xx + 0 < xlim ? src[kk * ld + xx + 0] : 0.0f;
-                v.y = in && xx + 1 < xlim ? src[kk * ld + xx + 1] : 0.0f;
-                v.z = in && xx + 2 < xlim ? src[kk * ld + xx + 2] : 0.0f;
-                v.w = in && xx + 3 < xlim ? src[kk * ld + xx + 3] : 0.0f;
-            }
-            *(__local float4*)(dst + k * XL + x) = v;          // 16-byte aligned: XL, x multiples of 4
-        }
+    for (int idx = tid; idx < XWG * KWG / 4; idx += THREADS)
+        gpu_stash(kcontig, XWG, idx, gpu_fetch(kcontig, src, ld, xlim, klim, x0, k0, XWG, idx, fast), dst);
+}
+
+#if PF
+// PF: the same float4s of a work-item (at most PFN(XWG) of them) held in registers r[] between the
+// global read of slice k+1 and its store to local memory after slice k is computed
+#define PFN(XWG) ((XWG * KWG / 4 + THREADS - 1) / THREADS)
+inline void gpu_fetch_regs(float4* r, const int n, const int kcontig, __global const float* src, const int ld,
+                           const int xlim, const int klim, const int x0, const int k0, const int XWG,
+                           const int tid, const int fast) {
+#pragma unroll
+    for (int q = 0; q < n; q++) {
+        const int idx = tid + q * THREADS;
+        if ((XWG * KWG / 4) % THREADS == 0 || idx < XWG * KWG / 4)
+            r[q] = gpu_fetch(kcontig, src, ld, xlim, klim, x0, k0, XWG, idx, fast);
     }
 }
+
+inline void gpu_stash_regs(const float4* r, const int n, const int kcontig, const int XWG, __local float* dst,
+                           const int tid) {
+#pragma unroll
+    for (int q = 0; q < n; q++) {
+        const int idx = tid + q * THREADS;
+        if ((XWG * KWG / 4) % THREADS == 0 || idx < XWG * KWG / 4) gpu_stash(kcontig, XWG, idx, r[q], dst);
+    }
+}
+#endif
 
 // Work-item (tx, ty) owns rows m0 + iv*MDIMC*4 + ty*4 + {0..3} and columns n0 + jv*NDIMC*4 + tx*4 + {0..3}:
 // float4 groups interleaved so that a warp's local reads and global stores are contiguous.
@@ -177,11 +222,50 @@ inline void gemm_gpu_body(const int ta, const int tb, const int M, const int N, 
     for (int i = 0; i < MWI; i++)
         for (int j = 0; j < NWI; j++) acc[i][j] = 0.0f;
     const int full_m = m0 + MWG <= M, full_n = n0 + NWG <= N;
+#if PF
+    // the slice at k0 = kbeg into registers; each step then stores the registers (PF 1) and reads the
+    // next slice before computing this one. Local memory holds the same values at the same places as
+    // PF 0 and the fma chain is the same: the results are bit-identical.
+    // PF 2: two local buffers per operand; slice k+1 is stored into the one slice k does not read, so
+    // one barrier per step orders both the stores before the reads and the reads before the next stores
+    float4 ra[PFN(MWG)], rb[PFN(NWG)];
+    int buf = 0;
+    if (kbeg < kend) {                                 // the same for the whole work-group
+        const int full_k = kbeg + KWG <= kend;
+        gpu_fetch_regs(ra, PFN(MWG), !ta, A, lda, M, kend, m0, kbeg, MWG, tid, (aligned & 1) && full_m && full_k);
+        gpu_fetch_regs(rb, PFN(NWG), tb, B, ldb, N, kend, n0, kbeg, NWG, tid, (aligned & 2) && full_n && full_k);
+#if PF == 2
+        gpu_stash_regs(ra, PFN(MWG), !ta, MWG, As, tid);
+        gpu_stash_regs(rb, PFN(NWG), tb, NWG, Bs, tid);
+        barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+    }
+#endif
     for (int k0 = kbeg; k0 < kend; k0 += KWG) {
+#if PF == 0
         const int full_k = k0 + KWG <= kend;
         gpu_load_tile(!ta, A, lda, M, kend, m0, k0, MWG, As, tid, (aligned & 1) && full_m && full_k);
         gpu_load_tile(tb, B, ldb, N, kend, n0, k0, NWG, Bs, tid, (aligned & 2) && full_n && full_k);
         barrier(CLK_LOCAL_MEM_FENCE);
+        __local const float* Ak = As;
+        __local const float* Bk = Bs;
+#else
+#if PF == 1
+        gpu_stash_regs(ra, PFN(MWG), !ta, MWG, As, tid);
+        gpu_stash_regs(rb, PFN(NWG), tb, NWG, Bs, tid);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        __local const float* Ak = As;
+        __local const float* Bk = Bs;
+#else
+        __local const float* Ak = As + buf * KWG * (MWG + LPAD);
+        __local const float* Bk = Bs + buf * KWG * (NWG + LPAD);
+#endif
+        const int kn = k0 + KWG, more = kn < kend, full_k = kn + KWG <= kend;
+        if (more) {
+            gpu_fetch_regs(ra, PFN(MWG), !ta, A, lda, M, kend, m0, kn, MWG, tid, (aligned & 1) && full_m && full_k);
+            gpu_fetch_regs(rb, PFN(NWG), tb, B, ldb, N, kend, n0, kn, NWG, tid, (aligned & 2) && full_n && full_k);
+        }
+#endif
 #if KUNROLL
 #pragma unroll
 #else
@@ -190,16 +274,23 @@ inline void gemm_gpu_body(const int ta, const int tb, const int M, const int N, 
         for (int kk = 0; kk < KWG; kk++) {
             float a[MWI], b[NWI];
             for (int iv = 0; iv < MWI / 4; iv++) {
-                const float4 v = *(__local const float4*)(As + kk * (MWG + LPAD) + iv * MDIMC * 4 + ty * 4);
+                const float4 v = *(__local const float4*)(Ak + kk * (MWG + LPAD) + iv * MDIMC * 4 + ty * 4);
                 a[iv * 4 + 0] = v.x; a[iv * 4 + 1] = v.y; a[iv * 4 + 2] = v.z; a[iv * 4 + 3] = v.w;
             }
             for (int jv = 0; jv < NWI / 4; jv++) {
-                const float4 v = *(__local const float4*)(Bs + kk * (NWG + LPAD) + jv * NDIMC * 4 + tx * 4);
+                const float4 v = *(__local const float4*)(Bk + kk * (NWG + LPAD) + jv * NDIMC * 4 + tx * 4);
                 b[jv * 4 + 0] = v.x; b[jv * 4 + 1] = v.y; b[jv * 4 + 2] = v.z; b[jv * 4 + 3] = v.w;
             }
             for (int i = 0; i < MWI; i++)
                 for (int j = 0; j < NWI; j++) acc[i][j] = MULADD(a[i], b[j], acc[i][j]);
         }
+#if PF == 2
+        if (more) {
+            buf ^= 1;
+            gpu_stash_regs(ra, PFN(MWG), !ta, MWG, As + buf * KWG * (MWG + LPAD), tid);
+            gpu_stash_regs(rb, PFN(NWG), tb, NWG, Bs + buf * KWG * (NWG + LPAD), tid);
+        }
+#endif
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     for (int i = 0; i < MWI; i++) {
@@ -231,10 +322,11 @@ inline void gemm_gpu_body(const int ta, const int tb, const int M, const int N, 
     const int ksplit, const int kchunk
 #define GPU_PASS M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc, alpha, beta, stride_a, stride_b, stride_c, \
     bias, bias_off, bias_mode, aligned, ksplit, kchunk, As, Bs
+#define NBUF (PF == 2 ? 2 : 1)   // local buffers per operand
 #define GPU_KERNEL(name, ta, tb) \
     __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1))) void name(GPU_ARGS) { \
-        __local float4 As4[KWG * (MWG + LPAD) / 4];  /* float4: 16-byte aligned for the vector reads */ \
-        __local float4 Bs4[KWG * (NWG + LPAD) / 4]; \
+        __local float4 As4[NBUF * KWG * (MWG + LPAD) / 4];  /* float4: 16-byte aligned for the vector reads */ \
+        __local float4 Bs4[NBUF * KWG * (NWG + LPAD) / 4]; \
         __local float* As = (__local float*)As4; \
         __local float* Bs = (__local float*)Bs4; \
         gemm_gpu_body(ta, tb, GPU_PASS); \

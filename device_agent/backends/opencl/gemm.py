@@ -35,19 +35,22 @@ from __future__ import annotations
 from ...ops._cl import ACTS, FlexLocal, local_floats, row_local_size
 from .limits import LaunchLimitError, warn_skipped
 
-GPU_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD")
+GPU_KEYS = ("MWG", "NWG", "KWG", "MDIMC", "NDIMC", "LPAD", "PF")
 CPU_KEYS = ("TM", "TN", "VW", "DM", "DN", "SMR", "SWV", "SKC")
 # the kernel file's own defaults, used when the tuning data has nothing for a forced family
-GPU_DEFAULT = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0}
+GPU_DEFAULT = {"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0, "PF": 0}
 CPU_DEFAULT = {"TM": 6, "TN": 16, "VW": 8, "DM": 2, "DN": 4, "SMR": 8, "SWV": 64, "SKC": 8, "LX": 1, "LY": 32,
                "LB": 1}
 # smaller GPU tiles, tried in order when the tuned one does not fit the device (limits.py): each keeps
-# MWG/MDIMC and NWG/NDIMC multiples of 4 (the float4 path) and halves work-items or local memory
-GPU_FALLBACK = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0},
-                {"MWG": 32, "NWG": 32, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0},
-                {"MWG": 32, "NWG": 32, "KWG": 8, "MDIMC": 4, "NDIMC": 4, "LPAD": 0},
-                {"MWG": 16, "NWG": 16, "KWG": 8, "MDIMC": 4, "NDIMC": 4, "LPAD": 0},
-                {"MWG": 16, "NWG": 16, "KWG": 4, "MDIMC": 4, "NDIMC": 4, "LPAD": 0})
+# MWG/MDIMC and NWG/NDIMC multiples of 4 (the float4 path) and halves work-items or local memory.
+# PF (K-slice pipelining, kernels/gemm.cl): 0 load-barrier-compute, 1 register prefetch of the next
+# slice, 2 prefetch into a second local buffer (twice the local memory); bit-identical results.
+# A PF tile that does not fit runs as the same tile with PF 0 first (gemm.fit_tiles).
+GPU_FALLBACK = ({"MWG": 64, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0, "PF": 0},
+                {"MWG": 32, "NWG": 32, "KWG": 16, "MDIMC": 8, "NDIMC": 8, "LPAD": 0, "PF": 0},
+                {"MWG": 32, "NWG": 32, "KWG": 8, "MDIMC": 4, "NDIMC": 4, "LPAD": 0, "PF": 0},
+                {"MWG": 16, "NWG": 16, "KWG": 8, "MDIMC": 4, "NDIMC": 4, "LPAD": 0, "PF": 0},
+                {"MWG": 16, "NWG": 16, "KWG": 4, "MDIMC": 4, "NDIMC": 4, "LPAD": 0, "PF": 0})
 MAX_SPLIT = 64           # K parts per product at most
 MIN_KCHUNK_SLICES = 4    # each part gets at least 4 K-slices (KWG each)
 WORK_CAP = 1 << 22       # floats of partial products an op reserves at most (16 MiB)
@@ -90,8 +93,7 @@ def _sized(b, fam: str, out: dict, rule: dict, form: str | None) -> dict:
         t = {k: int(cand[k]) for k in GPU_KEYS}
         why = tile_misfit(b, form, t)
         if why:
-            warn_skipped(f"gemm size rule '{rule.get('name', 'sizes')}' "
-                         + "x".join(str(t[k]) for k in GPU_KEYS[:3]) + f" on {t['NDIMC']}x{t['MDIMC']}", why)
+            warn_skipped(f"gemm size rule '{rule.get('name', 'sizes')}' " + tile_name(t), why)
             return out
     return cand
 
@@ -142,13 +144,23 @@ def _gpu_tiles(p: dict, M: int, N: int, batch: int, min_groups: int) -> dict:
     return tiles
 
 
+def tile_name(t: dict) -> str:
+    """"64x64x16 on 16x16" (MWG x NWG x KWG on NDIMC x MDIMC work-items), " PF1" appended when PF is on."""
+    pf = int(t.get("PF", 0))
+    return "x".join(str(t[k]) for k in GPU_KEYS[:3]) + f" on {t['NDIMC']}x{t['MDIMC']}" + (f" PF{pf}" if pf else "")
+
+
 def tile_misfit(b, form: str, t: dict) -> str:
-    """Why GPU tile `t` cannot launch gemm_gpu_<form> on this device ("" when it can): its
-    MDIMC x NDIMC work-items against the kernel's limits and max work-item sizes, its local tiles
-    (4 * KWG * (MWG + NWG + 2 LPAD) bytes, or what the driver reports) against the local memory.
-    Device-level limits are checked before the kernel is built."""
+    """Why GPU tile `t` cannot launch gemm_gpu_<form> on this device ("" when it can): a PF other
+    than 0, 1, 2; its MDIMC x NDIMC work-items against the kernel's limits and max work-item sizes,
+    its local tiles (4 * KWG * (MWG + NWG + 2 LPAD) bytes, twice that with PF 2, or what the driver
+    reports) against the local memory. Device-level limits are checked before the kernel is built."""
     lim = b.rt.limits
-    wg, need = t["MDIMC"] * t["NDIMC"], 4 * t["KWG"] * (t["MWG"] + t["NWG"] + 2 * t["LPAD"])
+    pf = int(t.get("PF", 0))
+    if pf not in (0, 1, 2):
+        return f"PF={pf} is not 0, 1 or 2"
+    wg = t["MDIMC"] * t["NDIMC"]
+    need = 4 * t["KWG"] * (t["MWG"] + t["NWG"] + 2 * t["LPAD"]) * (2 if pf == 2 else 1)
     if wg > lim.wg_cap():
         return f"{t['NDIMC']}x{t['MDIMC']} work-items > the device's {lim.wg_cap()}"
     if t["NDIMC"] > lim.item_sizes[0] or t["MDIMC"] > lim.item_sizes[1]:
@@ -164,12 +176,16 @@ def tile_misfit(b, form: str, t: dict) -> str:
 
 
 def fit_tiles(b, form: str, t: dict) -> dict:
-    """`t`, or the first GPU_FALLBACK tile that fits this device, with a warning naming the skipped
-    tile and why (tuning data written for a bigger GPU is not an error on a smaller one)."""
+    """`t`, or (with PF on) the same tile without it, or the first GPU_FALLBACK tile that fits this
+    device, with a warning naming the skipped tile and why (tuning data written for a bigger GPU is
+    not an error on a smaller one)."""
     why = tile_misfit(b, form, t)
     if not why:
         return t
-    name = "gemm " + "x".join(str(t[k]) for k in GPU_KEYS[:3]) + f" on {t['NDIMC']}x{t['MDIMC']}"
+    name = "gemm " + tile_name(t)
+    if int(t.get("PF", 0)) and not tile_misfit(b, form, dict(t, PF=0)):
+        warn_skipped(name, why)
+        return dict(t, PF=0)
     for cand in GPU_FALLBACK:
         if all(cand[k] <= t[k] for k in ("MWG", "NWG")) or cand is GPU_FALLBACK[-1]:
             if not tile_misfit(b, form, cand):
@@ -359,7 +375,9 @@ def _launch_gpu(b, form, t, M, N, K, A, a_off, lda, B, b_off, ldb, C, c_off, ldc
 
 def _defines(b, fam: str, p: dict) -> dict:
     if fam == "gpu":
-        d = {k: int(p[k]) for k in GPU_KEYS}
+        d = {k: int(p[k] if k != "PF" else p.get(k, 0)) for k in GPU_KEYS}
+        if not d["PF"]:
+            del d["PF"]      # PF 0 is the kernel file's default: the same build (and cache key) as before PF
         d["FAMILY"] = 1
         if b.rt.info["kind"] == "cpu":   # the real device (a profile makes b.kind "gpu" on PoCL)
             d["KUNROLL"] = 0  # a GPU-shaped build on a CPU device is a correctness check: build it fast
