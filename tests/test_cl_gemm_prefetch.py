@@ -225,3 +225,34 @@ def test_pf_under_the_phone_profiles(profiled, monkeypatch):
     for form in FORMS:
         same_as_pf0(form, 17, 33, 70, T16, beta=0.5, bias_mode="row")
     assert {d.get("PF", 0) for d in seen} == {0, 1, 2}, seen
+
+
+def test_gemm_sweep_runs_and_checks_what_it_times(tmp_path):
+    """benchmarks/gemm_sweep.py (the H100 SGEMM sweep) on the test device: every set timed and checked
+    against numpy, PF 1 bit-identical to PF 0 of the same tile, a PF the kernel lacks listed as skipped;
+    a bad --params is one line and a non-zero exit"""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gemm_sweep.py"
+    t = dict(T16, PF=0)
+    out = tmp_path / "sweep.json"
+    r = subprocess.run([sys.executable, str(script), "--square", "64", "--forms", "nn,tt", "--reps", "1",
+                        "--params", json.dumps([t, dict(t, PF=1), dict(t, PF=7)]), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["form"], x["params"]["PF"]) for x in rows] == [("nn", 0), ("nn", 1), ("nn", 7),
+                                                               ("tt", 0), ("tt", 1), ("tt", 7)]
+    for x in rows:
+        if x["params"]["PF"] == 7:
+            assert x["skipped"] == "PF=7 is not 0, 1 or 2" and "gflops" not in x
+        else:
+            assert x["gflops"] > 0 and x["max_err"] < 1e-5, x
+            assert x.get("same_as_pf0") is (True if x["params"]["PF"] else None), x
+    assert "| 64 | tt | 16x16x4 on 4x4 PF1 |" in r.stdout
+    bad = subprocess.run([sys.executable, str(script), "--square", "64", "--params", "{"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
