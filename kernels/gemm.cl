@@ -346,9 +346,15 @@ GPU_KERNEL(gemm_gpu_tt, 1, 1)
 typedef floatVW floatVW_u __attribute__((aligned(4)));   // a float<VW> at any float address
 #define LOADV(p) (*(__global const floatVW_u*)(p))
 #define STOREV(v, p) (*(__global floatVW_u*)(p) = (v))
+#define LLOADV(p) (*(__local const floatVW*)(p))        // the Bs strip rows: TN floats, a multiple of VW
+#define LSTOREV(v, p) (*(__local floatVW*)(p) = (v))
 #else
+// NOTE: GPUs need a float<VW> access aligned to its own size; NVIDIA places a __local argument 16
+// bytes in (a misaligned float8 access there lost the CUDA context), so vloadN / vstoreN off CPUs
 #define LOADV(p) vloadVW(0, p)
 #define STOREV(v, p) vstoreVW(v, 0, p)
+#define LLOADV(p) vloadVW(0, p)
+#define LSTOREV(v, p) vstoreVW(v, 0, p)
 #endif
 #define UNROLL _Pragma("unroll")
 
@@ -444,7 +450,7 @@ inline void gemm_cpu_outer_lb(const int ta, const int tb, const int M, const int
             __local float* d = Bs + k * TN;
             if (!tb && !narrow) {
                 UNROLL for (int v = 0; v < NV; v++)
-                    *(__local floatVW*)(d + v * VW) = LOADV(B + k * ldb + n0 + v * VW);
+                    LSTOREV(LOADV(B + k * ldb + n0 + v * VW), d + v * VW);
             } else {
                 UNROLL for (int j = 0; j < TN; j++) d[j] = n0 + j < N ? OPB(tb, k, n0 + j) : 0.0f;
             }
@@ -465,7 +471,7 @@ inline void gemm_cpu_outer_lb(const int ta, const int tb, const int M, const int
     __local const float* bp = Bs;
     for (int k = 0; k < K; k++, bp += TN) {
         floatVW bv[NV];
-        UNROLL for (int v = 0; v < NV; v++) bv[v] = *(__local const floatVW*)(bp + v * VW);
+        UNROLL for (int v = 0; v < NV; v++) bv[v] = LLOADV(bp + v * VW);
         UNROLL for (int i = 0; i < TM; i++) {
             const floatVW a = (floatVW)(ap[i][k * astep]);
             UNROLL for (int v = 0; v < NV; v++) acc[i][v] = a * bv[v] + acc[i][v];

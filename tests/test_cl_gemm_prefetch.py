@@ -221,10 +221,18 @@ def test_pf2_over_the_local_memory_runs_the_tile_without_it(profiled, monkeypatc
 def test_pf_under_the_phone_profiles(profiled, monkeypatch):
     """the 16x16 tile (16 work-items, 512 B of local tiles, 1 KB with PF 2: fits even `tiny`) with PF on,
     bit-identical to PF 0 under each profile's capped limits, and PF really ran"""
+    from device_agent.backends.opencl import gemm
+    from device_agent.backends.opencl.runtime import LaunchBuilder
+
+    # PF 2 doubles the local tiles: `tiny`'s 1 KB holds them where the driver reports the bare 1 KB
+    # (PoCL), not where it adds its own bytes (NVIDIA: 1040), and then PF 0 must run in its place
+    b = LaunchBuilder(profiled)
+    fits = {pf for pf in (1, 2) if all(not gemm.tile_misfit(b, f, dict(T16, LPAD=0, PF=pf)) for f in FORMS)}
+    assert 1 in fits
     seen = spy_defines(monkeypatch)
     for form in FORMS:
         same_as_pf0(form, 17, 33, 70, T16, beta=0.5, bias_mode="row")
-    assert {d.get("PF", 0) for d in seen} == {0, 1, 2}, seen
+    assert {d.get("PF", 0) for d in seen} == {0} | fits, seen
 
 
 def test_gemm_sweep_runs_and_checks_what_it_times(tmp_path):

@@ -41,11 +41,11 @@ def _config(rt, M, N, K, form="nn", **kw):
 
     fam, p = gemm_config(LaunchBuilder(rt), None, kw.get("params"), M, shape=shape_key(form, M, N, K), N=N, K=K,
                          form=form)
-    return fam, {k: p[k] for k in TILE} if fam == "gpu" else p
+    return fam, dict({k: p[k] for k in TILE}, PF=int(p.get("PF", 0))) if fam == "gpu" else p
 
 
-def _tiles(mwg, nwg, kwg, mdimc, ndimc):
-    return dict(zip(TILE, (mwg, nwg, kwg, mdimc, ndimc)))
+def _tiles(mwg, nwg, kwg, mdimc, ndimc, pf=0):
+    return dict(zip(TILE, (mwg, nwg, kwg, mdimc, ndimc)), PF=pf)
 
 
 @pytest.fixture
@@ -65,12 +65,15 @@ def runtime_of(monkeypatch, tmp_path):
 
 
 # shapes: the SGEMM squares and the largest model GEMMs of docs/bench/h100-gemm-2026-11-25.md
-H100_CASES = [((4096, 4096, 4096), _tiles(128, 128, 16, 16, 16)), ((2048, 2048, 2048), _tiles(128, 128, 16, 16, 16)),
-              ((4096, 4096, 4096, "tn"), _tiles(128, 128, 16, 16, 16)),
-              ((1024, 1024, 1024), _tiles(64, 64, 16, 16, 16)),       # 2^30 multiply-adds: below the rule
-              ((4096, 9216, 32, "tn"), _tiles(64, 64, 16, 16, 16)),   # AlexNet fc dW at batch 32
-              ((1600, 729, 192, "tn"), _tiles(64, 64, 16, 16, 16)),   # AlexNet conv5x5 dX
-              ((1023, 8192, 8192), _tiles(64, 64, 16, 16, 16))]
+# the H100's tiles (2026-12-07, benchmarks/gemm_sweep.py): 64x64 with register prefetch (PF 1) for the
+# model GEMMs, 128x64 with prefetch into two local buffers (PF 2) for large products
+H100_LARGE, H100_MODEL = _tiles(128, 64, 16, 16, 16, pf=2), _tiles(64, 64, 16, 16, 16, pf=1)
+H100_CASES = [((4096, 4096, 4096), H100_LARGE), ((2048, 2048, 2048), H100_LARGE),
+              ((4096, 4096, 4096, "tn"), H100_LARGE),
+              ((1024, 1024, 1024), H100_MODEL),       # 2^30 multiply-adds: below the rule
+              ((4096, 9216, 32, "tn"), H100_MODEL),   # AlexNet fc dW at batch 32
+              ((1600, 729, 192, "tn"), H100_MODEL),   # AlexNet conv5x5 dX
+              ((1023, 8192, 8192), H100_MODEL)]
 
 
 @needs_cl
@@ -125,8 +128,9 @@ def test_a_tuning_files_per_shape_entry_and_params_still_win(runtime_of, tmp_pat
                                    "shapes": {"nn 4096x4096x4096": tuned}}}}}))
     rt = runtime_of(H100)
     assert _config(rt, 4096, 4096, 4096) == ("gpu", tuned)                      # per-shape entry > rule
-    assert _config(rt, 4096, 4096, 4096, "nt") == ("gpu", _tiles(128, 128, 16, 16, 16))   # rule > file's tiles
-    assert _config(rt, 512, 512, 512) == ("gpu", _tiles(32, 64, 16, 8, 16))     # the file's own tiles
+    assert _config(rt, 4096, 4096, 4096, "nt") == ("gpu", H100_LARGE)             # rule > file's tiles
+    # the file's own tiles; a file without PF keeps the device's (bit-identical, the H100's is 1)
+    assert _config(rt, 512, 512, 512) == ("gpu", _tiles(32, 64, 16, 8, 16, pf=1))
     assert _config(rt, 4096, 4096, 4096, params=_tiles(32, 32, 8, 8, 8)) == ("gpu", _tiles(32, 32, 8, 8, 8))
 
 

@@ -48,7 +48,7 @@ from .mixed import add_reader, bytes_by_dtype, check_dtype, default_packed, halv
 from .optim import OptimConfig
 from .passes import fold_batchnorm, frozen_nodes, fuse_activations
 from .record import LaunchRecording
-from .runtime import Runtime, TensorRef, replay
+from .runtime import Runtime, TensorRef, replay, shared_runtime
 from .store import Store
 
 __all__ = ["OptimConfig", "Plan", "Store", "fold_batchnorm", "frozen_nodes", "fuse_activations"]
@@ -71,7 +71,9 @@ class Plan(LaunchRecording):
         self.dtype = check_dtype(dtype)
         self._packed = packed
         self._released = False
-        self.rt = runtime or (store.rt if store is not None else Runtime())
+        # one context per device and process unless a runtime is given: each context costs the driver
+        # its own memory (527 MiB on an H100: a Plan that opened its own doubled a step's measured bytes)
+        self.rt = runtime or (store.rt if store is not None else shared_runtime())
         self.rt.own(self)
         self.batch = int(batch)
         if trainable is None or trainable:   # training: the loss reads the logits, not a final Softmax

@@ -34,7 +34,7 @@ from ...model.graph import Graph
 from .arena import SharedArena
 from .optim import OptimConfig, clip_partials
 from .passes import _folded, fold_batchnorm
-from .runtime import Runtime, TensorRef, round_up
+from .runtime import Runtime, TensorRef, round_up, shared_runtime
 
 # optimizer_state() keys: f"{param}.{_SLOTS[slot]}", as optim.py's optimizers name them
 _SLOTS = {"momentum": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
@@ -48,7 +48,7 @@ class Store:
         """graph: as the Plans will see it (after heads.loss_graph for training); fold: the BN nodes
         to fold (None: every foldable one, an empty set: none)."""
         self._released = False
-        self.rt = runtime or Runtime()
+        self.rt = runtime or shared_runtime()
         self.rt.own(self)
         self.source = graph
         self.trainable = set(trainable)
