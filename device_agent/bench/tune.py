@@ -49,6 +49,12 @@ VARIANTS = {
         {"MWG": 64, "NWG": 128, "KWG": 16, "MDIMC": 16, "NDIMC": 16},
         {"MWG": 32, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 16},
         {"MWG": 64, "NWG": 32, "KWG": 16, "MDIMC": 16, "NDIMC": 8},
+        # register prefetch of the next K-slice (PF 1; PF 2 with two local buffers), bit-identical: on the
+        # H100 it lifted 4096^3 from 66 to 73-78 % of cuBLAS (docs/BENCHMARKS.md 2026-12-07)
+        {"PF": 0},
+        {"PF": 1},
+        {"PF": 2},
+        {"MWG": 128, "NWG": 64, "KWG": 16, "MDIMC": 16, "NDIMC": 16, "PF": 2},
     ],
     "cpu": [
         {},
