@@ -101,6 +101,15 @@ def missing_kernels(graph: Graph | None) -> list[str]:
     return sorted({n.op for n in graph.nodes if get_op(n.op).cl is None})
 
 
+def resolve_dtype(dtype: str, backend: str, graph: Graph | None = None) -> str:
+    """A job's dtype with "auto" decided for the resolved `backend`: the backend's own default_dtype()
+    ("mixed" on an OpenCL GPU) where every op of `graph` runs there, else "float32"."""
+    if dtype != "auto":
+        return dtype
+    pick = getattr(backend_module(backend), "default_dtype", None)
+    return pick() if pick is not None and not missing_kernels(graph) else "float32"
+
+
 def resolve_backend(name: str, dtype: str = "float32", graph: Graph | None = None) -> str:
     """'auto' -> 'opencl' when available (and dtype is float32: OpenCL computes in float32, and every
     op of `graph` has OpenCL kernels), else 'numpy'; 'opencl' when unavailable -> JobError.
@@ -109,7 +118,7 @@ def resolve_backend(name: str, dtype: str = "float32", graph: Graph | None = Non
     (a note, not an error); an explicit 'opencl' keeps the Plan's error naming the node and op."""
     if dtype == "mixed":
         return _resolve_mixed(name, graph)
-    if name == "numpy" or (name == "auto" and dtype != "float32"):
+    if name == "numpy" or (name == "auto" and dtype not in ("float32", "auto")):
         return "numpy"
     if opencl_available():
         missing = missing_kernels(graph) if name == "auto" else []

@@ -24,7 +24,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 BN_MODES = ("auto", "frozen", "train")
 BACKENDS = ("auto", "numpy", "opencl")
-DTYPES = ("float32", "float64", "mixed")
+DTYPES = ("auto", "float32", "float64", "mixed")
 SELECTS = ("val_acc", "val_loss")
 MAX_BATCH = 65536                     # images in one step: far beyond any phone's memory at 224x224
 MAX_COUNT = 1_000_000                 # epochs, layers, classes, step_size: a typo, not a plan
@@ -64,7 +64,8 @@ class TrainJob:
     cache_dir: str | None = field(default=None, metadata=PATH)   # None: <device root>/cache (docs/TRAINING.md)
     seed: int = 0
     backend: str = "auto"             # "auto" | "numpy" | "opencl"
-    dtype: str = "float32"            # "float32" | "float64" (parity tests) | "mixed" (OpenCL: halves kept for the backward)
+    dtype: str = "auto"               # "auto" (mixed on an OpenCL GPU, else float32) | "float32" | "float64" (parity
+                                      # tests) | "mixed" (OpenCL: halves kept for the backward)
     keep_checkpoints: int = 3
     checkpoint_every: int = 0         # steps; 0 = at each epoch end
     drop_last: bool = False

@@ -63,7 +63,8 @@ def decide(tun: dict, kind: str, attrs: dict, x_shape) -> bool:
 
 
 def default_on(kind: str) -> bool:
-    # NOTE: measured on PoCL (docs/BACKENDS.md "Winograd"); GPUs keep the GEMM paths until measured on one
+    # NOTE: measured on PoCL (docs/BACKENDS.md "Winograd"); a GPU turns it on by its vendor entry (the H100's
+    # does, measured 2026-12-07) or `thomas tune`, else keeps the GEMM paths
     return kind == "cpu"
 
 

@@ -14,6 +14,7 @@ optimizer state and the (epoch, batch) position, and every random draw is a func
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..confine import read_train_job
-from ..engine import engine_classes, resolve_backend
+from ..engine import engine_classes, resolve_backend, resolve_dtype
 from ..errors import JobError, ThomasError, TrainError
 from ..fsutil import disk_error
 from ..limits import MAX_JOB_BYTES, read_json
@@ -168,6 +169,7 @@ def _run(r: _Run) -> DoneEvent:
     plan, the epochs, the results."""
     t_run = time.perf_counter()
     s = _setup(r.job)
+    r.job = s.job                           # with dtype "auto" decided
     # everything is checked: only now is the run directory touched
     r.lock = RunLock.acquire(r.out)        # one process per run folder; refused naming the holder's pid
     _prepare_out(r.job)
@@ -223,6 +225,7 @@ def _setup(job: TrainJob) -> _State:
     ds = open_dataset(job.data)
     graph = _load_graph(job, ds)
     backend = resolve_backend(job.backend, job.dtype, graph)
+    job = dataclasses.replace(job, dtype=resolve_dtype(job.dtype, backend, graph))   # events, checkpoints: as run
     dtype = compute_dtype(job.dtype)
     head = loss_graph(graph)                # the loss reads the logits, not a final Softmax's output
     trainable = trainable_params(head, job.layers)

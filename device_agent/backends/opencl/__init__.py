@@ -29,6 +29,14 @@ def available() -> bool:
     return bool(all_devices())
 
 
+def default_dtype() -> str:
+    """A job's dtype "auto" here: "mixed" on a GPU (tensors kept for the backward as halves: on the H100
+    MobileNetV2's batch-32 step held 0.31x PyTorch's memory at float32's step time, docs/BENCHMARKS.md
+    2026-12-07), "float32" on a CPU device (PoCL converts halves slowly, and memory is the host's)."""
+    from .runtime import shared_runtime
+    return "mixed" if shared_runtime().kind == "gpu" else "float32"     # (a phone profile stands for a GPU)
+
+
 def engine_classes():
     """(OpenCLEngine, OpenCLInfer); ImportError without pyopencl."""
     from .engine import OpenCLEngine, OpenCLInfer
