@@ -15,7 +15,7 @@ BASE = {"model": "models/m", "data": "data/d", "out": "runs/1"}
 def test_defaults_and_round_trip():
     job = TrainJob.from_dict(BASE)
     assert (job.layers, job.init, job.optimizer, job.schedule, job.bn, job.backend, job.dtype) == \
-        ("last", "pretrained", "sgd", "constant", "auto", "auto", "float32")
+        ("last", "pretrained", "sgd", "constant", "auto", "auto", "auto")
     assert job.feature_cache is True and job.drop_last is False and job.weight_decay == 0.0
     assert TrainJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
     assert TrainJob.from_dict(dict(BASE, optimizer="adamw")).weight_decay == 0.01

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device-tool calls on the H100: the OpenCL suite on NVIDIA and the teardown check (suite), the model steps
 # and driver-measured memory beside PyTorch/cuDNN, the shipped GEMM tiles against cuBLAS and the two
-# convolution paths still off on GPUs (bench). Writes logs and JSON to $OUT. Each mode fits one call
+# convolution paths (bench). Writes logs and JSON to $OUT. Each mode fits one call
 # (< 10 minutes); issue `bench` right after `suite` returns, while the machine is still warm.
 # short: one call of < 10 minutes for when device time is scarce: the new kernels' tests, the teardown check
 # and bench with tighter caps.
@@ -24,20 +24,29 @@ if [ "$what" = short ]; then
     tests/test_cl_mixed.py tests/test_cl_mixed_ops.py tests/test_cl_dropout_bits.py tests/test_cl_gemm_sizes.py \
     tests/test_cl_store.py -q -p no:cacheprovider -n 14 -rfE
   run teardown 40 python3 benchmarks/teardown_check.py
-  STEPS=5 T_PLAN=150 T_MEM=90 T_GEMM=50 T_WINO=45 T_IGEMM=0
+  STEPS=5 T_PLAN=150 T_MEM=90 T_GEMM=50 T_IM2COL=0 T_PROF=45 T_SWEEP=0
 fi
 if [ "$what" != bench ] && [ "$what" != short ]; then
-  TAIL=25 run suite 420 python3 -m pytest tests/test_cl_*.py -q -p no:cacheprovider -n 14 -rfE --durations=10
+  TAIL=25 run suite 300 python3 -m pytest tests/test_cl_*.py -q -p no:cacheprovider -n 14 -rfE --durations=10
   run teardown 60 python3 benchmarks/teardown_check.py
+  # one faulting kernel fails its whole xdist worker (the CUDA context is lost): name the first failures
+  # of each failing file in its own process
+  failing=$(grep -oE '^FAILED tests/test_cl_[a-z0-9_]+\.py' "$OUT/suite.log" | cut -d' ' -f2 | sort -u)
+  [ -z "$failing" ] || ROUNDS=2 T_FILE=60 timeout 200 bash benchmarks/device/isolate_faults.sh $failing
 fi
 if [ "$what" != suite ]; then
-  TAIL=30 run plan ${T_PLAN:-200} python3 benchmarks/plan_models.py --torch cuda --size 224 --batch 32 --steps $STEPS \
+  TAIL=30 run plan ${T_PLAN:-180} python3 benchmarks/plan_models.py --torch cuda --size 224 --batch 32 --steps $STEPS \
     --stages infer,last,full,full_rc,full_rc_mixed --out "$OUT/plan_models.json"
   run memory ${T_MEM:-120} python3 benchmarks/device_memory.py --torch cuda --size 224 --batch 32 \
     --stages ${MEM_STAGES:-full,full_rc,full_rc_mixed} --out "$OUT/device_memory.json"
   TAIL=20 run gemm ${T_GEMM:-70} python3 benchmarks/ops.py --device-only --torch-cuda --square 1024,2048,4096 --models '' \
     --out "$OUT/gemm_shipped.json"
-  run winograd ${T_WINO:-60} python3 benchmarks/winograd_cost.py --batch 32 --rounds 8 --out "$OUT/winograd.json"
-  [ "${T_IGEMM:-90}" = 0 ] || THOMAS_CL_CONV=igemm run plan_igemm ${T_IGEMM:-90} python3 benchmarks/plan_models.py \
-    --torch cuda --size 224 --batch 32 --steps $STEPS --stages infer,full --out "$OUT/plan_igemm.json"
+  # the convolution paths the H100 no longer runs by default (im2col, Winograd off), beside PyTorch
+  [ "${T_IM2COL:-60}" = 0 ] || THOMAS_CL_CONV=im2col THOMAS_CL_WINOGRAD=0 run plan_im2col ${T_IM2COL:-60} \
+    python3 benchmarks/plan_models.py --models alexnet --torch cuda --size 224 --batch 32 --steps $STEPS \
+    --stages infer,full --out "$OUT/plan_im2col.json"
+  TAIL=40 run profile ${T_PROF:-60} python3 benchmarks/plan_profile.py --models alexnet --stages full --top 25 \
+    --out "$OUT/plan_profile.json"
+  [ "${T_SWEEP:-100}" = 0 ] || TAIL=20 run sweep ${T_SWEEP:-100} python3 benchmarks/gemm_sweep.py --square 4096 --forms nn,nt,tn --torch-cuda \
+    --reps 3 --out "$OUT/gemm_sweep.json"
 fi
