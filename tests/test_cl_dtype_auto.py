@@ -74,3 +74,23 @@ def test_a_run_reports_and_checkpoints_the_dtype_it_decided(tmp_path, monkeypatc
     assert np.isfinite(done.val_loss)
     for rt in runtime._SHARED.values():
         rt.close()
+
+
+def test_a_resumed_auto_run_keeps_the_dtype_it_started_with(tmp_path, monkeypatch):
+    """a run begun as float32 (the old default) on a GPU continues as float32 when resumed with dtype auto
+    (which now means mixed there); an explicit dtype still has to match the run's"""
+    from device_agent.backends.opencl import runtime
+    from device_agent.errors import JobError
+
+    monkeypatch.setattr(runtime, "_SHARED", {})
+    monkeypatch.setenv("THOMAS_CL_PROFILE", "adreno-6xx")
+    paths = make_root(tmp_path, size=8, model=tiny_cnn(10, 8), val_fraction=0.25)
+    base = dict(paths, out=str(tmp_path / "run"), layers="all", batch=16, epochs=1)
+    run(TrainJob.from_dict(dict(base, dtype="float32")), lambda e: None)
+    evs = []
+    run(TrainJob.from_dict(dict(base, resume=True)), lambda e: evs.append(json.loads(e.to_json())))
+    assert next(e for e in evs if e["ev"] == "plan")["dtype"] == "float32"
+    with pytest.raises(JobError, match="job field 'dtype' is 'mixed'"):
+        run(TrainJob.from_dict(dict(base, resume=True, dtype="mixed")), lambda e: None)
+    for rt in runtime._SHARED.values():
+        rt.close()

@@ -220,12 +220,27 @@ class _State:
                      gamma=job.gamma)
 
 
+def _stored_dtype(job: TrainJob) -> str | None:
+    """A resumed run's dtype "auto" is the one its job.json recorded when it started (events and
+    checkpoints name the dtype a run decided), so a run begun as float32 continues as float32 where
+    "auto" now means mixed; None when there is nothing to continue or the job names a dtype."""
+    stored = Path(job.out) / "job.json"
+    if job.dtype != "auto" or not job.resume or not stored.is_file():
+        return None
+    try:
+        old = read_json(stored, JobError, max_bytes=MAX_JOB_BYTES, what="job")
+    except ThomasError:
+        return None                         # _prepare_out names what is wrong with it
+    dtype = old.get("dtype") if isinstance(old, dict) else None
+    return dtype if dtype in ("float32", "float64", "mixed") else None
+
+
 def _setup(job: TrainJob) -> _State:
     """Dataset, graph, stage split, optimizer and engine; every check that needs no disk write."""
     ds = open_dataset(job.data)
     graph = _load_graph(job, ds)
     backend = resolve_backend(job.backend, job.dtype, graph)
-    job = dataclasses.replace(job, dtype=resolve_dtype(job.dtype, backend, graph))   # events, checkpoints: as run
+    job = dataclasses.replace(job, dtype=_stored_dtype(job) or resolve_dtype(job.dtype, backend, graph))
     dtype = compute_dtype(job.dtype)
     head = loss_graph(graph)                # the loss reads the logits, not a final Softmax's output
     trainable = trainable_params(head, job.layers)
