@@ -124,10 +124,7 @@ def _prepare_out(job: TrainJob) -> None:
         if not job.resume:
             raise JobError(f"job field 'out': {out} already holds a run; set resume to continue it "
                            f"or choose a new directory")
-        try:
-            old = TrainJob.from_dict(read_json(stored, JobError, max_bytes=MAX_JOB_BYTES, what="job"))
-        except (ValueError, ThomasError) as e:
-            raise JobError(f"job field 'resume': {stored} is unreadable ({e})") from None
+        old = _stored_job(stored)
         for k, v in job.to_dict().items():
             if k != "resume" and old.to_dict()[k] != v:
                 raise JobError(f"job field '{k}' is {v!r}, the run in {out} was started with "
@@ -220,6 +217,14 @@ class _State:
                      gamma=job.gamma)
 
 
+def _stored_job(stored: Path) -> TrainJob:
+    """The job a run in `out` was started with (its job.json); JobError when it is unreadable."""
+    try:
+        return TrainJob.from_dict(read_json(stored, JobError, max_bytes=MAX_JOB_BYTES, what="job"))
+    except (ValueError, ThomasError) as e:
+        raise JobError(f"job field 'resume': {stored} is unreadable ({e})") from None
+
+
 def _stored_dtype(job: TrainJob) -> str | None:
     """A resumed run's dtype "auto" is the one its job.json recorded when it started (events and
     checkpoints name the dtype a run decided), so a run begun as float32 continues as float32 where
@@ -228,11 +233,10 @@ def _stored_dtype(job: TrainJob) -> str | None:
     if job.dtype != "auto" or not job.resume or not stored.is_file():
         return None
     try:
-        old = read_json(stored, JobError, max_bytes=MAX_JOB_BYTES, what="job")
-    except ThomasError:
+        dtype = _stored_job(stored).dtype
+    except JobError:
         return None                         # _prepare_out names what is wrong with it
-    dtype = old.get("dtype") if isinstance(old, dict) else None
-    return dtype if dtype in ("float32", "float64", "mixed") else None
+    return None if dtype == "auto" else dtype
 
 
 def _setup(job: TrainJob) -> _State:
