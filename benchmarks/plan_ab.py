@@ -2,12 +2,14 @@
 stepped in turn (ABAB..., so a shared CPU's load hits all alike), optionally beside PyTorch's step.
 
     python benchmarks/plan_ab.py --model mobilenet_v2 --stage full --batch 8 \
-        --variant 'old={"conv2d": {"dw_filter_rows": false}}' --variant 'new={}' [--rounds 5] [--torch]
+        --variant 'old={"conv2d": {"dw_filter_rows": false}}' --variant 'new={}' [--rounds 5] [--torch [cuda]]
+    THOMAS_CL_DEVICE=nvidia python3 benchmarks/plan_ab.py --model alexnet --stage infer --batch 32 --torch cuda \
+        --variant 'cur={}' --variant 'ig128x64={"conv2d": {"igemm_tile": {"MWG": 128, "NWG": 64, ...}}}'
 
 Prints, per variant, the kernel ms (OpenCL profiling events, benchmarks/plan_profile.py) summed per
 kernel, the median step wall time, and with --torch the median wall time of the same step in PyTorch
-(CPU, taken in the same rotation) and each variant's ratio to it (medians, and minimums: the least
-disturbed step of each on a shared machine). Also the median process CPU time of a step (all threads): steadier than the
+(CPU, or CUDA with TF32 off and the batch already on the GPU, taken in the same rotation) and each variant's ratio to it (medians, and minimums: the least
+disturbed step of each on a shared machine). Stage "infer" times Plan.infer (BN folded). Also the median process CPU time of a step (all threads): steadier than the
 wall time on a CPU shared with other work.
 """
 from __future__ import annotations
@@ -31,6 +33,8 @@ def build(g, stage: str, batch: int, override: dict):
 
     rt = Runtime()
     rt.tuning.override.update(override)
+    if stage == "infer":
+        return Plan(g, batch=batch, trainable=set(), runtime=rt)
     last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
     return Plan(g, batch=batch, trainable=last if stage == "last" else None, runtime=rt,
                 optimizer=OptimConfig("sgd", momentum=0.9), bn_batch_stats=stage.startswith("full"),
@@ -46,7 +50,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=2, help="profiled replays per round")
     ap.add_argument("--variant", action="append", required=True, help="name=JSON tuning override")
-    ap.add_argument("--torch", action="store_true")
+    ap.add_argument("--torch", nargs="?", const="cpu", default=None, choices=("cpu", "cuda"),
+                    help="PyTorch's step beside the variants (cpu, or cuda: TF32 off, batch on the GPU)")
     ap.add_argument("--top", type=int, default=14)
     a = ap.parse_args()
     if a.torch:
@@ -60,10 +65,11 @@ def main() -> None:
     y = rng.integers(0, 1000, a.batch)
     variants = dict(v.split("=", 1) for v in a.variant)
     plans = {name: build(g, a.stage, a.batch, json.loads(ov)) for name, ov in variants.items()}
-    steps = {name: (lambda p=p: p.train_step(x, y, lr=1e-4)) for name, p in plans.items()}
+    steps = {name: ((lambda p=p: p.infer(x)) if a.stage == "infer" else (lambda p=p: p.train_step(x, y, lr=1e-4)))
+             for name, p in plans.items()}
     if a.torch:
         from plan_models import torch_step
-        steps["torch"] = torch_step(g, a.stage.split("_")[0], x, y, "cpu")
+        steps["torch"] = torch_step(g, a.stage.split("_")[0], x, y, a.torch)
     kern = {n: defaultdict(list) for n in plans}
     wall, cpu = {n: [] for n in steps}, {n: [] for n in steps}
     for rnd in range(a.rounds + 1):

@@ -47,6 +47,16 @@ if [ "$what" != suite ]; then
     --stages infer,full --out "$OUT/plan_im2col.json"
   TAIL=40 run profile ${T_PROF:-60} python3 benchmarks/plan_profile.py --models alexnet --stages full --top 25 \
     --out "$OUT/plan_profile.json"
-  [ "${T_SWEEP:-100}" = 0 ] || TAIL=20 run sweep ${T_SWEEP:-100} python3 benchmarks/gemm_sweep.py --square 4096 --forms nn,nt,tn --torch-cuda \
+  # implicit-GEMM tiles and the model GEMM tile on AlexNet (the missed targets), alternated in one process
+  T='"KWG": 16, "MDIMC": 16, "NDIMC": 16'
+  for st in infer full; do
+    [ "${T_AB:-90}" = 0 ] || TAIL=30 run ab_alexnet_$st ${T_AB:-90} python3 benchmarks/plan_ab.py --model alexnet \
+      --stage $st --batch 32 --rounds 5 --torch cuda --top 16 --variant 'cur={}' \
+      --variant "ig128x64={\"conv2d\": {\"igemm_tile\": {\"MWG\": 128, \"NWG\": 64, $T, \"LPAD\": 4}}}" \
+      --variant "ig64x128={\"conv2d\": {\"igemm_tile\": {\"MWG\": 64, \"NWG\": 128, $T, \"LPAD\": 4}}}" \
+      --variant "ig128x128={\"conv2d\": {\"igemm_tile\": {\"MWG\": 128, \"NWG\": 128, $T, \"LPAD\": 4}}}" \
+      --variant "gemm128x64={\"gemm\": {\"MWG\": 128, \"NWG\": 64, $T, \"PF\": 2}}"
+  done
+  [ "${T_SWEEP:-0}" = 0 ] || TAIL=20 run sweep ${T_SWEEP:-100} python3 benchmarks/gemm_sweep.py --square 4096 --forms nn,nt,tn --torch-cuda \
     --reps 3 --out "$OUT/gemm_sweep.json"
 fi
