@@ -35,13 +35,16 @@ BACKENDS = ("numpy", "opencl")   # the folders under device_agent/backends/
 
 
 class TrainEngine(Protocol):
-    def train_step(self, x, y: np.ndarray, lr: float) -> tuple[float, int]:
+    def train_step(self, x, y: np.ndarray, lr: float, ahead=None) -> tuple[float, int]:
         """Forward (training mode), mean loss, backward, gradient clipping, optimizer update.
-        Returns (loss, correct top-1). If the loss is not finite nothing is updated."""
+        Returns (loss, correct top-1). If the loss is not finite nothing is updated.
+        ahead: None, or a function giving the loop's next batch (x, y) (or None at the end), which
+        the engine may call while this step runs (OpenCL on a GPU uploads it then); the loop must
+        pass those same arrays, unchanged, to the next call. An engine is free to ignore it."""
 
-    def eval_batch(self, x, y: np.ndarray) -> tuple[float, int, np.ndarray]:
+    def eval_batch(self, x, y: np.ndarray, ahead=None) -> tuple[float, int, np.ndarray]:
         """Eval mode (no dropout, BN running statistics): (sum of the per-image losses without label
-        smoothing, correct top-1, logits (N,K))."""
+        smoothing, correct top-1, logits (N,K)). ahead: as train_step's."""
 
     def params(self) -> dict[str, np.ndarray]:
         """Host copies of every parameter and buffer of the engine's graph."""

@@ -358,6 +358,27 @@ def _inputs(s: _State, part, rows: np.ndarray, feats: dict | None, epoch: int, b
     return {t: outs[t] for t in s.split.cut}
 
 
+class _Ahead:
+    """Batch j of a pass, made once: the engine may ask for the next batch while a step runs (engine.py's
+    `ahead`), and the loop then gets those very arrays. Augmentation draws per (epoch, batch), so the
+    order of making changes nothing."""
+
+    def __init__(self, make):
+        self.make, self.made = make, {}
+
+    def get(self, j: int):
+        return self.made.pop(j) if j in self.made else self.make(j)
+
+    def next_of(self, j: int, n: int):
+        """The `ahead` of batch j of n: a function making (and keeping) batch j + 1; None for the last."""
+        return (lambda: self._kept(j + 1)) if j + 1 < n else None
+
+    def _kept(self, j: int):
+        if j not in self.made:
+            self.made[j] = self.make(j)
+        return self.made[j]
+
+
 def _evaluate(r: _Run, s: _State, epoch: int):
     """(val loss, val accuracy, predictions) on the val split, with an `eval` event; Nones without one."""
     ds, batch = s.ds, r.job.batch
@@ -366,9 +387,14 @@ def _evaluate(r: _Run, s: _State, epoch: int):
     t0 = time.perf_counter()
     feats = _features(r, s, "val", epoch)
     loss_sum, correct, preds = 0.0, 0, []
-    for lo in range(0, len(ds.val), batch):
-        rows = np.arange(lo, min(lo + batch, len(ds.val)))
-        ls, c, logits = s.engine.eval_batch(_inputs(s, ds.val, rows, feats, epoch, 0, False), ds.val.labels[rows])
+    nb = -(-len(ds.val) // batch)
+
+    def make(j: int):
+        rows = np.arange(j * batch, min((j + 1) * batch, len(ds.val)))
+        return _inputs(s, ds.val, rows, feats, epoch, 0, False), ds.val.labels[rows]
+    batches = _Ahead(make)
+    for j in range(nb):
+        ls, c, logits = s.engine.eval_batch(*batches.get(j), ahead=batches.next_of(j, nb))
         loss_sum, correct = loss_sum + ls, correct + c
         preds.append(np.argmax(logits, axis=1))
     n = len(ds.val)
@@ -396,13 +422,16 @@ def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
     t0 = time.perf_counter()
     feats = _features(r, s, "train", epoch)
     perm = ds.train.order(epoch, job.seed)
+
+    def make(j: int):
+        rows = perm[j * job.batch:(j + 1) * job.batch]
+        return _inputs(s, ds.train, rows, feats, epoch, j, job.augment), ds.train.labels[rows]
+    batches = _Ahead(make)
     for i in range(start, spe):
-        rows = perm[i * job.batch:(i + 1) * job.batch]
-        y = ds.train.labels[rows]
         ts = time.perf_counter()
-        x = _inputs(s, ds.train, rows, feats, epoch, i, job.augment)
+        x, y = batches.get(i)
         rate = s.lr(s.step)
-        loss, correct = s.engine.train_step(x, y, rate)
+        loss, correct = s.engine.train_step(x, y, rate, ahead=batches.next_of(i, spe))
         why = s.guard.check(loss)
         if why is not None:
             raise TrainError(_diverged(r, s, why, epoch, i, rate))

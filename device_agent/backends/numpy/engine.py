@@ -42,7 +42,8 @@ class NumpyEngine:
         self.prox_mu = float(prox_mu)
         self.anchor = {k: self.ref.weights[k].copy() for k in optimizer.names} if self.prox_mu > 0 else {}
 
-    def train_step(self, x, y, lr):
+    def train_step(self, x, y, lr, ahead=None):
+        # ahead (the loop's next batch, engine.py): nothing to upload here, so never called
         # NOTE: a diverging run overflows somewhere; it is reported as a non-finite loss, not a warning
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return self._train_step(x, y, lr)
@@ -68,7 +69,7 @@ class NumpyEngine:
         self.opt.step(self.ref.weights, grads, lr)
         return loss, correct
 
-    def eval_batch(self, x, y):
+    def eval_batch(self, x, y, ahead=None):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             logits = self.ref.forward(x, training=False, bn_batch_stats=False)[self.output]
             loss = self.ref.loss(y)

@@ -9,8 +9,16 @@ training Plans fold (frozen ones with frozen statistics), and no others.
 
 NOTE: the Plan reads the loss back before it enqueues the update, so a step whose loss is not
 finite is never applied (as on numpy); the loop then stops with `diverged`.
+
+Prefetch: `train_step(x, y, lr, ahead=f)` / `eval_batch(x, y, ahead=f)` call f() once the step's
+kernels are enqueued, while they run: f returns the loop's next batch (x, y) or None, and the engine
+uploads it on the copy queue (Plan.stage, staging.py) when a Plan of its size exists; the next call
+with those same arrays starts without an upload. On by default where the Runtime is a GPU (the
+device copies while it computes); THOMAS_CL_PREFETCH=1/0 forces it (tests run it on PoCL).
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -44,6 +52,16 @@ def _feeds(graph: Graph, x):
 
 def _batch(x) -> int:
     return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def prefetch_default(rt) -> bool:
+    """Whether engines on `rt` upload the next batch during a step (THOMAS_CL_PREFETCH overrides)."""
+    env = (os.environ.get("THOMAS_CL_PREFETCH") or "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    if env:
+        raise BackendError(f"THOMAS_CL_PREFETCH={env!r}: use 1 or 0")
+    return rt.kind == "gpu"
 
 
 def _loss_sum(logits: np.ndarray, y: np.ndarray) -> float:
@@ -101,6 +119,8 @@ class OpenCLEngine:
         self.plans: dict[int, Plan] = {}
         self.evals: dict[int, Plan] = {}
         self.current: Plan | None = None
+        self.prefetch = prefetch_default(self.rt)
+        self._staged = None     # (caller's x, y, their converted arrays) of the batch staged last
 
     @property
     def t(self) -> int:
@@ -127,17 +147,40 @@ class OpenCLEngine:
         return plan
 
     # ------------------------------------------------------------------ TrainEngine
-    def train_step(self, x, y, lr):
-        x = _feeds(self.graph, x)
+    def train_step(self, x, y, lr, ahead=None):
+        x, y = self._arrays(x, y)
         plan = self._train_plan(_batch(x))
         # a non-finite step is not applied and not counted (Plan.train_step)
-        return plan.train_step(x, np.asarray(y), lr, seed=[self.seed, RNG_DROPOUT, self.store.step])
+        return plan.train_step(x, y, lr, seed=[self.seed, RNG_DROPOUT, self.store.step],
+                               then=self._then(ahead, self.plans, True))
 
-    def eval_batch(self, x, y):
-        x = _feeds(self.graph, x)
-        logits = self._eval_plan(_batch(x)).infer(x)
-        y = np.asarray(y)
+    def eval_batch(self, x, y, ahead=None):
+        x, y = self._arrays(x, y)
+        logits = self._eval_plan(_batch(x)).infer(x, then=self._then(ahead, self.evals, False))
         return _loss_sum(logits, y), int(np.count_nonzero(np.argmax(logits, axis=1) == y)), logits
+
+    def _arrays(self, x, y):
+        """The batch as the Plans take it; the very arrays staged when (x, y) is the batch staged last."""
+        staged, self._staged = self._staged, None
+        if staged is not None and staged[0] is x and staged[1] is y:
+            return staged[2], staged[3]
+        return _feeds(self.graph, x), np.asarray(y)
+
+    def _then(self, ahead, plans: dict, labels: bool):
+        """What a step runs while its kernels do: stage the loop's next batch (module docstring)."""
+        if ahead is None or not self.prefetch:
+            return None
+
+        def then():
+            nxt = ahead()
+            if nxt is None:
+                return
+            x, y = _feeds(self.graph, nxt[0]), np.asarray(nxt[1])
+            plan = plans.get(_batch(x))
+            if plan is not None:            # (no Plan is built mid-step: a new batch size uploads as usual)
+                plan.stage(x, y if labels else None)
+                self._staged = (nxt[0], nxt[1], x, y)
+        return then
 
     def params(self):
         return self.store.params()

@@ -49,7 +49,10 @@ from .optim import OptimConfig
 from .passes import fold_batchnorm, frozen_nodes, fuse_activations
 from .record import LaunchRecording
 from .runtime import Runtime, TensorRef, replay, shared_runtime
+from .staging import Staging, as_feeds
 from .store import Store
+
+LABELS = "<labels>"     # the labels' key among a batch's arrays (beside the graph's input names)
 
 __all__ = ["OptimConfig", "Plan", "Store", "fold_batchnorm", "frozen_nodes", "fuse_activations"]
 
@@ -71,6 +74,8 @@ class Plan(LaunchRecording):
         self.dtype = check_dtype(dtype)
         self._packed = packed
         self._released = False
+        self._staging: Staging | None = None      # the next batch, uploaded ahead (stage)
+        self._keep = None
         # one context per device and process unless a runtime is given: each context costs the driver
         # its own memory (527 MiB on an H100: a Plan that opened its own doubled a step's measured bytes)
         self.rt = runtime or (store.rt if store is not None else shared_runtime())
@@ -357,21 +362,45 @@ class Plan(LaunchRecording):
         self.io_bytes = sum(r.nbytes for r in self._own)
 
     # ================================================================== running
-    def _upload(self, x) -> None:
+    def _arrays(self, x, labels=None) -> dict:
+        """The caller's arrays of one batch by name (labels under LABELS), shapes checked."""
+        g = self.graph
+        arrays = dict(as_feeds(self.input_name, [s.name for s in g.inputs],
+                               {s.name: self.refs[s.name].shape for s in g.inputs}, x))
+        if LABELS in arrays:
+            raise BackendError(f"an input may not be named {LABELS!r}")
+        if labels is not None:
+            if np.shape(labels) != (self.batch,):
+                raise BackendError(f"labels have shape {np.shape(labels)}, the plan was built for ({self.batch},)")
+            arrays[LABELS] = labels
+        return arrays
+
+    def _converted(self, arrays: dict) -> dict:
+        return {k: np.ascontiguousarray(a, np.int32 if k == LABELS else np.float32) for k, a in arrays.items()}
+
+    def _upload(self, x, labels=None) -> None:
         """x: the input array, or {input name: array} for a graph with several inputs (a training
-        suffix whose cut crosses a residual branch)."""
-        feeds = x if isinstance(x, dict) else {self.input_name: x}
-        names = [s.name for s in self.graph.inputs]
-        if sorted(feeds) != sorted(names):
-            raise BackendError(f"the plan takes inputs {names}, got {sorted(feeds)}")
-        keep = []
-        for name in names:
-            ref, a = self.refs[name], np.ascontiguousarray(feeds[name], np.float32)
-            if tuple(a.shape) != ref.shape:
-                raise BackendError(f"input '{name}' has shape {tuple(a.shape)}, the plan was built for {ref.shape}")
-            self.rt.write(ref.buf, a, blocking=False)
-            keep.append(a)
-        self._keep = keep   # the copies are asynchronous: keep the host arrays alive until the step ends
+        suffix whose cut crosses a residual branch); labels for a training step. A batch `stage`d
+        before (the same array objects) is copied from the device's staging buffers instead."""
+        arrays = self._arrays(x, labels)
+        kept = self._staging.take(arrays, self.rt.queue) if self._staging is not None else None
+        if kept is None:
+            kept = list(self._converted(arrays).values())
+            for name, a in zip(arrays, kept):
+                self.rt.write((self.labels if name == LABELS else self.refs[name]).buf, a, blocking=False)
+        self._keep = kept   # the copies are asynchronous: keep the host arrays alive until the step ends
+
+    def stage(self, x, labels=None) -> None:
+        """Upload the NEXT batch (labels with it, for a training Plan) on the Runtime's copy queue, beside
+        the kernels in flight; the next step given these same arrays starts from the device copy
+        (staging.py). Call it between a step's enqueue and its sync: `train_step(..., then=...)`."""
+        if (labels is None) != self.inference:
+            raise BackendError("stage: a training plan stages labels with its inputs, an inference plan none")
+        arrays = self._arrays(x, labels)
+        if self._staging is None:
+            targets = {s.name: self.refs[s.name] for s in self.graph.inputs}
+            self._staging = Staging(self.rt, targets if self.inference else dict(targets, **{LABELS: self.labels}))
+        self._staging.put(arrays, self._converted(arrays))
 
     def _values(self, seed, lr: float = 0.0) -> dict:
         """Per-step kernel arguments. seed (an int or a sequence, as numpy's default_rng takes)
@@ -382,33 +411,34 @@ class Plan(LaunchRecording):
         vals["step"] = np.int32(self.step_count)
         return vals
 
-    def forward(self, x: np.ndarray, seed=0) -> np.ndarray:
+    def forward(self, x: np.ndarray, seed=0, then=None) -> np.ndarray:
         """Forward only; returns the first output (logits)."""
-        return self.forward_all(x, seed)[self.graph.outputs[0]]
+        return self.forward_all(x, seed, then)[self.graph.outputs[0]]
 
     infer = forward
 
-    def forward_all(self, x: np.ndarray, seed=0) -> dict[str, np.ndarray]:
-        """Forward only; every graph output, read back once the launches ran."""
+    def forward_all(self, x: np.ndarray, seed=0, then=None) -> dict[str, np.ndarray]:
+        """Forward only; every graph output, read back once the launches ran. `then()` runs once the
+        launches are enqueued, before the read-back (the host's next batch: `stage`)."""
         self._upload(x)
         replay(self.rt.queue, self.fw_launches, self._values(seed))
-        return {o: self._read(self.refs[o]) for o in self.graph.outputs}
+        _then(self.rt.queue, then)
+        out = {o: self._read(self.refs[o]) for o in self.graph.outputs}
+        self._keep = None
+        return out
 
-    def train_step(self, x: np.ndarray, labels: np.ndarray, lr: float, seed=0) -> tuple[float, int]:
+    def train_step(self, x: np.ndarray, labels: np.ndarray, lr: float, seed=0, then=None) -> tuple[float, int]:
         """forward + loss + backward + optimizer update (not applied when the loss is not finite);
-        returns (mean loss, correct count)."""
+        returns (mean loss, correct count). `then()` runs once forward and backward are enqueued,
+        before the step's one sync: the host prepares (and `stage`s) the next batch meanwhile."""
         if self.inference:
             raise BackendError("this plan was built for inference (no trainable parameters)")
-        labels = np.ascontiguousarray(labels, np.int32)
-        if labels.shape != (self.batch,):
-            raise BackendError(f"labels have shape {labels.shape}, the plan was built for ({self.batch},)")
-        self._upload(x)
-        self.rt.write(self.labels.buf, labels, blocking=False)
-        self._keep.append(labels)
+        self._upload(x, labels)
         self.step_count += 1
         vals = self._values(seed, lr)
         replay(self.rt.queue, self.fw_launches, vals)
         replay(self.rt.queue, self.bw_launches, vals)
+        _then(self.rt.queue, then)
         # NOTE: the loss is read back BEFORE the update is enqueued, so a non-finite step is never
         # applied (the weights stay those of the last good step); the step's one host sync moves here
         loss, correct = self._scalars()
@@ -421,10 +451,7 @@ class Plan(LaunchRecording):
 
     def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, seed=0) -> tuple[float, dict]:
         """forward + loss + backward without the update; gradients copied back (tests, bench)."""
-        labels = np.ascontiguousarray(labels, np.int32)
-        self._upload(x)
-        self.rt.write(self.labels.buf, labels, blocking=False)
-        self._keep.append(labels)
+        self._upload(x, labels)
         vals = self._values(seed)
         replay(self.rt.queue, self.fw_launches, vals)
         replay(self.rt.queue, self.bw_launches, vals)
@@ -453,12 +480,12 @@ class Plan(LaunchRecording):
         """Bytes this Plan holds beside its store: activations (pooled), workspace, inputs/labels."""
         return {"activations": self.arena_bytes, "activations_without_reuse": self.no_reuse_bytes,
                 "saved_by_reuse": self.no_reuse_bytes - self.arena_bytes, "workspace": self.workspace_bytes,
-                "io": self.io_bytes}
+                "io": self.io_bytes + (self._staging.nbytes() if self._staging is not None else 0)}
 
     def memory(self) -> dict:
         """What running this Plan needs on the device: its store and its own buffers; peak = the sum."""
         m = dict(self.store.memory(), **self.own_memory())
-        m["peak"] = self.store.nbytes() + self.arena_bytes + self.workspace_bytes + self.io_bytes
+        m["peak"] = self.store.nbytes() + self.arena_bytes + self.workspace_bytes + m["io"]
         m["by_dtype"] = bytes_by_dtype(self)     # the same peak, by element type
         return m
 
@@ -471,6 +498,8 @@ class Plan(LaunchRecording):
         self._released = True
         if not self.rt.closed:
             self.rt.queue.finish()
+        if self.__dict__.get("_staging") is not None:
+            self._staging.release()
         for ln in [*getattr(self, "fw_launches", ()), *getattr(self, "bw_launches", ()),
                    *getattr(self, "opt_launches", ())]:
             ln.kernel, ln.args = None, ()
@@ -486,3 +515,10 @@ class Plan(LaunchRecording):
 
     def launch_labels(self) -> list[str]:
         return [ln.label for ln in self.fw_launches + self.bw_launches + self.opt_launches]
+
+
+def _then(queue: cl.CommandQueue, then) -> None:
+    """Submit what is enqueued (drivers may hold it until a flush), then run the host's `then()`."""
+    if then is not None:
+        queue.flush()
+        then()

@@ -134,6 +134,7 @@ class Runtime:
         self.limits = Limits.of(self.device, self.profile)
         self.ctx = cl.Context([self.device])
         self.queue = cl.CommandQueue(self.ctx)
+        self._copy_queue = None    # a second in-order queue for uploads beside the kernels (staging.py)
         self.kind = self.profile.get("kind", "gpu") if self.profile else kind_of(self.device)
         self.tuning = Tuning(self.device, profile=self.profile)
         self._klimits: dict = {}
@@ -158,10 +159,15 @@ class Runtime:
             self.queue.finish()
         except cl.Error:
             pass            # a failed device: release what we can all the same
+        for q in (self._copy_queue,):
+            try:
+                q is None or q.finish()
+            except cl.Error:
+                pass
         for owner in sorted(self._owners, key=lambda o: o.RELEASE_ORDER):
             owner.release()
         forget_programs(self.ctx)
-        self.queue = None   # clReleaseCommandQueue, then the context
+        self._copy_queue = self.queue = None   # clReleaseCommandQueue, then the context
         self.ctx = None
 
     def __del__(self):
@@ -172,6 +178,13 @@ class Runtime:
         """host array -> buf at byte `offset`. Non-blocking: keep `host` alive until the queue ran."""
         self.moved["to_device"] += host.nbytes
         cl.enqueue_copy(self.queue, buf, host, dst_offset=int(offset), is_blocking=blocking)
+
+    def copy_queue(self) -> cl.CommandQueue:
+        """The upload queue (made on first use): copies enqueued there run beside the kernels of
+        `queue`; order them against it with events (staging.py)."""
+        if self._copy_queue is None:
+            self._copy_queue = cl.CommandQueue(self.ctx)
+        return self._copy_queue
 
     def read(self, host: np.ndarray, buf: cl.Buffer, offset: int = 0, blocking: bool = True) -> np.ndarray:
         """buf from byte `offset` -> host array (its size); returns `host`."""
