@@ -7,8 +7,11 @@ the same process (CPU threads here; CUDA with TF32 off on the accelerator machin
 Stages: infer (inference plan, BN folded), last (classifier only, SGD momentum), full (all layers,
 BN batch statistics, SGD momentum), full_rc (full with Plan(recompute=True): BN outputs rewritten in
 the backward instead of kept; the same torch step as full), full_mixed / full_rc_mixed (dtype "mixed":
-tensors saved for the backward kept as halves). The Plan's step uploads its batch from the host; on CUDA torch is
-timed twice: with the batch already on the GPU, and with the same host-to-device copy in its step. Medians after two warm-up steps; each step ends with the
+tensors saved for the backward kept as halves). The Plan's step is timed twice: uploading its batch
+from the host, and "staged" as the training loop runs it on a GPU (each step uploads the next batch
+on the copy queue while its kernels run, Plan.stage; the step then starts from a device-to-device
+copy). On CUDA torch is timed twice too: with the batch already on the GPU, and with the same
+host-to-device copy in its step. Medians after two warm-up steps; each step ends with the
 Plan's single sync (the loss read-back), torch steps with torch.cuda.synchronize() on CUDA.
 Writes benchmarks/results/plan_models.json and prints a Markdown table.
 """
@@ -62,20 +65,25 @@ _KEEP = []   # NOTE: plans stay alive to the end: tearing one down mid-run crash
 
 
 def bench_plan(g, stage, x, y, steps):
+    """(median ms of a step that uploads its batch, median ms of a step that found its batch staged by
+    the step before (the training loop on a GPU: Plan.stage during the kernels), peak bytes, device)"""
     from device_agent.backends.opencl.plan import OptimConfig, Plan
 
     if stage == "infer":
         plan = Plan(g, batch=len(x), trainable=set())
-        fn = lambda: plan.infer(x)  # noqa: E731
+        fn = lambda then=None: plan.infer(x, then=then)  # noqa: E731
+        stage_next = lambda: plan.stage(x)  # noqa: E731
     else:
         last = {k for k in g.params if g.params[k].group == g.param_groups()[-1]}
         plan = Plan(g, batch=len(x), trainable=last if stage == "last" else None,
                     optimizer=OptimConfig("sgd", momentum=0.9), bn_batch_stats=stage.startswith("full"),
                     recompute="_rc" in stage, dtype="mixed" if stage.endswith("_mixed") else "float32")
-        fn = lambda: plan.train_step(x, y, lr=1e-4)  # noqa: E731
+        fn = lambda then=None: plan.train_step(x, y, lr=1e-4, then=then)  # noqa: E731
+        stage_next = lambda: plan.stage(x, y)  # noqa: E731
     ms = median_ms(fn, steps)
+    staged = median_ms(lambda: fn(then=stage_next), steps)
     _KEEP.append(plan)
-    return ms, plan.memory()["peak"], plan.rt.info["device"]
+    return ms, staged, plan.memory()["peak"], plan.rt.info["device"]
 
 
 def torch_step(g, stage, x, y, device, upload=False):
@@ -144,11 +152,12 @@ def main() -> None:
         x = rng.standard_normal((a.batch, 3, a.size, a.size)).astype(np.float32)
         y = rng.integers(0, 1000, a.batch)
         for stage in a.stages.split(","):
-            ms, peak, dev = bench_plan(g, stage, x, y, a.steps)
-            row = {"model": model, "stage": stage, "thomas_ms": ms, "thomas_peak": peak, "device": dev}
+            ms, staged, peak, dev = bench_plan(g, stage, x, y, a.steps)
+            row = {"model": model, "stage": stage, "thomas_ms": ms, "thomas_staged_ms": staged, "thomas_peak": peak,
+                   "device": dev}
             if a.torch != "none":
                 tms, tpeak = bench_torch(g, stage, x, y, a.steps, a.torch)
-                row.update(torch_ms=tms, torch_peak=tpeak, ratio=ms / tms)
+                row.update(torch_ms=tms, torch_peak=tpeak, ratio=ms / tms, ratio_staged=staged / tms)
                 if a.torch == "cuda":   # the Plan's step uploads its batch; this torch step does too
                     ums, _ = bench_torch(g, stage, x, y, a.steps, a.torch, upload=True)
                     row.update(torch_upload_ms=ums, ratio_upload=ms / ums)
@@ -166,14 +175,15 @@ def main() -> None:
         pass
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    print(f"| model | stage | THOMAS OpenCL ms | torch {a.torch} ms | ratio | torch + upload ms | ratio | "
-          f"THOMAS peak MB | torch peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| model | stage | THOMAS OpenCL ms | staged ms | torch {a.torch} ms | ratio | staged ratio | "
+          f"torch + upload ms | ratio | THOMAS peak MB | torch peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for r in rows:
         tp = r.get("torch_peak")
-        print(f"| {r['model']} | {r['stage']} | {r['thomas_ms']:.1f} | {r.get('torch_ms', nan):.1f} | "
-              f"{r.get('ratio', nan):.2f} | {r.get('torch_upload_ms', nan):.1f} | {r.get('ratio_upload', nan):.2f} | "
+        print(f"| {r['model']} | {r['stage']} | {r['thomas_ms']:.1f} | {r['thomas_staged_ms']:.1f} | "
+              f"{r.get('torch_ms', nan):.1f} | {r.get('ratio', nan):.2f} | {r.get('ratio_staged', nan):.2f} | "
+              f"{r.get('torch_upload_ms', nan):.1f} | {r.get('ratio_upload', nan):.2f} | "
               f"{r['thomas_peak'] / 2**20:.0f} | {'' if tp is None else f'{tp / 2**20:.0f}'} |")
     # NOTE: no os._exit: the agent's exit hook (runtime.close_all) releases every Plan, store,
     # program, queue and context in order before interpreter teardown (NVIDIA segfaulted there)
