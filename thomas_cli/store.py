@@ -65,7 +65,10 @@ def runs_dir() -> Path:
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    """YYYYmmdd-HHMMSS-mmm-xxxx: sorts in creation order (`runs list`, the last run), milliseconds
+    included (two runs started in one second sorted by their random suffix before)."""
+    t = time.time()
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(t)) + f"-{int(t * 1000) % 1000:03d}-" + secrets.token_hex(2)
 
 
 def run_dir(run_id: str) -> Path:
