@@ -22,8 +22,9 @@ draws its dropout masks from default_rng([seed, RNG_DROPOUT, k]), so a resumed r
 from __future__ import annotations
 
 import importlib
+import itertools
 import sys
-from typing import Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -59,9 +60,32 @@ class TrainEngine(Protocol):
         """Bytes by category ("params", "grads", "optimizer", "activations", ...) and "peak"."""
 
 
+def lookahead(items: Iterable) -> Iterator[tuple[Any, Callable[[], Any]]]:
+    """Each item of `items` with an `ahead` for the engines: a function that makes the next item (once:
+    the loop then gets that very object) and returns it, or None after the last.
+
+        for (x, y), ahead in lookahead(batches):
+            loss, correct = engine.train_step(x, y, lr, ahead=ahead)
+    """
+    it, buf = iter(items), []
+
+    def peek():
+        if not buf:
+            buf.extend(itertools.islice(it, 1))
+        return buf[0] if buf else None
+
+    while True:
+        if not buf:
+            buf.extend(itertools.islice(it, 1))
+            if not buf:
+                return
+        yield buf.pop(), peek
+
+
 class InferEngine(Protocol):
-    def forward(self, x) -> dict[str, np.ndarray]:
-        """Eval-mode forward: {output name: array} for every graph output."""
+    def forward(self, x, ahead=None) -> dict[str, np.ndarray]:
+        """Eval-mode forward: {output name: array} for every graph output. ahead: as TrainEngine's, a
+        function giving the next input (x alone)."""
 
     def memory(self) -> dict: ...
 

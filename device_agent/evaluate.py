@@ -136,7 +136,7 @@ def evaluate(graph: Graph, dataset_split, batch: int = 64, backend: str = "auto"
     backend: numpy, opencl or auto (OpenCL when usable); num_classes: K (default: the logits' width);
     progress(done, total) is called after each batch. A model with a fixed batch size runs that batch,
     the last one padded with copies of its last image (whose outputs are dropped)."""
-    from .engine import engine_classes, resolve_backend
+    from .engine import engine_classes, lookahead, resolve_backend
 
     if batch < 1 or top < 1:
         raise InputError(f"batch and top must be >= 1, got {batch} and {top}")
@@ -156,11 +156,17 @@ def evaluate(graph: Graph, dataset_split, batch: int = 64, backend: str = "auto"
     correct = correct_k = 0
     loss_sum, done = 0.0, 0
     t0 = time.perf_counter()
-    for x, y, _ in dataset_split.batches(run_batch, shuffle=False, preprocess=spec.preprocess):
+    def padded(batches):     # a fixed batch size: the last batch padded with copies of its last image
+        for x, y, _ in batches:
+            b = len(y)
+            yield (np.concatenate([x, np.repeat(x[-1:], run_batch - b, axis=0)]) if b < run_batch and fixed is not None
+                   else x), y
+    batches = padded(dataset_split.batches(run_batch, shuffle=False, preprocess=spec.preprocess))
+    for (x, y), ahead in lookahead(batches):
         b = len(y)
-        if b < run_batch and fixed is not None:
-            x = np.concatenate([x, np.repeat(x[-1:], run_batch - b, axis=0)])
-        z = np.asarray(engine.forward(x)[tensor])[:b].reshape(b, -1).astype(np.float64)
+        # the engine may make the next batch and upload it (ahead: its x) while this one runs
+        z = np.asarray(engine.forward(x, ahead=lambda a=ahead: (a() or (None,))[0])[tensor])
+        z = z[:b].reshape(b, -1).astype(np.float64)
         if z.shape[1] != k_cls:
             raise DataError(f"model '{graph.name}' gives {z.shape[1]} scores per image, the dataset has "
                             f"{k_cls} classes")

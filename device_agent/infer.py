@@ -39,9 +39,12 @@ def infer_package(graph: Graph, x: np.ndarray, batch_size: int = 32, output: str
     if backend == "numpy":
         be = NumpyRef(graph)
     else:
-        from .engine import engine_classes, resolve_backend
+        from .engine import engine_classes, lookahead, resolve_backend
 
         be = engine_classes(resolve_backend(backend, graph=graph))[1](graph)
-    parts = [be.forward({spec.name: x[i:i + batch_size].astype(np.float32, copy=False)})[name]
-             for i in range(0, x.shape[0], batch_size)]
+    slices = ({spec.name: x[i:i + batch_size].astype(np.float32, copy=False)} for i in range(0, x.shape[0], batch_size))
+    if backend == "numpy":
+        parts = [be.forward(feeds)[name] for feeds in slices]
+    else:       # the engine may upload the next slice (ahead) while this one runs
+        parts = [be.forward(feeds, ahead=ahead)[name] for feeds, ahead in lookahead(slices)]
     return np.concatenate(parts, axis=0)

@@ -182,3 +182,42 @@ def test_a_training_run_prefetches_end_to_end(tmp_path, monkeypatch, layers):
     assert c0.params.keys() == c1.params.keys()
     for k, v in c0.params.items():
         assert np.array_equal(c1.params[k], v), k
+
+
+def test_lookahead_makes_each_item_once_and_in_order():
+    from device_agent.engine import lookahead
+
+    made = []
+
+    def items():
+        for v in (0, 1, 2):             # 0: a falsy item is still an item
+            made.append(v)
+            yield v
+    got = []
+    for v, ahead in lookahead(items()):
+        if v != 1:                      # the engine asked for the next item (or not)
+            got.append(("ahead", ahead()))
+            got.append(("ahead", ahead()))
+        got.append(v)
+    assert got == [("ahead", 1), ("ahead", 1), 0, 1, ("ahead", None), ("ahead", None), 2]
+    assert made == [0, 1, 2]
+    assert list(lookahead([])) == []
+
+
+def test_inference_engines_prefetch_over_a_dataset(monkeypatch):
+    """OpenCLInfer.forward with ahead (infer_package over a partial last slice), prefetch on and off:
+    the same outputs bit for bit; with it on the slices of the full batch size come from staging."""
+    from device_agent.infer import infer_package
+
+    g = tiny_cnn(10)
+    x = np.random.default_rng(2).standard_normal((11, 3, 8, 8)).astype(np.float32)
+    outs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("THOMAS_CL_PREFETCH", flag)
+        with count_transfers() as c:
+            outs.append(infer_package(g, x, batch_size=4, backend="opencl"))
+        assert c["to_device"] >= x.nbytes
+        # slices 4, 4, 3: the second comes from staging (a Plan of size 4 exists); the third's Plan does not yet
+        assert c["device_copies"] == (1 if flag == "1" else 0), c
+    assert np.array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], infer_package(g, x, batch_size=4, backend="numpy"), rtol=1e-4, atol=1e-5)

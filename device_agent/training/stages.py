@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine import lookahead
 from ..errors import JobError
 from ..fsutil import npy_map
 from ..model.graph import Graph, Node, ParamSpec, TensorSpec
@@ -189,9 +190,11 @@ class FeatureCache:
             done = 0
             for name, sp in splits.items():
                 outs = None
-                for lo in range(0, len(sp), batch):
+                los = range(0, len(sp), batch)
+                xs = (normalize(sp.rows(np.arange(lo, min(lo + batch, len(sp)))), preprocess, self.dtype) for lo in los)
+                for lo, (x, ahead) in zip(los, lookahead(xs)):      # ahead: the next batch, during this one
                     rows = np.arange(lo, min(lo + batch, len(sp)))
-                    feats = prefix.forward(normalize(sp.rows(rows), preprocess, self.dtype))
+                    feats = prefix.forward(x, ahead=ahead)
                     if outs is None:
                         outs = [npy_map(tmp / f"{name}.{i}.npy", self.store, (len(sp),) + feats[t].shape[1:])
                                 for i, t in enumerate(self.cut)]   # a full disk: ENOSPC here, not SIGBUS

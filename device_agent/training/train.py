@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..confine import read_train_job
-from ..engine import engine_classes, resolve_backend, resolve_dtype
+from ..engine import engine_classes, lookahead, resolve_backend, resolve_dtype
 from ..errors import JobError, ThomasError, TrainError
 from ..fsutil import disk_error
 from ..limits import MAX_JOB_BYTES, read_json
@@ -358,27 +358,6 @@ def _inputs(s: _State, part, rows: np.ndarray, feats: dict | None, epoch: int, b
     return {t: outs[t] for t in s.split.cut}
 
 
-class _Ahead:
-    """Batch j of a pass, made once: the engine may ask for the next batch while a step runs (engine.py's
-    `ahead`), and the loop then gets those very arrays. Augmentation draws per (epoch, batch), so the
-    order of making changes nothing."""
-
-    def __init__(self, make):
-        self.make, self.made = make, {}
-
-    def get(self, j: int):
-        return self.made.pop(j) if j in self.made else self.make(j)
-
-    def next_of(self, j: int, n: int):
-        """The `ahead` of batch j of n: a function making (and keeping) batch j + 1; None for the last."""
-        return (lambda: self._kept(j + 1)) if j + 1 < n else None
-
-    def _kept(self, j: int):
-        if j not in self.made:
-            self.made[j] = self.make(j)
-        return self.made[j]
-
-
 def _evaluate(r: _Run, s: _State, epoch: int):
     """(val loss, val accuracy, predictions) on the val split, with an `eval` event; Nones without one."""
     ds, batch = s.ds, r.job.batch
@@ -387,14 +366,12 @@ def _evaluate(r: _Run, s: _State, epoch: int):
     t0 = time.perf_counter()
     feats = _features(r, s, "val", epoch)
     loss_sum, correct, preds = 0.0, 0, []
-    nb = -(-len(ds.val) // batch)
 
-    def make(j: int):
-        rows = np.arange(j * batch, min((j + 1) * batch, len(ds.val)))
+    def batch_at(lo: int):
+        rows = np.arange(lo, min(lo + batch, len(ds.val)))
         return _inputs(s, ds.val, rows, feats, epoch, 0, False), ds.val.labels[rows]
-    batches = _Ahead(make)
-    for j in range(nb):
-        ls, c, logits = s.engine.eval_batch(*batches.get(j), ahead=batches.next_of(j, nb))
+    for (x, y), ahead in lookahead(map(batch_at, range(0, len(ds.val), batch))):   # ahead: made during this one
+        ls, c, logits = s.engine.eval_batch(x, y, ahead=ahead)
         loss_sum, correct = loss_sum + ls, correct + c
         preds.append(np.argmax(logits, axis=1))
     n = len(ds.val)
@@ -423,24 +400,25 @@ def _train_epoch(r: _Run, s: _State, epoch: int) -> None:
     feats = _features(r, s, "train", epoch)
     perm = ds.train.order(epoch, job.seed)
 
-    def make(j: int):
+    def batch(j: int):   # augmentation draws per (epoch, j): making a batch early changes nothing
         rows = perm[j * job.batch:(j + 1) * job.batch]
         return _inputs(s, ds.train, rows, feats, epoch, j, job.augment), ds.train.labels[rows]
-    batches = _Ahead(make)
-    for i in range(start, spe):
-        ts = time.perf_counter()
-        x, y = batches.get(i)
+    ts = time.perf_counter()
+    # the engine may make batch i + 1 (`ahead`) while step i runs
+    for i, ((x, y), ahead) in enumerate(lookahead(map(batch, range(start, spe))), start):
         rate = s.lr(s.step)
-        loss, correct = s.engine.train_step(x, y, rate, ahead=batches.next_of(i, spe))
+        loss, correct = s.engine.train_step(x, y, rate, ahead=ahead)
         why = s.guard.check(loss)
         if why is not None:
             raise TrainError(_diverged(r, s, why, epoch, i, rate))
         s.step += 1
         s.sums = [s.sums[0] + loss * len(y), s.sums[1] + correct, s.sums[2] + len(y)]
+        # a step's ms: making its batch (unless made ahead) and running it
         r.send(StepEvent(s.step, epoch + 1, i + 1, loss, correct / len(y), rate,
                          round((time.perf_counter() - ts) * 1e3, 1)))
         if job.checkpoint_every and s.step % job.checkpoint_every == 0 and i + 1 < spe:
             _save_ckpt(r, s, epoch, i + 1)
+        ts = time.perf_counter()
     ms = (time.perf_counter() - t0) * 1e3
     sums = s.sums
     s.train_loss, s.train_acc = sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1)

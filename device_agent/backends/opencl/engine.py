@@ -218,14 +218,27 @@ class OpenCLInfer:
         self.rt = runtime or shared_runtime()
         self.store = Store(graph, set(), fold=None, runtime=self.rt)   # every BN folded
         self.plans: dict[int, Plan] = {}
+        self.prefetch = prefetch_default(self.rt)
+        self._staged = None     # (caller's x, its converted arrays) of the input staged last
 
-    def forward(self, x):
-        x = _feeds(self.graph, x)
+    def forward(self, x, ahead=None):
+        staged, self._staged = self._staged, None
+        x = staged[1] if staged is not None and staged[0] is x else _feeds(self.graph, x)
         n = _batch(x)
         plan = self.plans.get(n)
         if plan is None:
             plan = self.plans[n] = Plan(self.graph, n, trainable=set(), runtime=self.rt, store=self.store)
-        return plan.forward_all(x)
+        return plan.forward_all(x, then=self._then(ahead) if ahead is not None and self.prefetch else None)
+
+    def _then(self, ahead):
+        def then():          # stage the next input (OpenCLEngine._then)
+            nxt = ahead()
+            x = _feeds(self.graph, nxt) if nxt is not None else None
+            plan = self.plans.get(_batch(x)) if x is not None else None
+            if plan is not None:
+                plan.stage(x)
+                self._staged = (nxt, x)
+        return then
 
     def memory(self):
         return engine_memory(self.store, list(self.plans.values()))
