@@ -123,13 +123,18 @@ def test_which_nodes_take_it(monkeypatch):
     assert on({"winograd": False}, "gpu", x=(1, 3, 4, 4), out_channels=1) and not on(stride=[2, 2])
 
 
-def test_off_keeps_the_gemm_path(monkeypatch):
-    """THOMAS_CL_WINOGRAD=0: the same node runs im2col + GEMM + col2im, as before"""
+@pytest.mark.parametrize("path", ["im2col", "igemm"])
+def test_off_keeps_the_gemm_path(monkeypatch, path):
+    """THOMAS_CL_WINOGRAD=0: the same node runs the device's GEMM path, as before: im2col + GEMM + col2im,
+    or implicit GEMM where the device's tuning opts in (the H100's)"""
     monkeypatch.setenv(wino.ENV, "0")
     monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
+    rt = clcheck.runtime()
+    monkeypatch.setitem(rt.tuning.override, "conv2d", dict(rt.tuning.override.get("conv2d", {}), conv=path))
     names = clcheck.launched_kernels(monkeypatch)
     cl_check("Conv2d", GRID[0][2], _inputs(GRID[0]), rtol=1e-4, atol=1e-4)
-    assert "col2im" in names and not any(n.startswith("wino") for n in names)
+    want = "col2im" if path == "im2col" else "conv_igemm_bwd_data"
+    assert want in names and not any(n.startswith("wino") for n in names), names
 
 
 def test_workspace_holds_no_columns(monkeypatch):

@@ -29,6 +29,23 @@ TILES = {"16x16k4": T16, "16x16k8": T16K8, "16x32k4": ODD, "64x64k16": T64}
 PFS = (1, 2)
 
 
+@pytest.fixture(autouse=True)
+def exact_tiles(monkeypatch):
+    """each test names the tile it checks: no device's "small" tile takes its place (a GPU with many
+    compute units wants 2 work-groups per unit, which a 17x33 product never has: on the H100, 132 units,
+    the NVIDIA 64x64 "small" tile replaced every tile here)"""
+    from device_agent.backends.opencl import gemm
+
+    orig = gemm.gemm_config
+
+    def config(*a, **kw):
+        fam, p = orig(*a, **kw)
+        p.pop("small", None)
+        return fam, p
+
+    monkeypatch.setattr(gemm, "gemm_config", config)
+
+
 def run_aligned(form, M, N, K, variant, params, *, batch=2, beta=0.0, seed=0, work_floats=0):
     """gemm() with every row, offset and batch stride a multiple of 4 floats (run_gemm's odd strides
     never set the kernel's `aligned` bits): the float4 loads and stores; returns (got, want), (batch, M, N)"""
