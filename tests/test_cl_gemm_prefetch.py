@@ -31,19 +31,7 @@ PFS = (1, 2)
 
 @pytest.fixture(autouse=True)
 def exact_tiles(monkeypatch):
-    """each test names the tile it checks: no device's "small" tile takes its place (a GPU with many
-    compute units wants 2 work-groups per unit, which a 17x33 product never has: on the H100, 132 units,
-    the NVIDIA 64x64 "small" tile replaced every tile here)"""
-    from device_agent.backends.opencl import gemm
-
-    orig = gemm.gemm_config
-
-    def config(*a, **kw):
-        fam, p = orig(*a, **kw)
-        p.pop("small", None)
-        return fam, p
-
-    monkeypatch.setattr(gemm, "gemm_config", config)
+    clcheck.named_tiles_run(monkeypatch)
 
 
 def run_aligned(form, M, N, K, variant, params, *, batch=2, beta=0.0, seed=0, work_floats=0):
