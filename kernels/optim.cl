@@ -76,7 +76,8 @@ __kernel void NAME(ADAM_ARGS) {                                                 
 ADAM(adam_step, 0)
 ADAM(adamw_step, 1)
 
-// CPU-shaped (PoCL): OPTVW consecutive elements per work-item as one vector (unaligned vector
+// CPU-shaped (PoCL; any device whose tuning "optim" sets "vec"): OPTVW consecutive elements per
+// work-item as one vector (on CPU devices unaligned vector
 // pointers, not vloadN: PoCL calls its builtins out of line), the last partial group element by element.
 #ifndef OPTVW
 #define OPTVW 8

@@ -1,4 +1,4 @@
-"""The CPU-shaped optimizer updates (kernels/optim.cl *_vec: 8 elements per work-item, what a CPU
+"""The vector optimizer updates (kernels/optim.cl *_vec: 8 elements per work-item, what a CPU
 device runs) give the same bits as the one-element-per-work-item kernels (what a GPU runs), on the
 local device, step after step: every SGD and Adam/AdamW option, with and without the clip factor,
 segment sizes below, at and around multiples of the vector width (the element-wise tail)."""
@@ -50,3 +50,27 @@ def test_vector_updates_match_the_scalar_kernels_bitwise(kind, opts, use_scale):
         for step, (a, b) in enumerate(zip(cpu, gpu), 1):
             for name, x, y in zip(("p", "state0", "state1"), a, b):
                 np.testing.assert_array_equal(x, y, err_msg=f"n={n} step {step} {name}")
+
+
+@pytest.mark.parametrize("vec", [2, 4, 8])
+@pytest.mark.parametrize("kind,opts", [("sgd", SGD[3]), ("sgd", SGD[4]), ("adamw", ADAM[2])])
+def test_a_tuned_vector_width_runs_on_any_device_kind_with_the_same_bits(monkeypatch, kind, opts, vec):
+    """tuning "optim" -> "vec" (what a GPU's entry or `thomas tune` may set) takes the *_vec form with
+    that width on a GPU-kind builder too: the same bits as one element per work-item"""
+    for n in SIZES:
+        names_1, ref = _steps(kind, "gpu", opts, True, n)
+        monkeypatch.setitem(runtime().tuning.override, "optim", {"vec": vec})
+        names_v, got = _steps(kind, "gpu", opts, True, n)
+        monkeypatch.delitem(runtime().tuning.override, "optim")
+        assert not any(x.endswith("_vec") for x in names_1) and all(x.endswith("_vec") for x in names_v)
+        for step, (a, b) in enumerate(zip(got, ref), 1):
+            for name, x, y in zip(("p", "state0", "state1"), a, b):
+                np.testing.assert_array_equal(x, y, err_msg=f"vec {vec} n={n} step {step} {name}")
+
+
+def test_a_bad_vector_width_is_one_line(monkeypatch):
+    from device_agent.errors import BackendError
+
+    monkeypatch.setitem(runtime().tuning.override, "optim", {"vec": 3})
+    with pytest.raises(BackendError, match=r"^tuning optim vec must be one of 1, 2, 4, 8, got 3$"):
+        _steps("sgd", "gpu", SGD[2], False, 9)

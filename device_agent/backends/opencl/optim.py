@@ -100,15 +100,27 @@ def _check(param, grad, *state):
 
 
 VEC_KERNELS = {"sgd_step": "sgd_step_vec", "adam_step": "adam_step_vec", "adamw_step": "adamw_step_vec"}
+VEC_WIDTHS = (1, 2, 4, 8)
+
+
+def update_vec(b) -> int:
+    """Elements per work-item of the updates on this builder's device: tuning "optim" -> "vec", else VEC
+    on CPU devices and 1 elsewhere."""
+    vec = b.tuning("optim").get("vec", VEC if b.kind == "cpu" else 1)
+    if vec not in VEC_WIDTHS:
+        raise BackendError(f"tuning optim vec must be one of {', '.join(map(str, VEC_WIDTHS))}, got {vec!r}")
+    return int(vec)
 
 
 def _update(kernel: str, b, n: int) -> tuple:
-    """(kernel, gsize, lsize) of an update: on a CPU device the *_vec form (VEC elements per
-    work-item as one vector, the same bits as the scalar kernel: kernels/optim.cl; 3x (SGD) and 8x
-    (Adam) faster on PoCL), elsewhere one element per work-item."""
-    if b.kind == "cpu":
-        return VEC_KERNELS[kernel], (-(-int(n) // VEC),), FlexLocal((64,))
-    return kernel, (int(n),), elt(b)
+    """(kernel, gsize, lsize, defines) of an update: with a vector width > 1 (update_vec: 8 on a CPU
+    device) the *_vec form, that many elements per work-item as one vector, the same bits as the scalar
+    kernel (kernels/optim.cl; 3x (SGD) and 8x (Adam) faster on PoCL), else one element per work-item."""
+    vec = update_vec(b)
+    if vec > 1:
+        lsize = FlexLocal((64,)) if b.kind == "cpu" else elt(b)
+        return VEC_KERNELS[kernel], (-(-int(n) // vec),), lsize, {"OPTVW": vec}
+    return kernel, (int(n),), elt(b), None
 
 
 def sgd_step(b, param, grad, momentum_buf=None, *, momentum: float = 0.0, dampening: float = 0.0,
@@ -120,9 +132,11 @@ def sgd_step(b, param, grad, momentum_buf=None, *, momentum: float = 0.0, dampen
     if momentum != 0 and momentum_buf is None:
         raise BackendError("SGD with momentum needs a momentum buffer")
     _check(param, grad, momentum_buf)
-    b.launch(FILE, *_update("sgd_step", b, param.size), param, grad, momentum_buf or param, scale or grad,
+    kernel, gsize, lsize, defines = _update("sgd_step", b, param.size)
+    b.launch(FILE, kernel, gsize, lsize, param, grad, momentum_buf or param, scale or grad,
              param.size, scale is not None, np.float32(momentum), np.float32(1 - dampening),
-             np.float32(weight_decay), nesterov, np.float32(0), np.int32(0), dyn={10: lr_key, 11: step_key})
+             np.float32(weight_decay), nesterov, np.float32(0), np.int32(0), dyn={10: lr_key, 11: step_key},
+             defines=defines)
 
 
 def adam_step(b, param, grad, exp_avg, exp_avg_sq, *, betas=(0.9, 0.999), eps: float = 1e-8,
@@ -137,7 +151,9 @@ def adam_step(b, param, grad, exp_avg, exp_avg_sq, *, betas=(0.9, 0.999), eps: f
     # log(beta) in double: bc = 1 - beta^step = -expm1(step * log(beta)) in float stays exact
     lb1 = math.log(beta1) if beta1 > 0 else -np.inf
     lb2 = math.log(beta2) if beta2 > 0 else -np.inf
-    b.launch(FILE, *_update("adamw_step" if decoupled else "adam_step", b, param.size), param, grad,
+    kernel, gsize, lsize, defines = _update("adamw_step" if decoupled else "adam_step", b, param.size)
+    b.launch(FILE, kernel, gsize, lsize, param, grad,
              exp_avg, exp_avg_sq, scale or grad, param.size, scale is not None, np.float32(1 - beta1),
              np.float32(beta2), np.float32(1 - beta2), np.float32(lb1), np.float32(lb2), np.float32(eps),
-             np.float32(weight_decay), np.float32(0), np.int32(0), dyn={14: lr_key, 15: step_key})
+             np.float32(weight_decay), np.float32(0), np.int32(0), dyn={14: lr_key, 15: step_key},
+             defines=defines)
