@@ -196,3 +196,9 @@ def named_tiles_run(monkeypatch) -> None:
         return fam, p
 
     monkeypatch.setattr(gemm, "gemm_config", config)
+
+
+def tune(monkeypatch, rt, op: str, **keys) -> None:
+    """Tuning `op` of runtime `rt` with `keys` over what the device's tuning and earlier overrides say,
+    until the test ends."""
+    monkeypatch.setitem(rt.tuning.override, op, dict(rt.tuning.override.get(op, {}), **keys))

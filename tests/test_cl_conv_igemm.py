@@ -149,13 +149,8 @@ def test_default_path_is_im2col(monkeypatch):
     """without the switch or a tuning entry that opts in (as the H100's does: configs/tuning/gemm.json)
     a device keeps im2col and its columns in the workspace (implicit GEMM becomes a GPU's default only
     once measured faster there: docs/BACKENDS.md)"""
-    monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
-    rt = runtime()
-    monkeypatch.setitem(rt.tuning.override, "conv2d", dict(rt.tuning.override.get("conv2d", {}), conv="auto"))
-    seen = clcheck.launched_kernels(monkeypatch)
-    case = GRID[0]
-    cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)
-    a, shapes = _shapes(case)
+    rt, seen = _first_case_with_tuning(monkeypatch, conv="auto")
+    a, shapes = _shapes(GRID[0])
     ws = conv_mod.cl_conv_workspace(a, *shapes, dev=rt)
     assert any(k.startswith("im2col") for k in seen) and "conv_igemm_fwd" not in seen, seen
     assert ws == conv_mod.cl_conv_workspace(a, *shapes) > 0
@@ -163,13 +158,19 @@ def test_default_path_is_im2col(monkeypatch):
 
 def test_a_tuning_entry_opts_a_device_in(monkeypatch):
     """tuning "conv2d" -> "conv": "igemm" (the H100's entry) takes the implicit-GEMM kernels, no columns"""
+    _, seen = _first_case_with_tuning(monkeypatch, conv="igemm")
+    assert "conv_igemm_fwd" in seen and not any(k.startswith("im2col") for k in seen), seen
+
+
+def _first_case_with_tuning(monkeypatch, **conv2d):
+    """GRID[0] checked against the reference without THOMAS_CL_CONV and with these tuning "conv2d" keys
+    over the device's own: (runtime, the kernels it launched)"""
     monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
     rt = runtime()
-    monkeypatch.setitem(rt.tuning.override, "conv2d", dict(rt.tuning.override.get("conv2d", {}), conv="igemm"))
+    clcheck.tune(monkeypatch, rt, "conv2d", **conv2d)
     seen = clcheck.launched_kernels(monkeypatch)
-    case = GRID[0]
-    cl_check("Conv2d", case[2], _inputs(case), rtol=1e-4, atol=1e-4)
-    assert "conv_igemm_fwd" in seen and not any(k.startswith("im2col") for k in seen), seen
+    cl_check("Conv2d", GRID[0][2], _inputs(GRID[0]), rtol=1e-4, atol=1e-4)
+    return rt, seen
 
 
 def _shapes(case):

@@ -129,8 +129,7 @@ def test_off_keeps_the_gemm_path(monkeypatch, path):
     or implicit GEMM where the device's tuning opts in (the H100's)"""
     monkeypatch.setenv(wino.ENV, "0")
     monkeypatch.delenv("THOMAS_CL_CONV", raising=False)
-    rt = clcheck.runtime()
-    monkeypatch.setitem(rt.tuning.override, "conv2d", dict(rt.tuning.override.get("conv2d", {}), conv=path))
+    clcheck.tune(monkeypatch, clcheck.runtime(), "conv2d", conv=path)
     names = clcheck.launched_kernels(monkeypatch)
     cl_check("Conv2d", GRID[0][2], _inputs(GRID[0]), rtol=1e-4, atol=1e-4)
     want = "col2im" if path == "im2col" else "conv_igemm_bwd_data"
