@@ -96,7 +96,7 @@ def sweep(params: list[dict], squares: list[int], forms: list[str], reps: int) -
                     continue
                 b = LaunchBuilder(rt)
                 gemm(b, ta, tb, sq, sq, sq, tA, 0, sq, tB, 0, sq, tC, 0, sq, variant="gpu",
-                     params=dict(t, small=None, skinny=None))
+                     params=dict(t, skinny=None))
                 cases.append((row, b.launches))
                 fns.append(lambda ls=b.launches: replay(rt.queue, ls))
             for (row, launches), s in zip(cases, rounds(fns, rt.queue.finish, reps)):

@@ -180,24 +180,6 @@ def launched_kernels(monkeypatch) -> list[str]:
     return names
 
 
-def named_tiles_run(monkeypatch) -> None:
-    """From now on a GEMM whose caller names its tiles (params=, the tests) runs those tiles: the
-    device's "small" tile does not take their place. A GPU with many compute units wants 2 work-groups
-    per unit, which the tests' 17x5 products never have: on the H100 (132 units) its "small" tile
-    replaced every tile the GEMM tests named, and its KWG of 16 left K = 64 unsplit."""
-    from device_agent.backends.opencl import gemm
-
-    orig = gemm.gemm_config
-
-    def config(b, variant=None, params=None, *a, **kw):
-        fam, p = orig(b, variant, params, *a, **kw)
-        if params and "small" not in params:
-            p.pop("small", None)
-        return fam, p
-
-    monkeypatch.setattr(gemm, "gemm_config", config)
-
-
 def tune(monkeypatch, rt, op: str, **keys) -> None:
     """Tuning `op` of runtime `rt` with `keys` over what the device's tuning and earlier overrides say,
     until the test ends."""

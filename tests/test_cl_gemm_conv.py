@@ -3,7 +3,6 @@ numpy reference, on the CL device (PoCL in CI). Every output buffer is NaN befor
 import numpy as np
 import pytest
 
-import clcheck
 from clcheck import cl_check, cl_run, download, needs_cl, runtime, upload
 from device_agent.ops import Ctx, get_op, normalize_attrs
 from device_agent.ops import conv2d as conv_mod
@@ -18,11 +17,6 @@ FORMS = ("nn", "nt", "tn", "tt")
 # default tiles are built in test_gemm_tuned_tiles.
 GPU_SMALL = {"MWG": 16, "NWG": 16, "KWG": 4, "MDIMC": 4, "NDIMC": 4}
 VARIANTS = {"cpu": None, "gpu": GPU_SMALL}
-
-
-@pytest.fixture(autouse=True)
-def named_tiles(monkeypatch):
-    clcheck.named_tiles_run(monkeypatch)
 
 
 ACT_REF = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0), "relu6": lambda v: np.clip(v, 0, 6)}

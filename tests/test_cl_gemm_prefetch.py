@@ -29,11 +29,6 @@ TILES = {"16x16k4": T16, "16x16k8": T16K8, "16x32k4": ODD, "64x64k16": T64}
 PFS = (1, 2)
 
 
-@pytest.fixture(autouse=True)
-def exact_tiles(monkeypatch):
-    clcheck.named_tiles_run(monkeypatch)
-
-
 def run_aligned(form, M, N, K, variant, params, *, batch=2, beta=0.0, seed=0, work_floats=0):
     """gemm() with every row, offset and batch stride a multiple of 4 floats (run_gemm's odd strides
     never set the kernel's `aligned` bits): the float4 loads and stores; returns (got, want), (batch, M, N)"""

@@ -135,6 +135,37 @@ def test_a_tuning_files_per_shape_entry_and_params_still_win(runtime_of, tmp_pat
 
 
 @needs_cl
+def test_a_tile_named_in_params_is_not_swapped_for_the_small_one(runtime_of, monkeypatch):
+    """The H100's "small" tile (32x64, for products with few work-groups: FC layers at batch 32) takes the
+    place of its own tiles, not of a tile the caller names in params= (tests, benchmarks): through gemm()
+    a 17x5 product launches the named 16x16 tile, and without params= the small one"""
+    from device_agent.backends.opencl.gemm import gemm_config
+    from device_agent.backends.opencl.runtime import LaunchBuilder
+    from test_cl_gemm_conv import check, run_gemm
+
+    rt = runtime_of(H100)
+    b = LaunchBuilder(rt)
+    t16 = _tiles(16, 16, 4, 4, 4)
+    small = {"MWG": 32, "NWG": 64, "KWG": 16, "MDIMC": 8, "NDIMC": 16, "LPAD": 0}
+    assert gemm_config(b, None, None, 32, N=4096, K=9216)[1]["small"] == small
+    assert "small" not in gemm_config(b, None, t16, 32, N=4096, K=9216)[1]
+    assert gemm_config(b, None, {"PF": 0}, 32, N=4096, K=9216)[1]["small"] == small     # no tile named
+    assert gemm_config(b, None, dict(t16, small=t16), 32, N=4096, K=9216)[1]["small"] == t16
+    monkeypatch.setattr(clcheck, "_RT", rt)
+    seen, orig = [], rt.kernel
+
+    def spy(name, kernel, defines=None):
+        seen.append((kernel, dict(defines or {})))
+        return orig(name, kernel, defines)
+    monkeypatch.setattr(rt, "kernel", spy)
+    for params, want in ((t16, (16, 16, 4)), (None, (32, 64, 16))):
+        seen.clear()
+        got, want_c = run_gemm("nn", 17, 5, 64, None, params, seed=3)
+        check(got, want_c, 64)
+        assert {(d["MWG"], d["NWG"], d["KWG"]) for k, d in seen if k == "gemm_gpu_nn"} == {want}, seen
+
+
+@needs_cl
 def test_a_rule_tile_over_the_device_limits_is_skipped_with_one_warning(runtime_of, capsys):
     rt = runtime_of("powervr")             # 4 KB of local memory: 128x128 K-slices need 16 KB
     base = _config(rt, 1024, 1024, 1024)

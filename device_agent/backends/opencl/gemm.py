@@ -21,8 +21,9 @@ Tiles by problem size (shipped defaults, no tuning file needed): "gemm" -> "size
 the H100's 4096^3 SGEMMs while the model-sized GEMMs keep 64x64. Precedence, lowest first: the
 family's defaults < the merged tuning data (kind default, vendor, device, the device's tuning-file
 winner) < the size rule < a per-shape entry ("shapes", written by `thomas tune`) < `params=` <
-"skinny" (M <= skinny_m). A rule's GPU tile that does not fit the device (limits.py) is skipped with
-one warning line and the tiles below it run.
+"skinny" (M <= skinny_m). A `params=` that names a GPU tile (any of MWG, NWG, KWG, MDIMC, NDIMC) runs
+that tile: the tuning's "small" does not replace it (unless params names a "small" too). A rule's GPU
+tile that does not fit the device (limits.py) is skipped with one warning line and the tiles below it run.
 
 GPU family and scratch `work` (floats [work_off, work_off + work_floats) of a buffer): when the tiles
 leave the device idle (fewer than min_groups work-groups; FC layers at batch 8, 1x1 convolutions on
@@ -103,7 +104,8 @@ def gemm_config(b, variant: str | None = None, params: dict | None = None, M: in
                 form: str | None = None) -> tuple[str, dict]:
     """(family, params) for this builder's device: tuning data, then with M, N, K given the first
     matching size rule (that fits the device when `form` is given), then the tiles `thomas tune` chose
-    for this `shape` when it chose some, then the caller's overrides; with M given, a "skinny" tile
+    for this `shape` when it chose some, then the caller's overrides (a tile they name is not swapped
+    for the tuning's "small" one); with M given, a "skinny" tile
     set replaces the tiles for M <= skinny_m (FC layers: M = batch), N >= skinny_min_n and
     K >= skinny_min_k (both 0 unless the tuning says otherwise)."""
     tun = dict(b.tuning("gemm"))
@@ -122,6 +124,8 @@ def gemm_config(b, variant: str | None = None, params: dict | None = None, M: in
     if shape is not None and isinstance(shapes, dict) and isinstance(shapes.get(shape), dict):
         out.update(shapes[shape])
     out.update(params or {})
+    if params and "small" not in params and any(k in params for k in GPU_KEYS[:5]):
+        out.pop("small", None)   # the caller's tile runs (tests, benchmarks): no device's "small" in its place
     if M is not None and out.get("skinny") and M <= int(out.get("skinny_m", 8)) \
             and (N or 0) >= int(out.get("skinny_min_n", 0)) and (K or 0) >= int(out.get("skinny_min_k", 0)):
         out.update(out["skinny"])
