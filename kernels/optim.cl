@@ -76,9 +76,9 @@ __kernel void NAME(ADAM_ARGS) {                                                 
 ADAM(adam_step, 0)
 ADAM(adamw_step, 1)
 
-// CPU-shaped (PoCL; any device whose tuning "optim" sets "vec"): OPTVW consecutive elements per
-// work-item as one vector (on CPU devices unaligned vector
-// pointers, not vloadN: PoCL calls its builtins out of line), the last partial group element by element.
+// OPTVW consecutive elements per work-item as one vector (CPU devices; any device whose tuning "optim"
+// sets "vec"), the last partial group element by element. On CPU devices unaligned vector pointers,
+// not vloadN (PoCL calls its builtins out of line); elsewhere vloadN/vstoreN.
 #ifndef OPTVW
 #define OPTVW 8
 #endif

@@ -22,15 +22,9 @@ def _steps(kind, kind_of_builder, opts, use_scale, n, vec=None):
     """Three update steps built on a `kind_of_builder` builder with tuning optim vec = `vec` (default:
     8 on "cpu", 1 on "gpu", whatever the test device's own tuning says: the H100's says 4)"""
     rt = runtime()
-    vec = vec or (optim.VEC if kind_of_builder == "cpu" else 1)
-    had = rt.tuning.override.pop("optim", None)
-    rt.tuning.override["optim"] = {"vec": vec}
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(rt.tuning.override, "optim", {"vec": vec or (optim.VEC if kind_of_builder == "cpu" else 1)})
         return _run_steps(rt, kind, kind_of_builder, opts, use_scale, n)
-    finally:
-        rt.tuning.override.pop("optim")
-        if had is not None:
-            rt.tuning.override["optim"] = had
 
 
 def _run_steps(rt, kind, kind_of_builder, opts, use_scale, n):
